@@ -1,0 +1,50 @@
+"""retina-prep: masked illumination normalization of retinal fundus photographs.
+
+The library works on NumPy arrays; the ``retina-prep`` command is a thin
+layer over it.
+
+>>> import numpy as np, retina_prep as rp
+>>> image = np.full((64, 64, 3), 90, np.uint8)
+>>> mask = np.zeros((64, 64), bool); mask[8:56, 8:56] = True
+>>> out = rp.normalize_illumination(image, mask, window=15)
+>>> int(out[10, 10, 1]), int(out[0, 0, 1])
+(128, 0)
+"""
+
+__version__ = "0.1.0"
+
+from .core import Kernel, as_kernel, box_kernel, convolve, gaussian_kernel, mask_weights, masked_convolve
+from .dataset import Pair, find_mask, find_pairs
+from .errors import DatasetError, ImageReadError, MaskError, OutputExistsError, RetinaPrepError
+from .fov import binarize_mask, erode_mask, estimate_fov, fov_diameter
+from .io import read_image, read_mask, write_image
+from .normalize import make_kernel, normalize_illumination, resolve_window
+
+__all__ = [
+    "__version__",
+    "Kernel",
+    "as_kernel",
+    "box_kernel",
+    "gaussian_kernel",
+    "convolve",
+    "masked_convolve",
+    "mask_weights",
+    "Pair",
+    "find_pairs",
+    "find_mask",
+    "RetinaPrepError",
+    "ImageReadError",
+    "MaskError",
+    "OutputExistsError",
+    "DatasetError",
+    "binarize_mask",
+    "erode_mask",
+    "estimate_fov",
+    "fov_diameter",
+    "read_image",
+    "read_mask",
+    "write_image",
+    "make_kernel",
+    "normalize_illumination",
+    "resolve_window",
+]

@@ -1,0 +1,23 @@
+"""The retina-prep command group."""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .normalize import normalize
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="retina-prep")
+def cli():
+    """Prepare retinal fundus photographs: masked illumination normalization
+    that stays correct at the edge of the field of view.
+
+    \b
+    Example:
+      retina-prep normalize sample_data -o out
+    """
+
+
+cli.add_command(normalize)

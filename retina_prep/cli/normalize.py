@@ -1,0 +1,107 @@
+"""retina-prep normalize: masked illumination normalization."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from ..pipeline import MaskSettings, NormalizeSettings, normalize_pair
+from .options import (
+    WindowType,
+    config_opt,
+    format_opt,
+    mask_options,
+    max_pixels_opt,
+    output_opt,
+    overwrite_opt,
+    quiet_opt,
+)
+from .runner import collect_pairs, prepare_outdir, run
+
+
+@click.command(
+    "normalize",
+    epilog="""\b
+Examples:
+  retina-prep normalize sample_data -o out
+  retina-prep normalize DRIVE -o out --config configs/drive.toml
+  retina-prep normalize eye.jpg --mask eye_mask.png -o out --window 31
+  retina-prep normalize DRIVE/test -o out_nomask --ignore-mask
+""",
+)
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=str))
+@output_opt
+@mask_options
+@click.option(
+    "--window",
+    type=WindowType(),
+    default="auto",
+    show_default=True,
+    help="Local-mean window: an odd size in pixels, or 'auto' (4% of the FOV diameter).",
+)
+@click.option(
+    "--kernel",
+    type=click.Choice(["mean", "gaussian"]),
+    default="mean",
+    show_default=True,
+    help="Local-mean kernel: a box (mean) or a Gaussian truncated to the window.",
+)
+@click.option(
+    "--sigma",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Gaussian sigma in pixels [default: window / 2.5].",
+)
+@click.option(
+    "--target",
+    type=float,
+    default=128.0,
+    show_default=True,
+    help="I0, the level the local mean is moved to, in 8-bit units (x257 for 16-bit images).",
+)
+@click.option(
+    "--fill",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Value outside the FOV, in 8-bit units.",
+)
+@click.option(
+    "--ignore-mask",
+    is_flag=True,
+    default=False,
+    help="Plain convolution over the whole image (the halo-prone 'IN without mask'), for comparison.",
+)
+@format_opt
+@overwrite_opt
+@max_pixels_opt
+@quiet_opt
+@config_opt
+@click.pass_context
+def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, window,
+              kernel, sigma, target, fill, ignore_mask, fmt, overwrite, max_pixels, quiet):
+    """Flatten uneven illumination: I - masked local mean + I0, per channel.
+
+    INPUT may be image files, a DRIVE root (training/, test/), a split folder
+    (images/ with mask/ beside it) or a plain folder (masks named
+    <stem>_mask.<ext>). Outputs go to OUTDIR/<stem>.png, mirroring dataset
+    sub-folders. Images without a mask get an estimated one (with a warning).
+    """
+    if sigma is not None and kernel != "gaussian":
+        raise click.BadParameter("--sigma needs --kernel gaussian", param_hint="--sigma")
+    try:
+        settings = NormalizeSettings(
+            window=window, kernel=kernel, sigma=sigma, target=target, fill=fill,
+            ignore_mask=ignore_mask, format=fmt, overwrite=overwrite,
+        )
+        mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, max_pixels=max_pixels)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
+                          outdir=outdir)
+    prepare_outdir(outdir)
+    step = functools.partial(normalize_pair, outdir=outdir, settings=settings,
+                             mask_settings=mask_settings)
+    report = run("normalize", pairs, step, outdir=outdir, quiet=quiet)
+    ctx.exit(report.exit_code)

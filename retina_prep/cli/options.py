@@ -1,0 +1,183 @@
+"""Options shared by retina-prep commands, defined once and reused as decorators."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from ..normalize import resolve_window
+
+
+class WindowType(click.ParamType):
+    """An odd number of pixels, or ``auto``."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            return resolve_window(value)
+        except (ValueError, TypeError):
+            self.fail(f"{value!r} is not an odd number of pixels >= 1 or 'auto'", param, ctx)
+
+
+class ErodeType(click.ParamType):
+    """A number of pixels >= 0, or ``auto``."""
+
+    name = "PX|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            v = float(value)
+        except (ValueError, TypeError):
+            self.fail(f"{value!r} is not a number of pixels or 'auto'", param, ctx)
+        if not v >= 0:
+            self.fail(f"{value!r} is negative; erosion is >= 0 pixels", param, ctx)
+        return v
+
+
+def _load_config(ctx: click.Context, param, value):
+    """Read a TOML config into Click's default_map; unknown keys are usage errors."""
+    if value is None:
+        return None
+    path = Path(value)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise click.BadParameter(f"{path}: no such file", ctx, param) from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"{path}: not a valid TOML file ({exc})", ctx, param) from None
+    cmd = ctx.command.name
+    settings = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    for table, values in data.items():
+        if isinstance(values, dict):
+            if table.replace("-", "_") != cmd:
+                # a table for another command is fine; anything else is not
+                if table not in _known_commands(ctx):
+                    raise click.BadParameter(
+                        f"{path}: unknown table [{table}]", ctx, param
+                    )
+                continue
+            settings.update(values)
+    names = {
+        p.name: p
+        for p in ctx.command.params
+        if isinstance(p, click.Option) and p.name not in ("config", "help")
+    }
+    default_map = {}
+    for key, v in settings.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            valid = ", ".join(sorted(n.replace("_", "-") for n in names))
+            raise click.BadParameter(
+                f"{path}: unknown key {key!r} for '{cmd}'; valid keys: {valid}", ctx, param
+            )
+        default_map[name] = v
+    ctx.default_map = {**(ctx.default_map or {}), **default_map}
+    return path
+
+
+def _known_commands(ctx: click.Context):
+    root = ctx.find_root().command
+    return set(getattr(root, "commands", {}) or {})
+
+
+config_opt = click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=_load_config,
+    help="TOML file of option values (keys as option names). Flags given on the command line win.",
+)
+
+output_opt = click.option(
+    "-o",
+    "--output",
+    "outdir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (created if missing).",
+)
+
+overwrite_opt = click.option(
+    "--overwrite", is_flag=True, default=False, help="Replace existing output files."
+)
+
+quiet_opt = click.option(
+    "-q", "--quiet", is_flag=True, default=False, help="No progress bar and no summary line."
+)
+
+format_opt = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["png", "tif"]),
+    default="png",
+    show_default=True,
+    help="Output file format (both lossless).",
+)
+
+max_pixels_opt = click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=200_000_000,
+    show_default=True,
+    help="Refuse images with more pixels than this (protects against decompression bombs).",
+)
+
+
+def mask_options(f):
+    """--mask, --mask-dir, --mask-pattern, --auto-mask, --erode."""
+    decorators = [
+        click.option(
+            "--mask",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="FOV mask file for a single input image.",
+        ),
+        click.option(
+            "--mask-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Folder of FOV masks, named by --mask-pattern.",
+        ),
+        click.option(
+            "--mask-pattern",
+            default="{stem}_mask.gif",
+            show_default=True,
+            help="Mask file name in --mask-dir; {stem} is the image name without ending.",
+        ),
+        click.option(
+            "--auto-mask",
+            is_flag=True,
+            default=False,
+            help="Estimate the FOV from each image, even when a mask file exists.",
+        ),
+        click.option(
+            "--erode",
+            type=ErodeType(),
+            default=0,
+            show_default=True,
+            help="Shrink the FOV mask by PX pixels (drops the dark rim at the margin);"
+            " 'auto' = 1.1% of the FOV diameter.",
+        ),
+    ]
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+def stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,185 @@
+"""Finding images and pairing them with FOV masks, without decoding pixels.
+
+Layouts understood:
+
+* image files given directly;
+* a DRIVE root (``training/`` and ``test/``, each with ``images/`` and ``mask/``);
+* a split folder (``images/`` with ``mask/`` beside it);
+* a plain folder of images, with masks named ``<stem>_mask.<ext>`` beside them.
+
+Masks and labels (folders ``mask``, ``masks``, ``1st_manual``, ``2nd_manual``,
+``manual*``, files ``*_mask.*``, ``*_manual*``) are never taken as images.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+
+from .errors import DatasetError
+from .io import IMAGE_EXTENSIONS
+
+__all__ = ["Pair", "find_pairs", "find_mask", "MASK_DIR_NAMES", "LABEL_DIR_NAMES"]
+
+#: Folder names holding masks.
+MASK_DIR_NAMES = ("mask", "masks")
+#: Folder names holding manual labels (never images to process).
+LABEL_DIR_NAMES = ("1st_manual", "2nd_manual", "manual1", "manual2", "labels", "label")
+#: Folder names holding the images of a split.
+IMAGE_DIR_NAMES = ("images", "image")
+#: Mask sources recorded in :attr:`Pair.mask_source`.
+MASK_SOURCES = ("given", "dataset", "none")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image to process.
+
+    Attributes
+    ----------
+    image : Path
+    mask : Path or None
+        The FOV mask file, or None when none was given or found.
+    mask_source : {"given", "dataset", "none"}
+        ``given``: from ``--mask``/``--mask-dir``; ``dataset``: found by the
+        layout conventions; ``none``: not found (estimate one).
+    rel : PurePath
+        Output path relative to the output folder, without a file ending.
+    """
+
+    image: Path
+    mask: Path | None
+    mask_source: str
+    rel: PurePath
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def _is_mask_or_label_name(p: Path) -> bool:
+    stem = p.stem.lower()
+    return stem.endswith("_mask") or "_manual" in stem or stem.endswith("_fov")
+
+
+def _is_skipped_dir(name: str) -> bool:
+    n = name.lower()
+    return n in MASK_DIR_NAMES or n in LABEL_DIR_NAMES or n.startswith("manual") or n.startswith(".")
+
+
+def _candidates(folder: Path, stem: str):
+    if not folder.is_dir():
+        return []
+    want = {f"{stem}_mask".lower(), f"{stem}_fov".lower()}
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.stem.lower() in want and _is_image(p))
+
+
+def find_mask(image: Path) -> Path | None:
+    """Find the FOV mask of ``image`` by dataset conventions, or None.
+
+    Looks for ``<stem>_mask.<ext>`` in ``mask/`` or ``masks/`` beside the
+    image's folder (DRIVE: ``images/21_training.tif`` ->
+    ``mask/21_training_mask.gif``), then in the image's own folder.
+    """
+    image = Path(image)
+    folders = [image.parent.parent / n for n in MASK_DIR_NAMES]
+    folders += [image.parent / n for n in MASK_DIR_NAMES]
+    folders.append(image.parent)
+    for folder in folders:
+        found = _candidates(folder, image.stem)
+        if found:
+            return found[0]
+    return None
+
+
+def _walk_images(root: Path):
+    """Images below ``root``, sorted, skipping mask and label folders and files."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not _is_skipped_dir(d))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if _is_image(p) and not _is_mask_or_label_name(p):
+                out.append(p)
+    return out
+
+
+def _rel_for(path: Path, root: Path | None) -> PurePath:
+    if root is None:
+        return PurePath(path.stem)
+    parts = [p for p in path.relative_to(root).parent.parts if p.lower() not in IMAGE_DIR_NAMES]
+    return PurePath(*parts, path.stem)
+
+
+def find_pairs(
+    inputs,
+    *,
+    mask=None,
+    mask_dir=None,
+    mask_pattern: str = "{stem}_mask.gif",
+    exclude=(),
+) -> list[Pair]:
+    """Find the images named by ``inputs`` and pair each with its mask.
+
+    Parameters
+    ----------
+    inputs : sequence of path-like
+        Image files and/or folders (DRIVE root, split folder, plain folder).
+    mask : path-like, optional
+        One mask file for a single image.
+    mask_dir : path-like, optional
+        Folder of masks named by ``mask_pattern``.
+    mask_pattern : str
+        ``str.format`` pattern with ``{stem}`` (the image name without ending).
+    exclude : sequence of path-like
+        Folders whose contents are never taken as inputs (the output folder).
+
+    Returns
+    -------
+    list of Pair, in input order, folders sorted.
+
+    Raises
+    ------
+    DatasetError
+        If an input does not exist, ``mask`` is used with several images, or
+        a folder holds no image.
+    """
+    if "{stem}" not in mask_pattern:
+        raise DatasetError(f"mask pattern {mask_pattern!r} must contain {{stem}}")
+    excluded = [Path(e).resolve() for e in exclude]
+    found: list[tuple[Path, Path | None]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            imgs = [
+                f for f in _walk_images(p)
+                if not any(f.resolve().is_relative_to(e) for e in excluded)
+            ]
+            if not imgs:
+                raise DatasetError("no image files found in this folder", p)
+            found.extend((f, p) for f in imgs)
+        elif p.is_file() or p.is_symlink():
+            if not (_is_mask_or_label_name(p) or any(_is_skipped_dir(d) for d in p.parent.parts[-1:])):
+                found.append((p, None))
+        else:
+            raise DatasetError("no such file or folder", p)
+
+    if not found:
+        raise DatasetError("no images to process (mask and label files are never taken as images)")
+    if mask is not None and len(found) != 1:
+        raise DatasetError(
+            f"--mask gives one mask for one image, but {len(found)} images were found;"
+            " use --mask-dir for many"
+        )
+    pairs = []
+    for img, root in found:
+        if mask is not None:
+            m, src = Path(mask), "given"
+        elif mask_dir is not None:
+            m, src = Path(mask_dir) / mask_pattern.format(stem=img.stem), "given"
+        else:
+            m = find_mask(img)
+            src = "dataset" if m is not None else "none"
+        pairs.append(Pair(img, m, src, _rel_for(img, root)))
+    return pairs

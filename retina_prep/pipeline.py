@@ -1,0 +1,166 @@
+"""Per-image steps: read an image and its mask, process, write the output.
+
+These glue :mod:`io`, :mod:`fov` and the array functions together for one
+:class:`~retina_prep.dataset.Pair`; :mod:`batch` runs them over many.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .batch import Result
+from .dataset import Pair
+from .errors import MaskError, OutputExistsError, RetinaPrepError
+from .fov import erode_mask, estimate_fov, fov_diameter
+from .io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, read_image, read_mask, write_image
+from .normalize import KERNELS, make_kernel, normalize_illumination, resolve_window
+
+__all__ = ["MaskSettings", "NormalizeSettings", "load_pair", "output_path", "normalize_pair"]
+
+#: ``erode="auto"`` erodes by this fraction of the FOV diameter (6 px on DRIVE).
+AUTO_ERODE_FRACTION = 0.011
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """How the FOV mask of an image is obtained and trimmed."""
+
+    auto_mask: bool = False  # estimate the mask even when a mask file exists
+    erode: float | str = 0  # pixels, or "auto"
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class NormalizeSettings:
+    """Options of illumination normalization (see :func:`normalize_illumination`)."""
+
+    window: int | str = "auto"
+    kernel: str = "mean"
+    sigma: float | None = None
+    target: float = 128.0
+    fill: float = 0.0
+    ignore_mask: bool = False
+    format: str = "png"
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {self.kernel!r}; valid kernels: {', '.join(KERNELS)}")
+        if self.format not in OUTPUT_FORMATS:
+            raise ValueError(
+                f"unknown format {self.format!r}; valid formats: {', '.join(OUTPUT_FORMATS)}"
+            )
+        if self.sigma is not None and self.kernel != "gaussian":
+            raise ValueError("sigma applies to the gaussian kernel only (use kernel 'gaussian')")
+        if not math.isfinite(self.target):
+            raise ValueError("target must be a finite number")
+        if not isinstance(self.window, str):
+            resolve_window(self.window)  # validates
+        elif self.window != "auto":
+            resolve_window(self.window)
+
+
+def resolve_erode(erode, mask) -> int:
+    """Erosion in pixels: a number >= 0, or ``"auto"`` (a fraction of the FOV diameter)."""
+    if isinstance(erode, str):
+        if erode.strip().lower() == "auto":
+            return int(round(AUTO_ERODE_FRACTION * fov_diameter(mask)))
+        try:
+            erode = float(erode)
+        except ValueError:
+            raise ValueError(f"erode must be a number of pixels or 'auto', got {erode!r}") from None
+    if not (math.isfinite(erode) and erode >= 0):
+        raise ValueError(f"erode must be >= 0 pixels, got {erode!r}")
+    return int(round(erode))
+
+
+def load_pair(pair: Pair, settings: MaskSettings = MaskSettings()):
+    """Read the image and its mask (or estimate one) and erode it.
+
+    Returns
+    -------
+    image : ndarray
+    mask : (H, W) bool ndarray, eroded
+    info : dict
+        ``mask_source`` ("given", "dataset", "estimated"), ``erode`` (px),
+        and ``warnings`` (list of str).
+    """
+    image = read_image(pair.image, max_pixels=settings.max_pixels)
+    warnings = []
+    if pair.mask is not None and not settings.auto_mask:
+        mask = read_mask(pair.mask, max_pixels=settings.max_pixels)
+        if mask.shape != image.shape[:2]:
+            raise MaskError(
+                f"mask {pair.mask} is {mask.shape[1]}x{mask.shape[0]} px but the image is"
+                f" {image.shape[1]}x{image.shape[0]} px",
+                pair.image,
+            )
+        source = pair.mask_source
+    else:
+        try:
+            mask = estimate_fov(image)
+        except MaskError as exc:
+            raise MaskError(exc.message, pair.image) from None
+        source = "estimated"
+        if not settings.auto_mask:
+            warnings.append(f"{pair.image}: no mask found; using an estimated field of view")
+    px = resolve_erode(settings.erode, mask)
+    try:
+        mask = erode_mask(mask, px)
+    except MaskError as exc:
+        raise MaskError(exc.message, pair.mask or pair.image) from None
+    return image, mask, {"mask_source": source, "erode": px, "warnings": warnings}
+
+
+def output_path(outdir, pair: Pair, fmt: str) -> Path:
+    """Where the output of ``pair`` goes: ``OUTDIR/<rel>.<ext>``."""
+    return Path(outdir) / pair.rel.with_suffix(OUTPUT_FORMATS[fmt])
+
+
+def _check_output(out: Path, pair: Pair, overwrite: bool):
+    try:
+        same = out.exists() and out.resolve() == Path(pair.image).resolve()
+    except OSError:
+        same = False
+    if same or (pair.mask is not None and out.exists() and out.resolve() == Path(pair.mask).resolve()):
+        raise RetinaPrepError("output would overwrite an input; choose another output folder", out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError("output exists (use --overwrite to replace it)", out)
+
+
+def normalize_pair(
+    pair: Pair,
+    outdir,
+    settings: NormalizeSettings = NormalizeSettings(),
+    mask_settings: MaskSettings = MaskSettings(),
+) -> Result:
+    """Normalize one image and write ``OUTDIR/<rel>.<format>``."""
+    out = output_path(outdir, pair, settings.format)
+    _check_output(out, pair, settings.overwrite)
+    image, mask, info = load_pair(pair, mask_settings)
+    window = resolve_window(settings.window, mask)
+    kernel = make_kernel(settings.kernel, window, settings.sigma)
+    result = normalize_illumination(
+        image,
+        mask,
+        kernel=kernel,
+        target=settings.target,
+        fill=settings.fill,
+        ignore_mask=settings.ignore_mask,
+    )
+    write_image(out, result, fmt=settings.format, overwrite=settings.overwrite)
+    info.update(window=window, kernel=kernel.name)
+    return Result(pair, "done", outputs=[out], warnings=info.pop("warnings"), info=info)
+
+
+def settings_dict(*settings) -> dict:
+    """The effective settings as one plain dict (for logs and provenance)."""
+    out = {}
+    for s in settings:
+        out.update(asdict(s))
+    return out
+
+
+__all__ += ["settings_dict", "resolve_erode", "AUTO_ERODE_FRACTION"]
