@@ -185,7 +185,17 @@ def _pick_path(k: Kernel, path: str) -> str:
 
 
 def _filter(src: np.ndarray, k: Kernel, path: str) -> np.ndarray:
-    """Zero-padded *convolution* of a float32 array (H, W) or (H, W, C<=512)."""
+    """Zero-padded *convolution* of a float32 array (H, W) or (H, W, C)."""
+    if src.ndim == 3 and (src.shape[2] == 1 or src.shape[2] > 4):
+        # OpenCV drops a singleton channel axis and caps channel counts: go one by one
+        out = np.empty(src.shape, np.float32)
+        for c in range(src.shape[2]):
+            out[..., c] = _filter_cv(np.ascontiguousarray(src[..., c]), k, path)
+        return out
+    return _filter_cv(src, k, path)
+
+
+def _filter_cv(src: np.ndarray, k: Kernel, path: str) -> np.ndarray:
     if path == "box":
         kh, kw = k.shape
         out = cv2.boxFilter(src, cv2.CV_32F, (kw, kh), normalize=False, borderType=_BORDER)

@@ -25,7 +25,10 @@ __all__ = ["Pair", "find_pairs", "find_mask", "MASK_DIR_NAMES", "LABEL_DIR_NAMES
 #: Folder names holding masks.
 MASK_DIR_NAMES = ("mask", "masks")
 #: Folder names holding manual labels (never images to process).
-LABEL_DIR_NAMES = ("1st_manual", "2nd_manual", "manual1", "manual2", "labels", "label")
+LABEL_DIR_NAMES = (
+    "1st_manual", "2nd_manual", "manual1", "manual2", "labels", "label",
+    "truth", "ground_truth", "groundtruth", "gt",
+)
 #: Folder names holding the images of a split.
 IMAGE_DIR_NAMES = ("images", "image")
 #: Mask sources recorded in :attr:`Pair.mask_source`.

@@ -36,6 +36,14 @@ IMAGE_EXTENSIONS = (
 #: Output formats: name -> file ending.
 OUTPUT_FORMATS = {"png": ".png", "tif": ".tif"}
 
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
 #: Default limit on the number of pixels of a decoded image (decompression bombs).
 DEFAULT_MAX_PIXELS = 200_000_000
 
@@ -174,6 +182,7 @@ def write_bytes(path, data: bytes, *, overwrite: bool = False) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files; outputs get the usual mode
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -70,11 +70,13 @@ def _load_config(ctx: click.Context, param, value):
                     )
                 continue
             settings.update(values)
-    names = {
-        p.name: p
-        for p in ctx.command.params
-        if isinstance(p, click.Option) and p.name not in ("config", "help")
-    }
+    # keys are the options' long names (with dashes or underscores)
+    names = {}
+    for p in ctx.command.params:
+        if isinstance(p, click.Option) and p.name not in ("config", "help"):
+            for opt in p.opts + p.secondary_opts:
+                if opt.startswith("--"):
+                    names[opt[2:].replace("-", "_")] = p.name
     default_map = {}
     for key, v in settings.items():
         name = key.replace("-", "_")
@@ -83,7 +85,7 @@ def _load_config(ctx: click.Context, param, value):
             raise click.BadParameter(
                 f"{path}: unknown key {key!r} for '{cmd}'; valid keys: {valid}", ctx, param
             )
-        default_map[name] = v
+        default_map[names[name]] = v
     ctx.default_map = {**(ctx.default_map or {}), **default_map}
     return path
 

@@ -1,0 +1,110 @@
+"""Synthetic fundus-like images with known ground truth, for tests and sample data.
+
+``image = 255 * reflectance * illumination`` inside a disc, a dark background
+outside it. The illumination field, the vessel map and the FOV are returned,
+so a test can check that normalization removes the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["SyntheticFundus", "synthetic_fundus", "illumination_field"]
+
+_BASE = np.array([0.66, 0.38, 0.18])  # reflectance of the retina, R G B
+_VESSEL_DARKENING = np.array([0.80, 0.55, 0.70])
+
+
+@dataclass
+class SyntheticFundus:
+    image: np.ndarray  # (H, W, 3) uint8 (or uint16)
+    mask: np.ndarray  # (H, W) bool, the true FOV
+    illumination: np.ndarray  # (H, W) float, multiplies the reflectance
+    vessels: np.ndarray  # (H, W) bool
+    reflectance: np.ndarray  # (H, W, 3) float in [0, 1]
+
+
+def illumination_field(shape, *, strength: float = 1.0, seed: int = 0) -> np.ndarray:
+    """A smooth, strongly uneven illumination field, about 0.3 to 1.3.
+
+    A linear ramp across the image, a bright blob off centre and a dark
+    corner; ``strength`` scales the departure from 1.
+    """
+    h, w = shape
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    xn, yn = x / w - 0.5, y / h - 0.5
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = 0.55 * (np.cos(angle) * xn + np.sin(angle) * yn) * 2
+    cx, cy = rng.uniform(-0.2, 0.2, 2)
+    blob = 0.35 * np.exp(-((xn - cx) ** 2 + (yn - cy) ** 2) / (2 * 0.15**2))
+    dark = -0.25 * np.exp(-((xn + 0.3) ** 2 + (yn - 0.3) ** 2) / (2 * 0.12**2))
+    field = 1.0 + strength * (ramp + blob + dark)
+    return np.clip(field, 0.15, None)
+
+
+def _vessel_tree(shape, center, radius, rng) -> np.ndarray:
+    h, w = shape
+    canvas = np.zeros((h, w), np.uint8)
+    scale = min(h, w) / 565
+    start = np.array(center) + np.array([-0.6 * radius, 0.0])  # "optic disc" left of centre
+    for _ in range(10):
+        pts = [start.copy()]
+        ang = rng.uniform(0, 2 * np.pi)
+        width = rng.uniform(2, 7) * scale
+        p = start.copy()
+        for _ in range(40):
+            ang += rng.normal(0, 0.18)
+            p = p + 0.045 * radius * np.array([np.cos(ang), np.sin(ang)])
+            pts.append(p.copy())
+        poly = np.round(np.array(pts)).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(canvas, [poly], False, 1, max(1, int(round(width))), cv2.LINE_8)
+    return canvas.astype(bool)
+
+
+def synthetic_fundus(
+    shape=(584, 565),
+    *,
+    seed: int = 0,
+    background: int = 0,
+    strength: float = 1.0,
+    vessels: bool = True,
+    noise: float = 1.5,
+    dtype=np.uint8,
+) -> SyntheticFundus:
+    """Make a synthetic fundus photograph with known illumination and FOV.
+
+    Parameters
+    ----------
+    shape : (H, W)
+    seed : int
+        Seed of the random vessels, field and noise.
+    background : int
+        Gray level of the background outside the FOV (8-bit units).
+    strength : float
+        How uneven the illumination is (0: perfectly even).
+    vessels : bool
+        Draw dark vessel-like curves.
+    noise : float
+        Standard deviation of Gaussian noise, 8-bit units.
+    dtype : uint8 or uint16
+    """
+    h, w = shape
+    rng = np.random.default_rng(seed)
+    cy, cx = h / 2 + rng.uniform(-0.02, 0.02) * h, w / 2 + rng.uniform(-0.02, 0.02) * w
+    radius = 0.46 * min(h, w)
+    y, x = np.mgrid[0:h, 0:w]
+    mask = (y - cy) ** 2 + (x - cx) ** 2 <= radius**2
+    field = illumination_field(shape, strength=strength, seed=seed)
+    vmap = _vessel_tree(shape, (cx, cy), radius, rng) & mask if vessels else np.zeros(shape, bool)
+    refl = np.broadcast_to(_BASE, (h, w, 3)).copy()
+    refl[vmap] *= _VESSEL_DARKENING
+    img = 255.0 * refl * field[..., None]
+    img += rng.normal(0, noise, img.shape)
+    img[~mask] = background + rng.normal(0, noise, (int((~mask).sum()), 3))
+    scale = np.iinfo(dtype).max / 255.0
+    img = np.clip(np.rint(img * scale), 0, np.iinfo(dtype).max).astype(dtype)
+    return SyntheticFundus(img, mask, field, vmap, refl)

@@ -1,0 +1,216 @@
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from retina_prep.core import (
+    PATHS,
+    Kernel,
+    as_kernel,
+    box_kernel,
+    convolve,
+    gaussian_kernel,
+    mask_weights,
+    masked_convolve,
+)
+
+from .reference import convolve_ref, masked_convolve_ref, windowed_mean_loop
+
+
+def _masks(rng, shape):
+    """Masks with holes, thin strips, border contact, soft weights."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    disc = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (0.4 * min(h, w)) ** 2
+    holes = disc & (rng.random(shape) > 0.15)
+    strip = np.zeros(shape, bool)
+    strip[:, w // 3] = True
+    strip[h // 2, :] = True
+    border = np.zeros(shape, bool)
+    border[: h // 2, :] = True  # touches three image edges
+    noise = rng.random(shape) > 0.5
+    soft = rng.random(shape).astype(np.float32) * disc
+    return {"disc": disc, "holes": holes, "strip": strip, "border": border,
+            "noise": noise, "soft": soft, "none": None}
+
+
+def _kernels(rng):
+    return [
+        box_kernel(1),
+        box_kernel(3),
+        box_kernel(7),
+        box_kernel(15),
+        gaussian_kernel(1.0),
+        gaussian_kernel(2.5, 9),
+        as_kernel(rng.random((5, 3)) + 0.01),  # asymmetric, general path
+        as_kernel(np.outer([1, 2, 1], [1, 4, 6, 4, 1]).astype(float)),  # separable, asymmetric sizes
+    ]
+
+
+def _paths(k: Kernel):
+    ps = ["auto", "filter2d"]
+    if k.factors is not None:
+        ps.append("separable")
+    if k.is_box:
+        ps.append("box")
+    return ps
+
+
+@pytest.mark.parametrize("channels", [0, 1, 3, 5])
+def test_every_path_matches_brute_force(rng, channels):
+    shape = (31, 42)
+    img_shape = shape if channels == 0 else shape + (channels,)
+    image = rng.random(img_shape) * 255
+    for mname, mask in _masks(rng, shape).items():
+        for k in _kernels(rng):
+            ref, ref_w = masked_convolve_ref(image, mask, k.array)
+            for path in _paths(k):
+                out, w = masked_convolve(image, mask, k, path=path, return_weights=True)
+                assert out.dtype == np.float32 and out.shape == image.shape
+                np.testing.assert_allclose(w, ref_w, atol=2e-5, err_msg=f"{mname} {k.name} {path}")
+                defined = ~np.isnan(ref)
+                assert np.array_equal(np.isnan(out), ~defined), f"{mname} {k.name} {path}"
+                np.testing.assert_allclose(out[defined], ref[defined], rtol=1e-4, atol=2e-3,
+                                           err_msg=f"{mname} {k.name} {path}")
+
+
+def test_fast_paths_match_filter2d(rng):
+    image = rng.random((60, 70, 3)).astype(np.float32) * 255
+    mask = rng.random((60, 70)) > 0.3
+    for k in [box_kernel(11), box_kernel(31), gaussian_kernel(3.0), gaussian_kernel(8.0, 41)]:
+        general = masked_convolve(image, mask, k, path="filter2d")
+        for path in _paths(k):
+            fast = masked_convolve(image, mask, k, path=path)
+            np.testing.assert_allclose(fast, general, rtol=1e-5, atol=1e-3, equal_nan=True)
+
+
+def test_plain_convolve_matches_reference(rng):
+    image = rng.random((20, 25)) * 10
+    k = rng.random((3, 7)) - 0.3  # signed, asymmetric: checks flip and anchor
+    np.testing.assert_allclose(convolve(image, k), convolve_ref(image, k), atol=1e-4)
+
+
+def test_box_mean_against_explicit_loop(rng):
+    image = rng.integers(0, 256, (25, 30, 3)).astype(np.uint8)
+    mask = rng.random((25, 30)) > 0.4
+    out = masked_convolve(image, mask, box_kernel(7))
+    for i, j in [(0, 0), (12, 15), (24, 29), (3, 27)]:
+        if mask[max(0, i - 3): i + 4, max(0, j - 3): j + 4].any():
+            np.testing.assert_allclose(out[i, j], windowed_mean_loop(image, mask, 7, i, j), rtol=1e-5)
+
+
+def test_background_does_not_leak():
+    img = np.zeros((40, 40), np.float32)
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 10:30] = True
+    img[mask] = 200.0
+    img[~mask] = 0.0
+    out = masked_convolve(img, mask, box_kernel(11), fill=-1)
+    assert np.allclose(out[mask], 200.0)
+    # pixels with no valid pixel in their window get the fill value
+    assert out[0, 0] == -1
+
+
+def test_undefined_pixels_get_fill_and_weights_in_unit_range(rng):
+    mask = np.zeros((30, 30), bool)
+    mask[5, 5] = True
+    out, w = masked_convolve(rng.random((30, 30)), mask, box_kernel(5), fill=7.0, return_weights=True)
+    assert out[20, 20] == 7.0
+    assert w.min() >= 0 and w.max() <= 1
+    assert w[5, 5] == pytest.approx(1 / 25, rel=1e-5)
+
+
+def test_weights_of_full_mask_are_one_inside():
+    w = mask_weights(np.ones((20, 20), bool), box_kernel(5))
+    assert np.allclose(w[2:-2, 2:-2], 1.0)
+    assert w[0, 0] == pytest.approx(9 / 25)  # outside the rectangle counts as invalid
+
+
+def test_input_not_mutated(rng):
+    image = rng.random((20, 20, 3)).astype(np.float32)
+    mask = rng.random((20, 20)) > 0.5
+    image.setflags(write=False)
+    mask.setflags(write=False)
+    before = image.copy()
+    masked_convolve(image, mask, box_kernel(5))
+    assert np.array_equal(image, before)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [np.ones((4, 5)), np.ones((2, 3)), np.array([[np.nan]]), np.zeros((0, 3)), np.ones(3)],
+)
+def test_kernel_validation(bad):
+    with pytest.raises(ValueError):
+        as_kernel(bad)
+
+
+def test_argument_validation(rng):
+    img = rng.random((10, 10))
+    with pytest.raises(ValueError, match="non-negative"):
+        masked_convolve(img, None, np.array([[-1.0, 2.0, -1.0]]))
+    with pytest.raises(ValueError, match="does not match"):
+        masked_convolve(img, np.ones((9, 10), bool), box_kernel(3))
+    with pytest.raises(ValueError, match="valid paths"):
+        masked_convolve(img, None, box_kernel(3), path="fft")
+    with pytest.raises(ValueError, match="box"):
+        masked_convolve(img, None, gaussian_kernel(1.0), path="box")
+    with pytest.raises(ValueError, match="odd"):
+        box_kernel(4)
+    with pytest.raises(ValueError, match="0, 1"):
+        masked_convolve(img, np.full((10, 10), 1.5), box_kernel(3))
+    assert set(PATHS) == {"auto", "box", "separable", "filter2d"}
+
+
+# ---------------------------------------------------------------- properties
+
+_shapes = st.tuples(st.integers(3, 24), st.integers(3, 24))
+_sizes = st.sampled_from([1, 3, 5, 9])
+
+
+@st.composite
+def _image_and_mask(draw):
+    h, w = draw(_shapes)
+    image = draw(hnp.arrays(np.float64, (h, w), elements=st.floats(0, 255, width=32)))
+    mask = draw(hnp.arrays(np.bool_, (h, w)))
+    return image, mask
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_image_and_mask(), size=_sizes, gaussian=st.booleans())
+def test_result_within_range_of_valid_pixels(data, size, gaussian):
+    image, mask = data
+    k = gaussian_kernel(size / 3 + 0.3, size) if gaussian else box_kernel(size)
+    out = masked_convolve(image, mask, k)
+    defined = ~np.isnan(out)
+    if mask.any():
+        lo, hi = image[mask].min(), image[mask].max()
+        assert np.all(out[defined] >= lo - 1e-3 - 1e-5 * hi)
+        assert np.all(out[defined] <= hi + 1e-3 + 1e-5 * hi)
+    else:
+        assert not defined.any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=_image_and_mask(), size=_sizes, value=st.floats(0, 65535, width=32))
+@example(data=(np.zeros((3, 3)), np.eye(3, dtype=bool)), size=9, value=255.0)
+def test_constant_image_stays_constant_where_defined(data, size, value):
+    _, mask = data
+    image = np.full(mask.shape, value)
+    out = masked_convolve(image, mask, box_kernel(size))
+    defined = ~np.isnan(out)
+    np.testing.assert_allclose(out[defined], value, rtol=1e-5, atol=1e-3)
+    # every mask pixel sees at least itself, so it is always defined
+    assert defined[mask].all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=_image_and_mask(), size=_sizes)
+def test_equals_plain_convolution_where_window_fully_valid(data, size):
+    image, mask = data
+    k = box_kernel(size)
+    out, w = masked_convolve(image, mask, k, return_weights=True)
+    plain = convolve(image, k)
+    full = w > 1 - 1e-6
+    np.testing.assert_allclose(out[full], plain[full], rtol=1e-4, atol=1e-2)

@@ -1,0 +1,190 @@
+import os
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from retina_prep.errors import ImageReadError, MaskError, OutputExistsError
+from retina_prep.fov import binarize_mask, erode_mask, estimate_fov, fill_holes, fov_diameter
+from retina_prep.io import read_image, read_mask, write_image
+from retina_prep.synthetic import synthetic_fundus
+
+
+def _disc(shape, r):
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < r**2
+
+
+def iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+# ------------------------------------------------------------ mask reading
+
+@pytest.mark.parametrize("scale", [1, 255])
+def test_binarize_values(scale):
+    m = _disc((20, 30), 8).astype(np.uint8) * scale
+    assert np.array_equal(binarize_mask(m), m > 0)
+
+
+def test_binarize_layouts():
+    m = _disc((20, 30), 8)
+    u = m.astype(np.uint8) * 255
+    assert np.array_equal(binarize_mask(u[None]), m)  # frame axis
+    assert np.array_equal(binarize_mask(np.dstack([u, u, u])), m)  # RGB
+    assert np.array_equal(binarize_mask(np.dstack([u, u, u])[None]), m)  # frames of RGB
+    rgba = np.dstack([u, u, u, np.full_like(u, 255)])
+    assert np.array_equal(binarize_mask(rgba), m)  # alpha ignored
+
+
+def test_binarize_empty():
+    with pytest.raises(MaskError, match="empty"):
+        binarize_mask(np.zeros((5, 5), np.uint8))
+
+
+@pytest.mark.parametrize("kind", ["gray", "rgb", "palette"])
+def test_read_gif_masks(tmp_path, kind):
+    m = _disc((40, 50), 15)
+    u = m.astype(np.uint8) * 255
+    path = tmp_path / "m.gif"
+    if kind == "gray":
+        iio.imwrite(path, u)
+    elif kind == "rgb":
+        iio.imwrite(path, np.dstack([u, u, u]))
+    else:
+        from PIL import Image
+
+        im = Image.fromarray(m.astype(np.uint8), mode="L").convert("P")
+        im.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+        im.save(path)
+    assert np.array_equal(read_mask(path), m)
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif", ".jpg"])
+def test_read_masks_other_formats(tmp_path, ext):
+    m = _disc((40, 50), 15)
+    p = tmp_path / f"m{ext}"
+    write_image(p.with_suffix(".png"), m.astype(np.uint8) * 255)
+    if ext != ".png":
+        iio.imwrite(p, m.astype(np.uint8) * 255)
+    got = read_mask(p)
+    assert iou(got, m) > 0.98
+
+
+def test_read_mask_errors(tmp_path):
+    empty = tmp_path / "e.png"
+    write_image(empty, np.zeros((5, 5), np.uint8))
+    with pytest.raises(MaskError, match="empty"):
+        read_mask(empty)
+    junk = tmp_path / "j.gif"
+    junk.write_text("not a gif")
+    with pytest.raises(MaskError, match=str(junk.name)):
+        read_mask(junk)
+
+
+# ------------------------------------------------------------ image io
+
+def test_roundtrip_rgb_and_16bit(tmp_path, rng):
+    rgb = rng.integers(0, 256, (10, 12, 3)).astype(np.uint8)
+    write_image(tmp_path / "a.png", rgb)
+    assert np.array_equal(read_image(tmp_path / "a.png"), rgb)
+    # channel order is RGB on disk as everywhere else
+    assert np.array_equal(iio.imread(tmp_path / "a.png"), rgb)
+    deep = rng.integers(0, 65536, (10, 12)).astype(np.uint16)
+    write_image(tmp_path / "b.tif", deep)
+    assert np.array_equal(read_image(tmp_path / "b.tif"), deep)
+    assert oct(os.stat(tmp_path / "a.png").st_mode & 0o777) != oct(0o600)
+
+
+def test_rgba_drops_alpha(tmp_path, rng):
+    rgba = rng.integers(0, 256, (10, 12, 4)).astype(np.uint8)
+    iio.imwrite(tmp_path / "a.png", rgba)
+    assert np.array_equal(read_image(tmp_path / "a.png"), rgba[..., :3])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "empty"), (b"hello, this is text", "cannot decode"), (None, "not found")],
+)
+def test_read_image_errors(tmp_path, content, message):
+    p = tmp_path / "x.tif"
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(ImageReadError, match=message) as exc:
+        read_image(p)
+    assert str(p) in str(exc.value)
+
+
+def test_truncated_image(tmp_path, rng):
+    p = tmp_path / "t.png"
+    write_image(p, rng.integers(0, 256, (64, 64, 3)).astype(np.uint8))
+    p.write_bytes(p.read_bytes()[:200])
+    with pytest.raises(ImageReadError):
+        read_image(p)
+
+
+def test_pixel_limit(tmp_path):
+    p = tmp_path / "big.png"
+    write_image(p, np.zeros((100, 100), np.uint8))
+    with pytest.raises(ImageReadError, match="max-pixels"):
+        read_image(p, max_pixels=5000)
+
+
+def test_write_refuses_existing_and_is_atomic(tmp_path):
+    p = tmp_path / "o.png"
+    write_image(p, np.zeros((4, 4), np.uint8))
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        write_image(p, np.ones((4, 4), np.uint8))
+    write_image(p, np.ones((4, 4), np.uint8), overwrite=True)
+    assert read_image(p).max() == 1
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["o.png"]  # no temporary files
+    with pytest.raises(ValueError, match="tif"):
+        write_image(tmp_path / "f.png", np.zeros((4, 4), np.float32))
+    assert not (tmp_path / "f.png").exists()
+
+
+# ------------------------------------------------------------ fov
+
+def test_erode_mask_only_at_margin():
+    m = np.zeros((30, 30), bool)
+    m[:, :20] = True  # touches the image border on three sides
+    e = erode_mask(m, 3)
+    assert e[:, :17].all() and not e[:, 17:].any()
+    assert np.array_equal(erode_mask(m, 0), m)
+    with pytest.raises(MaskError):
+        erode_mask(_disc((20, 20), 3), 10)
+    with pytest.raises(ValueError):
+        erode_mask(m, -1)
+
+
+def test_fill_holes():
+    m = _disc((30, 30), 10)
+    holed = m.copy()
+    holed[15, 10:20] = False
+    assert np.array_equal(fill_holes(holed), m)
+
+
+@pytest.mark.parametrize("bg", [0, 15])
+@pytest.mark.parametrize("shape", [(300, 280), (584, 565), (1200, 1300)])
+def test_estimate_fov_on_synthetic(shape, bg):
+    s = synthetic_fundus(shape, seed=2, background=bg, noise=2.0)
+    est = estimate_fov(s.image)
+    assert iou(est, s.mask) > 0.98
+    assert np.array_equal(fill_holes(est), est)
+
+
+def test_estimate_fov_does_not_mutate():
+    s = synthetic_fundus((100, 100), seed=1)
+    s.image.setflags(write=False)
+    estimate_fov(s.image)
+
+
+def test_estimate_fov_uniform_image():
+    with pytest.raises(MaskError):
+        estimate_fov(np.zeros((50, 50, 3), np.uint8))
+
+
+def test_fov_diameter_cut_disc():
+    m = _disc((200, 300), 120)  # cut at top and bottom
+    assert fov_diameter(m) == pytest.approx(240, abs=2)
