@@ -29,6 +29,8 @@ LABEL_DIR_NAMES = (
     "1st_manual", "2nd_manual", "manual1", "manual2", "labels", "label",
     "truth", "ground_truth", "groundtruth", "gt",
 )
+#: Folder names holding figures (outputs of retina-prep, never inputs).
+FIGURE_DIR_NAMES = ("figures", "panels")
 #: Folder names holding the images of a split.
 IMAGE_DIR_NAMES = ("images", "image")
 #: Mask sources recorded in :attr:`Pair.mask_source`.
@@ -68,7 +70,7 @@ def _is_mask_or_label_name(p: Path) -> bool:
 
 def _is_skipped_dir(name: str) -> bool:
     n = name.lower()
-    return n in MASK_DIR_NAMES or n in LABEL_DIR_NAMES or n.startswith("manual") or n.startswith(".")
+    return n in MASK_DIR_NAMES or n in LABEL_DIR_NAMES or n in FIGURE_DIR_NAMES or n.startswith("manual") or n.startswith(".")
 
 
 def _candidates(folder: Path, stem: str):

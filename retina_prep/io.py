@@ -77,9 +77,13 @@ def _decode(path: Path, data: bytes) -> np.ndarray:
                 arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
     if arr is None:
         try:
+            import warnings
+
             import imageio.v3 as iio
 
-            arr = iio.imread(data, extension=path.suffix.lower() or None)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # plugin deprecation noise while probing
+                arr = iio.imread(data, extension=path.suffix.lower() or None)
         except Exception as exc:  # imageio raises many types for bad data
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ImageReadError(

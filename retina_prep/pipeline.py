@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .batch import Result
 from .dataset import Pair
+from .figures import panel
 from .errors import MaskError, OutputExistsError, RetinaPrepError
 from .fov import erode_mask, estimate_fov, fov_diameter
 from .io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, read_image, read_mask, write_image
@@ -135,24 +136,48 @@ def normalize_pair(
     outdir,
     settings: NormalizeSettings = NormalizeSettings(),
     mask_settings: MaskSettings = MaskSettings(),
+    *,
+    panels_dir=None,
+    panels_compare: bool = False,
 ) -> Result:
-    """Normalize one image and write ``OUTDIR/<rel>.<format>``."""
+    """Normalize one image and write ``OUTDIR/<rel>.<format>``.
+
+    With ``panels_dir``, also write a labelled panel ``PANELS/<rel>.png``:
+    original | normalized, or with ``panels_compare`` seed 000's Fig. 4:
+    without IN | IN without mask | IN with mask.
+    """
     out = output_path(outdir, pair, settings.format)
     _check_output(out, pair, settings.overwrite)
+    panel_out = None
+    if panels_dir is not None:
+        panel_out = output_path(panels_dir, pair, "png")
+        _check_output(panel_out, pair, settings.overwrite)
     image, mask, info = load_pair(pair, mask_settings)
     window = resolve_window(settings.window, mask)
     kernel = make_kernel(settings.kernel, window, settings.sigma)
-    result = normalize_illumination(
-        image,
-        mask,
-        kernel=kernel,
-        target=settings.target,
-        fill=settings.fill,
-        ignore_mask=settings.ignore_mask,
-    )
+
+    def run(ignore_mask):
+        return normalize_illumination(
+            image, mask, kernel=kernel, target=settings.target, fill=settings.fill,
+            ignore_mask=ignore_mask,
+        )
+
+    result = run(settings.ignore_mask)
     write_image(out, result, fmt=settings.format, overwrite=settings.overwrite)
+    outputs = [out]
+    if panel_out is not None:
+        if panels_compare:
+            plain = result if settings.ignore_mask else run(True)
+            masked = run(False) if settings.ignore_mask else result
+            cols = [("(a) without IN", image), ("(b) IN without mask", plain),
+                    ("(c) IN with mask", masked)]
+        else:
+            cols = [("original", image), ("IN without mask" if settings.ignore_mask
+                                          else "IN with mask", result)]
+        write_image(panel_out, panel(cols, mask=mask), overwrite=settings.overwrite)
+        outputs.append(panel_out)
     info.update(window=window, kernel=kernel.name)
-    return Result(pair, "done", outputs=[out], warnings=info.pop("warnings"), info=info)
+    return Result(pair, "done", outputs=outputs, warnings=info.pop("warnings"), info=info)
 
 
 def settings_dict(*settings) -> dict:

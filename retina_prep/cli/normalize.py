@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import click
 
@@ -28,6 +29,7 @@ Examples:
   retina-prep normalize DRIVE -o out --config configs/drive.toml
   retina-prep normalize eye.jpg --mask eye_mask.png -o out --window 31
   retina-prep normalize DRIVE/test -o out_nomask --ignore-mask
+  retina-prep normalize sample_data -o out --panels panels --panels-compare
 """,
 )
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=str))
@@ -73,6 +75,19 @@ Examples:
     default=False,
     help="Plain convolution over the whole image (the halo-prone 'IN without mask'), for comparison.",
 )
+@click.option(
+    "--panels",
+    "panels_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write a labelled before/after panel per image into this folder.",
+)
+@click.option(
+    "--panels-compare",
+    is_flag=True,
+    default=False,
+    help="Panels with three columns, as seed 000's Fig. 4: without IN | IN without mask | IN with mask.",
+)
 @format_opt
 @overwrite_opt
 @max_pixels_opt
@@ -80,7 +95,7 @@ Examples:
 @config_opt
 @click.pass_context
 def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, window,
-              kernel, sigma, target, fill, ignore_mask, fmt, overwrite, max_pixels, quiet):
+              kernel, sigma, target, fill, ignore_mask, panels_dir, panels_compare, fmt, overwrite, max_pixels, quiet):
     """Flatten uneven illumination: I - masked local mean + I0, per channel.
 
     INPUT may be image files, a DRIVE root (training/, test/), a split folder
@@ -98,10 +113,15 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
         mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, max_pixels=max_pixels)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if panels_compare and panels_dir is None:
+        raise click.BadParameter("needs --panels DIR", param_hint="--panels-compare")
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
-                          outdir=outdir)
+                          outdir=[outdir, panels_dir])
     prepare_outdir(outdir)
+    if panels_dir is not None:
+        prepare_outdir(panels_dir)
     step = functools.partial(normalize_pair, outdir=outdir, settings=settings,
-                             mask_settings=mask_settings)
+                             mask_settings=mask_settings, panels_dir=panels_dir,
+                             panels_compare=panels_compare)
     report = run("normalize", pairs, step, outdir=outdir, quiet=quiet)
     ctx.exit(report.exit_code)

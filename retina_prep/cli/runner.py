@@ -22,14 +22,18 @@ def log(msg: str) -> None:
 
 
 def collect_pairs(inputs, *, mask, mask_dir, mask_pattern, outdir) -> list[Pair]:
-    """Find and pair inputs; problems with the inputs themselves are usage errors (exit 2)."""
+    """Find and pair inputs; problems with the inputs themselves are usage errors (exit 2).
+
+    ``outdir`` (a folder or a list of folders) is never searched for inputs.
+    """
+    outdirs = [d for d in (outdir if isinstance(outdir, (list, tuple)) else [outdir]) if d]
     if not inputs:
         raise click.UsageError("no INPUT given: name image files or dataset folders")
     if mask is not None and mask_dir is not None:
         raise click.UsageError("--mask and --mask-dir exclude each other")
     try:
         return find_pairs(
-            inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern, exclude=[outdir]
+            inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern, exclude=outdirs
         )
     except DatasetError as exc:
         raise click.UsageError(str(exc)) from None

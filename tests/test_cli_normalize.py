@@ -1,0 +1,212 @@
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from retina_prep import __version__
+from retina_prep.cli.main import cli
+from retina_prep.io import read_image, read_mask
+
+from .helpers import make_drive, make_image, make_mask
+from .reference import masked_convolve_ref
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_version_and_help():
+    r = invoke("--version")
+    assert r.exit_code == 0 and __version__ in r.output
+    r = invoke("normalize", "--help")
+    assert r.exit_code == 0 and "Examples" in r.output and "--window" in r.output
+
+
+def test_python_dash_m():
+    r = subprocess.run([sys.executable, "-m", "retina_prep", "--version"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and __version__ in r.stdout
+
+
+def test_drive_tree_end_to_end(tmp_path):
+    root = make_drive(tmp_path / "DRIVE")
+    out = tmp_path / "out"
+    r = invoke("normalize", root, "-o", out, "--window", 15, "--erode", 2)
+    assert r.exit_code == 0, r.output
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert written == ["test/01_test.png", "test/02_test.png",
+                       "training/21_training.png", "training/22_training.png"]
+    assert "4 done, 0 failed" in r.output
+
+
+def test_output_matches_brute_force(tmp_path):
+    root = make_drive(tmp_path / "DRIVE", 1, 0)
+    out = tmp_path / "out"
+    assert invoke("normalize", root, "-o", out, "--window", 9).exit_code == 0
+    img = read_image(root / "training/images/21_training.tif")
+    mask = read_mask(root / "training/mask/21_training_mask.gif")
+    got = read_image(out / "training/21_training.png").astype(int)
+    mean, _ = masked_convolve_ref(img, mask, np.ones((9, 9)))
+    ref = np.clip(np.rint(img - mean + 128), 0, 255)
+    ref[~mask] = 0
+    assert np.abs(got - ref).max() <= 1
+
+
+def test_overwrite_refused_then_allowed(tmp_path):
+    root = make_drive(tmp_path / "D", 1, 0)
+    out = tmp_path / "out"
+    assert invoke("normalize", root, "-o", out).exit_code == 0
+    before = (out / "training/21_training.png").stat().st_mtime_ns
+    r = invoke("normalize", root, "-o", out)
+    assert r.exit_code == 1 and "--overwrite" in r.output
+    assert (out / "training/21_training.png").stat().st_mtime_ns == before
+    assert invoke("normalize", root, "-o", out, "--overwrite").exit_code == 0
+
+
+def test_bad_file_does_not_stop_batch(tmp_path):
+    d = tmp_path / "in"
+    make_image(d / "a.png", seed=1)
+    (d / "b.png").write_bytes(b"")
+    (d / "c.tif").write_text("this is text, not a TIFF")
+    make_image(d / "e.png", seed=2)
+    out = tmp_path / "out"
+    r = invoke("normalize", d, "-o", out, "--window", 9)
+    assert r.exit_code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "e.png"]
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2
+    assert "b.png" in errors[0] and "empty" in errors[0]
+    assert "c.tif" in errors[1] and "decode" in errors[1]
+    assert "2 done, 2 failed" in r.output
+
+
+def test_mask_size_mismatch_and_empty_mask(tmp_path):
+    d = tmp_path / "in"
+    m = make_image(d / "a.png", seed=1)
+    make_mask(d / "a_mask.png", np.ones((10, 10), bool))
+    make_image(d / "b.png", seed=2)
+    make_mask(d / "b_mask.png", np.zeros_like(m))
+    make_image(d / "c.png", seed=3)
+    make_mask(d / "c_mask.png", m)
+    out = tmp_path / "out"
+    r = invoke("normalize", d, "-o", out, "--window", 9)
+    assert r.exit_code == 1
+    assert "a_mask.png is 10x10 px but the image is 110x120 px" in r.output
+    assert "b_mask.png: mask is empty" in r.output
+    assert [p.name for p in out.iterdir()] == ["c.png"]
+
+
+def test_missing_mask_is_estimated_with_warning(tmp_path):
+    make_image(tmp_path / "in" / "x.png")
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "out", "--window", 9)
+    assert r.exit_code == 0
+    assert "warning:" in r.output and "estimated" in r.output
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "out2", "--auto-mask")
+    assert r.exit_code == 0 and "warning" not in r.output
+
+
+def test_single_image_with_mask_option_and_tif(tmp_path):
+    m = make_image(tmp_path / "eye.png")
+    make_mask(tmp_path / "fov.png", m)
+    r = invoke("normalize", tmp_path / "eye.png", "--mask", tmp_path / "fov.png", "-o",
+               tmp_path / "o", "--format", "tif", "--kernel", "gaussian", "--sigma", 4,
+               "--window", 13)
+    assert r.exit_code == 0, r.output
+    out = read_image(tmp_path / "o" / "eye.tif")
+    assert out.dtype == np.uint8 and np.all(out[~m] == 0)
+
+
+def test_ignore_mask_output_still_cut_to_fov(tmp_path):
+    m = make_image(tmp_path / "in" / "eye.png")
+    make_mask(tmp_path / "in" / "eye_mask.png", m)
+    assert invoke("normalize", tmp_path / "in", "-o", tmp_path / "o", "--ignore-mask").exit_code == 0
+    out = read_image(tmp_path / "o" / "eye.png")
+    assert np.all(out[~m] == 0) and out[m].mean() > 50
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--window", "4"], "odd"),
+        (["--window", "big"], "odd"),
+        (["--erode", "-2"], "negative"),
+        (["--kernel", "median"], "median"),
+        (["--sigma", "3"], "--kernel gaussian"),
+        (["--format", "jpg"], "jpg"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path, args, message):
+    make_image(tmp_path / "x.png")
+    r = invoke("normalize", tmp_path / "x.png", "-o", tmp_path / "o", *args)
+    assert r.exit_code == 2 and message in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_input_is_usage_error(tmp_path):
+    r = invoke("normalize", tmp_path / "nope.png", "-o", tmp_path / "o")
+    assert r.exit_code == 2 and "nope.png" in r.output
+
+
+def test_config_file_and_override(tmp_path):
+    make_image(tmp_path / "in" / "x.png")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[normalize]\nwindow = 4\n')
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "o", "--config", cfg)
+    assert r.exit_code == 2 and "odd" in r.output
+    # the flag wins over the file
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "o", "--config", cfg, "--window", 5)
+    assert r.exit_code == 0, r.output
+    cfg.write_text('windw = 5\n')
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "o2", "--config", cfg)
+    assert r.exit_code == 2 and "unknown key 'windw'" in r.output
+
+
+def test_shipped_configs_are_valid(tmp_path):
+    from .conftest import REPO
+
+    make_image(tmp_path / "in" / "x.png")
+    for name in ["default.toml", "drive.toml"]:
+        r = invoke("normalize", tmp_path / "in", "-o", tmp_path / name, "--auto-mask",
+                   "--config", REPO / "configs" / name)
+        assert r.exit_code == 0, r.output
+
+
+def test_input_never_overwritten(tmp_path):
+    d = tmp_path / "in"
+    make_image(d / "x.png")
+    data = (d / "x.png").read_bytes()
+    r = invoke("normalize", d / "x.png", "-o", d, "--overwrite")
+    assert r.exit_code == 1 and "overwrite an input" in r.output
+    assert (d / "x.png").read_bytes() == data
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_stops(tmp_path):
+    make_image(tmp_path / "x.png")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    r = invoke("normalize", tmp_path / "x.png", "-o", ro / "sub")
+    assert r.exit_code == 1 and "cannot create output folder" in r.output
+
+
+def test_output_that_is_a_file_stops(tmp_path):
+    make_image(tmp_path / "x.png")
+    (tmp_path / "taken").write_text("a file")
+    r = invoke("normalize", tmp_path / "x.png", "-o", tmp_path / "taken" / "sub")
+    assert r.exit_code == 1 and "cannot create output folder" in r.output
+
+
+def test_sample_data_runs(tmp_path):
+    from .conftest import REPO
+
+    src = tmp_path / "sample_data"
+    shutil.copytree(REPO / "sample_data", src)
+    r = invoke("normalize", src, "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "retina_cc0.png", "synthetic_01.png", "synthetic_02.png"]

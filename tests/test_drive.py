@@ -1,0 +1,34 @@
+"""Checks on the real DRIVE data; skipped when it is absent."""
+
+import numpy as np
+from click.testing import CliRunner
+
+from retina_prep.cli.main import cli
+from retina_prep.io import read_image, read_mask
+from retina_prep.metrics import DEFAULT_BANDS, margin_bias_profile
+
+from .conftest import REPO
+
+
+def test_drive_preset_bias_within_3_gray_levels(drive, tmp_path):
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["normalize", str(drive), "-o", str(out), "-q",
+                                 "--config", str(REPO / "configs" / "drive.toml")])
+    assert r.exit_code == 0, r.output
+    sums, counts = 0, 0
+    outputs = sorted(out.rglob("*.png"))
+    assert len(outputs) == 40
+    for p in outputs:
+        split = p.parent.name
+        stem = p.stem
+        num = stem.split("_")[0]
+        mask = read_mask(drive / split / "mask" / f"{stem}_mask.gif")
+        labels = read_mask(drive / split / "1st_manual" / f"{num}_manual1.gif")
+        img = read_image(p)
+        region = img.max(axis=-1) > 0
+        s, c = margin_bias_profile(img, mask, target=128, region=region & mask, exclude=labels)
+        sums, counts = sums + s, counts + c
+    bias = sums / np.maximum(counts, 1)[:, None]
+    for (lo, hi), b, n in zip(DEFAULT_BANDS, bias, counts):
+        if lo >= 3 and n:
+            assert np.all(np.abs(b) <= 3), f"band {lo}-{hi}: {b}"
