@@ -337,7 +337,7 @@ def masked_convolve(
     >>> import numpy as np
     >>> img = np.full((5, 5), 100.0); mask = np.zeros((5, 5), bool); mask[1:4, 1:4] = True
     >>> out = masked_convolve(img * mask, mask, box_kernel(3))
-    >>> float(out[1, 1])   # the zeros outside the mask do not leak in
+    >>> round(float(out[1, 1]), 3)   # the zeros outside the mask do not leak in
     100.0
     """
     if kernel is None:
