@@ -74,6 +74,12 @@ def synthetic_fundus(
     vessels: bool = True,
     noise: float = 1.5,
     dtype=np.uint8,
+    center=None,
+    radius: float = 0.46,
+    cut: float | None = None,
+    notch: str | None = None,
+    gain: float = 1.0,
+    text: bool = False,
 ) -> SyntheticFundus:
     """Make a synthetic fundus photograph with known illumination and FOV.
 
@@ -91,20 +97,48 @@ def synthetic_fundus(
     noise : float
         Standard deviation of Gaussian noise, 8-bit units.
     dtype : uint8 or uint16
+    center : (fy, fx), optional
+        Disc centre as fractions of the height and width (default: near the middle).
+    radius : float
+        Disc radius as a fraction of min(H, W); above 0.5 the disc crosses the border.
+    cut : float, optional
+        Flat cuts at the top and bottom, at ``cut * radius`` from the centre (HRF-like).
+    notch : {"tab", "notch"}, optional
+        A small square tab outside, or notch into, the rim at the upper right.
+    gain : float
+        Overall brightness (0.25 makes a dark, low-contrast photograph).
+    text : bool
+        Burn bright text into the lower-left corner (outside the FOV).
     """
     h, w = shape
     rng = np.random.default_rng(seed)
-    cy, cx = h / 2 + rng.uniform(-0.02, 0.02) * h, w / 2 + rng.uniform(-0.02, 0.02) * w
-    radius = 0.46 * min(h, w)
+    if center is None:
+        cy, cx = h / 2 + rng.uniform(-0.02, 0.02) * h, w / 2 + rng.uniform(-0.02, 0.02) * w
+    else:
+        cy, cx = center[0] * h, center[1] * w
+    radius = radius * min(h, w)
     y, x = np.mgrid[0:h, 0:w]
     mask = (y - cy) ** 2 + (x - cx) ** 2 <= radius**2
+    if cut is not None:
+        mask &= np.abs(y - cy) <= cut * radius
+    if notch is not None:
+        side = 0.06 * radius
+        px, py = cx + radius * np.cos(-np.pi / 4), cy + radius * np.sin(-np.pi / 4)
+        square = (np.abs(x - px) <= side) & (np.abs(y - py) <= side)
+        mask = mask | square if notch == "tab" else mask & ~square
     field = illumination_field(shape, strength=strength, seed=seed)
     vmap = _vessel_tree(shape, (cx, cy), radius, rng) & mask if vessels else np.zeros(shape, bool)
     refl = np.broadcast_to(_BASE, (h, w, 3)).copy()
     refl[vmap] *= _VESSEL_DARKENING
-    img = 255.0 * refl * field[..., None]
+    img = 255.0 * gain * refl * field[..., None]
     img += rng.normal(0, noise, img.shape)
     img[~mask] = background + rng.normal(0, noise, (int((~mask).sum()), 3))
+    if text:
+        canvas = np.zeros((h, w), np.uint8)
+        fs = min(h, w) / 500
+        cv2.putText(canvas, "OD 2024-01-01", (int(0.01 * w), int(0.97 * h)),
+                    cv2.FONT_HERSHEY_SIMPLEX, fs, 1, max(1, int(2 * fs)))
+        img[(canvas > 0) & ~mask] = 230
     scale = np.iinfo(dtype).max / 255.0
     img = np.clip(np.rint(img * scale), 0, np.iinfo(dtype).max).astype(dtype)
     return SyntheticFundus(img, mask, field, vmap, refl)
