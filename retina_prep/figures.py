@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["to_display", "panel", "THEME"]
+__all__ = ["to_display", "panel", "thumbnail", "contact_sheet", "THEME"]
 
 #: Colours (RGB) and proportions of every figure.
 THEME = {
@@ -103,4 +103,44 @@ def panel(columns, *, mask=None, contour: bool = True) -> np.ndarray:
             im = _draw_contour(im, mask, thickness)
         out[pad:pad + title_h, x0:x0 + w] = _title(t, w, title_h)
         out[pad + title_h:pad + title_h + h, x0:x0 + w] = im
+    return out
+
+
+def thumbnail(image, mask=None, *, width: int = 240) -> np.ndarray:
+    """A small uint8 RGB copy of ``image`` ``width`` px wide, with the FOV contour drawn boldly."""
+    img = to_display(image)
+    h, w = img.shape[:2]
+    f = width / w
+    size = (width, max(1, int(round(h * f))))
+    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    if mask is not None:
+        m = cv2.resize(np.asarray(mask, np.uint8), size, interpolation=cv2.INTER_NEAREST)
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(small, contours, -1, THEME["contour"], 1, cv2.LINE_AA)
+    return small
+
+
+def contact_sheet(tiles, *, columns: int | None = None) -> np.ndarray:
+    """A grid of labelled tiles (title, uint8 RGB image) for reviewing many images at once.
+
+    Tiles may differ in size; each cell is as large as the largest tile.
+    ``columns`` defaults to about the square root of the count.
+    """
+    tiles = [(t, to_display(im)) for t, im in tiles]
+    if not tiles:
+        raise ValueError("a contact sheet needs at least one tile")
+    n = len(tiles)
+    columns = columns or max(1, int(np.ceil(np.sqrt(n))))
+    rows = int(np.ceil(n / columns))
+    cw = max(im.shape[1] for _, im in tiles)
+    ch = max(im.shape[0] for _, im in tiles)
+    pad = max(2, int(round(THEME["pad_fraction"] * cw)))
+    title_h = max(14, int(round(0.09 * cw)))
+    cell_w, cell_h = cw + pad, ch + title_h + pad
+    out = np.full((rows * cell_h + pad, columns * cell_w + pad, 3), THEME["background"], np.uint8)
+    for i, (t, im) in enumerate(tiles):
+        r, c = divmod(i, columns)
+        x0, y0 = pad + c * cell_w, pad + r * cell_h
+        out[y0:y0 + title_h, x0:x0 + cw] = _title(t, cw, title_h)
+        out[y0 + title_h:y0 + title_h + im.shape[0], x0:x0 + im.shape[1]] = im
     return out

@@ -12,7 +12,10 @@ import numpy as np
 
 from .errors import MaskError
 
-__all__ = ["binarize_mask", "erode_mask", "estimate_fov", "fov_diameter", "fill_holes"]
+__all__ = [
+    "binarize_mask", "erode_mask", "estimate_fov", "fov_diameter", "fill_holes",
+    "margin_distance", "trim_rim",
+]
 
 
 def binarize_mask(array, *, path=None) -> np.ndarray:
@@ -240,3 +243,86 @@ def fov_diameter(mask) -> float:
         raise MaskError("mask is empty (no pixel inside the field of view)")
     bbox = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
     return float(max(bbox, 2.0 * math.sqrt(ys.size / math.pi)))
+
+
+def margin_distance(mask) -> np.ndarray:
+    """Euclidean distance (pixels) of every FOV pixel to the nearest pixel outside it.
+
+    Pixels touching the margin are at distance 0; pixels outside the mask
+    get 0. The image rectangle's edge does not count as a margin.
+    """
+    m = np.asarray(mask, dtype=bool)
+    padded = cv2.copyMakeBorder(m.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_REPLICATE)
+    d = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    return np.where(m, d - 1.0, 0.0).astype(np.float32)
+
+
+#: trim_rim: how deep the rim may be, as a fraction of the FOV diameter (11 px on DRIVE).
+RIM_MAX_FRACTION = 0.02
+#: trim_rim: a ring is part of the rim when its brightness departs from the
+#: disc just inside by more than this fraction.
+RIM_TOLERANCE = 0.05
+_RIM_SECTORS = 72
+
+
+def trim_rim(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | None = None) -> np.ndarray:
+    """Drop the transition rim at the FOV margin, adapting to the image.
+
+    The margin of a real FOV is a ring a few pixels wide that is darker (and
+    on some cameras then brighter) than the retina just inside it. Every
+    channel is checked; a ring is rim when any channel departs. The FOV is
+    cut into 72 angular sectors around its centroid; in each, 1-px rings are
+    compared, by their median brightness (robust to vessels), with the disc
+    just inside the rim zone (rings ``max_px`` to ``2 * max_px``). Everything
+    outside the innermost ring that departs by more than ``tolerance`` is
+    dropped. Depths are smoothed across neighbouring sectors.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) array_like
+    mask : (H, W) bool array_like
+    tolerance : float
+        Relative departure from the disc level that marks a rim ring.
+    max_px : int, optional
+        Deepest rim considered; default ``RIM_MAX_FRACTION`` of the FOV diameter.
+
+    Returns
+    -------
+    (H, W) bool ndarray, a subset of ``mask``.
+    """
+    m = np.asarray(mask, dtype=bool)
+    img = np.asarray(image)
+    v = (img if img.ndim == 3 else img[..., None]).astype(np.float32)
+    if max_px is None:
+        max_px = max(2, int(round(RIM_MAX_FRACTION * fov_diameter(m))))
+    d = margin_distance(m)
+    ys, xs = np.nonzero(m & (d < 2 * max_px))
+    if ys.size == 0:
+        return m.copy()
+    cy, cx = np.nonzero(m)
+    angle = np.arctan2(ys - cy.mean(), xs - cx.mean())
+    sector = ((angle + np.pi) / (2 * np.pi) * _RIM_SECTORS).astype(int) % _RIM_SECTORS
+    ring = d[ys, xs].astype(int)
+    vals = v[ys, xs]
+    depth = np.zeros(_RIM_SECTORS, int)
+    for s in range(_RIM_SECTORS):
+        sel = sector == s
+        ref_sel = sel & (ring >= max_px)
+        if not ref_sel.any():
+            continue
+        ref = np.median(vals[ref_sel], axis=0)
+        scale = np.maximum(ref, 1e-6)
+        for k in range(max_px - 1, -1, -1):
+            rk = vals[sel & (ring == k)]
+            if rk.size and np.any(np.abs(np.median(rk, axis=0) - ref) > tolerance * scale):
+                depth[s] = k + 1
+                break
+    # smooth across neighbouring sectors (circular median of 5)
+    padded = np.concatenate([depth[-2:], depth, depth[:2]])
+    depth = np.array([int(np.median(padded[i:i + 5])) for i in range(_RIM_SECTORS)])
+    out = m.copy()
+    drop = ring < depth[sector]
+    out[ys[drop], xs[drop]] = False
+    if not out.any():
+        raise MaskError("mask is empty after trimming its rim")
+    return out

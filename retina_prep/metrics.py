@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
+
+from .fov import margin_distance
 
 __all__ = ["DEFAULT_BANDS", "margin_distance", "margin_bias_profile"]
 
 #: Distance bands (pixels from the FOV margin) at DRIVE resolution.
 DEFAULT_BANDS = ((0, 3), (3, 6), (6, 9), (9, 12), (12, 25), (25, 50), (50, np.inf))
-
-
-def margin_distance(mask) -> np.ndarray:
-    """Euclidean distance (pixels) of every FOV pixel to the nearest pixel outside it.
-
-    Pixels outside the mask get 0. The image rectangle's edge does not count
-    as a margin.
-    """
-    m = np.asarray(mask, dtype=bool)
-    padded = cv2.copyMakeBorder(m.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_REPLICATE)
-    d = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-    # distanceTransform gives the distance to the nearest zero pixel centre;
-    # a pixel touching the margin is at distance 1: shift so bands start at 0.
-    return np.where(m, d - 1.0, 0.0).astype(np.float32)
 
 
 def margin_bias_profile(output, mask, *, target: float, region=None, exclude=None, bands=DEFAULT_BANDS):

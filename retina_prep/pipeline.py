@@ -10,15 +10,24 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .batch import Result
 from .dataset import Pair
-from .figures import panel
+from .figures import panel, thumbnail
 from .errors import MaskError, OutputExistsError, RetinaPrepError
-from .fov import erode_mask, estimate_fov, fov_diameter
+from .fov import erode_mask, estimate_fov, fov_diameter, trim_rim
 from .io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, read_image, read_mask, write_image
 from .normalize import KERNELS, make_kernel, normalize_illumination, resolve_window
 
-__all__ = ["MaskSettings", "NormalizeSettings", "load_pair", "output_path", "normalize_pair"]
+__all__ = [
+    "MaskSettings", "NormalizeSettings", "load_pair", "output_path", "normalize_pair", "mask_pair",
+    "trim_mask",
+]
+
+#: Rim handling: "auto" trims the transition rim (:func:`~retina_prep.fov.trim_rim`),
+#: "none" keeps it, "default" trims estimated masks only.
+RIM_CHOICES = ("default", "auto", "none")
 
 #: ``erode="auto"`` erodes by this fraction of the FOV diameter (6 px on DRIVE).
 AUTO_ERODE_FRACTION = 0.011
@@ -30,7 +39,12 @@ class MaskSettings:
 
     auto_mask: bool = False  # estimate the mask even when a mask file exists
     erode: float | str = 0  # pixels, or "auto"
+    rim: str = "default"  # "auto", "none", or "default": auto for estimated masks only
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self):
+        if self.rim not in RIM_CHOICES:
+            raise ValueError(f"unknown rim handling {self.rim!r}; valid: {', '.join(RIM_CHOICES)}")
 
 
 @dataclass(frozen=True)
@@ -107,12 +121,23 @@ def load_pair(pair: Pair, settings: MaskSettings = MaskSettings()):
         source = "estimated"
         if not settings.auto_mask:
             warnings.append(f"{pair.image}: no mask found; using an estimated field of view")
+    mask, info = trim_mask(image, mask, settings, source=source, path=pair.mask or pair.image)
+    return image, mask, {"mask_source": source, **info, "warnings": warnings}
+
+
+def trim_mask(image, mask, settings: MaskSettings, *, source: str, path=None):
+    """Apply rim trimming and erosion as ``settings`` say; returns (mask, info)."""
+    rim = settings.rim
+    if rim == "default":
+        rim = "auto" if source == "estimated" else "none"
     px = resolve_erode(settings.erode, mask)
     try:
+        if rim == "auto":
+            mask = trim_rim(image, mask)
         mask = erode_mask(mask, px)
     except MaskError as exc:
-        raise MaskError(exc.message, pair.mask or pair.image) from None
-    return image, mask, {"mask_source": source, "erode": px, "warnings": warnings}
+        raise MaskError(exc.message, path) from None
+    return mask, {"rim": rim, "erode": px}
 
 
 def output_path(outdir, pair: Pair, fmt: str) -> Path:
@@ -178,6 +203,28 @@ def normalize_pair(
         outputs.append(panel_out)
     info.update(window=window, kernel=kernel.name)
     return Result(pair, "done", outputs=outputs, warnings=info.pop("warnings"), info=info)
+
+
+def mask_pair(pair: Pair, outdir, mask_settings: MaskSettings = MaskSettings(), *,
+              overwrite: bool = False, thumb_width: int | None = None) -> Result:
+    """Estimate the FOV of one image and write ``OUTDIR/<rel>_mask.png`` (0/255).
+
+    Existing mask files are not used: the mask always comes from the image.
+    With ``thumb_width``, ``result.info["thumb"]`` holds a thumbnail with the
+    contour drawn, for a contact sheet.
+    """
+    out = (Path(outdir) / pair.rel).with_name(pair.rel.name + "_mask.png")
+    _check_output(out, pair, overwrite)
+    image = read_image(pair.image, max_pixels=mask_settings.max_pixels)
+    try:
+        mask = estimate_fov(image)
+    except MaskError as exc:
+        raise MaskError(exc.message, pair.image) from None
+    mask, info = trim_mask(image, mask, mask_settings, source="estimated", path=pair.image)
+    write_image(out, mask.astype(np.uint8) * 255, overwrite=overwrite)
+    if thumb_width:
+        info["thumb"] = thumbnail(image, mask, width=thumb_width)
+    return Result(pair, "done", outputs=[out], info=info)
 
 
 def settings_dict(*settings) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .mask import mask
 from .normalize import normalize
 
 
@@ -15,9 +16,11 @@ def cli():
     that stays correct at the edge of the field of view.
 
     \b
-    Example:
+    Examples:
       retina-prep normalize sample_data -o out
+      retina-prep mask photos/ -o masks --sheet masks/sheet.png
     """
 
 
 cli.add_command(normalize)
+cli.add_command(mask)

@@ -94,7 +94,7 @@ Examples:
 @quiet_opt
 @config_opt
 @click.pass_context
-def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, window,
+def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, window,
               kernel, sigma, target, fill, ignore_mask, panels_dir, panels_compare, fmt, overwrite, max_pixels, quiet):
     """Flatten uneven illumination: I - masked local mean + I0, per channel.
 
@@ -110,7 +110,8 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
             window=window, kernel=kernel, sigma=sigma, target=target, fill=fill,
             ignore_mask=ignore_mask, format=fmt, overwrite=overwrite,
         )
-        mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, max_pixels=max_pixels)
+        mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim,
+                                     max_pixels=max_pixels)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if panels_compare and panels_dir is None:

@@ -139,9 +139,15 @@ max_pixels_opt = click.option(
 )
 
 
-def mask_options(f):
-    """--mask, --mask-dir, --mask-pattern, --auto-mask, --erode."""
-    decorators = [
+def _apply(f, decorators):
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+def mask_source_options(f):
+    """--mask, --mask-dir, --mask-pattern, --auto-mask."""
+    return _apply(f, [
         click.option(
             "--mask",
             type=click.Path(dir_okay=False, path_type=Path),
@@ -164,18 +170,42 @@ def mask_options(f):
             default=False,
             help="Estimate the FOV from each image, even when a mask file exists.",
         ),
-        click.option(
-            "--erode",
-            type=ErodeType(),
-            default=0,
-            show_default=True,
-            help="Shrink the FOV mask by PX pixels (drops the dark rim at the margin);"
-            " 'auto' = 1.1% of the FOV diameter.",
-        ),
-    ]
-    for d in reversed(decorators):
-        f = d(f)
-    return f
+    ])
+
+
+def mask_trim_options(rim_default: str, rim_help: str):
+    """--erode and --rim, with the command's own rim default."""
+
+    def decorate(f):
+        return _apply(f, [
+            click.option(
+                "--erode",
+                type=ErodeType(),
+                default=0,
+                show_default=True,
+                help="Shrink the FOV mask by PX pixels (drops the dark rim at the margin);"
+                " 'auto' = 1.1% of the FOV diameter.",
+            ),
+            click.option(
+                "--rim",
+                type=click.Choice(["auto", "none", "default"]),
+                default=rim_default,
+                show_default=True,
+                help=rim_help,
+            ),
+        ])
+
+    return decorate
+
+
+def mask_options(f):
+    """Mask source options plus --erode/--rim as normalize-like commands use them."""
+    f = mask_trim_options(
+        "default",
+        "Transition rim at the FOV margin: 'auto' trims it where the image shows one,"
+        " 'none' keeps it; 'default' trims estimated masks only.",
+    )(f)
+    return mask_source_options(f)
 
 
 def stderr_is_terminal() -> bool:

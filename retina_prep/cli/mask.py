@@ -1,0 +1,80 @@
+"""retina-prep mask: estimate and write FOV masks."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from ..figures import contact_sheet
+from ..io import write_image
+from ..pipeline import MaskSettings, mask_pair
+from .options import config_opt, mask_trim_options, max_pixels_opt, output_opt, overwrite_opt, quiet_opt
+from .runner import collect_pairs, log, prepare_outdir, run
+
+
+@click.command(
+    "mask",
+    epilog="""\b
+Examples:
+  retina-prep mask photos/ -o masks --sheet masks/sheet.png
+  retina-prep mask DRIVE -o drive_masks --rim auto
+  retina-prep normalize photos/ --mask-dir masks --mask-pattern '{stem}_mask.png' -o out
+""",
+)
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=str))
+@output_opt
+@mask_trim_options(
+    "none",
+    "Transition rim at the FOV margin: 'auto' trims it where the image shows one; 'none' writes"
+    " the whole field of view.",
+)
+@click.option(
+    "--sheet",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a contact sheet (PNG): every image with its mask contour, for review.",
+)
+@overwrite_opt
+@max_pixels_opt
+@quiet_opt
+@config_opt
+@click.pass_context
+def mask(ctx, inputs, outdir, erode, rim, sheet, overwrite, max_pixels, quiet):
+    """Estimate the field of view of each image and write OUTDIR/<stem>_mask.png (0/255).
+
+    Takes the same INPUTs as normalize (files, DRIVE roots, split or plain
+    folders) and mirrors dataset sub-folders. Existing mask files are not
+    used: every mask is estimated from its image.
+    """
+    if rim == "default":
+        rim = "none"
+    try:
+        settings = MaskSettings(erode=erode, rim=rim, max_pixels=max_pixels)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if sheet is not None and sheet.exists() and not overwrite:
+        raise click.UsageError(f"{sheet}: sheet exists (use --overwrite to replace it)")
+    pairs = collect_pairs(inputs, mask=None, mask_dir=None, mask_pattern="{stem}_mask.gif",
+                          outdir=outdir)
+    prepare_outdir(outdir)
+    thumbs = []
+
+    def step(pair):
+        result = mask_pair(pair, outdir, settings, overwrite=overwrite,
+                           thumb_width=240 if sheet is not None else None)
+        thumb = result.info.pop("thumb", None)
+        if thumb is not None:
+            thumbs.append((str(pair.rel), thumb))
+        return result
+
+    report = run("mask", pairs, step, outdir=outdir, quiet=quiet)
+    if sheet is not None and thumbs:
+        try:
+            write_image(sheet, contact_sheet(thumbs), overwrite=overwrite)
+        except OSError as exc:
+            raise click.ClickException(f"{sheet}: cannot write the sheet ({exc.strerror or exc})")
+        if not quiet:
+            log(f"mask: contact sheet of {len(thumbs)} images in {sheet}")
+    ctx.exit(report.exit_code)
