@@ -38,10 +38,17 @@ __all__ = [
     "PATHS",
     "box_kernel",
     "gaussian_kernel",
+    "sharpen_kernel",
+    "laplacian_kernel",
+    "sobel_kernel",
+    "named_kernel",
+    "KERNEL_NAMES",
     "as_kernel",
     "convolve",
     "masked_convolve",
     "mask_weights",
+    "masked_filter",
+    "MODES",
     "DEFAULT_MIN_WEIGHT",
 ]
 
@@ -84,6 +91,8 @@ class Kernel:
         if not np.all(np.isfinite(arr)):
             raise ValueError("kernel has non-finite entries (NaN or inf)")
         kh, kw = arr.shape
+        if not np.any(arr):
+            raise ValueError("kernel is all zeros")
         if kh % 2 == 0 or kw % 2 == 0:
             raise ValueError(
                 f"kernel sizes must be odd so that it has a centre pixel, got {kh}x{kw}"
@@ -104,6 +113,18 @@ class Kernel:
     @property
     def is_nonnegative(self) -> bool:
         return bool(np.all(self.array >= 0))
+
+    def positive(self) -> "Kernel":
+        """K+ = max(K, 0)."""
+        return as_kernel(np.maximum(self.array, 0.0))
+
+    def negative(self) -> "Kernel":
+        """K- = max(-K, 0), so that K = K+ - K-."""
+        return as_kernel(np.maximum(-self.array, 0.0))
+
+    def absolute(self) -> "Kernel":
+        """|K|, whose normalized convolution with M is the certainty map."""
+        return self if self.is_nonnegative else as_kernel(np.abs(self.array))
 
 
 def box_kernel(size: int) -> Kernel:
@@ -131,6 +152,66 @@ def gaussian_kernel(sigma: float, size: int | None = None) -> Kernel:
     g = np.exp(-0.5 * (x / sigma) ** 2)
     g /= g.sum()
     return Kernel(np.outer(g, g), name=f"gaussian {size} sigma {sigma:g}", factors=(g, g))
+
+
+def sharpen_kernel() -> Kernel:
+    """Seed 000's 5x5 sharpen kernel (section V, Fig. 9); it sums to 1."""
+    a = np.array(
+        [[-1, -1, -1, -1, -1],
+         [-1, 2, 2, 2, -1],
+         [-1, 2, 8, 2, -1],
+         [-1, 2, 2, 2, -1],
+         [-1, -1, -1, -1, -1]],
+        dtype=np.float64,
+    ) / 8.0
+    return Kernel(a, name="sharpen 5x5")
+
+
+def laplacian_kernel() -> Kernel:
+    """The 3x3 Laplacian [[0, 1, 0], [1, -4, 1], [0, 1, 0]] (sums to 0)."""
+    return Kernel(np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float64), name="laplacian 3x3")
+
+
+def sobel_kernel(axis: str) -> Kernel:
+    """3x3 Sobel derivative along ``"x"`` (columns) or ``"y"`` (rows), as a convolution kernel."""
+    d = np.array([1.0, 0.0, -1.0])  # convolution flips: response = right - left
+    s = np.array([1.0, 2.0, 1.0])
+    if axis == "x":
+        return Kernel(np.outer(s, d), name="sobel x", factors=(s, d))
+    if axis == "y":
+        return Kernel(np.outer(d, s), name="sobel y", factors=(d, s))
+    raise ValueError(f"sobel axis must be 'x' or 'y', got {axis!r}")
+
+
+#: Kernel names accepted by :func:`named_kernel`.
+KERNEL_NAMES = ("mean", "gaussian", "sharpen", "laplacian", "sobel-x", "sobel-y")
+
+
+def named_kernel(name: str, *, size: int | None = None, sigma: float | None = None) -> Kernel:
+    """A kernel by name: ``mean`` (needs size), ``gaussian`` (sigma, optional size),
+    ``sharpen``, ``laplacian``, ``sobel-x``, ``sobel-y`` (fixed sizes)."""
+    if name == "mean":
+        if size is None:
+            raise ValueError("the mean kernel needs a size")
+        if sigma is not None:
+            raise ValueError("sigma applies to the gaussian kernel only")
+        return box_kernel(size)
+    if name == "gaussian":
+        if sigma is None:
+            if size is None:
+                raise ValueError("the gaussian kernel needs a sigma or a size")
+            sigma = size / 2.5
+        return gaussian_kernel(sigma, size)
+    fixed = {"sharpen": sharpen_kernel, "laplacian": laplacian_kernel,
+             "sobel-x": lambda: sobel_kernel("x"), "sobel-y": lambda: sobel_kernel("y")}
+    if name not in fixed:
+        raise ValueError(f"unknown kernel {name!r}; valid kernels: {', '.join(KERNEL_NAMES)}")
+    if sigma is not None:
+        raise ValueError(f"sigma does not apply to the {name} kernel")
+    k = fixed[name]()
+    if size is not None and size != k.shape[0]:
+        raise ValueError(f"the {name} kernel is {k.shape[0]}x{k.shape[1]}; it takes no other size")
+    return k
 
 
 def as_kernel(kernel) -> Kernel:
@@ -262,15 +343,15 @@ def convolve(image, kernel, *, path: str = "auto") -> np.ndarray:
 
 
 def mask_weights(mask, kernel, *, path: str = "auto") -> np.ndarray:
-    """The certainty ``(M conv K) / sum(K)`` of every output pixel, in ``[0, 1]``.
+    """The certainty ``(M conv |K|) / sum(|K|)`` of every output pixel, in ``[0, 1]``.
 
     1 where the whole window lies inside the mask and the image, 0 where it
-    holds no valid pixel. The kernel must be non-negative.
+    holds no valid pixel.
     """
     k = as_kernel(kernel)
-    _require_nonnegative(k)
     m = _as_weights(mask, np.shape(mask)[:2])
-    return _weights(m, k, _pick_path(k, path))
+    a = k.absolute()
+    return _weights(m, a, _pick_path(a, path))
 
 
 def _weights(m: np.ndarray, k: Kernel, path: str) -> np.ndarray:
@@ -280,11 +361,15 @@ def _weights(m: np.ndarray, k: Kernel, path: str) -> np.ndarray:
     return w
 
 
-def _require_nonnegative(k: Kernel):
-    if not k.is_nonnegative or k.total <= 0:
-        raise ValueError(
-            f"masked convolution needs a non-negative kernel with a positive sum ({k.name})"
-        )
+def _normalized_mean(weighted, m, k: Kernel, path: str, min_weight: float):
+    """Weighted mean of valid pixels under ``k`` (>= 0): (mean, weights, undefined)."""
+    weights = _weights(m, k, path)
+    mean = _filter(weighted, k, path)
+    mean *= np.float32(1.0 / k.total)
+    undefined = weights < min_weight
+    safe = np.where(undefined, np.float32(1.0), weights)
+    mean /= safe[..., None] if mean.ndim == 3 else safe
+    return mean, weights, undefined
 
 
 def masked_convolve(
@@ -297,7 +382,23 @@ def masked_convolve(
     path: str = "auto",
     return_weights: bool = False,
 ):
-    """Masked (normalized) convolution ``((P*M) conv K) / (M conv K)``.
+    """Masked (normalized) convolution, stable for signed kernels.
+
+    For a non-negative kernel ``K`` this is seed 000's eq. 5,
+    ``sum(K) * ((P*M) conv K) / (M conv K)``: the weighted mean of the valid
+    pixels under the kernel, times the kernel's sum (for kernels that sum to
+    1, eq. 6). A signed kernel is split, ``K = K+ - K-``, and each part is
+    normalized over the valid pixels on its own::
+
+        R = sum(K+) * ((P*M) conv K+) / (M conv K+) - sum(K-) * ((P*M) conv K-) / (M conv K-)
+
+    This equals plain convolution wherever the window is fully valid, never
+    divides by a mixed-sign sum that can approach zero near the margin, and
+    is bounded: ``sum(K+) * lo - sum(K-) * hi <= R <= sum(K+) * hi - sum(K-) * lo``
+    with ``lo, hi`` the range of valid pixels in the window. Where one part
+    sees no valid pixel, its mean is taken equal to the other part's (the
+    missing neighbours are assumed to equal the valid ones), so a zero-sum
+    edge kernel answers 0 rather than a jump to the background.
 
     Parameters
     ----------
@@ -309,16 +410,16 @@ def masked_convolve(
         all pixels are valid, which is plain convolution normalized at the
         image rectangle.
     kernel : Kernel or (kh, kw) array_like
-        Non-negative, odd sizes, positive sum. Its scale does not matter.
+        Odd sizes, finite, not all zero.
     min_weight : float
-        Floor on the normalized weight ``(M conv K) / sum(K)``. Where the
-        weight is below it the result is undefined and set to ``fill``.
+        Floor on the normalized weight ``(M conv K±) / sum(K±)``. Where both
+        parts' weights are below it the result is undefined: ``fill``.
     fill : float
         Value of undefined output pixels (NaN by default).
     path : {"auto", "box", "separable", "filter2d"}
         OpenCV backend path.
     return_weights : bool
-        Also return the normalized weight map.
+        Also return the certainty map ``(M conv |K|) / sum(|K|)``.
 
     Returns
     -------
@@ -328,9 +429,7 @@ def masked_convolve(
     Notes
     -----
     ``M conv K`` is computed once and shared by all channels. Pixels outside
-    the image rectangle count with weight 0. The result is a weighted mean of
-    valid pixels, so it lies within the range of the valid pixels' values in
-    each window.
+    the image rectangle count with weight 0.
 
     Examples
     --------
@@ -343,28 +442,94 @@ def masked_convolve(
     if kernel is None:
         raise ValueError("a kernel is required")
     k = as_kernel(kernel)
-    _require_nonnegative(k)
-    path = _pick_path(k, path)
     img = _as_float_image(image)
     shape = img.shape[:2]
-    if mask is None:
-        m = np.ones(shape, np.float32)
-    else:
-        m = _as_weights(mask, shape)
-
-    weights = _weights(m, k, path)
+    m = np.ones(shape, np.float32) if mask is None else _as_weights(mask, shape)
     weighted = img * (m[..., None] if img.ndim == 3 else m)
-    num = _filter(weighted, k, path)
-    num *= np.float32(1.0 / k.total)
 
-    undefined = weights < min_weight
-    safe = np.where(undefined, np.float32(1.0), weights)
-    if num.ndim == 3:
-        num /= safe[..., None]
-        num[undefined] = fill
-    else:
-        num /= safe
-        num[undefined] = fill
+    if k.is_nonnegative:
+        p = _pick_path(k, path)
+        mean, weights, undefined = _normalized_mean(weighted, m, k, p, min_weight)
+        if k.total != 1.0:
+            mean *= np.float32(k.total)
+        mean[undefined] = fill
+        return (mean, weights) if return_weights else mean
+
+    kp, kn = k.positive(), k.negative()
+    pos, wp, up = _normalized_mean(weighted, m, kp, _pick_path(kp, path), min_weight)
+    neg, wn, un = _normalized_mean(weighted, m, kn, _pick_path(kn, path), min_weight)
+    pos[up] = 0.0
+    neg[un] = 0.0
+    # a part without valid pixels borrows the other part's mean
+    only_neg, only_pos = up & ~un, un & ~up
+    pos[only_neg] = neg[only_neg]
+    neg[only_pos] = pos[only_pos]
+    out = pos
+    out *= np.float32(kp.total)
+    out -= np.float32(kn.total) * neg
+    out[up & un] = fill
     if return_weights:
-        return num, weights
-    return num
+        a = k.absolute()
+        return out, _weights(m, a, _pick_path(a, path))
+    return out
+
+
+#: Normalization modes of :func:`masked_filter` (seed 000 and seed 001).
+MODES = ("normalized", "partial", "weighted")
+
+
+def masked_filter(
+    image,
+    mask=None,
+    kernel=None,
+    *,
+    mode: str = "normalized",
+    min_weight: float = DEFAULT_MIN_WEIGHT,
+    fill: float = np.nan,
+    path: str = "auto",
+):
+    """Masked filtering in one of three normalization modes, with the updated validity.
+
+    ``"normalized"``
+        :func:`masked_convolve` (seed 000; signed kernels split into parts).
+        Validity: the certainty ``(M conv |K|) / sum(|K|)``.
+    ``"partial"``
+        Partial convolution (seed 001, eq. 1-2): ``((P*M) conv K) * sum(1) / sum(M)``
+        with the sums over the kernel's window; binary update: 1 where the
+        window holds any valid pixel.
+    ``"weighted"``
+        Weighted convolution (seed 001, eq. 1 and 3): the same output with a
+        real-valued mask, and the real-valued update ``n = sum(M) / sum(1)``.
+
+    Returns
+    -------
+    result : float32 ndarray, shape of ``image``
+        ``fill`` where no valid pixel is in the window (or below ``min_weight``).
+    validity : (H, W) float32 ndarray in [0, 1]
+        The updated mask, to chain filters: pass it as the next ``mask``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+    if mode == "normalized":
+        return masked_convolve(image, mask, kernel, min_weight=min_weight, fill=fill, path=path,
+                               return_weights=True)
+    k = as_kernel(kernel)
+    img = _as_float_image(image)
+    shape = img.shape[:2]
+    m = np.ones(shape, np.float32) if mask is None else _as_weights(mask, shape)
+    if mode == "partial":
+        m = (m > 0).astype(np.float32)
+    weighted = img * (m[..., None] if img.ndim == 3 else m)
+    num = _filter(weighted, k, _pick_path(k, path))
+    window = Kernel(np.ones(k.shape), name="window", is_box=True,
+                    factors=(np.ones(k.shape[0]), np.ones(k.shape[1])))
+    ratio = _weights(m, window, "box")  # sum(M) / sum(1), in [0, 1]
+    undefined = ratio < max(min_weight, 1e-7)
+    safe = np.where(undefined, np.float32(1.0), ratio)
+    num /= safe[..., None] if num.ndim == 3 else safe
+    num[undefined] = fill
+    if mode == "partial":
+        validity = (~undefined).astype(np.float32)
+    else:
+        validity = np.where(undefined, np.float32(0.0), ratio)
+    return num, validity

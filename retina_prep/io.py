@@ -26,6 +26,7 @@ __all__ = [
     "encode_image",
     "write_image",
     "write_bytes",
+    "load_kernel",
 ]
 
 #: File endings recognised as images (case-insensitive).
@@ -153,6 +154,39 @@ def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarra
     except ImageReadError as exc:
         raise MaskError(f"mask {exc.message}", path) from None
     return binarize_mask(arr, path=path)
+
+
+def load_kernel(path):
+    """Read a kernel from ``.npy`` or a text matrix (whitespace or comma separated, ``#`` comments).
+
+    Raises
+    ------
+    RetinaPrepError
+        If the file is missing, unreadable or not a valid kernel (odd sizes, finite, not all zero).
+    """
+    from .core import Kernel, as_kernel
+    from .errors import RetinaPrepError
+
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            text = path.read_text()
+            rows = []
+            for line in text.splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    rows.append([float(x) for x in line.replace(",", " ").split()])
+            if len({len(r) for r in rows}) > 1:
+                raise ValueError("rows have different lengths")
+            arr = np.array(rows, dtype=np.float64)
+        k = as_kernel(np.atleast_2d(np.asarray(arr, dtype=np.float64)))
+    except FileNotFoundError:
+        raise RetinaPrepError("kernel file not found", path) from None
+    except (OSError, ValueError) as exc:
+        raise RetinaPrepError(f"not a valid kernel ({exc})", path) from None
+    return Kernel(k.array, name=f"custom {path.name}", factors=k.factors, is_box=k.is_box)
 
 
 def encode_image(image, fmt: str = "png") -> bytes:

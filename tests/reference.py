@@ -30,21 +30,69 @@ def convolve_ref(image, kernel) -> np.ndarray:
     return out
 
 
-def masked_convolve_ref(image, mask, kernel, *, min_weight=1e-5, fill=np.nan):
-    """((P*M) conv K) / (M conv K) by direct window sums; fill where the weight is tiny."""
-    p = np.asarray(image, np.float64)
-    m = np.ones(p.shape[:2]) if mask is None else np.asarray(mask, np.float64)
-    k = np.asarray(kernel, np.float64)
+def _part_ref(p, m, k, min_weight):
     mm = m[..., None] if p.ndim == 3 else m
     num = convolve_ref(p * mm, k)
     den = convolve_ref(m, k)
     w = den / k.sum()
     dd = den[..., None] if p.ndim == 3 else den
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = num / dd
-    bad = w < min_weight
-    out[bad] = fill
-    return out, w
+        mean = num / dd
+    return mean, w, w < min_weight
+
+
+def masked_convolve_ref(image, mask, kernel, *, min_weight=1e-5, fill=np.nan):
+    """Seed 000 eq. 5 by direct window sums, signed kernels split into K+ - K-.
+
+    Returns (result, certainty), certainty = (M conv |K|) / sum(|K|).
+    """
+    p = np.asarray(image, np.float64)
+    m = np.ones(p.shape[:2]) if mask is None else np.asarray(mask, np.float64)
+    k = np.asarray(kernel, np.float64)
+    kp, kn = np.maximum(k, 0), np.maximum(-k, 0)
+    certainty = convolve_ref(m, np.abs(k)) / np.abs(k).sum()
+    if not kn.any():
+        mean, _, bad = _part_ref(p, m, kp, min_weight)
+        out = kp.sum() * mean
+        out[bad] = fill
+        return out, certainty
+    mp, _, bp = _part_ref(p, m, kp, min_weight)
+    mn, _, bn = _part_ref(p, m, kn, min_weight)
+    mp = np.where(np.broadcast_to((bp & ~bn)[..., None] if p.ndim == 3 else bp & ~bn, mp.shape), mn, mp)
+    mn = np.where(np.broadcast_to((bn & ~bp)[..., None] if p.ndim == 3 else bn & ~bp, mn.shape), mp, mn)
+    out = kp.sum() * mp - kn.sum() * mn
+    out[bp & bn] = fill
+    return out, certainty
+
+
+def partial_ref(image, mask, kernel, *, real_valued=False):
+    """Seed 001 eq. 1-3 at every pixel by an explicit loop over its window."""
+    p = np.asarray(image, np.float64)
+    if p.ndim == 2:
+        p = p[..., None]
+    m = np.asarray(mask, np.float64)
+    if not real_valued:
+        m = (m > 0).astype(float)
+    k = np.asarray(kernel, np.float64)
+    kh, kw = k.shape
+    cy, cx = kh // 2, kw // 2
+    h, w = m.shape
+    out = np.full(p.shape, np.nan)
+    upd = np.zeros((h, w))
+    for i in range(h):
+        for j in range(w):
+            acc = np.zeros(p.shape[2])
+            msum = 0.0
+            for u in range(kh):
+                for v in range(kw):
+                    y, x = i - (u - cy), j - (v - cx)
+                    if 0 <= y < h and 0 <= x < w:
+                        acc += k[u, v] * p[y, x] * m[y, x]
+                        msum += m[y, x]
+            if msum > 0:
+                out[i, j] = acc * (kh * kw) / msum
+                upd[i, j] = msum / (kh * kw) if real_valued else 1.0
+    return out[..., 0] if np.ndim(image) == 2 else out, upd
 
 
 def windowed_mean_loop(image, mask, size, i, j):

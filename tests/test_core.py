@@ -5,7 +5,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from retina_prep.core import (
+    MODES,
     PATHS,
+    laplacian_kernel,
+    masked_filter,
+    named_kernel,
+    sharpen_kernel,
+    sobel_kernel,
     Kernel,
     as_kernel,
     box_kernel,
@@ -15,7 +21,7 @@ from retina_prep.core import (
     masked_convolve,
 )
 
-from .reference import convolve_ref, masked_convolve_ref, windowed_mean_loop
+from .reference import convolve_ref, masked_convolve_ref, partial_ref, windowed_mean_loop
 
 
 def _masks(rng, shape):
@@ -45,6 +51,11 @@ def _kernels(rng):
         gaussian_kernel(2.5, 9),
         as_kernel(rng.random((5, 3)) + 0.01),  # asymmetric, general path
         as_kernel(np.outer([1, 2, 1], [1, 4, 6, 4, 1]).astype(float)),  # separable, asymmetric sizes
+        sharpen_kernel(),
+        laplacian_kernel(),
+        sobel_kernel("x"),
+        sobel_kernel("y"),
+        as_kernel(rng.normal(size=(3, 5))),  # signed, asymmetric
     ]
 
 
@@ -148,8 +159,8 @@ def test_kernel_validation(bad):
 
 def test_argument_validation(rng):
     img = rng.random((10, 10))
-    with pytest.raises(ValueError, match="non-negative"):
-        masked_convolve(img, None, np.array([[-1.0, 2.0, -1.0]]))
+    with pytest.raises(ValueError, match="all zeros"):
+        masked_convolve(img, None, np.zeros((3, 3)))
     with pytest.raises(ValueError, match="does not match"):
         masked_convolve(img, np.ones((9, 10), bool), box_kernel(3))
     with pytest.raises(ValueError, match="valid paths"):
@@ -214,3 +225,120 @@ def test_equals_plain_convolution_where_window_fully_valid(data, size):
     plain = convolve(image, k)
     full = w > 1 - 1e-6
     np.testing.assert_allclose(out[full], plain[full], rtol=1e-4, atol=1e-2)
+
+
+# ---------------------------------------------------------------- signed kernels and modes
+
+
+@pytest.mark.parametrize("mode", ["partial", "weighted"])
+def test_partial_and_weighted_modes_match_loop(rng, mode):
+    image = rng.random((14, 17, 2)) * 100
+    mask = (rng.random((14, 17)) > 0.4) * (rng.random((14, 17)) if mode == "weighted" else 1.0)
+    for k in [box_kernel(3), gaussian_kernel(1.0, 5), sharpen_kernel(), sobel_kernel("x")]:
+        out, validity = masked_filter(image, mask, k, mode=mode)
+        ref, ref_v = partial_ref(image, mask, k.array, real_valued=mode == "weighted")
+        defined = ~np.isnan(ref)
+        assert np.array_equal(~np.isnan(out), defined)
+        np.testing.assert_allclose(out[defined], ref[defined], rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(validity, ref_v, atol=1e-6)
+
+
+def test_normalized_mode_returns_certainty(rng):
+    image = rng.random((20, 20))
+    mask = rng.random((20, 20)) > 0.5
+    out, validity = masked_filter(image, mask, sharpen_kernel())
+    ref, cert = masked_convolve_ref(image, mask, sharpen_kernel().array)
+    np.testing.assert_allclose(validity, cert, atol=1e-5)
+    with pytest.raises(ValueError, match="valid modes"):
+        masked_filter(image, mask, box_kernel(3), mode="fancy")
+    assert MODES == ("normalized", "partial", "weighted")
+
+
+def test_chain_uses_updated_validity(rng):
+    image = rng.random((30, 30)) * 50
+    mask = np.zeros((30, 30), bool)
+    mask[5:25, 5:25] = True
+    k = box_kernel(5)
+    first, v1 = masked_filter(image, mask, k, mode="weighted")
+    second, v2 = masked_filter(np.nan_to_num(first), v1, k, mode="weighted")
+    ref1, rv1 = partial_ref(image, mask, k.array, real_valued=True)
+    ref2, rv2 = partial_ref(np.nan_to_num(ref1), rv1, k.array, real_valued=True)
+    ok = ~np.isnan(ref2)
+    np.testing.assert_allclose(second[ok], ref2[ok], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(v2, rv2, atol=1e-6)
+    assert (v2 <= 1).all() and (v2 > 0).sum() > mask.sum()
+
+
+def test_zero_sum_kernels_answer_zero_on_constant_to_the_margin():
+    mask = np.zeros((40, 40), bool)
+    yy, xx = np.mgrid[0:40, 0:40]
+    mask = (yy - 20) ** 2 + (xx - 20) ** 2 < 15**2
+    image = np.where(mask, 150.0, 0.0)
+    for k in [laplacian_kernel(), sobel_kernel("x"), sobel_kernel("y")]:
+        masked = masked_convolve(image, mask, k)
+        assert np.allclose(masked[mask], 0.0, atol=1e-3), k.name
+        plain = convolve(image, k)
+        assert np.abs(plain[mask]).max() > 100  # the unmasked edge response at the margin
+    sharp = masked_convolve(image, mask, sharpen_kernel())
+    assert np.allclose(sharp[mask], 150.0, atol=1e-3)
+
+
+def test_named_kernels():
+    assert named_kernel("sharpen").total == pytest.approx(1.0)
+    assert named_kernel("laplacian").total == 0
+    assert named_kernel("gaussian", sigma=3).shape == (19, 19)
+    assert named_kernel("gaussian", size=51).name.startswith("gaussian 51 sigma 20.4")
+    assert named_kernel("mean", size=5).is_box
+    for bad in [dict(name="mean"), dict(name="blur", size=3), dict(name="sharpen", size=3),
+                dict(name="laplacian", sigma=2.0)]:
+        with pytest.raises(ValueError):
+            named_kernel(**bad)
+    # sobel x responds positively to a left-to-right increase
+    ramp = np.tile(np.arange(10.0), (10, 1))
+    assert convolve(ramp, sobel_kernel("x"))[5, 5] == pytest.approx(8.0)
+    assert convolve(ramp.T, sobel_kernel("y"))[5, 5] == pytest.approx(8.0)
+
+
+_signed = st.sampled_from(["sharpen", "laplacian", "sobel-x", "random"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=_image_and_mask(), kind=_signed, seed=st.integers(0, 1000))
+def test_signed_bounded_by_valid_range(data, kind, seed):
+    image, mask = data
+    if kind == "random":
+        k = as_kernel(np.random.default_rng(seed).normal(size=(3, 3)))
+    else:
+        k = named_kernel(kind)
+    out = masked_convolve(image, mask, k)
+    if not mask.any():
+        assert np.isnan(out).all()
+        return
+    lo, hi = image[mask].min(), image[mask].max()
+    kp, kn = k.positive().total, k.negative().total if not k.is_nonnegative else 0.0
+    defined = ~np.isnan(out)
+    tol = 1e-3 * (1 + hi) * (kp + kn)
+    assert np.all(out[defined] >= kp * lo - kn * hi - tol)
+    assert np.all(out[defined] <= kp * hi - kn * lo + tol)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=_image_and_mask(), kind=_signed)
+def test_signed_equals_plain_where_fully_valid(data, kind):
+    image, mask = data
+    k = named_kernel(kind) if kind != "random" else as_kernel(np.arange(9.0).reshape(3, 3) - 4)
+    out, w = masked_convolve(image, mask, k, return_weights=True)
+    plain = convolve(image, k)
+    full = w > 1 - 1e-6
+    np.testing.assert_allclose(out[full], plain[full], rtol=1e-4, atol=2e-2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=_image_and_mask(), kind=_signed, value=st.floats(0, 1000))
+def test_signed_constant_image(data, kind, value):
+    _, mask = data
+    image = np.full(mask.shape, value)
+    k = named_kernel(kind) if kind != "random" else as_kernel(np.arange(9.0).reshape(3, 3) - 3)
+    out = masked_convolve(image, mask, k)
+    defined = ~np.isnan(out)
+    np.testing.assert_allclose(out[defined], k.total * value, rtol=1e-4, atol=1e-2)
