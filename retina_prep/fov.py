@@ -14,7 +14,7 @@ from .errors import MaskError
 
 __all__ = [
     "binarize_mask", "erode_mask", "estimate_fov", "fov_diameter", "fill_holes",
-    "margin_distance", "trim_rim",
+    "margin_distance", "trim_rim", "feather_mask",
 ]
 
 
@@ -326,3 +326,20 @@ def trim_rim(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | Non
     if not out.any():
         raise MaskError("mask is empty after trimming its rim")
     return out
+
+
+def feather_mask(mask, px: float) -> np.ndarray:
+    """Turn a boolean FOV into a soft one: weights ramp from 1/px at the margin to 1 at px inside.
+
+    ``weight = min(1, (d + 1) / px)`` inside the mask (``d``: distance to the
+    margin, 0 for pixels touching it), 0 outside; ``px <= 1`` keeps the mask
+    binary (as float32).
+    """
+    m = np.asarray(mask, dtype=bool)
+    px = float(px)
+    if not (math.isfinite(px) and px >= 0):
+        raise ValueError(f"feather must be >= 0 pixels, got {px}")
+    if px <= 1:
+        return m.astype(np.float32)
+    d = margin_distance(m)
+    return np.where(m, np.minimum(1.0, (d + 1.0) / px), 0.0).astype(np.float32)

@@ -14,6 +14,9 @@ from .core import Kernel, box_kernel, gaussian_kernel, masked_convolve
 from .fov import fov_diameter
 
 __all__ = [
+    "METHODS",
+    "DEFAULT_SCALE",
+    "DEFAULT_STD_FLOOR",
     "KERNELS",
     "AUTO_WINDOW_FRACTION",
     "DEFAULT_TARGET",
@@ -23,6 +26,15 @@ __all__ = [
     "normalize_illumination",
     "dtype_scale",
 ]
+
+#: Normalization methods: subtract the local mean, or standardize by the local std too.
+METHODS = ("mean", "standardize")
+
+#: ``method="standardize"``: one local standard deviation becomes this many gray levels (8-bit units).
+DEFAULT_SCALE = 32.0
+
+#: ``method="standardize"``: the local standard deviation is floored at this (8-bit units).
+DEFAULT_STD_FLOOR = 2.0
 
 #: Local-mean kernels accepted by :func:`make_kernel`.
 KERNELS = ("mean", "gaussian")
@@ -119,8 +131,17 @@ def normalize_illumination(
     fill: float = 0.0,
     ignore_mask: bool = False,
     output_dtype=None,
+    method: str = "mean",
+    scale: float = DEFAULT_SCALE,
+    std_floor: float = DEFAULT_STD_FLOOR,
 ) -> np.ndarray:
     """Local illumination normalization ``I - masked_local_mean(I) + I0``.
+
+    With ``method="standardize"``, masked local standardization (seed 001,
+    eq. 4-7): ``I0 + scale * (I - mu_M) / max(sigma_M, std_floor)``, with
+    ``mu_M`` and ``sigma_M`` the mask-weighted local mean and standard
+    deviation over the same window, ``sigma_M**2 = E_M(I**2) - mu_M**2``
+    (the simplified variance of eq. 6-7).
 
     Parameters
     ----------
@@ -142,6 +163,9 @@ def normalize_illumination(
         (the halo-prone "IN without mask"). The output is still cut to the FOV.
     output_dtype : dtype, optional
         Defaults to the input dtype. The result is clipped to its range.
+    method : {"mean", "standardize"}
+    scale, std_floor : float
+        For ``standardize``, in 8-bit units (scaled like ``target``).
 
     Returns
     -------
@@ -163,9 +187,22 @@ def normalize_illumination(
     in_scale = dtype_scale(img.dtype)
     out_scale = dtype_scale(out_dtype)
 
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     mean, _ = local_mean(img, mask, kernel=kernel, ignore_mask=ignore_mask, fill=0.0)
     out = img.astype(np.float32)
-    out -= mean
+    if method == "standardize":
+        if not (scale > 0 and std_floor > 0):
+            raise ValueError("scale and std_floor must be positive")
+        sq, _ = local_mean(np.square(out), mask, kernel=kernel, ignore_mask=ignore_mask, fill=0.0)
+        sq -= np.square(mean)
+        np.maximum(sq, 0.0, out=sq)
+        std = np.sqrt(sq, out=sq)
+        np.maximum(std, np.float32(std_floor * in_scale), out=std)
+        out -= mean
+        out *= np.float32(scale * in_scale) / std
+    else:
+        out -= mean
     out += np.float32(target * in_scale)
     if out_scale != in_scale:
         out *= np.float32(out_scale / in_scale)

@@ -13,16 +13,28 @@ from pathlib import Path
 import numpy as np
 
 from .batch import Result
+from .core import MODES, Kernel, masked_filter
 from .dataset import Pair
 from .figures import panel, thumbnail
 from .errors import MaskError, OutputExistsError, RetinaPrepError
-from .fov import erode_mask, estimate_fov, fov_diameter, trim_rim
+from .fov import erode_mask, estimate_fov, feather_mask, fov_diameter, trim_rim
 from .io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, read_image, read_mask, write_image
-from .normalize import KERNELS, make_kernel, normalize_illumination, resolve_window
+from .normalize import (
+    DEFAULT_SCALE,
+    KERNELS,
+    METHODS,
+    dtype_scale,
+    make_kernel,
+    normalize_illumination,
+    resolve_window,
+)
 
 __all__ = [
     "MaskSettings", "NormalizeSettings", "load_pair", "output_path", "normalize_pair", "mask_pair",
     "trim_mask",
+    "FilterSettings",
+    "filter_array",
+    "filter_pair",
 ]
 
 #: Rim handling: "auto" trims the transition rim (:func:`~retina_prep.fov.trim_rim`),
@@ -40,6 +52,7 @@ class MaskSettings:
     auto_mask: bool = False  # estimate the mask even when a mask file exists
     erode: float | str = 0  # pixels, or "auto"
     rim: str = "default"  # "auto", "none", or "default": auto for estimated masks only
+    feather: float = 0.0  # pixels of soft margin (0: binary mask)
     max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def __post_init__(self):
@@ -59,8 +72,14 @@ class NormalizeSettings:
     ignore_mask: bool = False
     format: str = "png"
     overwrite: bool = False
+    method: str = "mean"
+    scale: float = DEFAULT_SCALE
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be a positive number, got {self.scale!r}")
         if self.kernel not in KERNELS:
             raise ValueError(f"unknown kernel {self.kernel!r}; valid kernels: {', '.join(KERNELS)}")
         if self.format not in OUTPUT_FORMATS:
@@ -137,7 +156,9 @@ def trim_mask(image, mask, settings: MaskSettings, *, source: str, path=None):
         mask = erode_mask(mask, px)
     except MaskError as exc:
         raise MaskError(exc.message, path) from None
-    return mask, {"rim": rim, "erode": px}
+    if settings.feather:
+        mask = feather_mask(mask, settings.feather)
+    return mask, {"rim": rim, "erode": px, "feather": settings.feather}
 
 
 def output_path(outdir, pair: Pair, fmt: str) -> Path:
@@ -184,7 +205,7 @@ def normalize_pair(
     def run(ignore_mask):
         return normalize_illumination(
             image, mask, kernel=kernel, target=settings.target, fill=settings.fill,
-            ignore_mask=ignore_mask,
+            ignore_mask=ignore_mask, method=settings.method, scale=settings.scale,
         )
 
     result = run(settings.ignore_mask)
@@ -225,6 +246,84 @@ def mask_pair(pair: Pair, outdir, mask_settings: MaskSettings = MaskSettings(), 
     if thumb_width:
         info["thumb"] = thumbnail(image, mask, width=thumb_width)
     return Result(pair, "done", outputs=[out], info=info)
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """Options of masked filtering (see :func:`~retina_prep.core.masked_filter`)."""
+
+    kernel: Kernel = None
+    mode: str = "normalized"
+    ignore_mask: bool = False
+    offset: float | None = None  # 8-bit units; None: mid-gray for zero-sum kernels, else 0
+    fill: float = 0.0
+    dtype: str = "same"  # "same" as the input, or "float32" (tif only)
+    format: str = "png"
+    write_weights: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.kernel, Kernel):
+            raise ValueError("a kernel is required")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; valid modes: {', '.join(MODES)}")
+        if self.dtype not in ("same", "float32"):
+            raise ValueError(f"dtype must be 'same' or 'float32', got {self.dtype!r}")
+        if self.format not in OUTPUT_FORMATS:
+            raise ValueError(f"unknown format {self.format!r}; valid formats: {', '.join(OUTPUT_FORMATS)}")
+        if self.dtype == "float32" and self.format != "tif":
+            raise ValueError("float32 output needs format tif")
+
+    @property
+    def effective_offset(self) -> float:
+        if self.offset is not None:
+            return self.offset
+        return 128.0 if abs(self.kernel.total) < 1e-9 else 0.0
+
+
+def filter_array(image, mask, settings: FilterSettings):
+    """Filter one image as ``settings`` say; returns (output array, validity map)."""
+    result, validity = masked_filter(
+        image, None if settings.ignore_mask else mask, settings.kernel, mode=settings.mode, fill=0.0,
+    )
+    in_scale = dtype_scale(image.dtype)
+    result += np.float32(settings.effective_offset * in_scale)
+    inside = np.ones(image.shape[:2], bool) if mask is None else np.asarray(mask) > 0
+    if settings.dtype == "float32":
+        out = result
+        out[~inside] = np.float32(settings.fill * in_scale)
+        return out.astype(np.float32, copy=False), validity
+    dt = image.dtype
+    if np.issubdtype(dt, np.integer):
+        info = np.iinfo(dt)
+        np.clip(result, info.min, info.max, out=result)
+        np.rint(result, out=result)
+    result[~inside] = settings.fill * in_scale
+    return result.astype(dt), validity
+
+
+def filter_pair(pair: Pair, outdir, settings: FilterSettings,
+                mask_settings: MaskSettings = MaskSettings()) -> Result:
+    """Filter one image; write ``OUTDIR/<rel>.<format>`` and, on request, ``<rel>_weights``."""
+    out = output_path(outdir, pair, settings.format)
+    _check_output(out, pair, settings.overwrite)
+    wout = None
+    if settings.write_weights:
+        wout = out.with_name(out.stem + "_weights" + out.suffix)
+        _check_output(wout, pair, settings.overwrite)
+    image, mask, info = load_pair(pair, mask_settings)
+    result, validity = filter_array(image, mask, settings)
+    write_image(out, result, fmt=settings.format, overwrite=settings.overwrite)
+    outputs = [out]
+    if wout is not None:
+        if settings.format == "tif":
+            wimg = validity.astype(np.float32)
+        else:
+            wimg = np.rint(np.clip(validity, 0, 1) * 65535).astype(np.uint16)
+        write_image(wout, wimg, fmt=settings.format, overwrite=settings.overwrite)
+        outputs.append(wout)
+    info.update(kernel=settings.kernel.name, mode=settings.mode)
+    return Result(pair, "done", outputs=outputs, warnings=info.pop("warnings"), info=info)
 
 
 def settings_dict(*settings) -> dict:

@@ -32,3 +32,31 @@ def test_drive_preset_bias_within_3_gray_levels(drive, tmp_path):
     for (lo, hi), b, n in zip(DEFAULT_BANDS, bias, counts):
         if lo >= 3 and n:
             assert np.all(np.abs(b) <= 3), f"band {lo}-{hi}: {b}"
+
+
+def test_signed_kernels_no_ring_at_drive_margin(drive, tmp_path):
+    """Sharpen and Laplacian: masked filtering stays calm at the margin; unmasked rings."""
+    img_path = drive / "test" / "images" / "01_test.tif"
+    mask = read_mask(drive / "test" / "mask" / "01_test_mask.gif")
+    img = read_image(img_path).astype(float)
+    from retina_prep.fov import margin_distance
+
+    d = margin_distance(mask)
+    band = mask & (d < 2)
+    inner = mask & (d > 20)
+    results = {}
+    for kernel, ref in [("sharpen", img), ("laplacian", 128.0)]:
+        res = results[kernel] = {}
+        for name, extra in [("masked", []), ("plain", ["--ignore-mask"])]:
+            out = tmp_path / f"{kernel}_{name}"
+            r = CliRunner().invoke(cli, ["filter", str(img_path), "-o", str(out), "-q",
+                                         "--kernel", kernel, *extra])
+            assert r.exit_code == 0, r.output
+            o = read_image(out / "01_test.png").astype(float)
+            res[name] = np.abs(o - ref)
+        # no blow-up: the masked response at the margin stays within a few times the interior's
+        assert res["masked"][band].mean() < 6 * res["masked"][inner].mean()
+        assert res["masked"][band].mean() <= res["plain"][band].mean() + 3
+    # sharpen: the unmasked ring (background pulled in by the negative ring) is clearly stronger
+    sharpen = results["sharpen"]
+    assert sharpen["masked"][band].mean() < 0.6 * sharpen["plain"][band].mean()

@@ -56,6 +56,21 @@ Examples:
     help="Gaussian sigma in pixels [default: window / 2.5].",
 )
 @click.option(
+    "--method",
+    type=click.Choice(["mean", "standardize"]),
+    default="mean",
+    show_default=True,
+    help="'mean': I - mean + I0 (seed 000). 'standardize': I0 + scale * (I - mean) / local std"
+    " (seed 001's mask-weighted statistics).",
+)
+@click.option(
+    "--scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=32.0,
+    show_default=True,
+    help="With --method standardize: gray levels (8-bit units) per local standard deviation.",
+)
+@click.option(
     "--target",
     type=float,
     default=128.0,
@@ -94,8 +109,8 @@ Examples:
 @quiet_opt
 @config_opt
 @click.pass_context
-def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, window,
-              kernel, sigma, target, fill, ignore_mask, panels_dir, panels_compare, fmt, overwrite, max_pixels, quiet):
+def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
+              window, kernel, sigma, method, scale, target, fill, ignore_mask, panels_dir, panels_compare, fmt, overwrite, max_pixels, quiet):
     """Flatten uneven illumination: I - masked local mean + I0, per channel.
 
     INPUT may be image files, a DRIVE root (training/, test/), a split folder
@@ -108,9 +123,10 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
     try:
         settings = NormalizeSettings(
             window=window, kernel=kernel, sigma=sigma, target=target, fill=fill,
-            ignore_mask=ignore_mask, format=fmt, overwrite=overwrite,
+            ignore_mask=ignore_mask, format=fmt, overwrite=overwrite, method=method,
+            scale=scale,
         )
-        mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim,
+        mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
                                      max_pixels=max_pixels)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

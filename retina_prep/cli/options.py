@@ -199,7 +199,14 @@ def mask_trim_options(rim_default: str, rim_help: str):
 
 
 def mask_options(f):
-    """Mask source options plus --erode/--rim as normalize-like commands use them."""
+    """Mask source options plus --erode/--rim/--feather as normalize-like commands use them."""
+    f = click.option(
+        "--feather",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        help="Soft FOV margin: mask weights ramp from 0 to 1 over PX pixels inside the margin.",
+    )(f)
     f = mask_trim_options(
         "default",
         "Transition rim at the FOV margin: 'auto' trims it where the image shows one,"
