@@ -10,7 +10,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["to_display", "panel", "thumbnail", "contact_sheet", "THEME"]
+__all__ = [
+    "to_display", "panel", "choose_inset", "thumbnail", "contact_sheet", "THEME", "PALETTE",
+]
 
 #: Colours (RGB) and proportions of every figure.
 THEME = {
@@ -65,8 +67,108 @@ def _title(text: str, width: int, height: int) -> np.ndarray:
     return bar
 
 
-def panel(columns, *, mask=None, contour: bool = True) -> np.ndarray:
-    """A row of labelled images of equal size.
+#: Line colours (RGB) of the profile strip, one per column.
+PALETTE = [(90, 90, 90), (214, 39, 40), (31, 119, 180), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    return img.astype(np.float32).mean(axis=2)
+
+
+def choose_inset(images, mask, size: int):
+    """Top-left ``(x, y)`` of the ``size`` x ``size`` stretch of FOV margin where ``images`` differ most.
+
+    The difference is the largest absolute difference (gray) between any two
+    of ``images``, summed over the window; only windows centred within
+    ``size / 2`` of the FOV margin are considered.
+    """
+    from .fov import margin_distance
+
+    grays = [_gray(to_display(im)) for im in images]
+    h, w = grays[0].shape
+    size = int(min(size, h, w))
+    diff = np.zeros((h, w), np.float32)
+    for i in range(len(grays)):
+        for j in range(i + 1, len(grays)):
+            np.maximum(diff, np.abs(grays[i] - grays[j]), out=diff)
+    m = np.asarray(mask, bool)
+    diff[~m] = 0
+    score = cv2.boxFilter(diff, -1, (size, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    d = margin_distance(m)
+    near = m & (d < size / 2)
+    half = size // 2
+    valid = np.zeros((h, w), bool)
+    valid[half:h - (size - half) + 1, half:w - (size - half) + 1] = True
+    cand = near & valid
+    if not cand.any():
+        cand = valid if valid.any() else np.ones((h, w), bool)
+    score = np.where(cand, score, -1)
+    cy, cx = np.unravel_index(int(np.argmax(score)), score.shape)
+    return int(np.clip(cx - half, 0, w - size)), int(np.clip(cy - half, 0, h - size)), size
+
+
+def _profile_line(mask, inset):
+    """End points of a line through the inset centre, along the radius of the FOV."""
+    m = np.asarray(mask, bool)
+    x, y, size = inset
+    cx, cy = x + size / 2, y + size / 2
+    ys, xs = np.nonzero(m)
+    oy, ox = (ys.mean(), xs.mean()) if ys.size else (m.shape[0] / 2, m.shape[1] / 2)
+    vx, vy = cx - ox, cy - oy
+    n = np.hypot(vx, vy) or 1.0
+    vx, vy = vx / n, vy / n
+    half = size / 2
+    return (cx - vx * half, cy - vy * half), (cx + vx * half, cy + vy * half)
+
+
+def _sample(img_gray, p0, p1, n):
+    xs = np.linspace(p0[0], p1[0], n).astype(np.float32)
+    ys = np.linspace(p0[1], p1[1], n).astype(np.float32)
+    return cv2.remap(img_gray, xs[None], ys[None], cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)[0]
+
+
+def _profile_strip(grays, titles, p0, p1, mask, width: int, height: int) -> np.ndarray:
+    """A plot of gray level along p0 -> p1, one line per column, with a legend and the margin."""
+    strip = np.full((height, width, 3), THEME["background"], np.uint8)
+    n = max(2, int(np.hypot(p1[0] - p0[0], p1[1] - p0[1])) + 1)
+    font, fs = cv2.FONT_HERSHEY_SIMPLEX, height / 260.0
+    thick = max(1, int(round(height / 150)))
+    left, right = int(0.06 * width), int(0.22 * width)
+    top, bottom = int(0.08 * height), int(0.14 * height)
+    x0, x1, y0, y1 = left, width - right, top, height - bottom
+    cv2.rectangle(strip, (x0, y0), (x1, y1), (180, 180, 180), 1)
+    for level in (0, 128, 255):
+        yy = int(y1 - level / 255 * (y1 - y0))
+        cv2.line(strip, (x0, yy), (x1, yy), (225, 225, 225), 1)
+        cv2.putText(strip, str(level), (2, yy + int(4 * fs)), font, fs * 0.8, THEME["text"], 1,
+                    cv2.LINE_AA)
+    inside = _sample(np.asarray(mask, np.float32), p0, p1, n) > 0.5
+    if inside.any() and not inside.all():  # the margin: where inside changes
+        k = int(np.argmax(inside[:-1] != inside[1:]))
+        xm = int(x0 + (k + 0.5) / (n - 1) * (x1 - x0))
+        for yy in range(y0, y1, 8):
+            cv2.line(strip, (xm, yy), (xm, min(yy + 4, y1)), (120, 120, 120), 1)
+        cv2.putText(strip, "FOV margin", (xm + 4, y0 + int(14 * fs)), font, fs * 0.8,
+                    (120, 120, 120), 1, cv2.LINE_AA)
+    for i, (g, title) in enumerate(zip(grays, titles)):
+        vals = _sample(g, p0, p1, n)
+        px = x0 + np.arange(n) / (n - 1) * (x1 - x0)
+        py = y1 - np.clip(vals, 0, 255) / 255 * (y1 - y0)
+        pts = np.round(np.stack([px, py], 1)).astype(np.int32).reshape(-1, 1, 2)
+        colour = PALETTE[i % len(PALETTE)]
+        cv2.polylines(strip, [pts], False, colour, thick, cv2.LINE_AA)
+        ly = y0 + int((i + 0.7) * (y1 - y0) / max(len(grays), 4))
+        cv2.line(strip, (x1 + 10, ly), (x1 + 40, ly), colour, max(2, thick))
+        cv2.putText(strip, title, (x1 + 46, ly + int(5 * fs)), font, fs * 0.8, THEME["text"], 1,
+                    cv2.LINE_AA)
+    cv2.putText(strip, "gray level along the red line, across the FOV margin", (x0, height - 6),
+                font, fs * 0.8, THEME["text"], 1, cv2.LINE_AA)
+    return strip
+
+
+def panel(columns, *, mask=None, contour: bool = True, inset=None, profile: bool = False) -> np.ndarray:
+    """A row of labelled images of equal size, with an optional zoomed inset row and profile strip.
 
     Parameters
     ----------
@@ -77,12 +179,20 @@ def panel(columns, *, mask=None, contour: bool = True) -> np.ndarray:
         The FOV; its contour is drawn faintly on every column.
     contour : bool
         Draw the contour (when a mask is given).
+    inset : (x, y, size) or "auto", optional
+        A square stretch shown zoomed under every column (the same pixels
+        in each); ``"auto"`` picks the stretch of FOV margin where the
+        columns differ most (needs ``mask``).
+    profile : bool
+        Add a strip plotting each column's gray level along a line across
+        the FOV margin through the inset (needs ``mask`` and ``inset``).
 
     Returns
     -------
     (H', W', 3) uint8 ndarray
-        Width ``n * W + (n + 1) * pad``; height ``title + H + 2 * pad``, with
-        ``pad = max(2, round(pad_fraction * W))`` and
+        Width ``n * W + (n + 1) * pad``; height ``title + H + 2 * pad``, plus
+        ``W // 2 + pad`` with an inset and ``round(0.35 * W) + pad`` with a
+        profile; ``pad = max(2, round(pad_fraction * W))`` and
         ``title = max(14, round(title_fraction * W))``.
     """
     cols = [(t, to_display(im)) for t, im in columns]
@@ -92,17 +202,48 @@ def panel(columns, *, mask=None, contour: bool = True) -> np.ndarray:
     for t, im in cols:
         if im.shape[:2] != (h, w):
             raise ValueError(f"column {t!r} is {im.shape[1]}x{im.shape[0]}, expected {w}x{h}")
+    if isinstance(inset, str):
+        if inset != "auto" or mask is None:
+            raise ValueError("inset 'auto' needs a mask")
+        inset = choose_inset([im for _, im in cols[1:]] if len(cols) > 2 else [im for _, im in cols],
+                             mask, max(16, int(round(0.12 * min(h, w)))))
+    if profile and (inset is None or mask is None):
+        raise ValueError("a profile needs a mask and an inset")
     pad = max(2, int(round(THEME["pad_fraction"] * w)))
     title_h = max(14, int(round(THEME["title_fraction"] * w)))
     n = len(cols)
-    out = np.full((title_h + h + 2 * pad, n * w + (n + 1) * pad, 3), THEME["background"], np.uint8)
+    width = n * w + (n + 1) * pad
+    inset_h = w // 2 if inset is not None else 0
+    prof_h = int(round(0.35 * w)) if profile else 0
+    height = title_h + h + 2 * pad + (inset_h + pad if inset_h else 0) + (prof_h + pad if prof_h else 0)
+    out = np.full((height, width, 3), THEME["background"], np.uint8)
     thickness = max(1, int(round(w / 400)))
+    line = _profile_line(mask, inset) if profile else None
     for i, (t, im) in enumerate(cols):
         x0 = pad + i * (w + pad)
-        if contour and mask is not None:
-            im = _draw_contour(im, mask, thickness)
+        shown = _draw_contour(im, mask, thickness) if contour and mask is not None else im.copy()
+        if inset is not None:
+            ix, iy, isz = inset
+            zoom = cv2.resize(shown[iy:iy + isz, ix:ix + isz], (inset_h, inset_h),
+                              interpolation=cv2.INTER_NEAREST)
+            if line is not None:
+                f = inset_h / isz
+                a = (int((line[0][0] - ix) * f), int((line[0][1] - iy) * f))
+                b = (int((line[1][0] - ix) * f), int((line[1][1] - iy) * f))
+                cv2.line(zoom, a, b, (230, 30, 30), max(1, thickness), cv2.LINE_AA)
+            cv2.rectangle(shown, (ix, iy), (ix + isz - 1, iy + isz - 1), (255, 220, 0),
+                          max(1, thickness), cv2.LINE_AA)
+            yz = pad + title_h + h + pad
+            xz = x0 + (w - inset_h) // 2
+            out[yz:yz + inset_h, xz:xz + inset_h] = zoom
         out[pad:pad + title_h, x0:x0 + w] = _title(t, w, title_h)
-        out[pad + title_h:pad + title_h + h, x0:x0 + w] = im
+        out[pad + title_h:pad + title_h + h, x0:x0 + w] = shown
+    if profile:
+        grays = [_gray(im) for _, im in cols]
+        strip = _profile_strip(grays, [t for t, _ in cols], line[0], line[1], mask,
+                               width - 2 * pad, prof_h)
+        yp = height - pad - prof_h
+        out[yp:yp + prof_h, pad:width - pad] = strip
     return out
 
 
@@ -135,7 +276,7 @@ def contact_sheet(tiles, *, columns: int | None = None) -> np.ndarray:
     cw = max(im.shape[1] for _, im in tiles)
     ch = max(im.shape[0] for _, im in tiles)
     pad = max(2, int(round(THEME["pad_fraction"] * cw)))
-    title_h = max(14, int(round(0.09 * cw)))
+    title_h = max(14, int(round(0.06 * cw)))
     cell_w, cell_h = cw + pad, ch + title_h + pad
     out = np.full((rows * cell_h + pad, columns * cell_w + pad, 3), THEME["background"], np.uint8)
     for i, (t, im) in enumerate(tiles):

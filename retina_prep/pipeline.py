@@ -35,6 +35,9 @@ __all__ = [
     "FilterSettings",
     "filter_array",
     "filter_pair",
+    "filter_columns",
+    "normalize_columns",
+    "compare_pair",
 ]
 
 #: Rim handling: "auto" trims the transition rim (:func:`~retina_prep.fov.trim_rim`),
@@ -220,7 +223,8 @@ def normalize_pair(
         else:
             cols = [("original", image), ("IN without mask" if settings.ignore_mask
                                           else "IN with mask", result)]
-        write_image(panel_out, panel(cols, mask=mask), overwrite=settings.overwrite)
+        write_image(panel_out, panel(cols, mask=mask > 0, inset="auto", profile=True),
+                    overwrite=settings.overwrite)
         outputs.append(panel_out)
     info.update(window=window, kernel=kernel.name)
     return Result(pair, "done", outputs=outputs, warnings=info.pop("warnings"), info=info)
@@ -324,6 +328,59 @@ def filter_pair(pair: Pair, outdir, settings: FilterSettings,
         outputs.append(wout)
     info.update(kernel=settings.kernel.name, mode=settings.mode)
     return Result(pair, "done", outputs=outputs, warnings=info.pop("warnings"), info=info)
+
+
+def filter_columns(image, mask, kernel: Kernel, *, mode: str = "normalized"):
+    """Seed 000's Fig. 7-9 columns: original | on black BG | on white BG | mask convolution.
+
+    The background outside the FOV is filled with black (zero padding) or
+    white and filtered by plain convolution; the third column is masked
+    filtering. Every result is cut to the FOV afterwards, as in the seed.
+    """
+    plain = FilterSettings(kernel=kernel, ignore_mask=True)
+    masked = FilterSettings(kernel=kernel, mode=mode)
+    inside = np.asarray(mask) > 0
+    top = np.iinfo(image.dtype).max if np.issubdtype(image.dtype, np.integer) else 1.0
+    sel = inside[..., None] if image.ndim == 3 else inside
+    black = filter_array(np.where(sel, image, 0).astype(image.dtype), mask, plain)[0]
+    white = filter_array(np.where(sel, image, top).astype(image.dtype), mask, plain)[0]
+    return [("original", image), ("(a) on black BG", black), ("(b) on white BG", white),
+            ("(c) mask convolution", filter_array(image, mask, masked)[0])]
+
+
+def normalize_columns(image, mask, kernel: Kernel, *, target: float = 128.0, method: str = "mean"):
+    """Seed 000's Fig. 4 columns: without IN | IN without mask | IN with mask."""
+    def run(ignore):
+        return normalize_illumination(image, mask, kernel=kernel, target=target,
+                                      ignore_mask=ignore, method=method)
+
+    return [("(a) without IN", image), ("(b) IN without mask", run(True)),
+            ("(c) IN with mask", run(False))]
+
+
+def compare_pair(pair: Pair, out_path, *, kernel_spec, mask_settings: MaskSettings = MaskSettings(),
+                 normalize: bool = False, window="auto", inset="auto", profile: bool = True,
+                 overwrite: bool = False, thumb_width: int | None = None) -> Result:
+    """Write one comparison figure for ``pair`` to ``out_path``.
+
+    ``kernel_spec`` is a :class:`Kernel`, or a callable ``window -> Kernel``
+    for kernels sized by the FOV (``window="auto"``).
+    """
+    out_path = Path(out_path)
+    _check_output(out_path, pair, overwrite)
+    image, mask, info = load_pair(pair, mask_settings)
+    win = resolve_window(window, mask)
+    kernel = kernel_spec(win) if callable(kernel_spec) else kernel_spec
+    if normalize:
+        cols = normalize_columns(image, mask, kernel)
+    else:
+        cols = filter_columns(image, mask, kernel)
+    fig = panel(cols, mask=mask > 0, inset=inset, profile=profile and inset is not None)
+    write_image(out_path, fig, overwrite=overwrite)
+    if thumb_width:
+        info["thumb"] = thumbnail(fig, None, width=thumb_width)
+    info.update(kernel=kernel.name)
+    return Result(pair, "done", outputs=[out_path], warnings=info.pop("warnings"), info=info)
 
 
 def settings_dict(*settings) -> dict:

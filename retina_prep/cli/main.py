@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .compare import compare
 from .filter import filter_cmd
 from .mask import mask
 from .normalize import normalize
@@ -26,3 +27,4 @@ def cli():
 cli.add_command(normalize)
 cli.add_command(mask)
 cli.add_command(filter_cmd)
+cli.add_command(compare)

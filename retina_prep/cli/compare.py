@@ -1,0 +1,139 @@
+"""retina-prep compare: seed 000's comparison figures for any kernel."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from ..core import KERNEL_NAMES
+from ..figures import contact_sheet
+from ..io import write_image
+from ..normalize import make_kernel
+from ..pipeline import MaskSettings, compare_pair
+from .filter import KernelSpec, build_kernel
+from .options import (
+    WindowType,
+    config_opt,
+    mask_options,
+    max_pixels_opt,
+    overwrite_opt,
+    quiet_opt,
+)
+from .runner import collect_pairs, log, prepare_outdir, run
+
+
+class InsetType(click.ParamType):
+    """``x,y,size`` in pixels, or ``auto``."""
+
+    name = "X,Y,SIZE|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple)):
+            parts = list(value)
+        elif str(value).strip().lower() in ("auto", "none"):
+            return str(value).strip().lower()
+        else:
+            parts = str(value).split(",")
+        try:
+            x, y, size = (int(p) for p in parts)
+        except ValueError:
+            self.fail(f"{value!r} is not x,y,size (three whole numbers) or 'auto'", param, ctx)
+        if x < 0 or y < 0 or size < 4:
+            self.fail(f"{value!r}: x and y must be >= 0 and size >= 4", param, ctx)
+        return (x, y, size)
+
+
+@click.command(
+    "compare",
+    epilog="""\b
+Examples:
+  retina-prep compare DRIVE/test/images/01_test.tif -o fig7.png --kernel gaussian --sigma 20 --size 51
+  retina-prep compare DRIVE/test/images/01_test.tif -o fig9.png --kernel sharpen
+  retina-prep compare eye.jpg --auto-mask -o fig4.png --normalize --window 31
+  retina-prep compare DRIVE/test -o figures/ --kernel gaussian --sigma 3 --size 11 --sheet sheet.png
+""",
+)
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=str))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
+              help="A .png file (one image) or a folder (one <stem>.png per image).")
+@mask_options
+@click.option("--kernel", "kernel_spec", type=KernelSpec(), default=None,
+              help=f"A name ({', '.join(KERNEL_NAMES)}) or a kernel file [default: gaussian for"
+              " Fig. 7-9, mean for --normalize].")
+@click.option("--size", type=click.IntRange(min=1), default=None,
+              help="Kernel size (odd) for mean and gaussian [default: --window].")
+@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Gaussian sigma [default: size / 2.5].")
+@click.option("--normalize", "normalize_fig", is_flag=True, default=False,
+              help="Fig. 4 instead: without IN | IN without mask | IN with mask (mean kernel of"
+              " --window, or --kernel gaussian).")
+@click.option("--window", type=WindowType(), default="auto", show_default=True,
+              help="Window for --normalize and the default kernel size: odd pixels or 'auto'.")
+@click.option("--inset", type=InsetType(), default="auto", show_default=True,
+              help="Zoomed stretch shown under every column: x,y,size in pixels, 'auto' (where the"
+              " columns differ most at the FOV margin) or 'none'.")
+@click.option("--profile/--no-profile", default=True, show_default=True,
+              help="Plot each column's gray level along a line across the margin.")
+@click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a contact sheet of all figures.")
+@overwrite_opt
+@max_pixels_opt
+@quiet_opt
+@config_opt
+@click.pass_context
+def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
+            kernel_spec, size, sigma, normalize_fig, window, inset, profile, sheet, overwrite,
+            max_pixels, quiet):
+    """Comparison figures: what the mask changes at the FOV margin.
+
+    By default seed 000's Fig. 7-9 for the chosen kernel: original | filtered on a
+    black background | on a white background | mask convolution; with
+    --normalize, Fig. 4. Every column gets the same zoomed inset and a profile
+    across the margin.
+    """
+    if kernel_spec is None:
+        kernel_spec = "mean" if normalize_fig else "gaussian"
+    if normalize_fig and kernel_spec not in ("gaussian", "mean"):
+        raise click.BadParameter("--normalize takes --kernel mean or gaussian", param_hint="--kernel")
+    if kernel_spec in ("mean", "gaussian") and size is None:
+        # sized by --window, which may depend on each image's FOV
+        name = kernel_spec
+
+        def kernel(win):
+            return make_kernel(name, win, sigma)
+    else:
+        kernel = build_kernel(kernel_spec, size, sigma)
+    mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
+                                 max_pixels=max_pixels)
+    single_file = output.suffix.lower() == ".png"
+    outdir = output.parent if single_file else output
+    pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
+                          outdir=outdir if not single_file else None)
+    if single_file and len(pairs) != 1:
+        raise click.UsageError(f"-o {output} names one figure but {len(pairs)} images were given;"
+                               " give a folder")
+    if sheet is not None and sheet.exists() and not overwrite:
+        raise click.UsageError(f"{sheet}: sheet exists (use --overwrite to replace it)")
+    prepare_outdir(outdir)
+    thumbs = []
+
+    def step(pair):
+        target = output if single_file else (outdir / pair.rel).with_suffix(".png")
+        result = compare_pair(pair, target, kernel_spec=kernel, mask_settings=mask_settings,
+                              normalize=normalize_fig, window=window,
+                              inset=None if inset == "none" else inset, profile=profile,
+                              overwrite=overwrite, thumb_width=480 if sheet else None)
+        thumb = result.info.pop("thumb", None)
+        if thumb is not None:
+            thumbs.append((str(pair.rel), thumb))
+        return result
+
+    report = run("compare", pairs, step, outdir=outdir, quiet=quiet)
+    if sheet is not None and thumbs:
+        write_image(sheet, contact_sheet(thumbs, columns=2 if len(thumbs) > 1 else 1),
+                    overwrite=overwrite)
+        if not quiet:
+            log(f"compare: contact sheet of {len(thumbs)} figures in {sheet}")
+    ctx.exit(report.exit_code)
