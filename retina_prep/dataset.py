@@ -13,6 +13,7 @@ Masks and labels (folders ``mask``, ``masks``, ``1st_manual``, ``2nd_manual``,
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -20,7 +21,7 @@ from pathlib import Path, PurePath
 from .errors import DatasetError
 from .io import IMAGE_EXTENSIONS
 
-__all__ = ["Pair", "find_pairs", "find_mask", "MASK_DIR_NAMES", "LABEL_DIR_NAMES"]
+__all__ = ["Pair", "find_pairs", "find_mask", "shard_pairs", "MASK_DIR_NAMES", "LABEL_DIR_NAMES"]
 
 #: Folder names holding masks.
 MASK_DIR_NAMES = ("mask", "masks")
@@ -188,3 +189,20 @@ def find_pairs(
             src = "dataset" if m is not None else "none"
         pairs.append(Pair(img, m, src, _rel_for(img, root)))
     return pairs
+
+
+def shard_pairs(pairs, k: int, n: int) -> list[Pair]:
+    """The pairs of shard ``k`` of ``n`` (1-based): a deterministic 1/n of them.
+
+    A pair's shard depends only on its output path (``rel``), so it is the
+    same on every machine and whatever the order of the inputs; the n shards
+    cover every pair exactly once.
+    """
+    if not 1 <= k <= n:
+        raise ValueError(f"shard {k}/{n}: K must be between 1 and N")
+    out = []
+    for p in pairs:
+        h = int.from_bytes(hashlib.sha1(p.rel.as_posix().encode("utf-8")).digest()[:8], "big")
+        if h % n == k - 1:
+            out.append(p)
+    return out

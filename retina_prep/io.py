@@ -9,7 +9,9 @@ interrupted write never leaves a partial output.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
@@ -27,6 +29,7 @@ __all__ = [
     "write_image",
     "write_bytes",
     "load_kernel",
+    "remove_stale_temporaries",
 ]
 
 #: File endings recognised as images (case-insensitive).
@@ -242,3 +245,28 @@ def write_image(path, image, *, fmt: str | None = None, overwrite: bool = False)
     if path.exists() and not overwrite:  # refuse before the work of encoding
         raise OutputExistsError("output exists (use --overwrite to replace it)", path)
     return write_bytes(path, encode_image(image, fmt), overwrite=overwrite)
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part$")
+
+
+def remove_stale_temporaries(folder, *, older_than: float = 600.0) -> int:
+    """Delete temporary files that :func:`write_bytes` left behind (a run killed with SIGKILL).
+
+    Only files named like its temporaries and older than ``older_than``
+    seconds are removed, so concurrent runs writing into the same folder are
+    not disturbed. Returns how many were removed.
+    """
+    now = time.time()
+    removed = 0
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            if _TEMP_NAME.match(name):
+                p = os.path.join(dirpath, name)
+                try:
+                    if now - os.stat(p).st_mtime > older_than:
+                        os.unlink(p)
+                        removed += 1
+                except OSError:
+                    pass
+    return removed

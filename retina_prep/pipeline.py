@@ -38,6 +38,10 @@ __all__ = [
     "filter_columns",
     "normalize_columns",
     "compare_pair",
+    "normalize_loaded",
+    "normalize_outputs",
+    "filter_outputs",
+    "mask_outputs",
 ]
 
 #: Rim handling: "auto" trims the transition rim (:func:`~retina_prep.fov.trim_rim`),
@@ -180,6 +184,27 @@ def _check_output(out: Path, pair: Pair, overwrite: bool):
         raise OutputExistsError("output exists (use --overwrite to replace it)", out)
 
 
+def _run_normalize(image, mask, kernel: Kernel, settings: NormalizeSettings, ignore_mask: bool):
+    return normalize_illumination(
+        image, mask, kernel=kernel, target=settings.target, fill=settings.fill,
+        ignore_mask=ignore_mask, method=settings.method, scale=settings.scale,
+    )
+
+
+def normalize_loaded(image, mask, settings: NormalizeSettings = NormalizeSettings()):
+    """Normalize an image already read (and its prepared mask): ``(result, kernel)``."""
+    kernel = make_kernel(settings.kernel, resolve_window(settings.window, mask), settings.sigma)
+    return _run_normalize(image, mask, kernel, settings, settings.ignore_mask), kernel
+
+
+def normalize_outputs(pair: Pair, outdir, settings: NormalizeSettings, panels_dir=None) -> list[Path]:
+    """The files :func:`normalize_pair` writes: the image, and the panel with ``panels_dir``."""
+    outs = [output_path(outdir, pair, settings.format)]
+    if panels_dir is not None:
+        outs.append(output_path(panels_dir, pair, "png"))
+    return outs
+
+
 def normalize_pair(
     pair: Pair,
     outdir,
@@ -195,39 +220,31 @@ def normalize_pair(
     original | normalized, or with ``panels_compare`` seed 000's Fig. 4:
     without IN | IN without mask | IN with mask.
     """
-    out = output_path(outdir, pair, settings.format)
-    _check_output(out, pair, settings.overwrite)
-    panel_out = None
-    if panels_dir is not None:
-        panel_out = output_path(panels_dir, pair, "png")
-        _check_output(panel_out, pair, settings.overwrite)
+    outs = normalize_outputs(pair, outdir, settings, panels_dir)
+    for o in outs:
+        _check_output(o, pair, settings.overwrite)
+    out, panel_out = outs[0], (outs[1] if panels_dir is not None else None)
     image, mask, info = load_pair(pair, mask_settings)
-    window = resolve_window(settings.window, mask)
-    kernel = make_kernel(settings.kernel, window, settings.sigma)
-
-    def run(ignore_mask):
-        return normalize_illumination(
-            image, mask, kernel=kernel, target=settings.target, fill=settings.fill,
-            ignore_mask=ignore_mask, method=settings.method, scale=settings.scale,
-        )
-
-    result = run(settings.ignore_mask)
+    result, kernel = normalize_loaded(image, mask, settings)
     write_image(out, result, fmt=settings.format, overwrite=settings.overwrite)
     outputs = [out]
     if panel_out is not None:
         if panels_compare:
-            plain = result if settings.ignore_mask else run(True)
-            masked = run(False) if settings.ignore_mask else result
-            cols = [("(a) without IN", image), ("(b) IN without mask", plain),
-                    ("(c) IN with mask", masked)]
+            done = {settings.ignore_mask: result}
+            cols = normalize_columns(image, mask, kernel, settings=settings, done=done)
         else:
-            cols = [("original", image), ("IN without mask" if settings.ignore_mask
-                                          else "IN with mask", result)]
+            cols = [("original", image),
+                    ("IN without mask" if settings.ignore_mask else "IN with mask", result)]
         write_image(panel_out, panel(cols, mask=mask > 0, inset="auto", profile=True),
                     overwrite=settings.overwrite)
         outputs.append(panel_out)
-    info.update(window=window, kernel=kernel.name)
+    info.update(window=kernel.shape[0], kernel=kernel.name)
     return Result(pair, "done", outputs=outputs, warnings=info.pop("warnings"), info=info)
+
+
+def mask_outputs(pair: Pair, outdir) -> list[Path]:
+    """The file :func:`mask_pair` writes: ``OUTDIR/<rel>_mask.png``."""
+    return [(Path(outdir) / pair.rel).with_name(pair.rel.name + "_mask.png")]
 
 
 def mask_pair(pair: Pair, outdir, mask_settings: MaskSettings = MaskSettings(), *,
@@ -238,7 +255,7 @@ def mask_pair(pair: Pair, outdir, mask_settings: MaskSettings = MaskSettings(), 
     With ``thumb_width``, ``result.info["thumb"]`` holds a thumbnail with the
     contour drawn, for a contact sheet.
     """
-    out = (Path(outdir) / pair.rel).with_name(pair.rel.name + "_mask.png")
+    (out,) = mask_outputs(pair, outdir)
     _check_output(out, pair, overwrite)
     image = read_image(pair.image, max_pixels=mask_settings.max_pixels)
     try:
@@ -306,15 +323,21 @@ def filter_array(image, mask, settings: FilterSettings):
     return result.astype(dt), validity
 
 
+def filter_outputs(pair: Pair, outdir, settings: FilterSettings) -> list[Path]:
+    """The files :func:`filter_pair` writes: the image, and ``<rel>_weights`` on request."""
+    out = output_path(outdir, pair, settings.format)
+    if settings.write_weights:
+        return [out, out.with_name(out.stem + "_weights" + out.suffix)]
+    return [out]
+
+
 def filter_pair(pair: Pair, outdir, settings: FilterSettings,
                 mask_settings: MaskSettings = MaskSettings()) -> Result:
     """Filter one image; write ``OUTDIR/<rel>.<format>`` and, on request, ``<rel>_weights``."""
-    out = output_path(outdir, pair, settings.format)
-    _check_output(out, pair, settings.overwrite)
-    wout = None
-    if settings.write_weights:
-        wout = out.with_name(out.stem + "_weights" + out.suffix)
-        _check_output(wout, pair, settings.overwrite)
+    outs = filter_outputs(pair, outdir, settings)
+    for o in outs:
+        _check_output(o, pair, settings.overwrite)
+    out, wout = outs[0], (outs[1] if settings.write_weights else None)
     image, mask, info = load_pair(pair, mask_settings)
     result, validity = filter_array(image, mask, settings)
     write_image(out, result, fmt=settings.format, overwrite=settings.overwrite)
@@ -348,14 +371,18 @@ def filter_columns(image, mask, kernel: Kernel, *, mode: str = "normalized"):
             ("(c) mask convolution", filter_array(image, mask, masked)[0])]
 
 
-def normalize_columns(image, mask, kernel: Kernel, *, target: float = 128.0, method: str = "mean"):
-    """Seed 000's Fig. 4 columns: without IN | IN without mask | IN with mask."""
-    def run(ignore):
-        return normalize_illumination(image, mask, kernel=kernel, target=target,
-                                      ignore_mask=ignore, method=method)
+def normalize_columns(image, mask, kernel: Kernel, *,
+                      settings: NormalizeSettings = NormalizeSettings(), done=None):
+    """Seed 000's Fig. 4 columns: without IN | IN without mask | IN with mask.
 
-    return [("(a) without IN", image), ("(b) IN without mask", run(True)),
-            ("(c) IN with mask", run(False))]
+    ``done`` maps ``ignore_mask`` (True/False) to results already computed.
+    """
+    done = dict(done or {})
+    for ignore in (True, False):
+        if ignore not in done:
+            done[ignore] = _run_normalize(image, mask, kernel, settings, ignore)
+    return [("(a) without IN", image), ("(b) IN without mask", done[True]),
+            ("(c) IN with mask", done[False])]
 
 
 def compare_pair(pair: Pair, out_path, *, kernel_spec, mask_settings: MaskSettings = MaskSettings(),

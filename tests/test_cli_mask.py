@@ -54,7 +54,7 @@ def test_mask_bad_file_goes_on(tmp_path):
     (tmp_path / "in" / "c.png").write_bytes(b"")
     r = invoke("mask", tmp_path / "in", "-o", tmp_path / "m", "--erode", 3)
     assert r.exit_code == 1
-    assert [p.name for p in (tmp_path / "m").iterdir()] == ["a_mask.png"]
+    assert [p.name for p in (tmp_path / "m").glob("*.png")] == ["a_mask.png"]
     assert r.output.count("error:") == 2
 
 

@@ -76,7 +76,7 @@ def test_bad_file_does_not_stop_batch(tmp_path):
     out = tmp_path / "out"
     r = invoke("normalize", d, "-o", out, "--window", 9)
     assert r.exit_code == 1
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "e.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "e.png"]
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 2
     assert "b.png" in errors[0] and "empty" in errors[0]
@@ -97,7 +97,7 @@ def test_mask_size_mismatch_and_empty_mask(tmp_path):
     assert r.exit_code == 1
     assert "a_mask.png is 10x10 px but the image is 110x120 px" in r.output
     assert "b_mask.png: mask is empty" in r.output
-    assert [p.name for p in out.iterdir()] == ["c.png"]
+    assert [p.name for p in out.glob("*.png")] == ["c.png"]
 
 
 def test_missing_mask_is_estimated_with_warning(tmp_path):
@@ -208,5 +208,5 @@ def test_sample_data_runs(tmp_path):
     shutil.copytree(REPO / "sample_data", src)
     r = invoke("normalize", src, "-o", tmp_path / "out")
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
         "retina_cc0.png", "synthetic_01.png", "synthetic_02.png"]

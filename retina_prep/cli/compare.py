@@ -21,7 +21,7 @@ from .options import (
     overwrite_opt,
     quiet_opt,
 )
-from .runner import collect_pairs, log, prepare_outdir, run
+from .runner import batch_options, collect_pairs, execute, log
 
 
 class InsetType(click.ParamType):
@@ -80,12 +80,13 @@ Examples:
               help="Also write a contact sheet of all figures.")
 @overwrite_opt
 @max_pixels_opt
+@batch_options
 @quiet_opt
 @config_opt
 @click.pass_context
 def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
             kernel_spec, size, sigma, normalize_fig, window, inset, profile, sheet, overwrite,
-            max_pixels, quiet):
+            max_pixels, batch, quiet):
     """Comparison figures: what the mask changes at the FOV margin.
 
     By default seed 000's Fig. 7-9 for the chosen kernel: original | filtered on a
@@ -110,30 +111,39 @@ def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode,
     single_file = output.suffix.lower() == ".png"
     outdir = output.parent if single_file else output
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
-                          outdir=outdir if not single_file else None)
+                          outdir=outdir if not single_file else None, batch=batch)
     if single_file and len(pairs) != 1:
         raise click.UsageError(f"-o {output} names one figure but {len(pairs)} images were given;"
                                " give a folder")
     if sheet is not None and sheet.exists() and not overwrite:
         raise click.UsageError(f"{sheet}: sheet exists (use --overwrite to replace it)")
-    prepare_outdir(outdir)
     thumbs = []
 
-    def step(pair):
-        target = output if single_file else (outdir / pair.rel).with_suffix(".png")
-        result = compare_pair(pair, target, kernel_spec=kernel, mask_settings=mask_settings,
-                              normalize=normalize_fig, window=window,
-                              inset=None if inset == "none" else inset, profile=profile,
-                              overwrite=overwrite, thumb_width=480 if sheet else None)
+    def target(pair):
+        return output if single_file else (outdir / pair.rel).with_suffix(".png")
+
+    def keep_thumb(result):
         thumb = result.info.pop("thumb", None)
         if thumb is not None:
-            thumbs.append((str(pair.rel), thumb))
-        return result
+            thumbs.append((str(result.pair.rel), thumb))
 
-    report = run("compare", pairs, step, outdir=outdir, quiet=quiet)
+    step = functools.partial(compare_one, output=output if single_file else None, outdir=outdir,
+                             kernel_spec=kernel, mask_settings=mask_settings,
+                             normalize=normalize_fig, window=window,
+                             inset=None if inset == "none" else inset, profile=profile,
+                             overwrite=overwrite, thumb_width=480 if sheet else None)
+    report = execute("compare", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
+                     expected_outputs=lambda p: [target(p)], params=dict(ctx.params),
+                     on_result=keep_thumb)
     if sheet is not None and thumbs:
         write_image(sheet, contact_sheet(thumbs, columns=2 if len(thumbs) > 1 else 1),
                     overwrite=overwrite)
         if not quiet:
             log(f"compare: contact sheet of {len(thumbs)} figures in {sheet}")
     ctx.exit(report.exit_code)
+
+
+def compare_one(pair, *, output, outdir, **kwargs):
+    """One figure: to ``output`` when given (a single image), else ``OUTDIR/<rel>.png``."""
+    target = output if output is not None else (outdir / pair.rel).with_suffix(".png")
+    return compare_pair(pair, target, **kwargs)

@@ -11,7 +11,7 @@ import numpy as np
 from ..core import KERNEL_NAMES, MODES, as_kernel, named_kernel
 from ..errors import RetinaPrepError
 from ..io import load_kernel
-from ..pipeline import FilterSettings, MaskSettings, filter_pair
+from ..pipeline import FilterSettings, MaskSettings, filter_outputs, filter_pair
 from .options import (
     config_opt,
     format_opt,
@@ -21,7 +21,7 @@ from .options import (
     overwrite_opt,
     quiet_opt,
 )
-from .runner import collect_pairs, prepare_outdir, run
+from .runner import batch_options, collect_pairs, execute
 
 
 class KernelSpec(click.ParamType):
@@ -98,12 +98,13 @@ Examples:
 @format_opt
 @overwrite_opt
 @max_pixels_opt
+@batch_options
 @quiet_opt
 @config_opt
 @click.pass_context
 def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
                kernel_spec, size, sigma, mode, ignore_mask, offset, fill, dtype, write_weights, fmt,
-               overwrite, max_pixels, quiet):
+               overwrite, max_pixels, batch, quiet):
     """Filter images with a kernel, counting only pixels inside the field of view.
 
     Same inputs, mask options, outputs and error handling as normalize.
@@ -119,9 +120,10 @@ def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, ero
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
-                          outdir=outdir)
-    prepare_outdir(outdir)
+                          outdir=outdir, batch=batch)
     step = functools.partial(filter_pair, outdir=outdir, settings=settings,
                              mask_settings=mask_settings)
-    report = run("filter", pairs, step, outdir=outdir, quiet=quiet)
+    report = execute("filter", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
+                     expected_outputs=lambda p: filter_outputs(p, outdir, settings),
+                     params={**ctx.params, "kernel": kernel})
     ctx.exit(report.exit_code)

@@ -9,9 +9,9 @@ import click
 
 from ..figures import contact_sheet
 from ..io import write_image
-from ..pipeline import MaskSettings, mask_pair
+from ..pipeline import MaskSettings, mask_outputs, mask_pair
 from .options import config_opt, mask_trim_options, max_pixels_opt, output_opt, overwrite_opt, quiet_opt
-from .runner import collect_pairs, log, prepare_outdir, run
+from .runner import batch_options, collect_pairs, execute, log
 
 
 @click.command(
@@ -38,10 +38,11 @@ Examples:
 )
 @overwrite_opt
 @max_pixels_opt
+@batch_options
 @quiet_opt
 @config_opt
 @click.pass_context
-def mask(ctx, inputs, outdir, erode, rim, sheet, overwrite, max_pixels, quiet):
+def mask(ctx, inputs, outdir, erode, rim, sheet, overwrite, max_pixels, batch, quiet):
     """Estimate the field of view of each image and write OUTDIR/<stem>_mask.png (0/255).
 
     Takes the same INPUTs as normalize (files, DRIVE roots, split or plain
@@ -57,19 +58,19 @@ def mask(ctx, inputs, outdir, erode, rim, sheet, overwrite, max_pixels, quiet):
     if sheet is not None and sheet.exists() and not overwrite:
         raise click.UsageError(f"{sheet}: sheet exists (use --overwrite to replace it)")
     pairs = collect_pairs(inputs, mask=None, mask_dir=None, mask_pattern="{stem}_mask.gif",
-                          outdir=outdir)
-    prepare_outdir(outdir)
+                          outdir=outdir, batch=batch)
     thumbs = []
 
-    def step(pair):
-        result = mask_pair(pair, outdir, settings, overwrite=overwrite,
-                           thumb_width=240 if sheet is not None else None)
+    def keep_thumb(result):
         thumb = result.info.pop("thumb", None)
         if thumb is not None:
-            thumbs.append((str(pair.rel), thumb))
-        return result
+            thumbs.append((str(result.pair.rel), thumb))
 
-    report = run("mask", pairs, step, outdir=outdir, quiet=quiet)
+    step = functools.partial(mask_pair, outdir=outdir, mask_settings=settings, overwrite=overwrite,
+                             thumb_width=240 if sheet is not None else None)
+    report = execute("mask", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
+                     expected_outputs=lambda p: mask_outputs(p, outdir), params=dict(ctx.params),
+                     on_result=keep_thumb)
     if sheet is not None and thumbs:
         try:
             write_image(sheet, contact_sheet(thumbs), overwrite=overwrite)

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from ..pipeline import MaskSettings, NormalizeSettings, normalize_pair
+from ..batch import Result, run_one
+from ..io import encode_image
+from ..pipeline import (
+    MaskSettings,
+    NormalizeSettings,
+    load_pair,
+    normalize_loaded,
+    normalize_outputs,
+    normalize_pair,
+)
 from .options import (
     WindowType,
     config_opt,
@@ -18,7 +27,7 @@ from .options import (
     overwrite_opt,
     quiet_opt,
 )
-from .runner import collect_pairs, prepare_outdir, run
+from .runner import batch_options, collect_pairs, execute
 
 
 @click.command(
@@ -106,11 +115,13 @@ Examples:
 @format_opt
 @overwrite_opt
 @max_pixels_opt
+@batch_options
 @quiet_opt
 @config_opt
 @click.pass_context
 def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
-              window, kernel, sigma, method, scale, target, fill, ignore_mask, panels_dir, panels_compare, fmt, overwrite, max_pixels, quiet):
+              window, kernel, sigma, method, scale, target, fill, ignore_mask, panels_dir,
+              panels_compare, fmt, overwrite, max_pixels, batch, quiet):
     """Flatten uneven illumination: I - masked local mean + I0, per channel.
 
     INPUT may be image files, a DRIVE root (training/, test/), a split folder
@@ -132,13 +143,40 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
         raise click.UsageError(str(exc)) from None
     if panels_compare and panels_dir is None:
         raise click.BadParameter("needs --panels DIR", param_hint="--panels-compare")
+    if str(outdir) == "-":
+        _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, batch)
+        return
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
-                          outdir=[outdir, panels_dir])
-    prepare_outdir(outdir)
-    if panels_dir is not None:
-        prepare_outdir(panels_dir)
+                          outdir=[outdir, panels_dir], batch=batch)
+    if panels_dir is not None and not batch.dry_run:
+        panels_dir.mkdir(parents=True, exist_ok=True)
     step = functools.partial(normalize_pair, outdir=outdir, settings=settings,
                              mask_settings=mask_settings, panels_dir=panels_dir,
                              panels_compare=panels_compare)
-    report = run("normalize", pairs, step, outdir=outdir, quiet=quiet)
+    report = execute("normalize", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
+                     expected_outputs=lambda p: normalize_outputs(p, outdir, settings, panels_dir),
+                     params=dict(ctx.params))
     ctx.exit(report.exit_code)
+
+
+def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, batch):
+    """-o -: one image, PNG (or TIFF) bytes on stdout and nothing else."""
+    pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
+                          outdir=None, batch=batch)
+    if len(pairs) != 1:
+        raise click.UsageError(f"-o - writes one image to stdout, but {len(pairs)} were given")
+
+    def step(pair):
+        image, fov, info = load_pair(pair, mask_settings)
+        result, _ = normalize_loaded(image, fov, settings)
+        return Result(pair, "done", warnings=info["warnings"],
+                      info={"data": encode_image(result, settings.format)})
+
+    res = run_one(step, pairs[0])
+    if res.status != "done":
+        raise click.ClickException(res.error)
+    for w in res.warnings:
+        click.echo(f"warning: {w}", err=True)
+    out = click.get_binary_stream("stdout")
+    out.write(res.info["data"])
+    out.flush()

@@ -109,7 +109,7 @@ output_opt = click.option(
     "--output",
     "outdir",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False, allow_dash=True, path_type=Path),
     help="Output folder (created if missing).",
 )
 

@@ -1,18 +1,26 @@
-"""The batch loop every command shares: pairing, progress, per-file errors, summary."""
+"""The batch machinery every command shares: inputs, pairing, sharding, workers,
+progress, per-file errors, resume, manifest and the summary line."""
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import os
+import signal
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import click
 from tqdm import tqdm
 
-from ..batch import Report, Result, check_outputs_unique, run_batch
-from ..dataset import Pair, find_pairs
+from .. import __version__
+from ..batch import Report, Result, check_outputs_unique, default_jobs, run_batch
+from ..dataset import Pair, find_pairs, shard_pairs
 from ..errors import DatasetError
+from ..io import remove_stale_temporaries
 from .options import stderr_is_terminal
 
 
@@ -21,63 +29,258 @@ def log(msg: str) -> None:
     tqdm.write(msg, file=sys.stderr)
 
 
-def collect_pairs(inputs, *, mask, mask_dir, mask_pattern, outdir) -> list[Pair]:
+# ------------------------------------------------------------------ options
+
+
+class ShardType(click.ParamType):
+    """``K/N``: the K-th of N shards, 1 <= K <= N."""
+
+    name = "K/N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            k, n = (int(x) for x in str(value).split("/"))
+        except ValueError:
+            self.fail(f"{value!r} is not K/N (for example 3/8)", param, ctx)
+        if not 1 <= k <= n:
+            self.fail(f"{value!r}: K must be between 1 and N", param, ctx)
+        return (k, n)
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    jobs: int = 1
+    skip_existing: bool = False
+    manifest: Path | None = None
+    files_from: str | None = None
+    null: bool = False
+    print_outputs: bool = False
+    dry_run: bool = False
+    shard: tuple[int, int] | None = None
+
+
+def batch_options(f):
+    """--jobs, --skip-existing, --manifest, --files-from, -0, --print-outputs, --dry-run, --shard.
+
+    The command receives them as one ``batch`` argument (a :class:`BatchOptions`).
+    """
+    names = ["jobs", "skip_existing", "manifest", "files_from", "null", "print_outputs",
+             "dry_run", "shard"]
+    decorators = [
+        click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+                     help="Worker processes [default: the number of cores]."),
+        click.option("--skip-existing", is_flag=True, default=False,
+                     help="Resume: keep outputs that exist (they are complete: writes are atomic)"
+                     " and do the rest."),
+        click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Provenance log, one JSON line per image [default: OUTDIR/manifest.jsonl];"
+                     " runs append."),
+        click.option("--files-from", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+                     help="Read more INPUTs from FILE, one per line ('-': standard input)."),
+        click.option("-0", "--null", is_flag=True, default=False,
+                     help="--files-from entries are NUL-separated (as find -print0 writes)."),
+        click.option("--print-outputs", is_flag=True, default=False,
+                     help="Print each output path on stdout, one per line (and nothing else)."),
+        click.option("--dry-run", is_flag=True, default=False,
+                     help="Print the pairing table (image, mask, output) and stop."),
+        click.option("--shard", type=ShardType(), default=None,
+                     help="Process only the K-th of N deterministic shards (for job arrays)."),
+    ]
+
+    def wrapper(*args, **kwargs):
+        values = {n: kwargs.pop(n) for n in names}
+        if values["jobs"] is None:
+            values["jobs"] = default_jobs()
+        kwargs["batch"] = BatchOptions(**values)
+        return f(*args, **kwargs)
+
+    import functools
+
+    wrapper = functools.update_wrapper(wrapper, f)
+    for d in reversed(decorators):
+        wrapper = d(wrapper)
+    return wrapper
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def _read_files_from(source: str, null: bool) -> list[str]:
+    try:
+        if source == "-":
+            data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        else:
+            data = Path(source).read_bytes()
+    except OSError as exc:
+        raise click.BadParameter(f"{source}: {exc.strerror or exc}", param_hint="--files-from")
+    text = data.decode("utf-8", errors="surrogateescape")
+    items = text.split("\0") if null else text.splitlines()
+    return [i for i in (x.strip("\r") if not null else x for x in items) if i]
+
+
+def collect_pairs(inputs, *, mask, mask_dir, mask_pattern, outdir, batch: BatchOptions | None = None
+                  ) -> list[Pair]:
     """Find and pair inputs; problems with the inputs themselves are usage errors (exit 2).
 
     ``outdir`` (a folder or a list of folders) is never searched for inputs.
     """
+    inputs = list(inputs)
+    if batch is not None and batch.files_from:
+        inputs += _read_files_from(batch.files_from, batch.null)
     outdirs = [d for d in (outdir if isinstance(outdir, (list, tuple)) else [outdir]) if d]
     if not inputs:
         raise click.UsageError("no INPUT given: name image files or dataset folders")
     if mask is not None and mask_dir is not None:
         raise click.UsageError("--mask and --mask-dir exclude each other")
     try:
-        return find_pairs(
+        pairs = find_pairs(
             inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern, exclude=outdirs
         )
     except DatasetError as exc:
         raise click.UsageError(str(exc)) from None
+    if batch is not None and batch.shard is not None:
+        pairs = shard_pairs(pairs, *batch.shard)
+    return pairs
 
 
 def prepare_outdir(outdir: Path) -> None:
-    """Create the output folder; an unwritable one stops the run (exit 1)."""
+    """Create the output folder and clear temporaries a killed run left; an unwritable one stops the run."""
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise click.ClickException(f"{outdir}: cannot create output folder ({exc.strerror or exc})")
     if not os.access(outdir, os.W_OK | os.X_OK):
         raise click.ClickException(f"{outdir}: output folder is not writable")
+    remove_stale_temporaries(outdir)
 
 
-def run(
+# ------------------------------------------------------------------ running
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """A kill (SIGTERM) unwinds like Ctrl-C, so workers stop and temporaries are removed."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _jsonable(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "name") and hasattr(value, "array"):  # a Kernel
+        return {"name": value.name, "array": value.array.tolist()}
+    return str(value)
+
+
+def _manifest_path(outdir: Path, batch: BatchOptions) -> Path:
+    if batch.manifest is not None:
+        return batch.manifest
+    if batch.shard is not None:
+        k, n = batch.shard
+        return outdir / f"manifest.shard-{k}-of-{n}.jsonl"
+    return outdir / "manifest.jsonl"
+
+
+def execute(
     command: str,
     pairs: list[Pair],
     step: Callable[[Pair], Result],
     *,
     outdir: Path,
+    batch: BatchOptions,
     quiet: bool,
+    expected_outputs: Callable[[Pair], list[Path]],
+    params: dict,
+    on_result: Callable[[Result], None] | None = None,
 ) -> Report:
-    """Run ``step`` over ``pairs`` with a progress bar; log warnings and failures."""
+    """Run ``step`` over ``pairs``: the one batch loop of every command.
+
+    Dry run, resume (--skip-existing), worker processes, progress bar,
+    per-file error lines, the manifest and --print-outputs all live here.
+    """
+    if batch.dry_run:
+        click.echo("image\tmask\toutput")
+        for p in pairs:
+            outs = ",".join(str(o) for o in expected_outputs(p))
+            click.echo(f"{p.image}\t{p.mask if p.mask else '(estimated)'}\t{outs}")
+        return Report()
+
+    prepare_outdir(outdir)
     report = Report()
     clashes = check_outputs_unique(pairs)
-    todo = [p for p in pairs if p not in clashes]
-    for p in pairs:
-        if p in clashes:
-            log(f"error: {clashes[p]}")
-            report.add(Result(p, "failed", error=clashes[p]))
-    show_bar = not quiet and len(todo) > 1 and stderr_is_terminal()
-    with tqdm(total=len(todo), disable=not show_bar, file=sys.stderr, unit="img",
-              desc=command, dynamic_ncols=True) as bar:
-        for result in run_batch(todo, step):
-            for w in result.warnings:
-                log(f"warning: {w}")
-            if result.status != "done":
-                log(f"error: {result.error}")
-            report.add(result)
-            bar.update(1)
+    manifest = _manifest_path(outdir, batch)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    with manifest.open("a", encoding="utf-8") as mf:
+        header = {"type": "run", "tool": "retina-prep", "version": __version__, "command": command,
+                  "argv": sys.argv[1:], "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                  "shard": list(batch.shard) if batch.shard else None, "config": _jsonable(params)}
+        mf.write(json.dumps(header) + "\n")
+
+        def record(result: Result):
+            line = {"type": "image", "input": str(result.pair.image),
+                    "mask": str(result.pair.mask) if result.pair.mask else None,
+                    "mask_source": result.info.get("mask_source", result.pair.mask_source),
+                    "outputs": [str(o) for o in result.outputs], "status": result.status,
+                    "error": result.error, "seconds": round(result.seconds, 4),
+                    "params": _jsonable({k: v for k, v in result.info.items()
+                                         if k != "mask_source"})}
+            mf.write(json.dumps(line) + "\n")
+            mf.flush()
+
+        todo = []
+        skipped = 0
+        for p in pairs:
+            if p in clashes:
+                log(f"error: {clashes[p]}")
+                res = Result(p, "failed", error=clashes[p])
+                report.add(res)
+                record(res)
+            elif batch.skip_existing and all(o.exists() for o in expected_outputs(p)):
+                skipped += 1
+                record(Result(p, "skipped", outputs=expected_outputs(p)))
+            else:
+                todo.append(p)
+        show_bar = not quiet and len(todo) > 1 and stderr_is_terminal()
+        with _sigterm_as_interrupt(), tqdm(total=len(todo), disable=not show_bar, file=sys.stderr,
+                                           unit="img", desc=command, dynamic_ncols=True) as bar:
+            try:
+                for result in run_batch(todo, step, jobs=batch.jobs):
+                    if on_result is not None:
+                        on_result(result)
+                    for w in result.warnings:
+                        log(f"warning: {w}")
+                    if result.status != "done":
+                        log(f"error: {result.error}")
+                    elif batch.print_outputs:
+                        for o in result.outputs:
+                            click.echo(str(o))
+                    report.add(result)
+                    record(result)
+                    bar.update(1)
+            except KeyboardInterrupt:
+                bar.close()
+                log(f"{command}: interrupted after {report.done} done; outputs written so far are"
+                    " complete; rerun with --skip-existing to finish")
+                raise click.exceptions.Exit(130)
     if not quiet:
-        log(
-            f"{command}: {report.done} done, {report.failed} failed;"
-            f" outputs in {outdir}"
-        )
+        extra = f", {skipped} skipped (exist)" if batch.skip_existing else ""
+        log(f"{command}: {report.done} done, {report.failed} failed{extra}; outputs in {outdir}")
     return report
