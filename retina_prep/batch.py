@@ -109,6 +109,16 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _mp_context():
+    """forkserver on Linux: never fork a process whose OpenCV thread pool is running (that can
+    deadlock); the server preloads the heavy modules, so workers still start quickly."""
+    if sys.platform.startswith("linux"):
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["numpy", "cv2", "retina_prep.pipeline"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
 def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: int = 1) -> Iterator[Result]:
     """Run ``step`` on every pair, yielding a :class:`Result` for each, in input order.
 
@@ -124,7 +134,7 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
         for pair in pairs:
             yield run_one(step, pair)
         return
-    ctx = multiprocessing.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
+    ctx = _mp_context()
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(pairs)), mp_context=ctx,
                                initializer=_worker_init)
     try:

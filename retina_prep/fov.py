@@ -265,6 +265,22 @@ RIM_TOLERANCE = 0.05
 _RIM_SECTORS = 72
 
 
+def _group_medians(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """Median of ``values`` (n, C) within each group id in ``range(n_groups)``; NaN for empty groups."""
+    out = np.full((n_groups, values.shape[1]), np.nan, np.float64)
+    ids = np.arange(n_groups)
+    for c in range(values.shape[1]):
+        order = np.lexsort((values[:, c], group))
+        g, v = group[order], values[order, c].astype(np.float64)
+        starts = np.searchsorted(g, ids, "left")
+        counts = np.searchsorted(g, ids, "right") - starts
+        has = counts > 0
+        lo = starts[has] + (counts[has] - 1) // 2
+        hi = starts[has] + counts[has] // 2
+        out[has, c] = (v[lo] + v[hi]) / 2
+    return out
+
+
 def trim_rim(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | None = None) -> np.ndarray:
     """Drop the transition rim at the FOV margin, adapting to the image.
 
@@ -301,22 +317,22 @@ def trim_rim(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | Non
         return m.copy()
     cy, cx = np.nonzero(m)
     angle = np.arctan2(ys - cy.mean(), xs - cx.mean())
-    sector = ((angle + np.pi) / (2 * np.pi) * _RIM_SECTORS).astype(int) % _RIM_SECTORS
-    ring = d[ys, xs].astype(int)
-    vals = v[ys, xs]
-    depth = np.zeros(_RIM_SECTORS, int)
-    for s in range(_RIM_SECTORS):
-        sel = sector == s
-        ref_sel = sel & (ring >= max_px)
-        if not ref_sel.any():
-            continue
-        ref = np.median(vals[ref_sel], axis=0)
-        scale = np.maximum(ref, 1e-6)
-        for k in range(max_px - 1, -1, -1):
-            rk = vals[sel & (ring == k)]
-            if rk.size and np.any(np.abs(np.median(rk, axis=0) - ref) > tolerance * scale):
-                depth[s] = k + 1
-                break
+    sector = ((angle + np.pi) / (2 * np.pi) * _RIM_SECTORS).astype(np.int64) % _RIM_SECTORS
+    ring = d[ys, xs].astype(np.int64)
+    vals = v[ys, xs]  # (n, C)
+    # groups: (sector, ring) for the rings of the rim zone, (sector, max_px) for the reference
+    group = sector * (max_px + 1) + np.minimum(ring, max_px)
+    med = _group_medians(group, vals, _RIM_SECTORS * (max_px + 1)).reshape(
+        _RIM_SECTORS, max_px + 1, -1)
+    ref = med[:, max_px:max_px + 1, :]  # (S, 1, C)
+    rings = med[:, :max_px, :]
+    with np.errstate(invalid="ignore"):
+        off = np.abs(rings - ref) > tolerance * np.maximum(ref, 1e-6)
+    inconsistent = np.any(off & ~np.isnan(rings) & ~np.isnan(ref), axis=2)  # (S, max_px)
+    # depth: one past the innermost inconsistent ring (0 when none)
+    any_bad = inconsistent.any(axis=1)
+    last_bad = max_px - 1 - np.argmax(inconsistent[:, ::-1], axis=1)
+    depth = np.where(any_bad, last_bad + 1, 0)
     # smooth across neighbouring sectors (circular median of 5)
     padded = np.concatenate([depth[-2:], depth, depth[:2]])
     depth = np.array([int(np.median(padded[i:i + 5])) for i in range(_RIM_SECTORS)])
