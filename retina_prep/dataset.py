@@ -21,7 +21,10 @@ from pathlib import Path, PurePath
 from .errors import DatasetError
 from .io import IMAGE_EXTENSIONS
 
-__all__ = ["Pair", "find_pairs", "find_mask", "shard_pairs", "MASK_DIR_NAMES", "LABEL_DIR_NAMES"]
+__all__ = [
+    "Pair", "find_pairs", "find_mask", "find_label", "detect_layout", "shard_pairs",
+    "MASK_DIR_NAMES", "LABEL_DIR_NAMES",
+]
 
 #: Folder names holding masks.
 MASK_DIR_NAMES = ("mask", "masks")
@@ -64,14 +67,25 @@ def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
 
 
+#: File-name endings (of the stem, lower case) of masks and labels in known datasets:
+#: DRIVE/HRF masks, DRIVE labels, CHASE_DB1 labels (_1stHO, _2ndHO), STARE labels (.ah, .vk).
+LABEL_STEM_ENDINGS = ("_mask", "_fov", "_1stho", "_2ndho", ".ah", ".vk", "_weights")
+
+
 def _is_mask_or_label_name(p: Path) -> bool:
     stem = p.stem.lower()
-    return stem.endswith("_mask") or "_manual" in stem or stem.endswith("_fov")
+    return stem.endswith(LABEL_STEM_ENDINGS) or "_manual" in stem
+
+
+def _squash(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
 def _is_skipped_dir(name: str) -> bool:
     n = name.lower()
-    return n in MASK_DIR_NAMES or n in LABEL_DIR_NAMES or n in FIGURE_DIR_NAMES or n.startswith("manual") or n.startswith(".")
+    return (n in MASK_DIR_NAMES or n in LABEL_DIR_NAMES or n in FIGURE_DIR_NAMES
+            or n.startswith("manual") or n.startswith(".") or "groundtruth" in _squash(n)
+            or n.startswith("labels"))
 
 
 def _candidates(folder: Path, stem: str):
@@ -97,6 +111,49 @@ def find_mask(image: Path) -> Path | None:
         if found:
             return found[0]
     return None
+
+
+def find_label(image: Path) -> Path | None:
+    """The manual vessel label of ``image`` by dataset conventions, or None.
+
+    DRIVE: ``1st_manual/<NN>_manual1.gif`` beside ``images/``; HRF:
+    ``manual1/<stem>.tif``; CHASE_DB1: ``<stem>_1stHO.png`` beside the image;
+    STARE: ``<stem>.ah.ppm`` beside the image or in ``labels-ah/``.
+    """
+    image = Path(image)
+    stem = image.stem
+    up = image.parent.parent
+    candidates = [
+        up / "1st_manual" / f"{stem.split('_')[0]}_manual1.gif",
+        up / "manual1" / f"{stem}.tif",
+        up / "manual1" / f"{stem}.png",
+        image.parent / f"{stem}_1stHO.png",
+        image.parent / f"{stem}.ah.ppm",
+        up / "labels-ah" / f"{stem}.ah.ppm",
+    ]
+    for c in candidates:
+        if c.is_file():
+            return c
+    return None
+
+
+def detect_layout(pairs) -> str:
+    """A name for the dataset layout the pairs came from (for display)."""
+    names = [p.image.name for p in pairs]
+    parts = {part.lower() for p in pairs for part in p.image.parts}
+    if any((p.image.parent.parent / "1st_manual").is_dir() for p in pairs):
+        return "DRIVE"
+    if any(n.lower().startswith("idrid_") for n in names):
+        return "IDRiD"
+    if any(n.lower().startswith("image_") and n.lower().endswith(".jpg") for n in names):
+        return "CHASE_DB1"
+    if any(n.lower().startswith("im") and n.lower().endswith(".ppm") for n in names):
+        return "STARE"
+    if "images" in parts and any((p.image.parent.parent / "manual1").is_dir() for p in pairs):
+        return "HRF"
+    if "images" in parts:
+        return "split folder (images/ + mask/)"
+    return "plain folder"
 
 
 def _walk_images(root: Path):

@@ -106,6 +106,20 @@ def _check_pixels(path, shape, max_pixels):
         )
 
 
+def _header_pixels(data: bytes) -> int | None:
+    """Width x height from the file header, without decoding pixels (None if unknown)."""
+    try:
+        import io as _io
+
+        from PIL import Image
+
+        with Image.open(_io.BytesIO(data)) as im:
+            w, h = im.size
+        return int(w) * int(h)
+    except Exception:  # unknown or damaged header: the decoder will tell
+        return None
+
+
 def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as ``(H, W)`` or ``(H, W, 3)`` RGB.
 
@@ -119,7 +133,16 @@ def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarr
         Naming the file and the problem (missing, empty, undecodable, too large).
     """
     path = Path(path)
-    arr = _decode(path, _read_bytes(path))
+    data = _read_bytes(path)
+    if max_pixels is not None:
+        n = _header_pixels(data)
+        if n is not None and n > max_pixels:  # refuse before decoding (decompression bombs)
+            raise ImageReadError(
+                f"image has {n:,} pixels, above the limit of {max_pixels:,}"
+                " (raise it with --max-pixels if the file is trusted)",
+                path,
+            )
+    arr = _decode(path, data)
     if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] > 4):
         arr = arr[0]  # first frame
     if arr.ndim == 3:

@@ -9,6 +9,7 @@ from .compare import compare
 from .filter import filter_cmd
 from .mask import mask
 from .normalize import normalize
+from .pairs import pairs
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,3 +29,4 @@ cli.add_command(normalize)
 cli.add_command(mask)
 cli.add_command(filter_cmd)
 cli.add_command(compare)
+cli.add_command(pairs)

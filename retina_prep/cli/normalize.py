@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 import click
@@ -177,6 +178,6 @@ def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, ba
         raise click.ClickException(res.error)
     for w in res.warnings:
         click.echo(f"warning: {w}", err=True)
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     out.write(res.info["data"])
     out.flush()

@@ -50,7 +50,7 @@ class ShardType(click.ParamType):
 
 
 @dataclass(frozen=True)
-class BatchOptions:
+class BatchOptions:  # noqa: D101 - fields as the options below
     jobs: int = 1
     skip_existing: bool = False
     manifest: Path | None = None
@@ -61,13 +61,21 @@ class BatchOptions:
     shard: tuple[int, int] | None = None
 
 
-def batch_options(f):
+_OPTION_NAMES = ("jobs", "skip_existing", "manifest", "files_from", "null", "print_outputs",
+                 "dry_run", "shard")
+
+
+def input_options(f):
+    """--files-from, -0, --shard only (for commands that read inputs but write nothing)."""
+    return batch_options(f, inputs_only=True)
+
+
+def batch_options(f, *, inputs_only: bool = False):
     """--jobs, --skip-existing, --manifest, --files-from, -0, --print-outputs, --dry-run, --shard.
 
     The command receives them as one ``batch`` argument (a :class:`BatchOptions`).
     """
-    names = ["jobs", "skip_existing", "manifest", "files_from", "null", "print_outputs",
-             "dry_run", "shard"]
+    input_names = ("files_from", "null", "shard")
     decorators = [
         click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
                      help="Worker processes [default: the number of cores]."),
@@ -89,9 +97,13 @@ def batch_options(f):
                      help="Process only the K-th of N deterministic shards (for job arrays)."),
     ]
 
+    if inputs_only:
+        decorators = [d for d, n in zip(decorators, _OPTION_NAMES) if n in input_names]
+    names = [n for n in _OPTION_NAMES if not inputs_only or n in input_names]
+
     def wrapper(*args, **kwargs):
         values = {n: kwargs.pop(n) for n in names}
-        if values["jobs"] is None:
+        if values.get("jobs", 1) is None:
             values["jobs"] = default_jobs()
         kwargs["batch"] = BatchOptions(**values)
         return f(*args, **kwargs)
