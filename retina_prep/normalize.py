@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
-from .core import Kernel, box_kernel, gaussian_kernel, masked_convolve
+from .core import Kernel, box_kernel, gaussian_kernel, masked_convolve, set_where
 from .fov import fov_diameter
 
 __all__ = [
@@ -189,12 +190,26 @@ def normalize_illumination(
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
-    mean, _ = local_mean(img, mask, kernel=kernel, ignore_mask=ignore_mask, fill=0.0)
+    # pixels with no valid neighbour lie outside the FOV and are overwritten below
+    mean, _ = local_mean(img, mask, kernel=kernel, ignore_mask=ignore_mask, fill=None)
+    inside = None if mask is None else (mask if mask.dtype == np.bool_ else mask > 0)
+    if (method == "mean" and out_dtype == img.dtype and img.dtype in (np.uint8, np.uint16)
+            and mean.shape == img.shape):
+        # fast path: one OpenCV pass computes I - mean + I0, rounds and saturates
+        out = cv2.addWeighted(img, 1.0, mean, -1.0, float(target * in_scale),
+                              dtype=cv2.CV_8U if img.dtype == np.uint8 else cv2.CV_16U)
+        if out.shape != img.shape:
+            out = out.reshape(img.shape)
+        if inside is not None:
+            out = set_where(out, ~inside, float(np.clip(round(fill * out_scale),
+                                                        *_value_range(out_dtype))))
+        return out
     out = img.astype(np.float32)
     if method == "standardize":
         if not (scale > 0 and std_floor > 0):
             raise ValueError("scale and std_floor must be positive")
         sq, _ = local_mean(np.square(out), mask, kernel=kernel, ignore_mask=ignore_mask, fill=0.0)
+        mean = np.nan_to_num(mean, copy=False, posinf=0.0, neginf=0.0)
         sq -= np.square(mean)
         np.maximum(sq, 0.0, out=sq)
         std = np.sqrt(sq, out=sq)
@@ -208,8 +223,7 @@ def normalize_illumination(
         out *= np.float32(out_scale / in_scale)
     lo, hi = _value_range(out_dtype)
     np.clip(out, lo, hi, out=out)
-    if mask is not None:
-        inside = mask > 0 if mask.dtype != np.bool_ else mask
+    if inside is not None:
         out[~inside] = fill * out_scale
     if np.issubdtype(out_dtype, np.integer):
         np.rint(out, out=out)

@@ -49,6 +49,7 @@ def _kernels(rng):
         box_kernel(15),
         gaussian_kernel(1.0),
         gaussian_kernel(2.5, 9),
+        gaussian_kernel(2.5, exact=False),  # box cascade
         as_kernel(rng.random((5, 3)) + 0.01),  # asymmetric, general path
         as_kernel(np.outer([1, 2, 1], [1, 4, 6, 4, 1]).astype(float)),  # separable, asymmetric sizes
         sharpen_kernel(),
@@ -61,6 +62,8 @@ def _kernels(rng):
 
 def _paths(k: Kernel):
     ps = ["auto", "filter2d"]
+    if k.passes is not None:
+        ps.append("cascade")
     if k.factors is not None:
         ps.append("separable")
     if k.is_box:
@@ -94,6 +97,32 @@ def test_fast_paths_match_filter2d(rng):
         for path in _paths(k):
             fast = masked_convolve(image, mask, k, path=path)
             np.testing.assert_allclose(fast, general, rtol=1e-5, atol=1e-3, equal_nan=True)
+
+
+def test_cascade_gaussian_approximation():
+    """Large Gaussians use a 4-pass box cascade: same variance, shape within a few % of the peak."""
+    for sigma in [10.0, 20.0, 80.0]:
+        k = gaussian_kernel(sigma)
+        assert k.passes is not None and len(k.passes) == 4
+        g = k.factors[0]
+        x = np.arange(len(g)) - len(g) // 2
+        assert (g * x * x).sum() == pytest.approx(sigma**2, rel=0.03)
+        exact = np.exp(-0.5 * (x / sigma) ** 2)
+        exact /= exact.sum()
+        assert np.abs(g - exact).max() < 0.05 * exact.max()
+        assert np.allclose(k.array, np.outer(g, g)) and k.total == pytest.approx(1.0)
+    assert gaussian_kernel(20.0, 51).passes is None  # an explicit size is exact
+    assert gaussian_kernel(20.0, exact=True).passes is None
+    assert gaussian_kernel(5.0).passes is None
+
+
+def test_cascade_masked_close_to_exact_gaussian(rng):
+    s = rng.random((200, 220, 3)) * 40 + 100
+    yy, xx = np.mgrid[0:200, 0:220]
+    mask = (yy - 100) ** 2 + (xx - 110) ** 2 < 90**2
+    a = masked_convolve(s, mask, gaussian_kernel(12.0))
+    e = masked_convolve(s, mask, gaussian_kernel(12.0, exact=True))
+    assert np.nanmax(np.abs(a - e)[mask]) < 1.0  # gray levels, on values spanning 40
 
 
 def test_plain_convolve_matches_reference(rng):
@@ -171,7 +200,7 @@ def test_argument_validation(rng):
         box_kernel(4)
     with pytest.raises(ValueError, match="0, 1"):
         masked_convolve(img, np.full((10, 10), 1.5), box_kernel(3))
-    assert set(PATHS) == {"auto", "box", "separable", "filter2d"}
+    assert set(PATHS) == {"auto", "box", "cascade", "separable", "filter2d"}
 
 
 # ---------------------------------------------------------------- properties
