@@ -443,14 +443,18 @@ def _divide_by(num: np.ndarray, weights: np.ndarray, scale: float, min_weight: f
     (there the result is meaningless and must be filled by the caller).
     """
     undefined = weights < min_weight
-    safe = np.maximum(weights, np.float32(min_weight if min_weight > 0 else 1e-30))
-    inv = cv2.divide(float(scale), safe)  # one channel: scale / w
+    inv = np.maximum(weights, np.float32(min_weight if min_weight > 0 else 1e-30))
+    cv2.divide(float(scale), inv, dst=inv)  # one channel: scale / w, in place
     if num.ndim == 2:
-        return cv2.multiply(num, inv), undefined
+        return cv2.multiply(num, inv, dst=num), undefined
     c = num.shape[2]
-    if 2 <= c <= 4:
-        return cv2.multiply(num, cv2.merge([inv] * c)), undefined
-    return num * inv[..., None], undefined
+    if c in (3, 4):  # replicate 1 -> c channels in one SIMD pass, multiply in place
+        rep = cv2.cvtColor(inv, cv2.COLOR_GRAY2BGR if c == 3 else cv2.COLOR_GRAY2BGRA)
+        return cv2.multiply(num, rep, dst=num), undefined
+    if c == 2:
+        return cv2.multiply(num, cv2.merge([inv, inv]), dst=num), undefined
+    num *= inv[..., None]
+    return num, undefined
 
 
 def _masked_input(image: np.ndarray, m: np.ndarray, binary: np.ndarray | None) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .bench import bench
 from .compare import compare
 from .filter import filter_cmd
 from .mask import mask
@@ -30,3 +31,4 @@ cli.add_command(mask)
 cli.add_command(filter_cmd)
 cli.add_command(compare)
 cli.add_command(pairs)
+cli.add_command(bench)

@@ -1,0 +1,191 @@
+"""Benchmarks: every figure is measured in the same run as what it is compared with.
+
+Functions return rows (dicts); the ``retina-prep bench`` command prints them.
+Nothing here is used by the processing code.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .core import box_kernel, gaussian_kernel, masked_convolve
+from .normalize import normalize_illumination
+
+__all__ = ["SIZES", "machine", "time_call", "in_rows", "reference_row", "batch_row", "memory_row"]
+
+#: (name, (height, width), box window, gaussian sigma): DRIVE, HRF, 4000x4000.
+SIZES = [
+    ("DRIVE 565x584", (584, 565), 51, 8.0),
+    ("HRF 3504x2336", (2336, 3504), 201, 80.0),
+    ("4000x4000", (4000, 4000), 401, 80.0),
+]
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores,"
+            f" Python {platform.python_version()}, OpenCV {cv2.__version__}, NumPy {np.__version__}")
+
+
+def time_call(fn, repeat: int = 5) -> float:
+    """Median wall time of ``fn()`` in seconds, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _fundus(shape, seed=1):
+    from .synthetic import synthetic_fundus
+
+    s = synthetic_fundus(shape, seed=seed, background=10)
+    return s.image, s.mask
+
+
+def _unmasked_in(img, kernel):
+    """What a user writes without retina-prep: I - (plain convolution mean) + I0, OpenCV throughout."""
+    if kernel.is_box:
+        w = kernel.shape[0]
+        mean = cv2.boxFilter(img, cv2.CV_32F, (w, w))
+    elif kernel.passes is not None:  # the same box cascade, unmasked
+        mean = img.astype(np.float32)
+        for w in kernel.passes:
+            mean = cv2.blur(mean, (w, w))
+    else:
+        ky, kx = kernel.factors
+        mean = cv2.sepFilter2D(img, cv2.CV_32F, kx.astype(np.float32), ky.astype(np.float32))
+    return cv2.addWeighted(img, 1.0, mean, -1.0, 128.0, dtype=cv2.CV_8U)
+
+
+def in_rows(sizes=SIZES, repeat: int = 5, threads: int | None = None):
+    """Masked vs unmasked IN, and the general filter2D path, per size and kernel."""
+    if threads is not None:
+        cv2.setNumThreads(threads)
+    rows = []
+    for name, shape, box, sigma in sizes:
+        img, mask = _fundus(shape)
+        for kname, kernel in [(f"box {box}", box_kernel(box)),
+                              (f"gaussian sigma {sigma:g}", gaussian_kernel(sigma))]:
+            t_un = time_call(lambda: _unmasked_in(img, kernel), repeat)
+            t_m = time_call(lambda: normalize_illumination(img, mask, kernel=kernel), repeat)
+            row = {"size": name, "kernel": kname if kernel.passes is None
+                   else f"{kname} (cascade)", "unmasked_ms": 1000 * t_un,
+                   "masked_ms": 1000 * t_m, "ratio": t_m / t_un}
+            if shape[0] * shape[1] <= 600 * 600 or kernel.shape[0] <= 201:
+                t_f2d = time_call(lambda: masked_convolve(img, mask, kernel, path="filter2d"), 1)
+                row["filter2d_ms"] = 1000 * t_f2d
+            rows.append(row)
+    return rows
+
+
+def reference_row(crop: int = 96, window: int = 15):
+    """Brute-force direct window sums (float64) against the library on the same crop."""
+    img, mask = _fundus((584, 565))
+    y0, x0 = 200, 10
+    p = img[y0:y0 + crop, x0:x0 + crop].astype(np.float64)
+    m = mask[y0:y0 + crop, x0:x0 + crop].astype(np.float64)
+
+    def brute():
+        r = window // 2
+        num = np.zeros_like(p)
+        den = np.zeros(m.shape)
+        pm = p * m[..., None]
+        for i in range(crop):
+            for j in range(crop):
+                ys, xs = slice(max(0, i - r), i + r + 1), slice(max(0, j - r), j + r + 1)
+                num[i, j] = pm[ys, xs].sum(axis=(0, 1))
+                den[i, j] = m[ys, xs].sum()
+        return num / np.maximum(den, 1e-12)[..., None]
+
+    k = box_kernel(window)
+    crop_img = np.ascontiguousarray(img[y0:y0 + crop, x0:x0 + crop])
+    crop_mask = np.ascontiguousarray(mask[y0:y0 + crop, x0:x0 + crop])
+    t_ref = time_call(brute, 1)
+    t_lib = time_call(lambda: masked_convolve(crop_img, crop_mask, k), 5)
+    err = np.nanmax(np.abs(masked_convolve(crop_img, crop_mask, k) - brute())[crop_mask])
+    return {"case": f"{crop}x{crop} crop, box {window}", "reference_ms": 1000 * t_ref,
+            "library_ms": 1000 * t_lib, "speedup": t_ref / t_lib, "max_abs_diff": float(err)}
+
+
+def batch_row(drive_root: Path | None = None, n_generated: int = 40):
+    """Images/s of normalize over a DRIVE folder against the decode + encode floor (one process)."""
+    from .dataset import find_pairs
+    from .io import encode_image, read_image, read_mask
+    from .pipeline import NormalizeSettings, normalize_pair
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if drive_root is not None and (drive_root / "training" / "images").is_dir():
+            source, pairs = f"DRIVE ({drive_root})", find_pairs([drive_root])
+        else:
+            from .io import write_image
+
+            folder = tmp / "gen"
+            for i in range(n_generated):
+                im, mk = _fundus((584, 565), seed=i)
+                write_image(folder / "images" / f"{i:02d}.png", im)
+                write_image(folder / "mask" / f"{i:02d}_mask.png", mk.astype(np.uint8) * 255)
+            source, pairs = f"{n_generated} generated DRIVE-size images", find_pairs([folder])
+
+        def floor():
+            for p in pairs:
+                im = read_image(p.image)
+                if p.mask is not None:
+                    read_mask(p.mask)
+                (tmp / "floor.png").write_bytes(encode_image(im))
+
+        settings = NormalizeSettings(window=51, overwrite=True)
+
+        def full():
+            for p in pairs:
+                normalize_pair(p, tmp / "out", settings)
+
+        t_floor = time_call(floor, 2)
+        t_full = time_call(full, 2)
+    n = len(pairs)
+    return {"source": source, "images": n, "floor_img_s": n / t_floor, "normalize_img_s": n / t_full,
+            "ratio": t_full / t_floor}
+
+
+def memory_row(size: int = 4000):
+    """Peak RSS (MB) of `retina-prep normalize` on one size x size RGB image, in a fresh process."""
+    from .io import write_image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        img, mask = _fundus((size, size))
+        path = Path(tmp) / "big.png"
+        write_image(path, img)
+        write_image(Path(tmp) / "big_mask.png", mask.astype(np.uint8) * 255)
+        del img, mask
+        code = (
+            "import resource, sys\n"
+            "from retina_prep.cli.main import cli\n"
+            "try:\n"
+            f"    cli(['normalize', {str(path)!r}, '-o', {str(Path(tmp) / 'out')!r}, '-q', '-j', '1'],"
+            " standalone_mode=False)\n"
+            "finally:\n"
+            "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        peak_kb = int(out.stdout.strip().splitlines()[-1])
+        base = subprocess.run(
+            [sys.executable, "-c", "import resource, retina_prep.cli.main, cv2, numpy;"
+             " print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+            capture_output=True, text=True, check=True)
+        base_kb = int(base.stdout.strip())
+    return {"case": f"normalize one {size}x{size} RGB PNG (read, mask, IN, write)",
+            "peak_rss_mb": peak_kb / 1024, "imports_only_mb": base_kb / 1024,
+            "note": f"{resource.getpagesize()} B pages"}

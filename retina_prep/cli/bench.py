@@ -1,0 +1,71 @@
+"""retina-prep bench: the performance table, measured on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import bench as B
+from .runner import log
+
+
+def _table(rows, columns):
+    head = "| " + " | ".join(h for h, _ in columns) + " |"
+    sep = "|" + "---|" * len(columns)
+    lines = [head, sep]
+    for r in rows:
+        cells = []
+        for _, key in columns:
+            v = r.get(key, "")
+            cells.append(f"{v:.1f}" if isinstance(v, float) and key != "ratio" and key != "speedup"
+                         else f"{v:.2f}×" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@click.command("bench", epilog="""\b
+Examples:
+  retina-prep bench
+  retina-prep bench --quick
+  retina-prep bench --drive ../shared/data/DRIVE --threads 1
+""")
+@click.option("--drive", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A DRIVE folder for the batch throughput row [default: generated images].")
+@click.option("--quick", is_flag=True, default=False,
+              help="DRIVE size only, fewer repetitions (seconds instead of minutes).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="OpenCV threads [default: OpenCV's choice, usually all cores].")
+def bench(drive, quick, threads):
+    """Measure masked vs unmasked illumination normalization, the general filter2D path,
+    the brute-force reference, batch throughput against the decode+encode floor, and peak
+    memory. Prints a markdown table on stdout; progress on stderr.
+
+    Every ratio compares two things measured in the same run, because timings on shared
+    machines drift.
+    """
+    sizes = B.SIZES[:1] if quick else B.SIZES
+    click.echo(f"Machine: {B.machine()}\n")
+    log("bench: masked vs unmasked IN ...")
+    rows = B.in_rows(sizes, repeat=3 if quick else 5, threads=threads)
+    click.echo("Masked vs unmasked IN (median ms per image, RGB uint8):\n")
+    click.echo(_table(rows, [("size", "size"), ("kernel", "kernel"), ("unmasked IN", "unmasked_ms"),
+                             ("masked IN", "masked_ms"), ("masked / unmasked", "ratio"),
+                             ("masked via filter2D", "filter2d_ms")]))
+    log("bench: brute-force reference ...")
+    ref = B.reference_row()
+    click.echo("\nBrute-force NumPy reference (direct window sums, float64) vs the library:\n")
+    click.echo(_table([ref], [("case", "case"), ("reference ms", "reference_ms"),
+                              ("library ms", "library_ms"), ("speed-up", "speedup"),
+                              ("max |diff|", "max_abs_diff")]))
+    log("bench: batch throughput ...")
+    b = B.batch_row(drive)
+    click.echo("\nBatch throughput, one process (read + mask + IN + write vs read + encode + write):\n")
+    click.echo(_table([b], [("images", "source"), ("n", "images"), ("floor img/s", "floor_img_s"),
+                            ("normalize img/s", "normalize_img_s"), ("time / floor", "ratio")]))
+    if not quick:
+        log("bench: peak memory ...")
+        mrow = B.memory_row()
+        click.echo("\nPeak memory (fresh process):\n")
+        click.echo(_table([mrow], [("case", "case"), ("peak RSS MB", "peak_rss_mb"),
+                                   ("imports alone MB", "imports_only_mb")]))
