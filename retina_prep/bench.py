@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -22,7 +21,10 @@ import numpy as np
 from .core import box_kernel, gaussian_kernel, masked_convolve
 from .normalize import normalize_illumination
 
-__all__ = ["SIZES", "machine", "time_call", "in_rows", "reference_row", "batch_row", "memory_row"]
+__all__ = [
+    "SIZES", "machine", "time_call", "in_rows", "reference_row", "batch_row", "memory_row",
+    "window_rows",
+]
 
 #: (name, (height, width), box window, gaussian sigma): DRIVE, HRF, 4000x4000.
 SIZES = [
@@ -170,22 +172,30 @@ def memory_row(size: int = 4000):
         write_image(path, img)
         write_image(Path(tmp) / "big_mask.png", mask.astype(np.uint8) * 255)
         del img, mask
+        # VmHWM: this process's own peak (ru_maxrss can carry the parent's peak across exec)
+        hwm = ("print([int(l.split()[1]) for l in open('/proc/self/status')"
+               " if l.startswith('VmHWM')][0])")
         code = (
-            "import resource, sys\n"
             "from retina_prep.cli.main import cli\n"
             "try:\n"
             f"    cli(['normalize', {str(path)!r}, '-o', {str(Path(tmp) / 'out')!r}, '-q', '-j', '1'],"
             " standalone_mode=False)\n"
             "finally:\n"
-            "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+            f"    {hwm}\n"
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         peak_kb = int(out.stdout.strip().splitlines()[-1])
-        base = subprocess.run(
-            [sys.executable, "-c", "import resource, retina_prep.cli.main, cv2, numpy;"
-             " print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
-            capture_output=True, text=True, check=True)
+        base = subprocess.run([sys.executable, "-c", f"import retina_prep.cli.main, cv2, numpy; {hwm}"],
+                              capture_output=True, text=True, check=True)
         base_kb = int(base.stdout.strip())
     return {"case": f"normalize one {size}x{size} RGB PNG (read, mask, IN, write)",
-            "peak_rss_mb": peak_kb / 1024, "imports_only_mb": base_kb / 1024,
-            "note": f"{resource.getpagesize()} B pages"}
+            "peak_rss_mb": peak_kb / 1024, "imports_only_mb": base_kb / 1024}
+
+
+def window_rows(shape=(2336, 3504), windows=(21, 51, 101, 201, 401), repeat: int = 3):
+    """Masked IN with box windows of growing size on one image: the cost should stay flat."""
+    img, mask = _fundus(shape)
+    return [{"size": f"{shape[1]}x{shape[0]}", "kernel": f"box {w}",
+             "masked_ms": 1000 * time_call(lambda: normalize_illumination(img, mask,
+                                                                           kernel=box_kernel(w)),
+                                           repeat)} for w in windows]

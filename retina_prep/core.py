@@ -436,6 +436,10 @@ def _weights(m: np.ndarray, k: Kernel, path: str) -> np.ndarray:
     return w
 
 
+#: From this many pixels on, per-channel division avoids a full-size temporary (memory over speed).
+_LARGE_PIXELS = 12_000_000
+
+
 def _divide_by(num: np.ndarray, weights: np.ndarray, scale: float, min_weight: float):
     """``num * scale / weights`` per channel, in place where possible, with OpenCV.
 
@@ -448,6 +452,9 @@ def _divide_by(num: np.ndarray, weights: np.ndarray, scale: float, min_weight: f
     if num.ndim == 2:
         return cv2.multiply(num, inv, dst=num), undefined
     c = num.shape[2]
+    if num.shape[0] * num.shape[1] >= _LARGE_PIXELS:
+        np.multiply(num, inv[..., None], out=num)  # no temporary: keeps peak memory down
+        return num, undefined
     if c in (3, 4):  # replicate 1 -> c channels in one SIMD pass, multiply in place
         rep = cv2.cvtColor(inv, cv2.COLOR_GRAY2BGR if c == 3 else cv2.COLOR_GRAY2BGRA)
         return cv2.multiply(num, rep, dst=num), undefined

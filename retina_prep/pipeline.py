@@ -42,6 +42,8 @@ __all__ = [
     "normalize_outputs",
     "filter_outputs",
     "mask_outputs",
+    "read_fov",
+    "evaluate_pair",
 ]
 
 #: Rim handling: "auto" trims the transition rim (:func:`~retina_prep.fov.trim_rim`),
@@ -129,6 +131,16 @@ def load_pair(pair: Pair, settings: MaskSettings = MaskSettings()):
         and ``warnings`` (list of str).
     """
     image = read_image(pair.image, max_pixels=settings.max_pixels)
+    mask, source, warnings = read_fov(pair, image, settings)
+    mask, info = trim_mask(image, mask, settings, source=source, path=pair.mask or pair.image)
+    return image, mask, {"mask_source": source, **info, "warnings": warnings}
+
+
+def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings()):
+    """The untrimmed FOV of ``pair``: from its mask file, else estimated.
+
+    Returns (mask, source, warnings).
+    """
     warnings = []
     if pair.mask is not None and not settings.auto_mask:
         mask = read_mask(pair.mask, max_pixels=settings.max_pixels)
@@ -147,8 +159,7 @@ def load_pair(pair: Pair, settings: MaskSettings = MaskSettings()):
         source = "estimated"
         if not settings.auto_mask:
             warnings.append(f"{pair.image}: no mask found; using an estimated field of view")
-    mask, info = trim_mask(image, mask, settings, source=source, path=pair.mask or pair.image)
-    return image, mask, {"mask_source": source, **info, "warnings": warnings}
+    return mask, source, warnings
 
 
 def trim_mask(image, mask, settings: MaskSettings, *, source: str, path=None):
@@ -408,6 +419,48 @@ def compare_pair(pair: Pair, out_path, *, kernel_spec, mask_settings: MaskSettin
         info["thumb"] = thumbnail(fig, None, width=thumb_width)
     info.update(kernel=kernel.name)
     return Result(pair, "done", outputs=[out_path], warnings=info.pop("warnings"), info=info)
+
+
+def evaluate_pair(pair: Pair, *, window="auto", kernel_name: str = "mean", target: float = 128.0,
+                  mask_settings: MaskSettings = MaskSettings(), labels="auto") -> Result:
+    """Evaluate one image (see :mod:`retina_prep.evaluate`); the numbers go in ``info``.
+
+    ``labels``: "auto" (dataset conventions), None, or a folder holding a
+    file named after the image stem (or its number prefix, as DRIVE's).
+    """
+    from .dataset import find_label
+    from .evaluate import evaluate_image
+
+    image = read_image(pair.image, max_pixels=mask_settings.max_pixels)
+    fov, source, warnings = read_fov(pair, image, mask_settings)
+    region, info = trim_mask(image, fov, mask_settings, source=source, path=pair.mask or pair.image)
+    label_path = find_label(pair.image) if labels == "auto" else _label_in(labels, pair.image)
+    vessels = None
+    if label_path is not None:
+        vessels = read_mask(label_path)
+        if vessels.shape != fov.shape:
+            raise MaskError(f"labels {label_path} are {vessels.shape[1]}x{vessels.shape[0]} px but"
+                            f" the image is {fov.shape[1]}x{fov.shape[0]} px", pair.image)
+    win = resolve_window(window, region)
+    kernel = make_kernel(kernel_name, win)
+    ev = evaluate_image(image, fov, region > 0, vessels, kernel=kernel, target=target)
+    info.update(mask_source=source, window=win, labels=str(label_path) if label_path else None,
+                evaluation=ev)
+    return Result(pair, "done", warnings=warnings, info=info)
+
+
+def _label_in(folder, image: Path):
+    if folder is None:
+        return None
+    from .io import IMAGE_EXTENSIONS
+
+    folder = Path(folder)
+    stem = Path(image).stem
+    for pattern in (f"{stem}.*", f"{stem}_*", f"{stem.split('_')[0]}_*"):
+        for c in sorted(folder.glob(pattern)):
+            if c.suffix.lower() in IMAGE_EXTENSIONS:
+                return c
+    return None
 
 
 def settings_dict(*settings) -> dict:

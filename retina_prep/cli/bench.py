@@ -52,6 +52,11 @@ def bench(drive, quick, threads):
     click.echo(_table(rows, [("size", "size"), ("kernel", "kernel"), ("unmasked IN", "unmasked_ms"),
                              ("masked IN", "masked_ms"), ("masked / unmasked", "ratio"),
                              ("masked via filter2D", "filter2d_ms")]))
+    if not quick:
+        log("bench: window sizes ...")
+        click.echo("\nMasked IN, box windows of growing size (cost flat in the window):\n")
+        click.echo(_table(B.window_rows(), [("size", "size"), ("kernel", "kernel"),
+                                            ("masked IN ms", "masked_ms")]))
     log("bench: brute-force reference ...")
     ref = B.reference_row()
     click.echo("\nBrute-force NumPy reference (direct window sums, float64) vs the library:\n")

@@ -7,6 +7,7 @@ import click
 from .. import __version__
 from .bench import bench
 from .compare import compare
+from .evaluate import evaluate
 from .filter import filter_cmd
 from .mask import mask
 from .normalize import normalize
@@ -32,3 +33,4 @@ cli.add_command(filter_cmd)
 cli.add_command(compare)
 cli.add_command(pairs)
 cli.add_command(bench)
+cli.add_command(evaluate)

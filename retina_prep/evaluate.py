@@ -1,0 +1,272 @@
+"""What the mask buys: margin bias profiles and training-free vessel separability.
+
+Arrays in, numbers out; :mod:`retina_prep.pipeline` and the ``evaluate``
+command read files and write reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .fov import fov_diameter, margin_distance
+from .metrics import margin_bias_profile
+from .normalize import normalize_illumination
+
+__all__ = [
+    "METHODS",
+    "RESPONSES",
+    "BANDS",
+    "REFERENCE_DIAMETER",
+    "roc_auc",
+    "roc_curve",
+    "scaled_bands",
+    "vessel_responses",
+    "preprocess",
+    "evaluate_image",
+    "ImageEvaluation",
+    "summarize",
+    "roc_figure",
+]
+
+#: Preprocessings compared: name -> (method, ignore_mask); "none" is the input itself.
+METHODS = {
+    "none": None,
+    "IN without mask": ("mean", True),
+    "IN with mask": ("mean", False),
+    "standardize with mask": ("standardize", False),
+}
+
+#: Training-free vessel responses (higher = more vessel-like).
+RESPONSES = ("inverted green", "black top-hat")
+
+#: Distance bands from the FOV margin at DRIVE resolution (pixels).
+BANDS = ((0, 3), (3, 6), (6, 12), (12, 25), (25, 50), (50, np.inf))
+
+#: FOV diameter the bands are given for (DRIVE); other resolutions scale them by diameter / this.
+REFERENCE_DIAMETER = 540.0
+
+#: The margin band for separability: the outer 10 % of the FOV radius.
+MARGIN_FRACTION = 0.10
+
+
+def roc_auc(scores, labels) -> float:
+    """Exact ROC AUC by ranks (Mann-Whitney U), ties counted as one half.
+
+    Returns NaN when either class is empty.
+    """
+    s = np.asarray(scores, np.float64).ravel()
+    y = np.asarray(labels, bool).ravel()
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    # average ranks of ties (1-based)
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
+    ends = np.r_[starts[1:], s.size]
+    avg = (starts + ends + 1) / 2.0
+    ranks = np.empty(s.size)
+    ranks[order] = np.repeat(avg, ends - starts)
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def roc_curve(scores, labels, n_points: int = 256):
+    """(false positive rate, true positive rate) at up to ``n_points`` thresholds."""
+    s = np.asarray(scores, np.float64).ravel()
+    y = np.asarray(labels, bool).ravel()
+    order = np.argsort(-s, kind="mergesort")
+    ys = y[order]
+    tps = np.cumsum(ys)
+    fps = np.cumsum(~ys)
+    last = np.r_[np.flatnonzero(np.diff(s[order])), s.size - 1]  # end of each tie group
+    idx = last[np.linspace(0, len(last) - 1, min(n_points, len(last))).astype(int)]
+    tpr = np.r_[0.0, tps[idx] / max(tps[-1], 1)]
+    fpr = np.r_[0.0, fps[idx] / max(fps[-1], 1)]
+    return fpr, tpr
+
+
+def scaled_bands(mask, bands=BANDS):
+    """The distance bands scaled from DRIVE to this FOV's diameter."""
+    f = fov_diameter(mask) / REFERENCE_DIAMETER
+    return tuple((lo * f, hi * f) for lo, hi in bands)
+
+
+def _green(image) -> np.ndarray:
+    img = np.asarray(image)
+    g = img[..., 1] if img.ndim == 3 and img.shape[2] >= 3 else (img if img.ndim == 2 else img[..., 0])
+    return g.astype(np.float32)
+
+
+def vessel_responses(image, mask, *, scale: float = 1.0) -> dict:
+    """Training-free vessel responses of one preprocessed image, higher = more vessel-like.
+
+    ``inverted green``: minus the green channel. ``black top-hat``:
+    morphological closing of the green channel minus the channel, with a
+    disc of radius ``7 * scale`` px (wider than DRIVE's widest vessels),
+    computed on the FOV only (outside, the channel is set to its FOV median
+    so the background edge does not respond).
+    """
+    g = _green(image)
+    m = np.asarray(mask, bool)
+    filled = g.copy()
+    filled[~m] = np.median(g[m]) if m.any() else 0
+    r = max(2, int(round(7 * scale)))
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    tophat = cv2.morphologyEx(filled, cv2.MORPH_BLACKHAT, disc)
+    return {"inverted green": -g, "black top-hat": tophat}
+
+
+def preprocess(image, mask, method, *, kernel, target: float = 128.0):
+    """The image as one of :data:`METHODS` leaves it."""
+    spec = METHODS[method]
+    if spec is None:
+        return np.asarray(image)
+    how, ignore = spec
+    return normalize_illumination(image, mask, kernel=kernel, target=target, ignore_mask=ignore,
+                                  method=how)
+
+
+@dataclass
+class ImageEvaluation:
+    """Per-image sums and samples, to be pooled over a dataset."""
+
+    bias_sums: dict = field(default_factory=dict)  # method -> (bands, C) sums of output - I0
+    bias_counts: dict = field(default_factory=dict)  # method -> (bands,) pixel counts
+    scores: dict = field(default_factory=dict)  # (method, response, region) -> float32 scores
+    labels: dict = field(default_factory=dict)  # region -> bool labels
+    bands: tuple = ()
+
+
+def evaluate_image(image, fov, region, labels=None, *, kernel, target: float = 128.0,
+                   methods=tuple(METHODS), max_samples: int = 400_000) -> ImageEvaluation:
+    """Margin bias per band and vessel-response samples for every method, on one image.
+
+    Parameters
+    ----------
+    image : (H, W[, C]) ndarray
+    fov : (H, W) bool ndarray
+        The field of view the distances are measured from.
+    region : (H, W) bool ndarray
+        The pixels that count (the mask after erosion or rim trimming).
+    labels : (H, W) bool ndarray, optional
+        Vessel labels: vessel pixels are left out of the bias, and the
+        separability samples are taken only when labels are given.
+    kernel : Kernel
+        The same local-mean kernel for every method.
+    max_samples : int
+        At most this many pixels per image and region feed the AUC (an even
+        stride, so the choice is deterministic).
+    """
+    ev = ImageEvaluation()
+    bands = scaled_bands(fov)
+    ev.bands = bands
+    scale = fov_diameter(fov) / REFERENCE_DIAMETER
+    d = margin_distance(fov)
+    radius = fov_diameter(fov) / 2
+    regions = {"FOV": region, "margin band": region & (d < MARGIN_FRACTION * radius)}
+    picks = {}
+    if labels is not None:
+        for name, sel in regions.items():
+            idx = np.flatnonzero(sel)
+            if idx.size > max_samples:
+                idx = idx[:: int(np.ceil(idx.size / max_samples))]
+            picks[name] = idx
+            ev.labels[name] = np.asarray(labels, bool).ravel()[idx]
+    for method in methods:
+        out = preprocess(image, region, method, kernel=kernel, target=target)
+        sums, counts = margin_bias_profile(out, fov, target=target * _unit(image), region=region,
+                                           exclude=labels, bands=bands)
+        ev.bias_sums[method], ev.bias_counts[method] = sums / _unit(image), counts  # 8-bit units
+        if labels is not None:
+            for rname, resp in vessel_responses(out, region, scale=scale).items():
+                flat = resp.ravel()
+                for name, idx in picks.items():
+                    ev.scores[(method, rname, name)] = flat[idx].astype(np.float32)
+    return ev
+
+
+def _unit(image) -> float:
+    from .normalize import dtype_scale
+
+    return dtype_scale(np.asarray(image).dtype)
+
+
+def summarize(evaluations, methods=tuple(METHODS)) -> dict:
+    """Pool per-image evaluations into bias tables, edge/interior ratios and AUCs.
+
+    Returns a dict with ``bands`` (DRIVE-scale labels), ``bias`` (method ->
+    band -> list of per-channel means, 8-bit units), ``edge_interior``
+    (method -> mean |bias| in the bands below 6 px over that beyond 50 px),
+    ``auc`` (method -> response -> region -> AUC) and ``roc`` (curves).
+    """
+    evaluations = list(evaluations)
+    labels = [f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">{lo:g}" for lo, hi in BANDS]
+    out = {"bands": labels, "bias": {}, "edge_interior": {}, "auc": {}, "roc": {}, "pixels": {}}
+    for method in methods:
+        sums = sum(e.bias_sums[method] for e in evaluations)
+        counts = sum(e.bias_counts[method] for e in evaluations)
+        mean = sums / np.maximum(counts, 1)[:, None]
+        mean[counts == 0] = np.nan
+        out["bias"][method] = {b: [float(v) for v in row] for b, row in zip(labels, mean)}
+        out["pixels"][method] = {b: int(c) for b, c in zip(labels, counts)}
+        mag = np.abs(mean).mean(axis=1)
+        edge = np.nanmean(mag[:2]) if np.isfinite(mag[:2]).any() else np.nan
+        out["edge_interior"][method] = float(edge / mag[-1]) if mag[-1] > 0 else float("nan")
+    with_labels = [e for e in evaluations if e.labels]
+    for method in methods:
+        out["auc"][method], out["roc"][method] = {}, {}
+        for response in RESPONSES:
+            out["auc"][method][response], out["roc"][method][response] = {}, {}
+            for region in ("FOV", "margin band"):
+                if not with_labels:
+                    continue
+                sc = np.concatenate([e.scores[(method, response, region)] for e in with_labels])
+                lb = np.concatenate([e.labels[region] for e in with_labels])
+                out["auc"][method][response][region] = roc_auc(sc, lb)
+                fpr, tpr = roc_curve(sc, lb)
+                out["roc"][method][response][region] = (fpr.tolist(), tpr.tolist())
+    out["images"] = len(evaluations)
+    out["labelled_images"] = len(with_labels)
+    return out
+
+
+def roc_figure(summary: dict, response: str, *, size: int = 420) -> np.ndarray:
+    """ROC curves of every method for one response, FOV and margin band side by side (uint8 RGB)."""
+    from .figures import PALETTE, THEME, _title
+
+    pad, title_h = 40, 34
+    regions = ("FOV", "margin band")
+    width = len(regions) * (size + pad) + pad + 230
+    height = size + title_h + 2 * pad
+    img = np.full((height, width, 3), THEME["background"], np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for i, region in enumerate(regions):
+        x0, y0 = pad + i * (size + pad), title_h + pad
+        img[pad // 2:pad // 2 + title_h, x0:x0 + size] = _title(f"{response}: {region}", size, title_h)
+        cv2.rectangle(img, (x0, y0), (x0 + size, y0 + size), (160, 160, 160), 1)
+        cv2.line(img, (x0, y0 + size), (x0 + size, y0), (220, 220, 220), 1)
+        cv2.putText(img, "FPR", (x0 + size // 2 - 15, y0 + size + 25), font, 0.5, THEME["text"], 1,
+                    cv2.LINE_AA)
+        cv2.putText(img, "TPR", (x0 - 35, y0 + size // 2), font, 0.5, THEME["text"], 1, cv2.LINE_AA)
+        for j, method in enumerate(summary["roc"]):
+            curve = summary["roc"][method].get(response, {}).get(region)
+            if not curve:
+                continue
+            fpr, tpr = np.asarray(curve[0]), np.asarray(curve[1])
+            pts = np.stack([x0 + fpr * size, y0 + size - tpr * size], 1).round().astype(np.int32)
+            cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, PALETTE[j % len(PALETTE)], 2,
+                          cv2.LINE_AA)
+    lx = pad + len(regions) * (size + pad)
+    for j, method in enumerate(summary["roc"]):
+        ly = title_h + pad + 20 + 28 * j
+        cv2.line(img, (lx, ly), (lx + 30, ly), PALETTE[j % len(PALETTE)], 3)
+        auc = summary["auc"][method].get(response, {}).get("margin band", float("nan"))
+        cv2.putText(img, f"{method}", (lx + 36, ly + 5), font, 0.45, THEME["text"], 1, cv2.LINE_AA)
+    cv2.putText(img, "(seed 000, Fig. 5 style)", (lx, height - pad), font, 0.4, THEME["text"], 1,
+                cv2.LINE_AA)
+    return img
