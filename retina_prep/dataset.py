@@ -31,7 +31,7 @@ MASK_DIR_NAMES = ("mask", "masks")
 #: Folder names holding manual labels (never images to process).
 LABEL_DIR_NAMES = (
     "1st_manual", "2nd_manual", "manual1", "manual2", "labels", "label",
-    "truth", "ground_truth", "groundtruth", "gt",
+    "truth", "ground_truth", "groundtruth", "gt", "vessels",
 )
 #: Folder names holding figures (outputs of retina-prep, never inputs).
 FIGURE_DIR_NAMES = ("figures", "panels")

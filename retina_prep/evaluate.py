@@ -241,7 +241,7 @@ def roc_figure(summary: dict, response: str, *, size: int = 420) -> np.ndarray:
 
     pad, title_h = 40, 34
     regions = ("FOV", "margin band")
-    width = len(regions) * (size + pad) + pad + 230
+    width = len(regions) * (size + pad) + pad + 330
     height = size + title_h + 2 * pad
     img = np.full((height, width, 3), THEME["background"], np.uint8)
     font = cv2.FONT_HERSHEY_SIMPLEX
@@ -262,11 +262,14 @@ def roc_figure(summary: dict, response: str, *, size: int = 420) -> np.ndarray:
             cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, PALETTE[j % len(PALETTE)], 2,
                           cv2.LINE_AA)
     lx = pad + len(regions) * (size + pad)
+    cv2.putText(img, "AUC: FOV / margin band", (lx, title_h + pad - 8), font, 0.45, THEME["text"], 1,
+                cv2.LINE_AA)
     for j, method in enumerate(summary["roc"]):
         ly = title_h + pad + 20 + 28 * j
         cv2.line(img, (lx, ly), (lx + 30, ly), PALETTE[j % len(PALETTE)], 3)
-        auc = summary["auc"][method].get(response, {}).get("margin band", float("nan"))
-        cv2.putText(img, f"{method}", (lx + 36, ly + 5), font, 0.45, THEME["text"], 1, cv2.LINE_AA)
+        aucs = summary["auc"][method].get(response, {})
+        text = f"{method}: {aucs.get('FOV', float('nan')):.3f} / {aucs.get('margin band', float('nan')):.3f}"
+        cv2.putText(img, text, (lx + 36, ly + 5), font, 0.42, THEME["text"], 1, cv2.LINE_AA)
     cv2.putText(img, "(seed 000, Fig. 5 style)", (lx, height - pad), font, 0.4, THEME["text"], 1,
                 cv2.LINE_AA)
     return img

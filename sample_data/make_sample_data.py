@@ -8,7 +8,8 @@
   is estimated by retina-prep and was checked by eye.
 * images/synthetic_01.png, synthetic_02.png: synthetic fundus images with a
   known, strongly uneven illumination field (retina_prep.synthetic), their
-  true masks in mask/ and illumination fields in truth/ (16-bit PNG, field x 10000).
+  true masks in mask/, vessel maps in vessels/ and illumination fields in truth/
+  (16-bit PNG, field x 10000).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--retina", type=Path, default=None, help="path to skimage's retina.jpg")
     args = ap.parse_args()
-    for sub in ("images", "mask", "truth"):
+    for sub in ("images", "mask", "truth", "vessels"):
         (HERE / sub).mkdir(exist_ok=True)
 
     retina = read_image(args.retina or _default_retina())
@@ -49,6 +50,8 @@ def main():
         s = synthetic_fundus((584, 565), seed=seed, background=bg)
         write_image(HERE / f"images/synthetic_{i:02d}.png", s.image, overwrite=True)
         write_image(HERE / f"mask/synthetic_{i:02d}_mask.png", s.mask.astype(np.uint8) * 255,
+                    overwrite=True)
+        write_image(HERE / f"vessels/synthetic_{i:02d}.png", s.vessels.astype(np.uint8) * 255,
                     overwrite=True)
         field = np.clip(np.rint(s.illumination * 10000), 0, 65535).astype(np.uint16)
         write_image(HERE / f"truth/synthetic_{i:02d}_illumination.png", field, overwrite=True)
