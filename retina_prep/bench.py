@@ -24,6 +24,7 @@ from .normalize import normalize_illumination
 __all__ = [
     "SIZES", "machine", "time_call", "in_rows", "reference_row", "batch_row", "memory_row",
     "window_rows",
+    "gaussian_one_thread_row",
 ]
 
 #: (name, (height, width), box window, gaussian sigma): DRIVE, HRF, 4000x4000.
@@ -199,3 +200,20 @@ def window_rows(shape=(2336, 3504), windows=(21, 51, 101, 201, 401), repeat: int
              "masked_ms": 1000 * time_call(lambda: normalize_illumination(img, mask,
                                                                            kernel=box_kernel(w)),
                                            repeat)} for w in windows]
+
+
+def gaussian_one_thread_row(sigma: float = 80.0, shape=(2336, 3504), repeat: int = 3):
+    """Masked IN with a large Gaussian on a full HRF-size image, OpenCV on one thread:
+    the box cascade against the exact separable Gaussian."""
+    img, mask = _fundus(shape)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        fast = time_call(lambda: normalize_illumination(img, mask, kernel=gaussian_kernel(sigma)),
+                         repeat)
+        exact = time_call(lambda: normalize_illumination(
+            img, mask, kernel=gaussian_kernel(sigma, exact=True)), 1)
+    finally:
+        cv2.setNumThreads(before)
+    return {"case": f"{shape[1]}x{shape[0]}, masked IN, gaussian sigma {sigma:g}, 1 thread",
+            "cascade_s": fast, "exact_s": exact}

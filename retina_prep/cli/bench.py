@@ -18,8 +18,14 @@ def _table(rows, columns):
         cells = []
         for _, key in columns:
             v = r.get(key, "")
-            cells.append(f"{v:.1f}" if isinstance(v, float) and key != "ratio" and key != "speedup"
-                         else f"{v:.2f}×" if isinstance(v, float) else str(v))
+            if not isinstance(v, float):
+                cells.append(str(v))
+            elif key in ("ratio", "speedup"):
+                cells.append(f"{v:.2f}×")
+            elif key.endswith("_s"):
+                cells.append(f"{v:.2f}")
+            else:
+                cells.append(f"{v:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -53,6 +59,11 @@ def bench(drive, quick, threads):
                              ("masked IN", "masked_ms"), ("masked / unmasked", "ratio"),
                              ("masked via filter2D", "filter2d_ms")]))
     if not quick:
+        log("bench: large Gaussian on one thread ...")
+        g = B.gaussian_one_thread_row()
+        click.echo("\nLarge Gaussian, one OpenCV thread (seconds):\n")
+        click.echo(_table([g], [("case", "case"), ("box cascade s", "cascade_s"),
+                                ("exact separable s", "exact_s")]))
         log("bench: window sizes ...")
         click.echo("\nMasked IN, box windows of growing size (cost flat in the window):\n")
         click.echo(_table(B.window_rows(), [("size", "size"), ("kernel", "kernel"),
