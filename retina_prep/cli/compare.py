@@ -15,13 +15,9 @@ from ..pipeline import MaskSettings, compare_pair
 from .filter import KernelSpec, build_kernel
 from .options import (
     WindowType,
-    config_opt,
     mask_options,
-    max_pixels_opt,
-    overwrite_opt,
-    quiet_opt,
 )
-from .runner import batch_options, collect_pairs, execute, log
+from .runner import collect_pairs, execute, log, run_options
 
 
 class InsetType(click.ParamType):
@@ -78,11 +74,7 @@ Examples:
               help="Plot each column's gray level along a line across the margin.")
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a contact sheet of all figures.")
-@overwrite_opt
-@max_pixels_opt
-@batch_options
-@quiet_opt
-@config_opt
+@run_options
 @click.pass_context
 def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
             kernel_spec, size, sigma, normalize_fig, window, inset, profile, sheet, overwrite,

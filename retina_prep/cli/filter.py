@@ -13,15 +13,11 @@ from ..errors import RetinaPrepError
 from ..io import load_kernel
 from ..pipeline import FilterSettings, MaskSettings, filter_outputs, filter_pair
 from .options import (
-    config_opt,
     format_opt,
     mask_options,
-    max_pixels_opt,
     output_opt,
-    overwrite_opt,
-    quiet_opt,
 )
-from .runner import batch_options, collect_pairs, execute
+from .runner import collect_pairs, execute, run_options
 
 
 class KernelSpec(click.ParamType):
@@ -96,11 +92,7 @@ Examples:
 @click.option("--write-weights", is_flag=True, default=False,
               help="Also write the validity map <stem>_weights (16-bit PNG, or float32 TIFF).")
 @format_opt
-@overwrite_opt
-@max_pixels_opt
-@batch_options
-@quiet_opt
-@config_opt
+@run_options
 @click.pass_context
 def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
                kernel_spec, size, sigma, mode, ignore_mask, offset, fill, dtype, write_weights, fmt,

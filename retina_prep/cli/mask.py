@@ -10,8 +10,8 @@ import click
 from ..figures import contact_sheet
 from ..io import write_image
 from ..pipeline import MaskSettings, mask_outputs, mask_pair
-from .options import config_opt, mask_trim_options, max_pixels_opt, output_opt, overwrite_opt, quiet_opt
-from .runner import batch_options, collect_pairs, execute, log
+from .options import mask_trim_options, output_opt
+from .runner import collect_pairs, execute, log, run_options
 
 
 @click.command(
@@ -36,11 +36,7 @@ Examples:
     default=None,
     help="Also write a contact sheet (PNG): every image with its mask contour, for review.",
 )
-@overwrite_opt
-@max_pixels_opt
-@batch_options
-@quiet_opt
-@config_opt
+@run_options
 @click.pass_context
 def mask(ctx, inputs, outdir, erode, rim, sheet, overwrite, max_pixels, batch, quiet):
     """Estimate the field of view of each image and write OUTDIR/<stem>_mask.png (0/255).

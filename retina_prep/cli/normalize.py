@@ -20,15 +20,11 @@ from ..pipeline import (
 )
 from .options import (
     WindowType,
-    config_opt,
     format_opt,
     mask_options,
-    max_pixels_opt,
     output_opt,
-    overwrite_opt,
-    quiet_opt,
 )
-from .runner import batch_options, collect_pairs, execute
+from .runner import collect_pairs, execute, run_options
 
 
 @click.command(
@@ -114,11 +110,7 @@ Examples:
     help="Panels with three columns, as seed 000's Fig. 4: without IN | IN without mask | IN with mask.",
 )
 @format_opt
-@overwrite_opt
-@max_pixels_opt
-@batch_options
-@quiet_opt
-@config_opt
+@run_options
 @click.pass_context
 def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
               window, kernel, sigma, method, scale, target, fill, ignore_mask, panels_dir,

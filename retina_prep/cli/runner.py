@@ -21,7 +21,7 @@ from ..batch import Report, Result, check_outputs_unique, default_jobs, run_batc
 from ..dataset import Pair, find_pairs, shard_pairs
 from ..errors import DatasetError
 from ..io import remove_stale_temporaries
-from .options import stderr_is_terminal
+from .options import config_opt, max_pixels_opt, overwrite_opt, quiet_opt, stderr_is_terminal
 
 
 def log(msg: str) -> None:
@@ -114,6 +114,14 @@ def batch_options(f, *, inputs_only: bool = False):
     for d in reversed(decorators):
         wrapper = d(wrapper)
     return wrapper
+
+
+def run_options(f):
+    """The options every writing command ends with: --overwrite, --max-pixels, the batch
+    options, -q and --config (eager, so it is read before the others)."""
+    for d in (config_opt, quiet_opt, batch_options, max_pixels_opt, overwrite_opt):
+        f = d(f)
+    return f
 
 
 # ------------------------------------------------------------------ inputs
