@@ -110,6 +110,29 @@ def _otsu(v: np.ndarray) -> float:
     return lo + (t + 0.5) * (hi - lo) / 255.0
 
 
+def _frame(v: np.ndarray) -> np.ndarray:
+    h, w = v.shape
+    b = max(1, int(round(0.02 * min(h, w))))
+    return np.concatenate([v[:b].ravel(), v[-b:].ravel(), v[:, :b].ravel(), v[:, -b:].ravel()])
+
+
+def _frame_is_bright(v: np.ndarray) -> bool:
+    """True when the image's outer frame has almost no dark background (a crop inside the FOV).
+
+    Dark means below 20 % of the image's bright level (99th percentile): a
+    fundus background is near black next to the disc, and a photograph's frame
+    is mostly background, even when the disc touches or crosses the border.
+    The frame must also be at least 3/4 as bright as the image's median.
+    """
+    lo, hi = np.percentile(v, [1, 99])
+    if not hi > lo:
+        return False
+    frame = _frame(v)
+    few_dark = float(np.mean(frame <= 0.2 * hi)) < 0.25
+    # and the frame is about as bright as the image (a grey background is not)
+    return few_dark and float(np.median(frame)) > 0.75 * float(np.median(v))
+
+
 def _rough_threshold(v: np.ndarray) -> float:
     """A threshold just above the background: it keeps dark parts of the disc.
 
@@ -120,9 +143,7 @@ def _rough_threshold(v: np.ndarray) -> float:
     threshold is the larger of 4 noise sigmas and ROUGH_FRACTION of the
     background-to-disc contrast above the background level.
     """
-    h, w = v.shape
-    b = max(1, int(round(0.02 * min(h, w))))
-    frame = np.concatenate([v[:b].ravel(), v[-b:].ravel(), v[:, :b].ravel(), v[:, -b:].ravel()])
+    frame = _frame(v)
     bg = float(np.median(frame))
     sigma = max(1.4826 * float(np.median(np.abs(frame - bg))), 1e-3 * float(v.max()))
     above = v[v > max(_otsu(v), bg)]
@@ -167,6 +188,9 @@ def estimate_fov(image, *, edge_fraction: float = EDGE_FRACTION, threshold: floa
        filled: vessels and dark lesions never punch holes, text or logos in a
        corner are dropped.
 
+    An image whose outer frame is mostly as bright as the disc (a crop
+    inside the field of view, no background) gets the whole image as its FOV.
+
     Every size scales with the image, so the same call serves 500 px and
     4000 px images.
 
@@ -204,6 +228,9 @@ def estimate_fov(image, *, edge_fraction: float = EDGE_FRACTION, threshold: floa
         f = min(1.0, 600.0 / s)
         small = cv2.resize(v, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else v
         ss = min(small.shape)
+        if _frame_is_bright(small):
+            # no dark background around the disc (a crop inside the FOV): the whole image is the FOV
+            return np.ones((h, w), bool)
         rough = _clean(small > _rough_threshold(small), max(1, int(round(ss / 300))))
         if rough.sum() < 0.01 * rough.size or rough.all():
             raise MaskError("cannot estimate a field of view: no bright disc on a dark background")

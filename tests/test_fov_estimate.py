@@ -16,6 +16,7 @@ CASES = {
     "notch in the rim": dict(notch="notch"),
     "off centre, crossing the border": dict(center=(0.5, 0.62), radius=0.5),
     "dark, low contrast": dict(gain=0.25, background=6),
+    "dark on a grey background": dict(gain=0.3, background=18),
     "text in a corner": dict(text=True, background=8),
     "small, 500 px": dict(shape=(500, 500)),
     "large, 3000x4000": dict(shape=(3000, 4000), radius=0.47),
@@ -62,3 +63,9 @@ def test_drive_iou_from_images_alone(drive):
         ious.append(iou(estimate_fov(read_image(img_path)), truth))
     assert len(ious) == 40
     assert min(ious) >= 0.99, sorted(ious)[:3]
+
+
+def test_crop_inside_the_fov_is_all_fov():
+    s = synthetic_fundus((400, 400), seed=6, radius=0.9, background=0)
+    crop = s.image[60:340, 60:340]
+    assert estimate_fov(crop).all()
