@@ -90,6 +90,8 @@ def _decode(path: Path, data: bytes) -> np.ndarray:
                 arr = iio.imread(data, extension=path.suffix.lower() or None)
         except Exception as exc:  # imageio raises many types for bad data
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "backend" in reason or len(reason) > 120:
+                reason = "no decoder recognises its content"
             raise ImageReadError(
                 f"cannot decode as an image (truncated, damaged or unsupported format: {reason})",
                 path,
@@ -221,7 +223,7 @@ def encode_image(image, fmt: str = "png") -> bytes:
         raise ValueError(f"unknown format {fmt!r}; valid formats: {', '.join(OUTPUT_FORMATS)}")
     arr = np.asarray(image)
     if fmt == "png" and arr.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"PNG holds 8- or 16-bit images, not {arr.dtype}; use format tif")
+        raise ValueError(f"PNG holds 8- or 16-bit images, not {arr.dtype}; write TIFF (--format tif)")
     if arr.ndim == 3 and arr.shape[2] == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(OUTPUT_FORMATS[fmt], arr)
