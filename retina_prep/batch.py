@@ -25,9 +25,6 @@ from .errors import RetinaPrepError
 
 __all__ = ["Result", "Report", "run_batch", "run_one", "default_jobs", "check_outputs_unique"]
 
-#: Statuses of a :class:`Result`.
-STATUSES = ("done", "failed")
-
 
 @dataclass
 class Result:

@@ -37,8 +37,6 @@ LABEL_DIR_NAMES = (
 FIGURE_DIR_NAMES = ("figures", "panels")
 #: Folder names holding the images of a split.
 IMAGE_DIR_NAMES = ("images", "image")
-#: Mask sources recorded in :attr:`Pair.mask_source`.
-MASK_SOURCES = ("given", "dataset", "none")
 
 
 @dataclass(frozen=True)

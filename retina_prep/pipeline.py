@@ -7,7 +7,7 @@ These glue :mod:`io`, :mod:`fov` and the array functions together for one
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -463,12 +463,4 @@ def _label_in(folder, image: Path):
     return None
 
 
-def settings_dict(*settings) -> dict:
-    """The effective settings as one plain dict (for logs and provenance)."""
-    out = {}
-    for s in settings:
-        out.update(asdict(s))
-    return out
-
-
-__all__ += ["settings_dict", "resolve_erode", "AUTO_ERODE_FRACTION"]
+__all__ += ["resolve_erode", "AUTO_ERODE_FRACTION"]
