@@ -377,7 +377,7 @@ def _as_float_image(image) -> np.ndarray:
 
 
 def _binary_u8(mask) -> np.ndarray | None:
-    """The mask as 0/1 uint8 when it is binary (bool, or float holding only 0 and 1), else None."""
+    """A boolean mask as a 0/1 uint8 view (no copy); None for float weight masks."""
     m = np.asarray(mask)
     if m.dtype == np.bool_:
         return m.view(np.uint8)

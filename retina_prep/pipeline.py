@@ -7,7 +7,8 @@ These glue :mod:`io`, :mod:`fov` and the array functions together for one
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -130,10 +131,16 @@ def load_pair(pair: Pair, settings: MaskSettings = MaskSettings()):
         ``mask_source`` ("given", "dataset", "estimated"), ``erode`` (px),
         and ``warnings`` (list of str).
     """
+    image, _, mask, info = _load(pair, settings)
+    return image, mask, info
+
+
+def _load(pair: Pair, settings: MaskSettings):
+    """Image, untrimmed FOV, trimmed mask and info (see :func:`load_pair`)."""
     image = read_image(pair.image, max_pixels=settings.max_pixels)
-    mask, source, warnings = read_fov(pair, image, settings)
-    mask, info = trim_mask(image, mask, settings, source=source, path=pair.mask or pair.image)
-    return image, mask, {"mask_source": source, **info, "warnings": warnings}
+    fov, source, warnings = read_fov(pair, image, settings)
+    mask, info = trim_mask(image, fov, settings, source=source, path=pair.mask or pair.image)
+    return image, fov, mask, {"mask_source": source, **info, "warnings": warnings}
 
 
 def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings()):
@@ -185,13 +192,14 @@ def output_path(outdir, pair: Pair, fmt: str) -> Path:
 
 
 def _check_output(out: Path, pair: Pair, overwrite: bool):
-    try:
-        same = out.exists() and out.resolve() == Path(pair.image).resolve()
-    except OSError:
-        same = False
-    if same or (pair.mask is not None and out.exists() and out.resolve() == Path(pair.mask).resolve()):
-        raise RetinaPrepError("output would overwrite an input; choose another output folder", out)
-    if out.exists() and not overwrite:
+    """Refuse to overwrite an input (ever) or an existing output (without ``overwrite``)."""
+    if not out.exists():
+        return
+    for src in (pair.image, pair.mask):
+        if src is not None and os.path.exists(src) and os.path.samefile(out, src):
+            raise RetinaPrepError("output would overwrite an input; choose another output folder",
+                                  out)
+    if not overwrite:
         raise OutputExistsError("output exists (use --overwrite to replace it)", out)
 
 
@@ -268,16 +276,11 @@ def mask_pair(pair: Pair, outdir, mask_settings: MaskSettings = MaskSettings(), 
     """
     (out,) = mask_outputs(pair, outdir)
     _check_output(out, pair, overwrite)
-    image = read_image(pair.image, max_pixels=mask_settings.max_pixels)
-    try:
-        mask = estimate_fov(image)
-    except MaskError as exc:
-        raise MaskError(exc.message, pair.image) from None
-    mask, info = trim_mask(image, mask, mask_settings, source="estimated", path=pair.image)
+    image, _, mask, info = _load(pair, replace(mask_settings, auto_mask=True))
     write_image(out, mask.astype(np.uint8) * 255, overwrite=overwrite)
     if thumb_width:
         info["thumb"] = thumbnail(image, mask, width=thumb_width)
-    return Result(pair, "done", outputs=[out], info=info)
+    return Result(pair, "done", outputs=[out], warnings=info.pop("warnings"), info=info)
 
 
 @dataclass(frozen=True)
@@ -431,9 +434,7 @@ def evaluate_pair(pair: Pair, *, window="auto", kernel_name: str = "mean", targe
     from .dataset import find_label
     from .evaluate import evaluate_image
 
-    image = read_image(pair.image, max_pixels=mask_settings.max_pixels)
-    fov, source, warnings = read_fov(pair, image, mask_settings)
-    region, info = trim_mask(image, fov, mask_settings, source=source, path=pair.mask or pair.image)
+    image, fov, region, info = _load(pair, mask_settings)
     label_path = find_label(pair.image) if labels == "auto" else _label_in(labels, pair.image)
     vessels = None
     if label_path is not None:
@@ -444,9 +445,8 @@ def evaluate_pair(pair: Pair, *, window="auto", kernel_name: str = "mean", targe
     win = resolve_window(window, region)
     kernel = make_kernel(kernel_name, win)
     ev = evaluate_image(image, fov, region > 0, vessels, kernel=kernel, target=target)
-    info.update(mask_source=source, window=win, labels=str(label_path) if label_path else None,
-                evaluation=ev)
-    return Result(pair, "done", warnings=warnings, info=info)
+    info.update(window=win, labels=str(label_path) if label_path else None, evaluation=ev)
+    return Result(pair, "done", warnings=info.pop("warnings"), info=info)
 
 
 def _label_in(folder, image: Path):

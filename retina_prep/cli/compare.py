@@ -8,8 +8,6 @@ from pathlib import Path
 import click
 
 from ..core import KERNEL_NAMES
-from ..figures import contact_sheet
-from ..io import write_image
 from ..normalize import make_kernel
 from ..pipeline import MaskSettings, compare_pair
 from .filter import KernelSpec, build_kernel
@@ -17,7 +15,7 @@ from .options import (
     WindowType,
     mask_options,
 )
-from .runner import collect_pairs, execute, log, run_options
+from .runner import ContactSheet, collect_pairs, execute, run_options
 
 
 class InsetType(click.ParamType):
@@ -107,35 +105,25 @@ def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode,
     if single_file and len(pairs) != 1:
         raise click.UsageError(f"-o {output} names one figure but {len(pairs)} images were given;"
                                " give a folder")
-    if sheet is not None and sheet.exists() and not overwrite:
-        raise click.UsageError(f"{sheet}: sheet exists (use --overwrite to replace it)")
-    thumbs = []
-
-    def target(pair):
-        return output if single_file else (outdir / pair.rel).with_suffix(".png")
-
-    def keep_thumb(result):
-        thumb = result.info.pop("thumb", None)
-        if thumb is not None:
-            thumbs.append((str(result.pair.rel), thumb))
-
-    step = functools.partial(compare_one, output=output if single_file else None, outdir=outdir,
+    contact = ContactSheet(sheet, overwrite=overwrite, columns=2 if len(pairs) > 1 else 1)
+    one = output if single_file else None
+    step = functools.partial(compare_one, output=one, outdir=outdir,
                              kernel_spec=kernel, mask_settings=mask_settings,
                              normalize=normalize_fig, window=window,
                              inset=None if inset == "none" else inset, profile=profile,
                              overwrite=overwrite, thumb_width=480 if sheet else None)
     report = execute("compare", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
-                     expected_outputs=lambda p: [target(p)], params=dict(ctx.params),
-                     on_result=keep_thumb)
-    if sheet is not None and thumbs:
-        write_image(sheet, contact_sheet(thumbs, columns=2 if len(thumbs) > 1 else 1),
-                    overwrite=overwrite)
-        if not quiet:
-            log(f"compare: contact sheet of {len(thumbs)} figures in {sheet}")
+                     expected_outputs=lambda p: [figure_path(p, one, outdir)],
+                     params=dict(ctx.params), on_result=contact)
+    contact.write("compare", quiet)
     ctx.exit(report.exit_code)
 
 
+def figure_path(pair, output, outdir) -> Path:
+    """Where a figure goes: ``output`` when given (a single image), else ``OUTDIR/<rel>.png``."""
+    return output if output is not None else (outdir / pair.rel).with_suffix(".png")
+
+
 def compare_one(pair, *, output, outdir, **kwargs):
-    """One figure: to ``output`` when given (a single image), else ``OUTDIR/<rel>.png``."""
-    target = output if output is not None else (outdir / pair.rel).with_suffix(".png")
-    return compare_pair(pair, target, **kwargs)
+    """One figure for ``pair`` (module level, so worker processes can run it)."""
+    return compare_pair(pair, figure_path(pair, output, outdir), **kwargs)

@@ -7,11 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..figures import contact_sheet
-from ..io import write_image
 from ..pipeline import MaskSettings, mask_outputs, mask_pair
 from .options import mask_trim_options, output_opt
-from .runner import collect_pairs, execute, log, run_options
+from .runner import ContactSheet, collect_pairs, execute, run_options
 
 
 @click.command(
@@ -51,27 +49,14 @@ def mask(ctx, inputs, outdir, erode, rim, sheet, overwrite, max_pixels, batch, q
         settings = MaskSettings(erode=erode, rim=rim, max_pixels=max_pixels)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    if sheet is not None and sheet.exists() and not overwrite:
-        raise click.UsageError(f"{sheet}: sheet exists (use --overwrite to replace it)")
+    contact = ContactSheet(sheet, overwrite=overwrite)
     pairs = collect_pairs(inputs, mask=None, mask_dir=None, mask_pattern="{stem}_mask.gif",
                           outdir=outdir, batch=batch)
-    thumbs = []
-
-    def keep_thumb(result):
-        thumb = result.info.pop("thumb", None)
-        if thumb is not None:
-            thumbs.append((str(result.pair.rel), thumb))
 
     step = functools.partial(mask_pair, outdir=outdir, mask_settings=settings, overwrite=overwrite,
                              thumb_width=240 if sheet is not None else None)
     report = execute("mask", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
                      expected_outputs=lambda p: mask_outputs(p, outdir), params=dict(ctx.params),
-                     on_result=keep_thumb)
-    if sheet is not None and thumbs:
-        try:
-            write_image(sheet, contact_sheet(thumbs), overwrite=overwrite)
-        except OSError as exc:
-            raise click.ClickException(f"{sheet}: cannot write the sheet ({exc.strerror or exc})")
-        if not quiet:
-            log(f"mask: contact sheet of {len(thumbs)} images in {sheet}")
+                     on_result=contact)
+    contact.write("mask", quiet)
     ctx.exit(report.exit_code)

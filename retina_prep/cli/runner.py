@@ -176,6 +176,39 @@ def prepare_outdir(outdir: Path) -> None:
     remove_stale_temporaries(outdir)
 
 
+class ContactSheet:
+    """Collects the thumbnails steps put in ``result.info["thumb"]`` and writes one contact sheet.
+
+    Pass the instance as ``on_result`` to :func:`execute`, then call :meth:`write`.
+    An existing sheet is refused up front unless ``overwrite``.
+    """
+
+    def __init__(self, path: Path | None, *, overwrite: bool, columns: int | None = None):
+        if path is not None and path.exists() and not overwrite:
+            raise click.UsageError(f"{path}: sheet exists (use --overwrite to replace it)")
+        self.path, self.overwrite, self.columns = path, overwrite, columns
+        self.tiles = []
+
+    def __call__(self, result: Result) -> None:
+        thumb = result.info.pop("thumb", None)
+        if thumb is not None:
+            self.tiles.append((str(result.pair.rel), thumb))
+
+    def write(self, command: str, quiet: bool) -> None:
+        if self.path is None or not self.tiles:
+            return
+        from ..figures import contact_sheet
+        from ..io import write_image
+
+        try:
+            write_image(self.path, contact_sheet(self.tiles, columns=self.columns),
+                        overwrite=self.overwrite)
+        except OSError as exc:
+            raise click.ClickException(f"{self.path}: cannot write the sheet ({exc.strerror or exc})")
+        if not quiet:
+            log(f"{command}: contact sheet of {len(self.tiles)} images in {self.path}")
+
+
 # ------------------------------------------------------------------ running
 
 
