@@ -178,7 +178,7 @@ def find_pairs(
     *,
     mask=None,
     mask_dir=None,
-    mask_pattern: str = "{stem}_mask.gif",
+    mask_pattern: str | None = None,
     exclude=(),
 ) -> list[Pair]:
     """Find the images named by ``inputs`` and pair each with its mask.
@@ -188,11 +188,15 @@ def find_pairs(
     inputs : sequence of path-like
         Image files and/or folders (DRIVE root, split folder, plain folder).
     mask : path-like, optional
-        One mask file for a single image.
+        One mask file for every image (one camera, one field of view); its
+        size must match each image's.
     mask_dir : path-like, optional
         Folder of masks named by ``mask_pattern``.
-    mask_pattern : str
-        ``str.format`` pattern with ``{stem}`` (the image name without ending).
+    mask_pattern : str, optional
+        File name in ``mask_dir`` with ``{stem}`` (the image name without
+        ending), for example ``"{stem}_fov.png"``. Default: ``<stem>_mask``
+        or ``<stem>_fov`` with any image ending (what ``retina-prep mask``
+        writes, and DRIVE's ``.gif``). The name stays inside ``mask_dir``.
     exclude : sequence of path-like
         Folders whose contents are never taken as inputs (the output folder).
 
@@ -206,8 +210,8 @@ def find_pairs(
         If an input does not exist, ``mask`` is used with several images, or
         a folder holds no image.
     """
-    if "{stem}" not in mask_pattern:
-        raise DatasetError(f"mask pattern {mask_pattern!r} must contain {{stem}}")
+    if mask_pattern is not None:
+        check_mask_pattern(mask_pattern)
     excluded = [Path(e).resolve() for e in exclude]
     found: list[tuple[Path, Path | None]] = []
     for item in inputs:
@@ -228,22 +232,63 @@ def find_pairs(
 
     if not found:
         raise DatasetError("no images to process (mask and label files are never taken as images)")
-    if mask is not None and len(found) != 1:
-        raise DatasetError(
-            f"--mask gives one mask for one image, but {len(found)} images were found;"
-            " use --mask-dir for many"
-        )
+    found = _unique(found)
     pairs = []
     for img, root in found:
         if mask is not None:
             m, src = Path(mask), "given"
         elif mask_dir is not None:
-            m, src = Path(mask_dir) / mask_pattern.format(stem=img.stem), "given"
+            if mask_pattern is None:
+                cands = _candidates(Path(mask_dir), img.stem)
+                m = cands[0] if cands else Path(mask_dir) / f"{img.stem}_mask.png"
+            else:
+                m = Path(mask_dir) / mask_pattern.format(stem=img.stem)
+            src = "given"
         else:
             m = find_mask(img)
             src = "dataset" if m is not None else "none"
         pairs.append(Pair(img, m, src, _rel_for(img, root)))
     return pairs
+
+
+def check_mask_pattern(pattern: str) -> None:
+    """Refuse a mask pattern that is not a plain file name with ``{stem}``.
+
+    Only the field ``{stem}`` is allowed (no attribute access, indexing,
+    conversions or format specs), and the name may not leave the mask
+    folder (no ``/``, ``..`` or absolute paths).
+
+    Raises
+    ------
+    DatasetError
+    """
+    import string
+
+    try:
+        parts = list(string.Formatter().parse(pattern))
+    except ValueError as exc:
+        raise DatasetError(f"mask pattern {pattern!r} is not valid ({exc})") from None
+    fields = [(f, spec, conv) for _, f, spec, conv in parts if f is not None]
+    if not fields or any(f != "stem" or spec or conv for f, spec, conv in fields):
+        raise DatasetError(f"mask pattern {pattern!r} must contain {{stem}} and no other field")
+    name = pattern.replace("{stem}", "x")
+    if "/" in name or "\\" in name or name in (".", "..") or os.path.isabs(name):
+        raise DatasetError(f"mask pattern {pattern!r} must be a file name inside the mask folder")
+
+
+def _unique(found):
+    """Drop repeated inputs (the same file named twice), keeping the first."""
+    seen = set()
+    out = []
+    for img, root in found:
+        try:
+            key = os.path.realpath(img)
+        except (OSError, ValueError):
+            key = str(img)
+        if key not in seen:
+            seen.add(key)
+            out.append((img, root))
+    return out
 
 
 def shard_pairs(pairs, k: int, n: int) -> list[Pair]:

@@ -247,8 +247,11 @@ def panel(columns, *, mask=None, contour: bool = True, inset=None, profile: bool
     return out
 
 
-def thumbnail(image, mask=None, *, width: int = 240) -> np.ndarray:
-    """A small uint8 RGB copy of ``image`` ``width`` px wide, with the FOV contour drawn boldly."""
+def thumbnail(image, mask=None, *, width: int = 240, flag: str | None = None) -> np.ndarray:
+    """A small uint8 RGB copy of ``image`` ``width`` px wide, with the FOV contour drawn boldly.
+
+    ``flag``: a warning text drawn in a red frame (for example a low-confidence mask).
+    """
     img = to_display(image)
     h, w = img.shape[:2]
     f = width / w
@@ -258,6 +261,14 @@ def thumbnail(image, mask=None, *, width: int = 240) -> np.ndarray:
         m = cv2.resize(np.asarray(mask, np.uint8), size, interpolation=cv2.INTER_NEAREST)
         contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(small, contours, -1, THEME["contour"], 1, cv2.LINE_AA)
+    if flag:
+        t = max(2, width // 80)
+        cv2.rectangle(small, (0, 0), (small.shape[1] - 1, small.shape[0] - 1), (230, 30, 30), t)
+        fs = max(0.35, width / 600)
+        (tw, th), _ = cv2.getTextSize(flag, cv2.FONT_HERSHEY_SIMPLEX, fs, 1)
+        cv2.rectangle(small, (t, t), (t + tw + 6, t + th + 8), (230, 30, 30), -1)
+        cv2.putText(small, flag, (t + 3, t + th + 3), cv2.FONT_HERSHEY_SIMPLEX, fs, (255, 255, 255), 1,
+                    cv2.LINE_AA)
     return small
 
 

@@ -6,6 +6,7 @@ True means inside the field of view. Nothing here reads files.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -13,8 +14,9 @@ import numpy as np
 from .errors import MaskError
 
 __all__ = [
-    "binarize_mask", "erode_mask", "estimate_fov", "fov_diameter", "fill_holes",
-    "margin_distance", "trim_rim", "feather_mask",
+    "binarize_mask", "erode_mask", "estimate_fov", "fov_estimate", "FovEstimate",
+    "LOW_CONFIDENCE", "fov_diameter", "fill_holes",
+    "margin_distance", "trim_rim", "rim_depths", "feather_mask",
 ]
 
 
@@ -133,25 +135,54 @@ def _frame_is_bright(v: np.ndarray) -> bool:
     return few_dark and float(np.median(frame)) > 0.75 * float(np.median(v))
 
 
-def _rough_threshold(v: np.ndarray) -> float:
-    """A threshold just above the background: it keeps dark parts of the disc.
+def _frame_segments(v: np.ndarray, per_side: int = 8) -> list[np.ndarray]:
+    """The image's outer frame (2 % of the rows and columns) cut into ``per_side`` pieces a side."""
+    h, w = v.shape
+    b = max(1, int(round(0.02 * min(h, w))))
+    segs = []
+    for strip, n in ((v[:b], w), (v[-b:], w), (v[:, :b].T, h), (v[:, -b:].T, h)):
+        edges = np.linspace(0, n, per_side + 1).astype(int)
+        segs += [strip[:, a:z].ravel() for a, z in zip(edges[:-1], edges[1:]) if z > a]
+    return segs
 
-    The background level and noise are read from the image's outer frame
-    (median and MAD of the outermost 2% of rows and columns), which is
-    background in fundus photographs even when the disc touches or crosses
-    an edge. The disc level is the median above Otsu's threshold. The
-    threshold is the larger of 4 noise sigmas and ROUGH_FRACTION of the
-    background-to-disc contrast above the background level.
+
+def _background(v: np.ndarray) -> tuple[float, float]:
+    """Background level and noise (median, 1.4826 MAD) from the darkest quarter of the frame.
+
+    The frame is cut into 32 pieces; the darkest quarter of them is
+    background even when the disc crosses three of the four image borders.
     """
-    frame = _frame(v)
-    bg = float(np.median(frame))
-    sigma = max(1.4826 * float(np.median(np.abs(frame - bg))), 1e-3 * float(v.max()))
-    above = v[v > max(_otsu(v), bg)]
+    segs = _frame_segments(v)
+    meds = np.array([np.median(sg) for sg in segs])
+    keep = np.argsort(meds)[: max(1, len(segs) // 4)]
+    px = np.concatenate([segs[i] for i in keep])
+    bg = float(np.median(px))
+    sigma = max(1.4826 * float(np.median(np.abs(px - bg))), 1e-3 * float(v.max()))
+    return bg, sigma
+
+
+def _disc_level(v: np.ndarray, bg: float, sigma: float) -> float:
+    """Median brightness of the disc: the pixels above Otsu's threshold (and the background)."""
+    above = v[v > max(_otsu(v), bg + 2 * sigma)]
     if above.size == 0:
         raise MaskError("cannot estimate a field of view: no bright disc on a dark background")
     disc = float(np.median(above))
     if not disc > bg + 2 * sigma:
         raise MaskError("cannot estimate a field of view: the disc is no brighter than the background")
+    return disc
+
+
+def _rough_threshold(v: np.ndarray) -> float:
+    """A threshold just above the background: it keeps dark parts of the disc.
+
+    The background level and noise come from the darkest pieces of the
+    image's outer frame (:func:`_background`). The disc level is the median
+    above Otsu's threshold. The threshold is the larger of 4 noise sigmas
+    and ROUGH_FRACTION of the background-to-disc contrast above the
+    background level.
+    """
+    bg, sigma = _background(v)
+    disc = _disc_level(v, bg, sigma)
     return bg + max(4.0 * sigma, ROUGH_FRACTION * (disc - bg))
 
 
@@ -171,37 +202,63 @@ def _clean(m: np.ndarray, radius: int) -> np.ndarray:
 EDGE_FRACTION = 0.3
 
 
+@dataclass(frozen=True)
+class FovEstimate:
+    """An estimated field of view and how far to trust it.
+
+    Attributes
+    ----------
+    mask : (H, W) bool ndarray
+        True inside the field of view.
+    confidence : float
+        Fraction of the mask's contour (away from the image border) that has
+        background right outside it: 1.0 when every stretch of the contour
+        sits on a real disc edge, lower where it cuts through something
+        brighter than the background (a dark part of the disc, glare).
+    circle : (cx, cy, r) or None
+        The circle fitted (RANSAC) to the confident edge points, in pixels,
+        or None when too few points support one.
+    residual : float or None
+        Median distance (px) of the circle's inlier edge points from it.
+    filled : int
+        Pixels added inside the fitted circle that are darker than the
+        disc but above the background (dark sectors).
+    whole_image : bool
+        True when the image has no background at its border (a crop inside
+        the field of view): the mask is the whole image.
+    """
+
+    mask: np.ndarray
+    confidence: float
+    circle: tuple[float, float, float] | None = None
+    residual: float | None = None
+    filled: int = 0
+    whole_image: bool = False
+
+    @property
+    def low_confidence(self) -> bool:
+        """True when the confidence is below :data:`LOW_CONFIDENCE`."""
+        return self.confidence < LOW_CONFIDENCE
+
+    def summary(self) -> dict:
+        """JSON-ready description (no mask), for manifests."""
+        return {
+            "confidence": round(float(self.confidence), 4),
+            "circle": None if self.circle is None else [round(float(c), 2) for c in self.circle],
+            "residual": None if self.residual is None else round(float(self.residual), 3),
+            "filled": int(self.filled),
+            "whole_image": bool(self.whole_image),
+        }
+
+
+#: Estimates whose confidence is below this get a warning.
+LOW_CONFIDENCE = 0.85
+
+
 def estimate_fov(image, *, edge_fraction: float = EDGE_FRACTION, threshold: float | None = None) -> np.ndarray:
     """Estimate the field-of-view mask of a fundus photograph from the image alone.
 
-    1. The brightest channel (robust to colour casts; the red channel of a
-       fundus image is rarely dark) is smoothed against noise and split by
-       Otsu's threshold into a rough disc: the largest connected region,
-       holes filled.
-    2. Near the rough edge, the local background level and the local
-       brightness of the disc just inside the edge are measured by masked
-       convolution (so neither leaks into the other), and each pixel is
-       thresholded at ``edge_fraction`` of the way from background to disc.
-       This follows dark, low-contrast and unevenly lit rims, and backgrounds
-       that are not black.
-    3. The largest region is kept, small spurs are opened away and holes are
-       filled: vessels and dark lesions never punch holes, text or logos in a
-       corner are dropped.
-
-    An image whose outer frame is mostly as bright as the disc (a crop
-    inside the field of view, no background) gets the whole image as its FOV.
-
-    Every size scales with the image, so the same call serves 500 px and
-    4000 px images.
-
-    Parameters
-    ----------
-    image : (H, W) or (H, W, C) array_like
-        Any dtype; not modified.
-    edge_fraction : float
-        Position of the edge between background (0) and disc (1) levels.
-    threshold : float, optional
-        A fixed threshold on the brightest channel instead of steps 1-2.
+    The mask of :func:`fov_estimate`; see there for the method.
 
     Returns
     -------
@@ -212,49 +269,250 @@ def estimate_fov(image, *, edge_fraction: float = EDGE_FRACTION, threshold: floa
     MaskError
         If no field of view is found.
     """
+    return fov_estimate(image, edge_fraction=edge_fraction, threshold=threshold).mask
+
+
+def _fit_circle(x: np.ndarray, y: np.ndarray):
+    """Least-squares (Kasa) circle through points: (cx, cy, r) or None."""
+    a = np.column_stack([x, y, np.ones_like(x)])
+    b = x * x + y * y
+    try:
+        sol, *_ = np.linalg.lstsq(a, b, rcond=None)
+    except np.linalg.LinAlgError:
+        return None
+    cx, cy = sol[0] / 2, sol[1] / 2
+    r2 = sol[2] + cx * cx + cy * cy
+    if not (np.isfinite(r2) and r2 > 0):
+        return None
+    return float(cx), float(cy), float(math.sqrt(r2))
+
+
+def _ransac_circle(x: np.ndarray, y: np.ndarray, tol: float, min_r: float, max_r: float,
+                   iterations: int = 400):
+    """A robust circle through edge points: (circle, inlier mask) or (None, None).
+
+    Random triples of points propose circles; the one with the most points
+    within ``tol`` is refitted by least squares on its inliers (twice).
+    Deterministic (fixed seed).
+    """
+    if x.size < 12:
+        return None, None
+    full_x, full_y = x, y
+    step = max(1, x.size // 1000)  # score on at most ~1000 points
+    x, y = x[::step], y[::step]
+    n = x.size
+    rng = np.random.default_rng(0)
+    best, best_count = None, 0
+    for _ in range(iterations):
+        i = rng.choice(n, 3, replace=False)
+        c = _fit_circle(x[i], y[i])
+        if c is None or not (min_r <= c[2] <= max_r):
+            continue
+        count = int(np.count_nonzero(np.abs(np.hypot(x - c[0], y - c[1]) - c[2]) < tol))
+        if count > best_count:
+            best, best_count = c, count
+    if best is None:
+        return None, None
+    x, y = full_x, full_y
+    for _ in range(2):
+        inl = np.abs(np.hypot(x - best[0], y - best[1]) - best[2]) < tol
+        refit = _fit_circle(x[inl], y[inl]) if inl.sum() >= 3 else None
+        if refit is None or not (min_r <= refit[2] <= max_r):
+            break
+        best = refit
+    inl = np.abs(np.hypot(x - best[0], y - best[1]) - best[2]) < tol
+    return best, inl
+
+
+def _outside_level(v: np.ndarray, m: np.ndarray, width: int) -> np.ndarray:
+    """Local mean of ``v`` over a band just outside ``m`` (skipping its first pixel), NaN where none."""
+    from .core import gaussian_kernel, masked_convolve  # core depends on nothing here
+
+    mu8 = m.astype(np.uint8)
+    band = cv2.dilate(mu8, _disk(width + 1)).astype(bool) & ~cv2.dilate(mu8, _disk(1)).astype(bool)
+    return masked_convolve(v, band, gaussian_kernel(max(1.0, width / 1.5)), min_weight=1e-3)
+
+
+def _contour_points(m: np.ndarray, margin: int = 2):
+    """(ys, xs) of the mask's boundary pixels that are not at the image border."""
+    h, w = m.shape
+    edge = m & ~cv2.erode(m.astype(np.uint8), _disk(1), borderType=cv2.BORDER_REPLICATE).astype(bool)
+    edge[:margin] = edge[-margin:] = False
+    edge[:, :margin] = edge[:, -margin:] = False
+    return np.nonzero(edge)
+
+
+def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
+                 threshold: float | None = None) -> FovEstimate:
+    """Estimate the field of view of a fundus photograph from the image alone, with a confidence.
+
+    1. The brightest channel (robust to colour casts; the red channel of a
+       fundus image is rarely dark) is smoothed. The background level and
+       noise come from the darkest pieces of the image's outer frame
+       (background even where the disc crosses three borders); a rough
+       mask keeps everything well above it.
+    2. Near the rough edge, the local background level and the local
+       brightness of the disc just inside the edge are measured by masked
+       convolution, and each pixel is thresholded at ``edge_fraction`` of
+       the way from background to disc. This follows dark, low-contrast and
+       unevenly lit rims, and backgrounds that are not black.
+    3. **Geometric model.** Contour points with background right outside
+       them are confident edge points; a circle is fitted to them by RANSAC.
+       Inside the circle, every region above the background (4 noise sigmas
+       or 2 % of the contrast) joins the mask: dark sectors of the disc are
+       filled up to the real edge, while flat cuts, notches and tabs keep
+       the shape the image shows (outside the circle nothing is added;
+       beyond a cut there is only background).
+    4. The largest region is kept, spurs are opened away and holes filled.
+
+    The confidence is the fraction of the final contour (away from the
+    image border) with background right outside it.
+
+    An image whose outer frame is mostly as bright as the disc (a crop
+    inside the field of view, no background) gets the whole image as its FOV.
+    Every size scales with the image.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) array_like
+        Any dtype; not modified.
+    edge_fraction : float
+        Position of the edge between background (0) and disc (1) levels.
+    threshold : float, optional
+        A fixed threshold on the brightest channel instead of steps 1-3.
+
+    Returns
+    -------
+    FovEstimate
+
+    Raises
+    ------
+    MaskError
+        If no field of view is found.
+    """
     from .core import gaussian_kernel, masked_convolve  # core depends on nothing here
 
     img = np.asarray(image)
+    if img.ndim == 3 and img.shape[-1] in (2, 4):
+        img = img[..., :-1]
+    if img.ndim not in (2, 3) or img.size == 0:
+        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {img.shape}")
     v = img.max(axis=-1) if img.ndim == 3 else img
     v = v.astype(np.float32)
+    if not np.isfinite(v).all():
+        v = np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)
     h, w = v.shape
     s = min(h, w)
     v = cv2.GaussianBlur(v, (0, 0), max(0.7, s / 800))
     open_r = max(1, int(round(s / 300)))
     if threshold is not None:
         m = _clean(v > threshold, open_r)
+        if m.sum() < 0.01 * h * w:
+            raise MaskError("cannot estimate a field of view: no bright disc found")
+        return FovEstimate(m, 1.0)
+    # levels vary slowly: measure them on a copy at most ~600 px wide
+    f = min(1.0, 600.0 / s)
+    small = cv2.resize(v, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else v
+    ss = min(small.shape)
+    if _frame_is_bright(small):
+        # no dark background around the disc (a crop inside the FOV): the whole image is the FOV
+        return FovEstimate(np.ones((h, w), bool), 1.0, whole_image=True)
+    bg, sigma = _background(small)
+    disc = _disc_level(small, bg, sigma)
+    rough_t = bg + max(4.0 * sigma, ROUGH_FRACTION * (disc - bg))
+    rough = _clean(small > rough_t, max(1, int(round(ss / 300))))
+    if rough.sum() < 0.01 * rough.size or rough.all():
+        raise MaskError("cannot estimate a field of view: no bright disc on a dark background")
+    band = max(2, int(round(0.02 * ss)))
+    inner = cv2.erode(rough.astype(np.uint8), _disk(band))
+    outer = 1 - cv2.dilate(rough.astype(np.uint8), _disk(band))
+    k = gaussian_kernel(max(2.0, 0.03 * ss))
+    disc_level = masked_convolve(small, inner.astype(bool), k, min_weight=1e-3)
+    bg_level = masked_convolve(small, outer.astype(bool), k, min_weight=1e-3)
+    disc_level = np.where(np.isnan(disc_level), np.median(small[inner > 0]), disc_level)
+    bg_level = np.where(np.isnan(bg_level), np.median(small[outer > 0]) if outer.any()
+                        else small[~rough].mean(), bg_level)
+    t = bg_level + edge_fraction * (disc_level - bg_level)
+    if f < 1:
+        t = cv2.resize(t, (w, h), interpolation=cv2.INTER_LINEAR)
+        inner = cv2.resize(inner, (w, h), interpolation=cv2.INTER_NEAREST)
+        outer = cv2.resize(outer, (w, h), interpolation=cv2.INTER_NEAREST)
+    inner, outer = inner.astype(bool), outer.astype(bool)
+    near = ~(inner | outer)
+    m = _clean(inner | (near & (v > t)), open_r)
+
+    # 3. geometric model: a circle through the contour (RANSAC), dark sectors inside it filled
+    sm_shape = (small.shape[1], small.shape[0])
+
+    def to_small(mask):
+        return (cv2.resize(mask.astype(np.uint8), sm_shape, interpolation=cv2.INTER_AREA) > 0
+                if f < 1 else mask)
+
+    ms = to_small(m)
+    ys, xs = _contour_points(ms)
+    tol = max(1.5, 0.006 * ss)
+    yy, xx = np.ogrid[0:small.shape[0], 0:small.shape[1]]
+    circle = residual = None
+    on_circle = np.zeros(ys.size, bool)
+    if ys.size:
+        c, inl = _ransac_circle(xs.astype(np.float64), ys.astype(np.float64), tol,
+                                0.15 * ss, 2.0 * max(small.shape))
+        if c is not None:
+            ang = np.arctan2(ys[inl] - c[1], xs[inl] - c[0])
+            coverage = np.unique(((ang + np.pi) / (2 * np.pi) * 36).astype(int) % 36).size
+            if inl.sum() >= 0.3 * ys.size and coverage >= 9:
+                circle = (c[0] / f, c[1] / f, c[2] / f)
+                residual = float(np.median(np.abs(np.hypot(xs[inl] - c[0], ys[inl] - c[1]) - c[2]))) / f
+    inside_s = ms.copy()
+    if circle is not None:
+        inside_s |= (xx - circle[0] * f) ** 2 + (yy - circle[1] * f) ** 2 <= (circle[2] * f - 1.0) ** 2
+    # the local background: beyond the mask and the circle, a gap away (glow right outside the
+    # disc, uneven backgrounds); where there is none (the disc crosses the border), the global one
+    gap = max(3, int(round(0.03 * ss)))
+    beyond = ~cv2.dilate(inside_s.astype(np.uint8), _disk(gap)).astype(bool)
+    if beyond.any():
+        bg_local = masked_convolve(small, beyond, gaussian_kernel(max(2.0, 0.05 * ss)), min_weight=1e-3)
+        bg_local = np.where(np.isnan(bg_local), float(np.median(small[beyond])), bg_local)
+        bg_local = np.maximum(bg_local, bg)
     else:
-        # levels vary slowly: measure them on a copy at most ~600 px wide
-        f = min(1.0, 600.0 / s)
-        small = cv2.resize(v, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else v
-        ss = min(small.shape)
-        if _frame_is_bright(small):
-            # no dark background around the disc (a crop inside the FOV): the whole image is the FOV
-            return np.ones((h, w), bool)
-        rough = _clean(small > _rough_threshold(small), max(1, int(round(ss / 300))))
-        if rough.sum() < 0.01 * rough.size or rough.all():
-            raise MaskError("cannot estimate a field of view: no bright disc on a dark background")
-        band = max(2, int(round(0.02 * ss)))
-        inner = cv2.erode(rough.astype(np.uint8), _disk(band))
-        outer = 1 - cv2.dilate(rough.astype(np.uint8), _disk(band))
-        k = gaussian_kernel(max(2.0, 0.03 * ss))
-        disc_level = masked_convolve(small, inner.astype(bool), k, min_weight=1e-3)
-        bg_level = masked_convolve(small, outer.astype(bool), k, min_weight=1e-3)
-        disc_level = np.where(np.isnan(disc_level), np.median(small[inner > 0]), disc_level)
-        bg_level = np.where(np.isnan(bg_level), np.median(small[outer > 0]) if outer.any()
-                            else small[~rough].mean(), bg_level)
-        t = bg_level + edge_fraction * (disc_level - bg_level)
-        if f < 1:
-            t = cv2.resize(t, (w, h), interpolation=cv2.INTER_LINEAR)
-            inner = cv2.resize(inner, (w, h), interpolation=cv2.INTER_NEAREST)
-            outer = cv2.resize(outer, (w, h), interpolation=cv2.INTER_NEAREST)
-        inner, outer = inner.astype(bool), outer.astype(bool)
-        near = ~(inner | outer)
-        m = inner | (near & (v > t))
-        m = _clean(m, open_r)
+        bg_local = np.full(small.shape, bg, np.float32)
+    low = bg_local + max(4.0 * sigma, 0.02 * (disc - bg))  # not background
+    # background right outside an edge; without a circle, dark parts of the disc outside the
+    # mask would pass for local background, so the global level is the reference
+    is_bg = (bg_local if circle is not None else bg) + max(4.0 * sigma, 0.04 * (disc - bg))
+    filled = 0
+    if circle is not None:
+        cx, cy, r = circle
+        add = inside_s & (small > low) & ~ms
+        add = cv2.morphologyEx(add.astype(np.uint8), cv2.MORPH_OPEN,
+                               _disk(max(2, int(round(0.01 * ss))))).astype(bool)
+        if add.any():
+            if f < 1:
+                low_full = cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR)
+                add = cv2.resize(add.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+                add = cv2.dilate(add.astype(np.uint8), _disk(int(math.ceil(1 / f)))).astype(bool)
+            else:
+                low_full = low
+            yf, xf = np.ogrid[0:h, 0:w]
+            add &= ((xf - cx) ** 2 + (yf - cy) ** 2 <= (r - 1.0) ** 2) & (v > low_full) & ~m
+            before = int(m.sum())
+            m = _clean(m | add, open_r)
+            filled = max(0, int(m.sum()) - before)
     if m.sum() < 0.01 * h * w:
         raise MaskError("cannot estimate a field of view: no bright disc found")
-    return m
+    # confidence: contour points on the fitted circle, or with background right outside them
+    ms = to_small(m)
+    ys, xs = _contour_points(ms)
+    if ys.size == 0:
+        confidence = 1.0
+    else:
+        width = max(2, int(round(0.015 * ss)))
+        out_lvl = _outside_level(small, ms, width)[ys, xs]
+        ok = np.nan_to_num(out_lvl, nan=np.inf) <= (is_bg[ys, xs] if np.ndim(is_bg) else is_bg)
+        if circle is not None:
+            ok |= np.abs(np.hypot(xs - circle[0] * f, ys - circle[1] * f) - circle[2] * f) < tol
+        confidence = float(np.mean(ok))
+    return FovEstimate(m, confidence, circle, residual, filled)
 
 
 def fov_diameter(mask) -> float:
@@ -284,10 +542,10 @@ def margin_distance(mask) -> np.ndarray:
     return np.where(m, d - 1.0, 0.0).astype(np.float32)
 
 
-#: trim_rim: how deep the rim may be, as a fraction of the FOV diameter (11 px on DRIVE).
-RIM_MAX_FRACTION = 0.02
+#: trim_rim: the deepest rim trimmed, as a fraction of the FOV diameter (6 px on DRIVE).
+RIM_MAX_FRACTION = 0.011
 #: trim_rim: a ring is part of the rim when its brightness departs from the
-#: disc just inside by more than this fraction.
+#: trend of the rings just inside by more than this fraction.
 RIM_TOLERANCE = 0.05
 _RIM_SECTORS = 72
 
@@ -308,66 +566,138 @@ def _group_medians(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.n
     return out
 
 
-def trim_rim(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | None = None) -> np.ndarray:
-    """Drop the transition rim at the FOV margin, adapting to the image.
+def rim_depths(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | None = None):
+    """Depth (px) of the transition rim in each of 72 angular sectors around the FOV centroid.
 
-    The margin of a real FOV is a ring a few pixels wide that is darker (and
-    on some cameras then brighter) than the retina just inside it. Every
-    channel is checked; a ring is rim when any channel departs. The FOV is
-    cut into 72 angular sectors around its centroid; in each, 1-px rings are
-    compared, by their median brightness (robust to vessels), with the disc
-    just inside the rim zone (rings ``max_px`` to ``2 * max_px``). Everything
-    outside the innermost ring that departs by more than ``tolerance`` is
-    dropped. Depths are smoothed across neighbouring sectors.
+    In each sector the median brightness (robust to vessels) of every 1-px
+    ring at distance ``d`` from the margin is taken, per channel. The rings
+    ``max_px`` to ``3 * max_px`` deep give the trend of the disc just inside
+    the rim (a least-squares line in ``d``), extrapolated outwards; a ring
+    shallower than ``max_px`` is rim when, in any channel, it departs from
+    that line by more than ``tolerance`` of it. A smooth fall-off
+    (vignetting) continues the trend and is kept; a dark or bright ring
+    that departs from it and ends is dropped. The depth is one past the
+    innermost departing ring; depths are smoothed along the boundary (a
+    circular median of 5 sectors).
+
+    Returns
+    -------
+    depths : (72,) int ndarray
+    sector_of : callable ``(ys, xs) -> sector index``
+    """
+    m = np.asarray(mask, dtype=bool)
+    img = np.asarray(image)
+    v = (img if img.ndim == 3 else img[..., None]).astype(np.float32)
+    unit = 257.0 if img.dtype == np.uint16 else (1 / 255 if img.dtype.kind == "f" else 1.0)
+    if max_px is None:
+        max_px = max(2, int(round(RIM_MAX_FRACTION * fov_diameter(m))))
+    d = margin_distance(m)
+    n_rings = 3 * max_px
+    ys, xs = np.nonzero(m & (d < n_rings))
+    cy, cx = _centroid(m)
+
+    def sector_of(yy, xx):
+        angle = np.arctan2(yy - cy, xx - cx)
+        return ((angle + np.pi) / (2 * np.pi) * _RIM_SECTORS).astype(np.int64) % _RIM_SECTORS
+
+    depth = np.zeros(_RIM_SECTORS, np.int64)
+    if ys.size == 0:
+        return depth, sector_of
+    sector = sector_of(ys, xs)
+    ring = d[ys, xs].astype(np.int64)
+    med = _group_medians(sector * n_rings + ring, v[ys, xs], _RIM_SECTORS * n_rings).reshape(
+        _RIM_SECTORS, n_rings, -1)  # (S, rings, C)
+    # trend of the disc just inside the rim zone: a least-squares line through rings
+    # max_px .. 3 max_px, extrapolated outwards (a smooth fall-off continues it)
+    r_in = np.arange(max_px, n_rings, dtype=np.float64)
+    inner = med[:, max_px:, :]
+    ok = ~np.isnan(inner)
+    cnt = ok.sum(axis=1)  # (S, C)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx = np.where(ok, r_in[None, :, None], 0.0).sum(1) / cnt
+        level = np.where(ok, inner, 0.0).sum(1) / cnt
+        dx = np.where(ok, r_in[None, :, None] - mx[:, None, :], 0.0)
+        dy = np.where(ok, inner - level[:, None, :], 0.0)
+        sxx = (dx * dx).sum(1)
+        slope = np.where((cnt >= 5) & (sxx > 0), (dx * dy).sum(1) / sxx, np.nan)
+        level = np.where(cnt >= 5, level, np.nan)
+        rings = np.arange(max_px, dtype=np.float64)
+        trend = level[:, None, :] + slope[:, None, :] * (rings[None, :, None] - mx[:, None, :])
+        fitted = level[:, None, :] + slope[:, None, :] * (r_in[None, :, None] - mx[:, None, :])
+        sq = np.where(ok, (inner - fitted) ** 2, 0.0).sum(1)
+        scatter = np.where(cnt > 0, np.sqrt(sq / np.maximum(cnt, 1)), np.nan)
+        outer = med[:, :max_px, :]
+        # departure allowed: the tolerance, the rings' own noise, a pixel's worth of the slope
+        # (the margin's sub-pixel position) and 2 gray levels (8-bit units)
+        limit = np.maximum(np.maximum(tolerance * np.abs(trend), 3.0 * scatter[:, None, :]),
+                           2.0 * unit) + np.abs(slope)[:, None, :]
+        off = np.abs(outer - trend) > limit
+        # channels too dark to tell (blue in fundus photographs) do not vote
+        top = np.nanmax(np.where(np.isnan(level), -np.inf, level), axis=1, keepdims=True)
+        bright = level >= 0.35 * top  # (S, C)
+    valid = ~np.isnan(outer) & ~np.isnan(trend) & bright[:, None, :]
+    departing = np.any(off & valid, axis=2)  # (S, max_px)
+    any_bad = departing.any(axis=1)
+    last_bad = max_px - 1 - np.argmax(departing[:, ::-1], axis=1)
+    depth = np.where(any_bad, last_bad + 1, 0)
+    padded = np.concatenate([depth[-2:], depth, depth[:2]])
+    depth = np.array([int(np.median(padded[i:i + 5])) for i in range(_RIM_SECTORS)])
+    return depth, sector_of
+
+
+def _centroid(m: np.ndarray) -> tuple[float, float]:
+    mo = cv2.moments(m.astype(np.uint8), binaryImage=True)
+    if mo["m00"] == 0:
+        raise MaskError("mask is empty (no pixel inside the field of view)")
+    return mo["m01"] / mo["m00"], mo["m10"] / mo["m00"]
+
+
+def trim_rim(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | None = None,
+             return_info: bool = False):
+    """Drop the transition rim at the FOV margin where the image shows one.
+
+    A real FOV may end in a ring a few pixels wide that is darker (and on
+    some cameras then brighter) than the retina just inside it. Where
+    :func:`rim_depths` finds such a ring, the pixels shallower than its depth
+    are dropped; a smooth fall-off towards the margin is kept. The depth
+    varies smoothly along the boundary (linear interpolation between sector
+    centres), so straight cuts stay straight.
 
     Parameters
     ----------
     image : (H, W) or (H, W, C) array_like
     mask : (H, W) bool array_like
     tolerance : float
-        Relative departure from the disc level that marks a rim ring.
+        Relative departure from the inner trend that marks a rim ring.
     max_px : int, optional
-        Deepest rim considered; default ``RIM_MAX_FRACTION`` of the FOV diameter.
+        Deepest rim trimmed; default ``RIM_MAX_FRACTION`` of the FOV diameter.
+    return_info : bool
+        Also return ``{"rim_dropped": pixels, "rim_depth_mean": px, "rim_depth_max": px}``.
 
     Returns
     -------
-    (H, W) bool ndarray, a subset of ``mask``.
+    (H, W) bool ndarray, a subset of ``mask`` (and the info dict with ``return_info``).
     """
     m = np.asarray(mask, dtype=bool)
-    img = np.asarray(image)
-    v = (img if img.ndim == 3 else img[..., None]).astype(np.float32)
-    if max_px is None:
-        max_px = max(2, int(round(RIM_MAX_FRACTION * fov_diameter(m))))
-    d = margin_distance(m)
-    ys, xs = np.nonzero(m & (d < 2 * max_px))
-    if ys.size == 0:
-        return m.copy()
-    cy, cx = np.nonzero(m)
-    angle = np.arctan2(ys - cy.mean(), xs - cx.mean())
-    sector = ((angle + np.pi) / (2 * np.pi) * _RIM_SECTORS).astype(np.int64) % _RIM_SECTORS
-    ring = d[ys, xs].astype(np.int64)
-    vals = v[ys, xs]  # (n, C)
-    # groups: (sector, ring) for the rings of the rim zone, (sector, max_px) for the reference
-    group = sector * (max_px + 1) + np.minimum(ring, max_px)
-    med = _group_medians(group, vals, _RIM_SECTORS * (max_px + 1)).reshape(
-        _RIM_SECTORS, max_px + 1, -1)
-    ref = med[:, max_px:max_px + 1, :]  # (S, 1, C)
-    rings = med[:, :max_px, :]
-    with np.errstate(invalid="ignore"):
-        off = np.abs(rings - ref) > tolerance * np.maximum(ref, 1e-6)
-    inconsistent = np.any(off & ~np.isnan(rings) & ~np.isnan(ref), axis=2)  # (S, max_px)
-    # depth: one past the innermost inconsistent ring (0 when none)
-    any_bad = inconsistent.any(axis=1)
-    last_bad = max_px - 1 - np.argmax(inconsistent[:, ::-1], axis=1)
-    depth = np.where(any_bad, last_bad + 1, 0)
-    # smooth across neighbouring sectors (circular median of 5)
-    padded = np.concatenate([depth[-2:], depth, depth[:2]])
-    depth = np.array([int(np.median(padded[i:i + 5])) for i in range(_RIM_SECTORS)])
+    depth, sector_of = rim_depths(image, m, tolerance=tolerance, max_px=max_px)
     out = m.copy()
-    drop = ring < depth[sector]
-    out[ys[drop], xs[drop]] = False
+    dmax = int(depth.max()) if depth.size else 0
+    if dmax > 0:
+        d = margin_distance(m)
+        ys, xs = np.nonzero(m & (d < dmax))
+        cy, cx = _centroid(m)
+        pos = (np.arctan2(ys - cy, xs - cx) + np.pi) / (2 * np.pi) * _RIM_SECTORS - 0.5
+        i0 = np.floor(pos).astype(np.int64)
+        frac = pos - i0
+        dep = (1 - frac) * depth[i0 % _RIM_SECTORS] + frac * depth[(i0 + 1) % _RIM_SECTORS]
+        drop = d[ys, xs] < np.rint(dep)
+        out[ys[drop], xs[drop]] = False
     if not out.any():
         raise MaskError("mask is empty after trimming its rim")
+    if return_info:
+        info = {"rim_dropped": int(m.sum() - out.sum()),
+                "rim_depth_mean": round(float(depth.mean()), 2), "rim_depth_max": dmax}
+        return out, info
     return out
 
 

@@ -18,7 +18,7 @@ from .core import MODES, Kernel, masked_filter
 from .dataset import Pair
 from .figures import panel, thumbnail
 from .errors import MaskError, OutputExistsError, RetinaPrepError
-from .fov import erode_mask, estimate_fov, feather_mask, fov_diameter, trim_rim
+from .fov import LOW_CONFIDENCE, erode_mask, feather_mask, fov_diameter, fov_estimate, trim_rim
 from .io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, read_image, read_mask, write_image
 from .normalize import (
     DEFAULT_SCALE,
@@ -138,17 +138,24 @@ def load_pair(pair: Pair, settings: MaskSettings = MaskSettings()):
 def _load(pair: Pair, settings: MaskSettings):
     """Image, untrimmed FOV, trimmed mask and info (see :func:`load_pair`)."""
     image = read_image(pair.image, max_pixels=settings.max_pixels)
-    fov, source, warnings = read_fov(pair, image, settings)
+    fov, source, warnings, est = read_fov(pair, image, settings, return_estimate=True)
     mask, info = trim_mask(image, fov, settings, source=source, path=pair.mask or pair.image)
-    return image, fov, mask, {"mask_source": source, **info, "warnings": warnings}
+    info = {"mask_source": source, **info, "warnings": warnings}
+    if est is not None:
+        info["fov_estimate"] = est.summary()
+    return image, fov, mask, info
 
 
-def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings()):
+def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings(), *,
+             return_estimate: bool = False):
     """The untrimmed FOV of ``pair``: from its mask file, else estimated.
 
-    Returns (mask, source, warnings).
+    Returns (mask, source, warnings), and the :class:`~retina_prep.fov.FovEstimate`
+    (None for mask files) with ``return_estimate``. An estimate of low
+    confidence adds a warning.
     """
     warnings = []
+    est = None
     if pair.mask is not None and not settings.auto_mask:
         mask = read_mask(pair.mask, max_pixels=settings.max_pixels)
         if mask.shape != image.shape[:2]:
@@ -160,12 +167,19 @@ def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings()):
         source = pair.mask_source
     else:
         try:
-            mask = estimate_fov(image)
+            est = fov_estimate(image)
         except MaskError as exc:
             raise MaskError(exc.message, pair.image) from None
+        mask = est.mask
         source = "estimated"
         if not settings.auto_mask:
             warnings.append(f"{pair.image}: no mask found; using an estimated field of view")
+        if est.low_confidence:
+            warnings.append(f"{pair.image}: estimated field of view has low confidence"
+                            f" ({est.confidence:.2f}: part of its contour is not a clear disc"
+                            " edge); check it, or give a mask file")
+    if return_estimate:
+        return mask, source, warnings, est
     return mask, source, warnings
 
 
@@ -175,15 +189,16 @@ def trim_mask(image, mask, settings: MaskSettings, *, source: str, path=None):
     if rim == "default":
         rim = "auto" if source == "estimated" else "none"
     px = resolve_erode(settings.erode, mask)
+    rim_info = {}
     try:
         if rim == "auto":
-            mask = trim_rim(image, mask)
+            mask, rim_info = trim_rim(image, mask, return_info=True)
         mask = erode_mask(mask, px)
     except MaskError as exc:
         raise MaskError(exc.message, path) from None
     if settings.feather:
         mask = feather_mask(mask, settings.feather)
-    return mask, {"rim": rim, "erode": px, "feather": settings.feather}
+    return mask, {"rim": rim, **rim_info, "erode": px, "feather": settings.feather}
 
 
 def output_path(outdir, pair: Pair, fmt: str) -> Path:
@@ -279,7 +294,8 @@ def mask_pair(pair: Pair, outdir, mask_settings: MaskSettings = MaskSettings(), 
     image, _, mask, info = _load(pair, replace(mask_settings, auto_mask=True))
     write_image(out, mask.astype(np.uint8) * 255, overwrite=overwrite)
     if thumb_width:
-        info["thumb"] = thumbnail(image, mask, width=thumb_width)
+        low = info.get("fov_estimate", {}).get("confidence", 1.0) < LOW_CONFIDENCE
+        info["thumb"] = thumbnail(image, mask, width=thumb_width, flag="LOW CONFIDENCE" if low else None)
     return Result(pair, "done", outputs=[out], warnings=info.pop("warnings"), info=info)
 
 

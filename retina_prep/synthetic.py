@@ -80,6 +80,9 @@ def synthetic_fundus(
     notch: str | None = None,
     gain: float = 1.0,
     text: bool = False,
+    dark_sector: float | None = None,
+    vignette: float = 0.0,
+    rim: int = 0,
 ) -> SyntheticFundus:
     """Make a synthetic fundus photograph with known illumination and FOV.
 
@@ -109,6 +112,15 @@ def synthetic_fundus(
         Overall brightness (0.25 makes a dark, low-contrast photograph).
     text : bool
         Burn bright text into the lower-left corner (outside the FOV).
+    dark_sector : float, optional
+        Brightness factor (e.g. 0.07) of the lower-right quarter of the disc,
+        with a soft transition, as in pathological or badly lit photographs.
+    vignette : float
+        Smooth fall-off towards the margin with no ring: the illumination is
+        multiplied by ``1 - vignette * (r / R)**4``.
+    rim : int
+        Width in pixels of a dark transition ring at the margin (40 % of the
+        brightness inside it), as DRIVE's masks include.
     """
     h, w = shape
     rng = np.random.default_rng(seed)
@@ -127,6 +139,16 @@ def synthetic_fundus(
         square = (np.abs(x - px) <= side) & (np.abs(y - py) <= side)
         mask = mask | square if notch == "tab" else mask & ~square
     field = illumination_field(shape, strength=strength, seed=seed)
+    r = np.sqrt((y - cy) ** 2 + (x - cx) ** 2) / radius
+    if vignette:
+        field = field * (1.0 - vignette * np.clip(r, 0, 1) ** 4)
+    if dark_sector is not None:
+        ang = np.degrees(np.arctan2(y - cy, x - cx))  # 0..90: lower right
+        w_in = np.clip((np.minimum(ang, 90 - ang) + 10) / 20, 0, 1)  # soft over 20 degrees
+        field = field * (1.0 - (1.0 - dark_sector) * w_in)
+    if rim:
+        depth = (1.0 - r) * radius  # pixels inside the circular margin
+        field = np.where(depth < rim, field * 0.4, field)
     vmap = _vessel_tree(shape, (cx, cy), radius, rng) & mask if vessels else np.zeros(shape, bool)
     refl = np.broadcast_to(_BASE, (h, w, 3)).copy()
     refl[vmap] *= _VESSEL_DARKENING

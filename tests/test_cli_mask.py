@@ -67,8 +67,8 @@ def test_uniform_image_cannot_be_masked(tmp_path):
 
 
 def _rimmed(seed=0):
-    """A synthetic fundus with a dark 3-px rim and a bright ring at 4-5 px, DRIVE-like."""
-    s = synthetic_fundus((300, 300), seed=seed, background=5, strength=0.3, vessels=False, noise=0)
+    """A synthetic fundus with a dark 3-px rim and a bright ring at 4-5 px, DRIVE-like (and sized)."""
+    s = synthetic_fundus((600, 600), seed=seed, background=5, strength=0.3, vessels=False, noise=0)
     d = margin_distance(s.mask)
     img = s.image.astype(float)
     img[s.mask & (d < 3)] *= 0.4
@@ -106,3 +106,51 @@ def test_rim_option_in_normalize(tmp_path):
     # with the rim kept, the dark rim drags the mean down and the band comes out bright
     assert np.abs(trim[band] - 128).mean() < np.abs(keep[band] - 128).mean() - 2
     assert (trim[mask & (d < 3)] == 0).all()
+
+
+def test_masks_the_tool_writes_are_masks_it_reads(tmp_path):
+    """`mask -o masks` then `normalize --mask-dir masks` with no pattern, with workers."""
+    from retina_prep.io import write_image
+    import json
+
+    for i in range(3):
+        s = synthetic_fundus((300, 300), seed=i, background=5)
+        write_image(tmp_path / "photos" / f"eye {i}.png", s.image)
+    r = invoke("mask", tmp_path / "photos", "-o", tmp_path / "masks", "-j", 2)
+    assert r.exit_code == 0, r.output
+    r = invoke("normalize", tmp_path / "photos", "--mask-dir", tmp_path / "masks", "-o",
+               tmp_path / "out", "-j", 2)
+    assert r.exit_code == 0, r.output
+    assert "estimated" not in r.output
+    lines = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    images = [x for x in lines if x["type"] == "image"]
+    assert len(images) == 3 and all(x["mask_source"] == "given" for x in images)
+    assert all(x["mask"].endswith("_mask.png") for x in images)
+
+
+def test_one_mask_for_a_camera(tmp_path):
+    from retina_prep.io import write_image
+
+    s = synthetic_fundus((200, 220), seed=1, background=5)
+    for i in range(3):
+        write_image(tmp_path / "in" / f"img{i}.png", s.image)
+    write_image(tmp_path / "camera_fov.png", s.mask.astype(np.uint8) * 255)
+    r = invoke("normalize", tmp_path / "in", "--mask", tmp_path / "camera_fov.png", "-o",
+               tmp_path / "out", "-j", 2)
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "out").glob("img*.png"))) == 3
+
+
+def test_estimate_and_rim_recorded_in_manifest(tmp_path):
+    import json
+
+    from retina_prep.io import write_image
+
+    s = synthetic_fundus((400, 400), seed=2, background=5, dark_sector=0.07)
+    write_image(tmp_path / "in" / "eye.png", s.image)
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    line = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()][-1]
+    est = line["params"]["fov_estimate"]
+    assert est["confidence"] >= 0.85 and est["filled"] > 0 and len(est["circle"]) == 3
+    assert {"rim_dropped", "rim_depth_mean", "rim_depth_max"} <= set(line["params"])

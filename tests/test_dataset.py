@@ -58,13 +58,37 @@ def test_mask_dir_and_pattern(tmp_path):
         find_pairs([tmp_path / "imgs"], mask_dir=tmp_path, mask_pattern="fixed.png")
 
 
-def test_single_mask_needs_single_image(tmp_path):
+def test_one_mask_for_many_images(tmp_path):
     make_image(tmp_path / "x1.png")
     make_image(tmp_path / "x2.png")
-    with pytest.raises(DatasetError, match="--mask-dir"):
-        find_pairs([tmp_path], mask=tmp_path / "m.png")
-    (p,) = find_pairs([tmp_path / "x1.png"], mask=tmp_path / "m.png")
-    assert p.mask == tmp_path / "m.png" and p.mask_source == "given"
+    pairs = find_pairs([tmp_path / "x1.png", tmp_path / "x2.png"], mask=tmp_path / "m.png")
+    assert [p.mask for p in pairs] == [tmp_path / "m.png"] * 2
+    assert {p.mask_source for p in pairs} == {"given"}
+
+
+def test_default_mask_dir_lookup_takes_any_ending(tmp_path):
+    make_image(tmp_path / "in" / "a.jpg")
+    make_image(tmp_path / "in" / "b.jpg")
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "a_mask.png").write_bytes(b"x")
+    (tmp_path / "masks" / "b_mask.gif").write_bytes(b"x")
+    pairs = find_pairs([tmp_path / "in"], mask_dir=tmp_path / "masks")
+    assert [p.mask.name for p in pairs] == ["a_mask.png", "b_mask.gif"]
+
+
+@pytest.mark.parametrize("pattern", ["../{stem}.png", "/etc/{stem}", "{stem}{0}", "{stem.__class__}",
+                                     "{stem!r}.png", "{stem:>9}.png", "mask.png", "{stem"])
+def test_mask_pattern_is_a_plain_name(tmp_path, pattern):
+    make_image(tmp_path / "x1.png")
+    with pytest.raises(DatasetError):
+        find_pairs([tmp_path / "x1.png"], mask_dir=tmp_path, mask_pattern=pattern)
+
+
+def test_duplicate_inputs_are_processed_once(tmp_path):
+    make_image(tmp_path / "a.png")
+    pairs = find_pairs([tmp_path / "a.png", tmp_path / "a.png", str(tmp_path / "." / "a.png")])
+    assert len(pairs) == 1
+
 
 
 def test_missing_input_and_empty_folder(tmp_path):

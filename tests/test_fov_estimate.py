@@ -69,3 +69,108 @@ def test_crop_inside_the_fov_is_all_fov():
     s = synthetic_fundus((400, 400), seed=6, radius=0.9, background=0)
     crop = s.image[60:340, 60:340]
     assert estimate_fov(crop).all()
+
+
+# ---------------------------------------------------------------- real cameras (issue: dark
+# sectors, discs crossing borders, rims that are not there)
+
+HARD = {
+    "dark quarter at 7 %": dict(dark_sector=0.07),
+    "dark quarter at 10 %, grey background": dict(dark_sector=0.10, background=8),
+    "dark quarter at 5 %, 1620x1080": dict(shape=(1080, 1620), dark_sector=0.05, radius=0.48),
+    "vignetting to the edge and a dark quarter": dict(vignette=0.6, dark_sector=0.1),
+    "crosses 1 border": dict(center=(0.5, 0.62), radius=0.5),
+    "crosses 2 borders": dict(center=(0.35, 0.65), radius=0.55),
+    "crosses 3 borders (right 60 % of an HRF image)": dict(shape=(1168, 1051), center=(0.5, 0.167),
+                                                           radius=0.706),
+    "crosses 3 borders, dark": dict(shape=(1168, 1051), center=(0.5, 0.167), radius=0.706,
+                                    gain=0.4, background=5),
+    "flat cuts and a dark quarter": dict(shape=(1168, 1752), cut=0.8, radius=0.55, dark_sector=0.08),
+}
+
+
+@pytest.mark.parametrize("name", list(HARD))
+def test_hard_cameras(name):
+    from retina_prep.fov import fov_estimate
+
+    kw = dict(HARD[name])
+    shape = kw.pop("shape", (584, 565))
+    s = synthetic_fundus(shape, seed=3, noise=2.0, **kw)
+    est = fov_estimate(s.image)
+    assert iou(est.mask, s.mask) >= 0.99, name
+    assert not est.low_confidence, est.confidence
+    # nothing of the dark quarter is lost beyond the blur of its edge
+    assert (s.mask & ~est.mask).sum() < 0.005 * s.mask.sum()
+
+
+def test_dark_quarter_is_filled_up_to_the_circle():
+    from retina_prep.fov import fov_estimate
+
+    s = synthetic_fundus((584, 565), seed=3, noise=2.0, dark_sector=0.07)
+    est = fov_estimate(s.image)
+    assert est.filled > 0.1 * s.mask.sum() and est.circle is not None
+    cx, cy, r = est.circle
+    h, w = s.mask.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    true_r = 0.46 * 565
+    assert abs(r - true_r) < 2
+
+
+def test_unfillable_dark_part_gives_low_confidence():
+    """A square field of view (no circle to fit) with a dark quarter: the mask cannot be trusted."""
+    from retina_prep.fov import fov_estimate
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((500, 500), np.float32)
+    img[50:450, 50:450] = 170
+    img[250:450, 250:450] = 12
+    img = np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
+    est = fov_estimate(img)
+    assert est.low_confidence
+
+
+def test_flat_cuts_stay_straight():
+    from retina_prep.fov import fov_estimate, trim_rim
+
+    s = synthetic_fundus((1168, 1752), seed=3, noise=2.0, cut=0.8, radius=0.55)
+    est = fov_estimate(s.image)
+    m = trim_rim(s.image, est.mask)
+    # rows of the top cut: the first FOV row in each column over the straight part is one row
+    cols = np.nonzero(s.mask.any(axis=0))[0]
+    mid = cols[len(cols) // 3: 2 * len(cols) // 3]
+    tops = np.array([np.argmax(m[:, c]) for c in mid])
+    assert tops.max() - tops.min() <= 1
+
+
+# ---------------------------------------------------------------- rim trimming
+
+
+def _ring_pixels(mask):
+    from retina_prep.fov import margin_distance
+
+    return int((mask & (margin_distance(mask) < 1)).sum())
+
+
+@pytest.mark.parametrize("kw", [dict(vignette=0.7), dict(vignette=0.9, strength=1.2),
+                                dict(gain=0.25, background=6, vignette=0.5), {}])
+def test_smooth_falloff_is_not_a_rim(kw):
+    from retina_prep.fov import trim_rim
+
+    s = synthetic_fundus((584, 565), seed=3, noise=2.0, **kw)
+    trimmed, info = trim_rim(s.image, s.mask, return_info=True)
+    # at most 1 px dropped on average around the margin
+    assert info["rim_dropped"] <= _ring_pixels(s.mask)
+    assert info["rim_dropped"] == int((s.mask & ~trimmed).sum())
+
+
+@pytest.mark.parametrize("width", [3, 4, 5])
+def test_a_real_ring_is_removed(width):
+    from retina_prep.fov import margin_distance, trim_rim
+
+    s = synthetic_fundus((584, 565), seed=3, noise=2.0, rim=width)
+    trimmed, info = trim_rim(s.image, s.mask, return_info=True)
+    d = margin_distance(s.mask)
+    ring = s.mask & (d < width - 1)
+    assert trimmed[ring].mean() < 0.05  # the ring is gone
+    assert trimmed[s.mask & (d >= 8)].all()  # nothing deeper than the cap is touched
+    assert info["rim_depth_max"] <= 6  # capped at about 1 % of the FOV diameter

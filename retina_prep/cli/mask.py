@@ -50,7 +50,7 @@ def mask(ctx, inputs, outdir, erode, rim, sheet, overwrite, max_pixels, batch, q
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     contact = ContactSheet(sheet, overwrite=overwrite)
-    pairs = collect_pairs(inputs, mask=None, mask_dir=None, mask_pattern="{stem}_mask.gif",
+    pairs = collect_pairs(inputs, mask=None, mask_dir=None, mask_pattern=None,
                           outdir=outdir, batch=batch)
 
     step = functools.partial(mask_pair, outdir=outdir, mask_settings=settings, overwrite=overwrite,

@@ -151,7 +151,7 @@ def mask_source_options(f):
         click.option(
             "--mask",
             type=click.Path(dir_okay=False, path_type=Path),
-            help="FOV mask file for a single input image.",
+            help="FOV mask file for every input image (one camera, one field of view).",
         ),
         click.option(
             "--mask-dir",
@@ -160,9 +160,9 @@ def mask_source_options(f):
         ),
         click.option(
             "--mask-pattern",
-            default="{stem}_mask.gif",
-            show_default=True,
-            help="Mask file name in --mask-dir; {stem} is the image name without ending.",
+            default=None,
+            help="Mask file name in --mask-dir; {stem} is the image name without ending"
+            " [default: {stem}_mask or {stem}_fov with any image ending].",
         ),
         click.option(
             "--auto-mask",
