@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator
 import cv2
 
 from .dataset import Pair
-from .errors import RetinaPrepError
+from .errors import RetinaPrepError, printable
 
 __all__ = ["Result", "Report", "run_batch", "run_one", "default_jobs", "check_outputs_unique"]
 
@@ -37,6 +37,7 @@ class Result:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    error_kind: str | None = None  # the exception's class name, for callers that word advice
 
 
 @dataclass
@@ -64,7 +65,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, RetinaPrepError):
         return str(exc)
     if isinstance(exc, OSError):
-        where = f"{exc.filename}: " if exc.filename else ""
+        where = f"{printable(exc.filename)}: " if exc.filename else ""
         return f"{where}{exc.strerror or exc}"
     if isinstance(exc, (ValueError, MemoryError)):
         return f"{exc}"
@@ -78,11 +79,12 @@ def run_one(step: Callable[[Pair], Result], pair: Pair) -> Result:
         result = step(pair)
     except Exception as exc:  # recorded, the batch goes on
         msg = _describe(exc)
+        msg = " ".join(msg.split("\n"))  # one line, whatever the exception said
         if isinstance(exc, RetinaPrepError) and exc.path is not None:
             line = msg
         else:
-            line = f"{pair.image}: {msg}"
-        result = Result(pair, "failed", error=line)
+            line = f"{printable(pair.image)}: {msg}"
+        result = Result(pair, "failed", error=line, error_kind=type(exc).__name__)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -95,15 +97,38 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the parent process dies (a kill -9 of the main process)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no prctl
+        pass
+
+
 def _worker_init():
     # one OpenCV thread per worker process: the pool already uses every core
     cv2.setNumThreads(1)
-    # a SIGTERM to a worker unwinds like Ctrl-C, so atomic writes remove their temporary files
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C goes to the whole process group: the parent stops the workers, which stay quiet
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a SIGTERM to a worker unwinds quietly (SystemExit prints no traceback), so atomic writes
+    # remove their temporary files
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    _die_with_parent()
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+def _exit_quietly(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _forkserver_init():  # pragma: no cover - runs in the fork server
+    _die_with_parent()
 
 
 def _mp_context():
@@ -111,7 +136,7 @@ def _mp_context():
     deadlock); the server preloads the heavy modules, so workers still start quickly."""
     if sys.platform.startswith("linux"):
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["numpy", "cv2", "retina_prep.pipeline"])
+        ctx.set_forkserver_preload(["numpy", "cv2", "retina_prep.pipeline", "retina_prep._forkserver"])
         return ctx
     return multiprocessing.get_context("spawn")
 

@@ -180,6 +180,7 @@ def find_pairs(
     mask_dir=None,
     mask_pattern: str | None = None,
     exclude=(),
+    missing_ok: bool = False,
 ) -> list[Pair]:
     """Find the images named by ``inputs`` and pair each with its mask.
 
@@ -199,6 +200,9 @@ def find_pairs(
         writes, and DRIVE's ``.gif``). The name stays inside ``mask_dir``.
     exclude : sequence of path-like
         Folders whose contents are never taken as inputs (the output folder).
+    missing_ok : bool
+        Keep paths that do not exist as pairs (reading them then fails, for
+        that image only) instead of raising.
 
     Returns
     -------
@@ -217,14 +221,11 @@ def find_pairs(
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            imgs = [
-                f for f in _walk_images(p)
-                if not any(f.resolve().is_relative_to(e) for e in excluded)
-            ]
+            imgs = [f for f in _walk_images(p) if not _inside_any(f, excluded)]
             if not imgs:
                 raise DatasetError("no image files found in this folder", p)
             found.extend((f, p) for f in imgs)
-        elif p.is_file() or p.is_symlink():
+        elif p.is_file() or p.is_symlink() or (missing_ok and not p.exists()):
             if not (_is_mask_or_label_name(p) or any(_is_skipped_dir(d) for d in p.parent.parts[-1:])):
                 found.append((p, None))
         else:
@@ -276,6 +277,14 @@ def check_mask_pattern(pattern: str) -> None:
         raise DatasetError(f"mask pattern {pattern!r} must be a file name inside the mask folder")
 
 
+def _inside_any(f: Path, folders) -> bool:
+    try:
+        r = f.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: not inside anything, reading will fail
+        return False
+    return any(r.is_relative_to(e) for e in folders)
+
+
 def _unique(found):
     """Drop repeated inputs (the same file named twice), keeping the first."""
     seen = set()
@@ -283,7 +292,7 @@ def _unique(found):
     for img, root in found:
         try:
             key = os.path.realpath(img)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RuntimeError):
             key = str(img)
         if key not in seen:
             seen.add(key)
@@ -302,7 +311,7 @@ def shard_pairs(pairs, k: int, n: int) -> list[Pair]:
         raise ValueError(f"shard {k}/{n}: K must be between 1 and N")
     out = []
     for p in pairs:
-        h = int.from_bytes(hashlib.sha1(p.rel.as_posix().encode("utf-8")).digest()[:8], "big")
+        h = int.from_bytes(hashlib.sha1(os.fsencode(p.rel.as_posix())).digest()[:8], "big")
         if h % n == k - 1:
             out.append(p)
     return out

@@ -15,6 +15,7 @@ __all__ = [
     "MaskError",
     "OutputExistsError",
     "DatasetError",
+    "ImageTooLargeError",
 ]
 
 
@@ -37,7 +38,15 @@ class RetinaPrepError(Exception):
     def __str__(self) -> str:
         if self.path is None:
             return self.message
-        return f"{self.path}: {self.message}"
+        return f"{printable(self.path)}: {self.message}"
+
+
+def printable(name) -> str:
+    """A file name on one line: control characters (newlines) escaped, undecodable bytes shown."""
+    text = os.fspath(name) if not isinstance(name, str) else name
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
 
 
 class ImageReadError(RetinaPrepError):
@@ -54,3 +63,14 @@ class OutputExistsError(RetinaPrepError):
 
 class DatasetError(RetinaPrepError):
     """Inputs cannot be found or paired."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image declares more pixels than the limit (a decompression bomb, or a trusted huge file).
+
+    ``pixels`` and ``limit`` hold the numbers, so a caller can word its own advice.
+    """
+
+    def __init__(self, message, path=None, *, pixels: int = 0, limit: int = 0):
+        super().__init__(message, path)
+        self.pixels, self.limit = pixels, limit

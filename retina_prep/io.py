@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import ImageReadError, MaskError, OutputExistsError
+from .errors import ImageReadError, ImageTooLargeError, MaskError, OutputExistsError
 from .fov import binarize_mask
 
 __all__ = [
@@ -40,19 +40,56 @@ IMAGE_EXTENSIONS = (
 #: Output formats: name -> file ending.
 OUTPUT_FORMATS = {"png": ".png", "tif": ".tif"}
 
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+def _file_mode(folder) -> int:
+    """The mode a new file gets in ``folder`` (0o666 less the umask), without changing the umask.
+
+    A file created with ``open`` gets the process umask applied; its mode is read back.
+    """
+    fd, probe = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".mode", dir=folder)
+    os.close(fd)
+    try:
+        os.chmod(probe, 0o666)  # mkstemp made it 0600; chmod is not masked, so create anew
+        os.unlink(probe)
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        os.close(fd)
+        return os.stat(probe).st_mode & 0o777
+    finally:
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
 
 
-_FILE_MODE = _file_mode()
+_MODE_CACHE: dict = {}
+
+#: Files larger than this are refused before reading (a link to /dev/zero, a runaway file).
+MAX_FILE_BYTES = 4 * 1024**3
+
+#: Temporary files of atomic writes start with this (and end in ``.part``); only they are cleaned.
+_TEMP_PREFIX = ".retina-prep-tmp-"
 
 #: Default limit on the number of pixels of a decoded image (decompression bombs).
 DEFAULT_MAX_PIXELS = 200_000_000
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The bytes of a regular file (links resolved); special files and huge files are refused."""
+    import stat as _stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ImageReadError("file not found", path) from None
+    except PermissionError:
+        raise ImageReadError("permission denied", path) from None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ImageReadError(f"cannot read ({getattr(exc, 'strerror', None) or exc})", path) from None
+    if _stat.S_ISDIR(st.st_mode):
+        raise ImageReadError("is a folder, not an image file", path)
+    if not _stat.S_ISREG(st.st_mode):
+        raise ImageReadError("not a regular file (a device, pipe or socket)", path)
+    if st.st_size > MAX_FILE_BYTES:
+        raise ImageReadError(f"file is larger than {MAX_FILE_BYTES // 1024**3} GiB", path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -73,7 +110,11 @@ def _decode(path: Path, data: bytes) -> np.ndarray:
     arr = None
     if path.suffix.lower() != ".gif":
         buf = np.frombuffer(data, np.uint8)
-        arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        try:
+            arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            raise ImageReadError("cannot decode as an image (too large or damaged for OpenCV)",
+                                 path) from None
         if arr is not None and arr.ndim == 3:
             if arr.shape[2] == 3:
                 arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
@@ -100,26 +141,46 @@ def _decode(path: Path, data: bytes) -> np.ndarray:
 
 
 def _check_pixels(path, shape, max_pixels):
-    if max_pixels is not None and shape[0] * shape[1] > max_pixels:
-        raise ImageReadError(
-            f"image has {shape[0] * shape[1]:,} pixels, above the limit of {max_pixels:,}"
-            " (raise it with --max-pixels if the file is trusted)",
-            path,
-        )
+    n = int(shape[0]) * int(shape[1])
+    if max_pixels is not None and n > max_pixels:
+        raise ImageTooLargeError(
+            f"image has {n:,} pixels, above the limit of {max_pixels:,} (raise max_pixels if the"
+            " file is trusted)", path, pixels=n, limit=max_pixels)
 
 
 def _header_pixels(data: bytes) -> int | None:
-    """Width x height from the file header, without decoding pixels (None if unknown)."""
+    """Width x height from the file header, without decoding pixels (None if unknown).
+
+    Pillow refuses headers above twice its own limit with ``DecompressionBombError``;
+    the size it names is taken from the message.
+    """
+    import io as _io
+    import warnings
+
+    from PIL import Image
+
     try:
-        import io as _io
-
-        from PIL import Image
-
-        with Image.open(_io.BytesIO(data)) as im:
-            w, h = im.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(_io.BytesIO(data)) as im:
+                w, h = im.size
         return int(w) * int(h)
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        return int(found.group(1)) if found else 2**62
     except Exception:  # unknown or damaged header: the decoder will tell
         return None
+
+
+def _refuse_large(path, data: bytes, max_pixels) -> None:
+    """Refuse a file whose header declares more than ``max_pixels`` pixels (before decoding)."""
+    if max_pixels is None:
+        return
+    n = _header_pixels(data)
+    if n is not None and n > max_pixels:
+        raise ImageTooLargeError(
+            f"image has {n:,} pixels, above the limit of {max_pixels:,} (raise max_pixels if the"
+            " file is trusted)", path, pixels=n, limit=max_pixels)
 
 
 def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -136,14 +197,7 @@ def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarr
     """
     path = Path(path)
     data = _read_bytes(path)
-    if max_pixels is not None:
-        n = _header_pixels(data)
-        if n is not None and n > max_pixels:  # refuse before decoding (decompression bombs)
-            raise ImageReadError(
-                f"image has {n:,} pixels, above the limit of {max_pixels:,}"
-                " (raise it with --max-pixels if the file is trusted)",
-                path,
-            )
+    _refuse_large(path, data, max_pixels)  # before decoding (decompression bombs)
     arr = _decode(path, data)
     if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] > 4):
         arr = arr[0]  # first frame
@@ -178,7 +232,11 @@ def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarra
     """
     path = Path(path)
     try:
-        arr = _decode(path, _read_bytes(path))
+        data = _read_bytes(path)
+        _refuse_large(path, data, max_pixels)
+        arr = _decode(path, data)
+        _check_pixels(path, np.shape(arr)[-3:-1] if np.ndim(arr) >= 3 and np.shape(arr)[-1] <= 4
+                      else np.shape(arr)[-2:], max_pixels)
     except ImageReadError as exc:
         raise MaskError(f"mask {exc.message}", path) from None
     return binarize_mask(arr, path=path)
@@ -223,7 +281,7 @@ def encode_image(image, fmt: str = "png") -> bytes:
         raise ValueError(f"unknown format {fmt!r}; valid formats: {', '.join(OUTPUT_FORMATS)}")
     arr = np.asarray(image)
     if fmt == "png" and arr.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"PNG holds 8- or 16-bit images, not {arr.dtype}; write TIFF (--format tif)")
+        raise ValueError(f"PNG holds 8- or 16-bit images, not {arr.dtype}; write TIFF (format 'tif')")
     if arr.ndim == 3 and arr.shape[2] == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(OUTPUT_FORMATS[fmt], arr)
@@ -235,21 +293,42 @@ def encode_image(image, fmt: str = "png") -> bytes:
 def write_bytes(path, data: bytes, *, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file + rename).
 
+    The temporary file sits in the target folder, named ``.retina-prep-tmp-*.part``
+    (short, so long output names still fit). Without ``overwrite`` the final
+    name is claimed with a hard link, which fails if another process created
+    it in the meantime (no check-then-rename race).
+
     Raises
     ------
     OutputExistsError
         If ``path`` exists and ``overwrite`` is False.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError("output exists (use --overwrite to replace it)", path)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise OutputExistsError("output exists", path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    folder = os.fspath(path.parent)
+    mode = _MODE_CACHE.get(folder)
+    if mode is None:
+        mode = _MODE_CACHE[folder] = _file_mode(folder)
+    fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files; outputs get the usual mode
-        os.replace(tmp, path)
+        os.chmod(tmp, mode)  # mkstemp makes 0600 files; outputs get the usual mode
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise OutputExistsError("output exists", path) from None
+            except OSError:  # no hard links here (some network file systems): rename
+                if path.exists():
+                    raise OutputExistsError("output exists", path) from None
+                os.replace(tmp, path)
+            else:
+                os.unlink(tmp)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -268,11 +347,11 @@ def write_image(path, image, *, fmt: str | None = None, overwrite: bool = False)
         if fmt is None:
             raise ValueError(f"cannot tell the output format from {path.name!r}; use .png or .tif")
     if path.exists() and not overwrite:  # refuse before the work of encoding
-        raise OutputExistsError("output exists (use --overwrite to replace it)", path)
+        raise OutputExistsError("output exists", path)
     return write_bytes(path, encode_image(image, fmt), overwrite=overwrite)
 
 
-_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part$")
+_TEMP_NAME = re.compile(r"^\.retina-prep-tmp-[A-Za-z0-9_]{8}\.(part|mode)$")
 
 
 def remove_stale_temporaries(folder, *, older_than: float = 600.0) -> int:

@@ -215,7 +215,7 @@ def _check_output(out: Path, pair: Pair, overwrite: bool):
             raise RetinaPrepError("output would overwrite an input; choose another output folder",
                                   out)
     if not overwrite:
-        raise OutputExistsError("output exists (use --overwrite to replace it)", out)
+        raise OutputExistsError("output exists", out)
 
 
 def _run_normalize(image, mask, kernel: Kernel, settings: NormalizeSettings, ignore_mask: bool):

@@ -64,12 +64,16 @@ def test_stale_temporaries_are_removed(tmp_path):
     make_image(tmp_path / "in" / "a.png")
     out = tmp_path / "o"
     out.mkdir()
-    stale = out / ".a.png.abcd1234.part"
+    stale = out / ".retina-prep-tmp-abcd1234.part"
     stale.write_bytes(b"partial")
+    foreign = out / ".a.png.abcd1234.part"  # not ours: never touched
+    foreign.write_bytes(b"someone else's")
     old = time.time() - 3600
-    os.utime(stale, (old, old))
+    for f in (stale, foreign):
+        os.utime(f, (old, old))
     assert invoke("normalize", tmp_path / "in", "-o", out, "--auto-mask").exit_code == 0
-    assert not stale.exists()
+    assert not stale.exists() and foreign.exists()
+    assert not list(out.glob(".retina-prep-tmp-*"))
 
 
 def test_files_from_print_outputs_and_null(tmp_path):

@@ -127,15 +127,20 @@ def test_truncated_image(tmp_path, rng):
 def test_pixel_limit(tmp_path):
     p = tmp_path / "big.png"
     write_image(p, np.zeros((100, 100), np.uint8))
-    with pytest.raises(ImageReadError, match="max-pixels"):
+    with pytest.raises(ImageReadError, match="above the limit of 5,000") as info:
         read_image(p, max_pixels=5000)
+    assert "--" not in str(info.value)  # library words, no CLI flags
+    assert info.value.pixels == 10000 and info.value.limit == 5000
+    with pytest.raises(MaskError, match="above the limit"):  # masks have the limit too
+        read_mask(p, max_pixels=5000)
 
 
 def test_write_refuses_existing_and_is_atomic(tmp_path):
     p = tmp_path / "o.png"
     write_image(p, np.zeros((4, 4), np.uint8))
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="output exists") as info:
         write_image(p, np.ones((4, 4), np.uint8))
+    assert "--" not in str(info.value)
     write_image(p, np.ones((4, 4), np.uint8), overwrite=True)
     assert read_image(p).max() == 1
     assert sorted(x.name for x in tmp_path.iterdir()) == ["o.png"]  # no temporary files

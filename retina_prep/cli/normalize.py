@@ -24,7 +24,7 @@ from .options import (
     mask_options,
     output_opt,
 )
-from .runner import collect_pairs, execute, run_options
+from .runner import cli_wording, collect_pairs, execute, run_options
 
 
 @click.command(
@@ -167,7 +167,7 @@ def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, ba
 
     res = run_one(step, pairs[0])
     if res.status != "done":
-        raise click.ClickException(res.error)
+        raise click.ClickException(cli_wording(res))
     for w in res.warnings:
         click.echo(f"warning: {w}", err=True)
     out = sys.stdout.buffer

@@ -19,14 +19,30 @@ from tqdm import tqdm
 from .. import __version__
 from ..batch import Report, Result, check_outputs_unique, default_jobs, run_batch
 from ..dataset import Pair, find_pairs, shard_pairs
-from ..errors import DatasetError
+from ..errors import DatasetError, printable
 from ..io import remove_stale_temporaries
 from .options import config_opt, max_pixels_opt, overwrite_opt, quiet_opt, stderr_is_terminal
 
 
 def log(msg: str) -> None:
-    """One line on stderr that does not break a progress bar."""
-    tqdm.write(msg, file=sys.stderr)
+    """One line on stderr that does not break a progress bar (newlines in names escaped)."""
+    tqdm.write(msg.replace("\n", "\\n").replace("\r", "\\r"), file=sys.stderr)
+
+
+#: Library errors worded with the command's flags (the library names no flags).
+_HINTS = {
+    "OutputExistsError": " (use --overwrite to replace it, or --skip-existing to keep it)",
+    "ImageTooLargeError": None,  # reworded below
+}
+
+
+def cli_wording(result: Result) -> str:
+    """The error line of a failed result, with advice in terms of the command's flags."""
+    err = result.error or ""
+    if result.error_kind == "ImageTooLargeError":
+        return err.replace("(raise max_pixels if", "(raise it with --max-pixels if")
+    hint = _HINTS.get(result.error_kind or "")
+    return err + hint if hint else err
 
 
 # ------------------------------------------------------------------ options
@@ -156,7 +172,8 @@ def collect_pairs(inputs, *, mask, mask_dir, mask_pattern, outdir, batch: BatchO
         raise click.UsageError("--mask and --mask-dir exclude each other")
     try:
         pairs = find_pairs(
-            inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern, exclude=outdirs
+            inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern, exclude=outdirs,
+            missing_ok=bool(batch is not None and batch.files_from),
         )
     except DatasetError as exc:
         raise click.UsageError(str(exc)) from None
@@ -243,6 +260,54 @@ def _jsonable(value):
     return str(value)
 
 
+def _output_clashes(pairs, expected_outputs, manifest: Path) -> dict:
+    """Pairs any of whose outputs is another output (of any image) or the manifest."""
+    owner: dict = {}
+    clashes = {}
+    key = lambda p: os.path.normcase(os.path.abspath(p))  # noqa: E731
+    for p in pairs:
+        for o in expected_outputs(p):
+            k = key(o)
+            if k == key(manifest):
+                clashes[p] = f"{printable(o)}: output would overwrite the manifest; choose another folder"
+            elif k in owner:
+                other = owner[k]
+                what = "another output of the same image" if other is p else f"the output of {printable(other.image)}"
+                clashes[p] = f"{printable(o)}: output collides with {what}; use separate folders"
+                if other is not p:
+                    clashes.setdefault(other, clashes[p])
+            else:
+                owner[k] = p
+    return clashes
+
+
+def _check_manifest(manifest: Path, pairs) -> None:
+    """The manifest may not be an input (image or mask) or a folder."""
+    if manifest.is_dir():
+        raise click.UsageError(f"{manifest}: the manifest is a folder")
+    if not manifest.exists():
+        return
+    for p in pairs:
+        for src in (p.image, p.mask):
+            try:
+                if src is not None and os.path.exists(src) and os.path.samefile(src, manifest):
+                    raise click.UsageError(f"{manifest}: the manifest would append to an input file")
+            except OSError:
+                pass
+
+
+@contextmanager
+def _closing_quietly(fh):
+    """Close a file; a failing final flush (full disk) was already reported line by line."""
+    try:
+        yield fh
+    finally:
+        try:
+            fh.close()
+        except OSError:
+            pass
+
+
 def _manifest_path(outdir: Path, batch: BatchOptions) -> Path:
     if batch.manifest is not None:
         return batch.manifest
@@ -280,12 +345,32 @@ def execute(
     report = Report()
     clashes = check_outputs_unique(pairs)
     manifest = _manifest_path(outdir, batch)
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    with manifest.open("a", encoding="utf-8") as mf:
+    clashes.update(_output_clashes(pairs, expected_outputs, manifest))
+    _check_manifest(manifest, pairs)
+    try:
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        mf = manifest.open("a", encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"{manifest}: cannot write the manifest ({exc.strerror or exc})")
+    manifest_ok = [True]
+    with _closing_quietly(mf):
+        def write_line(obj):
+            if not manifest_ok[0]:
+                return
+            try:
+                mf.write(json.dumps(obj) + "\n")
+                mf.flush()
+            except OSError as exc:  # a full disk: say so once, the images go on
+                manifest_ok[0] = False
+                log(f"error: {manifest}: cannot write the manifest ({exc.strerror or exc});"
+                    " outputs are still written")
+                report.failed += 1
+
         header = {"type": "run", "tool": "retina-prep", "version": __version__, "command": command,
-                  "argv": sys.argv[1:], "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                  "argv": [os.fsdecode(a) if isinstance(a, bytes) else a for a in sys.argv[1:]],
+                  "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
                   "shard": list(batch.shard) if batch.shard else None, "config": _jsonable(params)}
-        mf.write(json.dumps(header) + "\n")
+        write_line(header)
 
         def record(result: Result):
             line = {"type": "image", "input": str(result.pair.image),
@@ -295,8 +380,7 @@ def execute(
                     "error": result.error, "seconds": round(result.seconds, 4),
                     "params": _jsonable({k: v for k, v in result.info.items()
                                          if k != "mask_source"})}
-            mf.write(json.dumps(line) + "\n")
-            mf.flush()
+            write_line(line)
 
         todo = []
         skipped = 0
@@ -306,7 +390,7 @@ def execute(
                 res = Result(p, "failed", error=clashes[p])
                 report.add(res)
                 record(res)
-            elif batch.skip_existing and all(o.exists() for o in expected_outputs(p)):
+            elif batch.skip_existing and all(o.is_file() for o in expected_outputs(p)):
                 skipped += 1
                 record(Result(p, "skipped", outputs=expected_outputs(p)))
             else:
@@ -321,7 +405,7 @@ def execute(
                     for w in result.warnings:
                         log(f"warning: {w}")
                     if result.status != "done":
-                        log(f"error: {result.error}")
+                        log(f"error: {cli_wording(result)}")
                     elif batch.print_outputs:
                         for o in result.outputs:
                             click.echo(str(o))

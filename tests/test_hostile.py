@@ -1,0 +1,166 @@
+"""Hostile input and faults: every promise holds (one line per bad file, no damage, resumable)."""
+
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import zlib
+import struct
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from retina_prep.cli.main import cli
+from retina_prep.errors import ImageReadError
+from retina_prep.io import read_image, read_mask
+
+from .helpers import make_image
+
+
+def invoke(*args, input=None):
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+
+
+def error_lines(output):
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+def _png_header_only(path, w, h):
+    """A tiny PNG whose header declares w x h pixels (a decompression bomb's header)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def _checksums(folder):
+    return {p: hashlib.sha1(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("side", [15000, 60000])
+def test_pixel_bomb_refused_from_the_header_with_small_memory(tmp_path, side):
+    bomb = tmp_path / "bomb.png"
+    _png_header_only(bomb, side, side)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageReadError, match="above the limit"):
+        read_image(bomb)
+    with pytest.raises(Exception, match="above the limit"):
+        read_mask(bomb)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100
+
+
+def test_special_files_are_refused_not_read(tmp_path):
+    src = tmp_path / "in"
+    make_image(src / "good.png")
+    os.mkfifo(src / "x.png")
+    os.symlink("/dev/zero", src / "z.png")
+    os.symlink(src / "loop.png", src / "loop.png")  # a symlink loop
+    r = invoke("normalize", src, "-o", tmp_path / "out", "--auto-mask", "-j", "2")
+    assert r.exit_code == 1
+    errs = error_lines(r.output)
+    assert len(errs) == 3, r.output
+    assert any("x.png" in e and "regular file" in e for e in errs)
+    assert any("z.png" in e and "regular file" in e for e in errs)
+    assert any("loop.png" in e for e in errs)
+    assert (tmp_path / "out" / "good.png").is_file()
+
+
+def test_panels_equal_to_output_is_refused(tmp_path):
+    make_image(tmp_path / "in" / "a.png")
+    make_image(tmp_path / "in" / "b.png")
+    out = tmp_path / "out"
+    r = invoke("normalize", tmp_path / "in", "-o", out, "--panels", out, "--auto-mask")
+    assert r.exit_code == 1 and "collides" in r.output
+    assert not list(out.glob("*.png"))
+
+
+def test_manifest_may_not_be_an_input(tmp_path):
+    make_image(tmp_path / "in" / "a.png")
+    before = _checksums(tmp_path / "in")
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "out", "--auto-mask",
+               "--manifest", tmp_path / "in" / "a.png")
+    assert r.exit_code == 2 and "manifest" in r.output
+    assert _checksums(tmp_path / "in") == before
+
+
+def test_skip_existing_does_not_count_a_folder_as_done(tmp_path):
+    make_image(tmp_path / "in" / "a.png")
+    (tmp_path / "out" / "a.png").mkdir(parents=True)
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "out", "--auto-mask", "--skip-existing")
+    assert r.exit_code == 1 and "0 skipped" in r.output and "a.png" in r.output
+
+
+def test_duplicate_inputs_processed_once(tmp_path):
+    make_image(tmp_path / "a.png")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{tmp_path / 'a.png'}\n{tmp_path / 'a.png'}\n")
+    r = invoke("normalize", "--files-from", listing, "-o", tmp_path / "out", "--auto-mask")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_missing_path_in_files_from_is_one_failed_input(tmp_path):
+    make_image(tmp_path / "a.png")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{tmp_path / 'gone.png'}\n{tmp_path / 'a.png'}\n")
+    r = invoke("normalize", "--files-from", listing, "-o", tmp_path / "out", "--auto-mask")
+    assert r.exit_code == 1
+    assert len(error_lines(r.output)) == 1 and "gone.png" in r.output
+    assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_non_utf8_name_with_shard(tmp_path):
+    name = os.fsdecode(b"caf\xe9.png")
+    make_image(tmp_path / "in" / name)
+    codes = [invoke("normalize", tmp_path / "in", "-o", tmp_path / "out", "--auto-mask",
+                    "--shard", f"{k}/2").exit_code for k in (1, 2)]
+    assert codes == [0, 0]
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
+
+
+def test_newline_in_a_name_stays_on_one_line(tmp_path):
+    bad = tmp_path / "in" / "a\nb.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not an image")
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "out", "--auto-mask")
+    assert r.exit_code == 1
+    errs = error_lines(r.output)
+    assert len(errs) == 1 and "a\\nb.png" in errs[0]
+
+
+def test_long_names_fit(tmp_path):
+    name = "x" * 240 + ".png"
+    make_image(tmp_path / "in" / name)
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "out", "--auto-mask")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out" / name).is_file()
+
+
+def test_concurrent_write_never_replaces_without_overwrite(tmp_path):
+    from retina_prep.errors import OutputExistsError
+    from retina_prep.io import write_bytes
+
+    p = tmp_path / "o.png"
+    write_bytes(p, b"first")
+    with pytest.raises(OutputExistsError):
+        write_bytes(p, b"second")
+    assert p.read_bytes() == b"first"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["o.png"]
+
+
+def test_manifest_write_failure_is_one_line(tmp_path):
+    """/dev/full: every write fails with ENOSPC, like a full disk."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    make_image(tmp_path / "in" / "a.png")
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "out", "--auto-mask",
+               "--manifest", "/dev/full")
+    assert r.exit_code == 1
+    assert "manifest" in r.output and "Traceback" not in r.output
+    assert (tmp_path / "out" / "a.png").is_file()
