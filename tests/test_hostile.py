@@ -164,3 +164,12 @@ def test_manifest_write_failure_is_one_line(tmp_path):
     assert r.exit_code == 1
     assert "manifest" in r.output and "Traceback" not in r.output
     assert (tmp_path / "out" / "a.png").is_file()
+
+
+@pytest.mark.parametrize("extra", [[], ["--normalize"], ["--kernel", "mean"]])
+def test_compare_with_workers_on_several_images(tmp_path, extra):
+    for i in range(3):
+        make_image(tmp_path / "in" / f"e{i}.png", seed=i)
+    r = invoke("compare", tmp_path / "in", "-o", tmp_path / "figs", "--auto-mask", "-j", "2", *extra)
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "figs").glob("e*.png"))) == 3
