@@ -113,9 +113,8 @@ def _otsu(v: np.ndarray) -> float:
 
 
 def _frame(v: np.ndarray) -> np.ndarray:
-    h, w = v.shape
-    b = max(1, int(round(0.02 * min(h, w))))
-    return np.concatenate([v[:b].ravel(), v[-b:].ravel(), v[:, :b].ravel(), v[:, -b:].ravel()])
+    """The pixels of the image's outer frame (2 % of the rows and columns)."""
+    return np.concatenate(_frame_segments(v))
 
 
 def _frame_is_bright(v: np.ndarray) -> bool:
@@ -170,20 +169,6 @@ def _disc_level(v: np.ndarray, bg: float, sigma: float) -> float:
     if not disc > bg + 2 * sigma:
         raise MaskError("cannot estimate a field of view: the disc is no brighter than the background")
     return disc
-
-
-def _rough_threshold(v: np.ndarray) -> float:
-    """A threshold just above the background: it keeps dark parts of the disc.
-
-    The background level and noise come from the darkest pieces of the
-    image's outer frame (:func:`_background`). The disc level is the median
-    above Otsu's threshold. The threshold is the larger of 4 noise sigmas
-    and ROUGH_FRACTION of the background-to-disc contrast above the
-    background level.
-    """
-    bg, sigma = _background(v)
-    disc = _disc_level(v, bg, sigma)
-    return bg + max(4.0 * sigma, ROUGH_FRACTION * (disc - bg))
 
 
 #: The rough threshold's minimum height above the background, as a fraction
@@ -479,7 +464,8 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
     low = bg_local + max(4.0 * sigma, 0.02 * (disc - bg))  # not background
     # background right outside an edge; without a circle, dark parts of the disc outside the
     # mask would pass for local background, so the global level is the reference
-    is_bg = (bg_local if circle is not None else bg) + max(4.0 * sigma, 0.04 * (disc - bg))
+    is_bg = (bg_local if circle is not None else np.full_like(bg_local, bg)) + max(
+        4.0 * sigma, 0.04 * (disc - bg))
     filled = 0
     if circle is not None:
         cx, cy, r = circle
@@ -508,7 +494,7 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
     else:
         width = max(2, int(round(0.015 * ss)))
         out_lvl = _outside_level(small, ms, width)[ys, xs]
-        ok = np.nan_to_num(out_lvl, nan=np.inf) <= (is_bg[ys, xs] if np.ndim(is_bg) else is_bg)
+        ok = np.nan_to_num(out_lvl, nan=np.inf) <= is_bg[ys, xs]
         if circle is not None:
             ok |= np.abs(np.hypot(xs - circle[0] * f, ys - circle[1] * f) - circle[2] * f) < tol
         confidence = float(np.mean(ok))
@@ -582,28 +568,30 @@ def rim_depths(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | N
 
     Returns
     -------
-    depths : (72,) int ndarray
-    sector_of : callable ``(ys, xs) -> sector index``
+    depths : (72,) int ndarray, sector ``i`` covering angles from
+        ``-pi + 2 pi i / 72`` around the centroid.
     """
     m = np.asarray(mask, dtype=bool)
+    return _rim_depths(image, m, margin_distance(m), _centroid(m), tolerance, max_px)
+
+
+def _sector_position(ys, xs, centre) -> np.ndarray:
+    """Angular position around ``centre`` in sector units (0 .. 72)."""
+    cy, cx = centre
+    return (np.arctan2(ys - cy, xs - cx) + np.pi) / (2 * np.pi) * _RIM_SECTORS
+
+
+def _rim_depths(image, m, d, centre, tolerance, max_px):
     img = np.asarray(image)
     v = (img if img.ndim == 3 else img[..., None]).astype(np.float32)
     unit = 257.0 if img.dtype == np.uint16 else (1 / 255 if img.dtype.kind == "f" else 1.0)
     if max_px is None:
         max_px = max(2, int(round(RIM_MAX_FRACTION * fov_diameter(m))))
-    d = margin_distance(m)
     n_rings = 3 * max_px
     ys, xs = np.nonzero(m & (d < n_rings))
-    cy, cx = _centroid(m)
-
-    def sector_of(yy, xx):
-        angle = np.arctan2(yy - cy, xx - cx)
-        return ((angle + np.pi) / (2 * np.pi) * _RIM_SECTORS).astype(np.int64) % _RIM_SECTORS
-
-    depth = np.zeros(_RIM_SECTORS, np.int64)
     if ys.size == 0:
-        return depth, sector_of
-    sector = sector_of(ys, xs)
+        return np.zeros(_RIM_SECTORS, np.int64)
+    sector = _sector_position(ys, xs, centre).astype(np.int64) % _RIM_SECTORS
     ring = d[ys, xs].astype(np.int64)
     med = _group_medians(sector * n_rings + ring, v[ys, xs], _RIM_SECTORS * n_rings).reshape(
         _RIM_SECTORS, n_rings, -1)  # (S, rings, C)
@@ -641,8 +629,7 @@ def rim_depths(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | N
     last_bad = max_px - 1 - np.argmax(departing[:, ::-1], axis=1)
     depth = np.where(any_bad, last_bad + 1, 0)
     padded = np.concatenate([depth[-2:], depth, depth[:2]])
-    depth = np.array([int(np.median(padded[i:i + 5])) for i in range(_RIM_SECTORS)])
-    return depth, sector_of
+    return np.array([int(np.median(padded[i:i + 5])) for i in range(_RIM_SECTORS)])
 
 
 def _centroid(m: np.ndarray) -> tuple[float, float]:
@@ -679,14 +666,13 @@ def trim_rim(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | Non
     (H, W) bool ndarray, a subset of ``mask`` (and the info dict with ``return_info``).
     """
     m = np.asarray(mask, dtype=bool)
-    depth, sector_of = rim_depths(image, m, tolerance=tolerance, max_px=max_px)
+    d, centre = margin_distance(m), _centroid(m)
+    depth = _rim_depths(image, m, d, centre, tolerance, max_px)
     out = m.copy()
-    dmax = int(depth.max()) if depth.size else 0
+    dmax = int(depth.max())
     if dmax > 0:
-        d = margin_distance(m)
         ys, xs = np.nonzero(m & (d < dmax))
-        cy, cx = _centroid(m)
-        pos = (np.arctan2(ys - cy, xs - cx) + np.pi) / (2 * np.pi) * _RIM_SECTORS - 0.5
+        pos = _sector_position(ys, xs, centre) - 0.5
         i0 = np.floor(pos).astype(np.int64)
         frac = pos - i0
         dep = (1 - frac) * depth[i0 % _RIM_SECTORS] + frac * depth[(i0 + 1) % _RIM_SECTORS]

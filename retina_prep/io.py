@@ -41,23 +41,17 @@ IMAGE_EXTENSIONS = (
 OUTPUT_FORMATS = {"png": ".png", "tif": ".tif"}
 
 def _file_mode(folder) -> int:
-    """The mode a new file gets in ``folder`` (0o666 less the umask), without changing the umask.
+    """The mode a new file gets in ``folder`` (0o666 less the umask), without changing the umask:
+    a probe file is created with 0o666 and its mode read back."""
+    import secrets
 
-    A file created with ``open`` gets the process umask applied; its mode is read back.
-    """
-    fd, probe = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".mode", dir=folder)
-    os.close(fd)
+    probe = os.path.join(folder, f"{_TEMP_PREFIX}{secrets.token_hex(4)}.mode")
+    fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     try:
-        os.chmod(probe, 0o666)  # mkstemp made it 0600; chmod is not masked, so create anew
-        os.unlink(probe)
-        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         os.close(fd)
         return os.stat(probe).st_mode & 0o777
     finally:
-        try:
-            os.unlink(probe)
-        except OSError:
-            pass
+        os.unlink(probe)
 
 
 _MODE_CACHE: dict = {}
@@ -234,12 +228,11 @@ def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarra
     try:
         data = _read_bytes(path)
         _refuse_large(path, data, max_pixels)
-        arr = _decode(path, data)
-        _check_pixels(path, np.shape(arr)[-3:-1] if np.ndim(arr) >= 3 and np.shape(arr)[-1] <= 4
-                      else np.shape(arr)[-2:], max_pixels)
+        mask = binarize_mask(_decode(path, data), path=path)
+        _check_pixels(path, mask.shape, max_pixels)  # formats whose header Pillow cannot read
     except ImageReadError as exc:
         raise MaskError(f"mask {exc.message}", path) from None
-    return binarize_mask(arr, path=path)
+    return mask
 
 
 def load_kernel(path):

@@ -25,15 +25,19 @@ CASES = {
 }
 
 
+def _case(kw):
+    """The synthetic fundus of a case: ``shape`` (default DRIVE's) and synthetic_fundus options."""
+    kw = dict(kw)
+    return synthetic_fundus(kw.pop("shape", (584, 565)), seed=3, noise=2.0, **kw)
+
+
 def iou(a, b):
     return (a & b).sum() / (a | b).sum()
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_synthetic_difficulties(name):
-    kw = dict(CASES[name])
-    shape = kw.pop("shape", (584, 565))
-    s = synthetic_fundus(shape, seed=3, noise=2.0, **kw)
+    s = _case(CASES[name])
     est = estimate_fov(s.image)
     assert iou(est, s.mask) >= 0.99, name
     # one filled region
@@ -93,9 +97,7 @@ HARD = {
 def test_hard_cameras(name):
     from retina_prep.fov import fov_estimate
 
-    kw = dict(HARD[name])
-    shape = kw.pop("shape", (584, 565))
-    s = synthetic_fundus(shape, seed=3, noise=2.0, **kw)
+    s = _case(HARD[name])
     est = fov_estimate(s.image)
     assert iou(est.mask, s.mask) >= 0.99, name
     assert not est.low_confidence, est.confidence
@@ -110,8 +112,6 @@ def test_dark_quarter_is_filled_up_to_the_circle():
     est = fov_estimate(s.image)
     assert est.filled > 0.1 * s.mask.sum() and est.circle is not None
     cx, cy, r = est.circle
-    h, w = s.mask.shape
-    yy, xx = np.mgrid[0:h, 0:w]
     true_r = 0.46 * 565
     assert abs(r - true_r) < 2
 

@@ -91,7 +91,7 @@ def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode,
     if kernel_spec in ("mean", "gaussian") and size is None:
         # sized by --window, which may depend on each image's FOV; a partial of a module-level
         # function, so worker processes can receive it
-        kernel = functools.partial(_window_kernel, kernel_spec, sigma=sigma)
+        kernel = functools.partial(make_kernel, kernel_spec, sigma=sigma)
     else:
         kernel = build_kernel(kernel_spec, size, sigma)
     mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
@@ -115,10 +115,6 @@ def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode,
                      params=dict(ctx.params), on_result=contact)
     contact.write("compare", quiet)
     ctx.exit(report.exit_code)
-
-
-def _window_kernel(name, win, *, sigma=None):
-    return make_kernel(name, win, sigma)
 
 
 def figure_path(pair, output, outdir) -> Path:

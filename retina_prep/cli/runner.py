@@ -367,7 +367,7 @@ def execute(
                 report.failed += 1
 
         header = {"type": "run", "tool": "retina-prep", "version": __version__, "command": command,
-                  "argv": [os.fsdecode(a) if isinstance(a, bytes) else a for a in sys.argv[1:]],
+                  "argv": sys.argv[1:],
                   "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
                   "shard": list(batch.shard) if batch.shard else None, "config": _jsonable(params)}
         write_line(header)
