@@ -28,6 +28,7 @@ __all__ = [
     "encode_image",
     "write_image",
     "write_bytes",
+    "write_outputs",
     "load_kernel",
     "remove_stale_temporaries",
 ]
@@ -299,6 +300,17 @@ def write_bytes(path, data: bytes, *, overwrite: bool = False) -> Path:
     path = Path(path)
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise OutputExistsError("output exists", path)
+    tmp = _stage(path, data)
+    try:
+        _place(tmp, path, overwrite)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return path
+
+
+def _stage(path: Path, data: bytes) -> str:
+    """Write ``data`` to a new temporary beside ``path`` (with the usual file mode); its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = os.fspath(path.parent)
     mode = _MODE_CACHE.get(folder)
@@ -309,26 +321,78 @@ def write_bytes(path, data: bytes, *, overwrite: bool = False) -> Path:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.chmod(tmp, mode)  # mkstemp makes 0600 files; outputs get the usual mode
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise OutputExistsError("output exists", path) from None
-            except OSError:  # no hard links here (some network file systems): rename
-                if path.exists():
-                    raise OutputExistsError("output exists", path) from None
-                os.replace(tmp, path)
-            else:
-                os.unlink(tmp)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         raise
-    return path
+    return tmp
+
+
+def _place(tmp: str, path: Path, overwrite: bool) -> None:
+    """Move the temporary ``tmp`` to ``path``; without ``overwrite``, claim the name exclusively."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputExistsError("output exists", path) from None
+    except OSError:  # no hard links here (some network file systems): rename
+        if path.exists():
+            raise OutputExistsError("output exists", path) from None
+        os.replace(tmp, path)
+    else:
+        os.unlink(tmp)
+
+
+def write_outputs(items, *, overwrite: bool = False, keep_existing: bool = False) -> list[Path]:
+    """Write several files as one unit: all of them, or none.
+
+    ``items`` is a sequence of ``(path, data)`` where ``data`` is bytes or a
+    callable returning bytes (called only when the file is to be written).
+    Every file is first written to a temporary beside its target; only when
+    all temporaries exist are they moved into place. If any step fails, the
+    temporaries and the files this call already put in place are removed
+    (a file replaced with ``overwrite`` cannot be brought back).
+
+    With ``keep_existing``, targets that exist as regular files are kept as
+    they are (a resumed run completing an image whose outputs are partly
+    there); the others are written.
+
+    Raises
+    ------
+    OutputExistsError
+        If a target exists and neither ``overwrite`` nor ``keep_existing`` is set.
+    """
+    items = [(Path(p), d) for p, d in items]
+    todo = []
+    for path, data in items:
+        if keep_existing and path.is_file():
+            continue
+        if (path.exists() or path.is_symlink()) and not overwrite:
+            raise OutputExistsError("output exists", path)
+        todo.append((path, data))
+    staged: list[tuple[str, Path]] = []
+    placed: list[Path] = []
+    try:
+        for path, data in todo:
+            staged.append((_stage(path, data() if callable(data) else data), path))
+        for tmp, path in staged:
+            _place(tmp, path, overwrite)
+            placed.append(path)
+    except BaseException:
+        for tmp, _ in staged:
+            _unlink_quietly(tmp)
+        for path in placed:
+            _unlink_quietly(path)
+        raise
+    return [p for p, _ in items]
+
+
+def _unlink_quietly(path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def write_image(path, image, *, fmt: str | None = None, overwrite: bool = False) -> Path:

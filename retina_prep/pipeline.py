@@ -19,7 +19,15 @@ from .dataset import Pair
 from .figures import panel, thumbnail
 from .errors import MaskError, OutputExistsError, RetinaPrepError
 from .fov import LOW_CONFIDENCE, erode_mask, feather_mask, fov_diameter, fov_estimate, trim_rim
-from .io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, read_image, read_mask, write_image
+from .io import (
+    DEFAULT_MAX_PIXELS,
+    OUTPUT_FORMATS,
+    encode_image,
+    read_image,
+    read_mask,
+    write_image,
+    write_outputs,
+)
 from .normalize import (
     DEFAULT_SCALE,
     KERNELS,
@@ -206,15 +214,16 @@ def output_path(outdir, pair: Pair, fmt: str) -> Path:
     return Path(outdir) / pair.rel.with_suffix(OUTPUT_FORMATS[fmt])
 
 
-def _check_output(out: Path, pair: Pair, overwrite: bool):
-    """Refuse to overwrite an input (ever) or an existing output (without ``overwrite``)."""
+def _check_output(out: Path, pair: Pair, overwrite: bool, keep_existing: bool = False):
+    """Refuse to overwrite an input (ever) or an existing output (without ``overwrite``;
+    with ``keep_existing`` an existing output is kept and not an error)."""
     if not out.exists():
         return
     for src in (pair.image, pair.mask):
         if src is not None and os.path.exists(src) and os.path.samefile(out, src):
             raise RetinaPrepError("output would overwrite an input; choose another output folder",
                                   out)
-    if not overwrite:
+    if not overwrite and not (keep_existing and out.is_file()):
         raise OutputExistsError("output exists", out)
 
 
@@ -247,31 +256,33 @@ def normalize_pair(
     *,
     panels_dir=None,
     panels_compare: bool = False,
+    keep_existing: bool = False,
 ) -> Result:
     """Normalize one image and write ``OUTDIR/<rel>.<format>``.
 
     With ``panels_dir``, also write a labelled panel ``PANELS/<rel>.png``:
-    original | normalized, or with ``panels_compare`` seed 000's Fig. 4:
-    without IN | IN without mask | IN with mask.
+    original | normalized, or with ``panels_compare`` the mask-convolution
+    paper's Fig. 4: without IN | IN without mask | IN with mask. The outputs
+    of an image are written together or not at all; ``keep_existing`` keeps
+    outputs that exist and writes the rest (resuming a run).
     """
     outs = normalize_outputs(pair, outdir, settings, panels_dir)
     for o in outs:
-        _check_output(o, pair, settings.overwrite)
-    out, panel_out = outs[0], (outs[1] if panels_dir is not None else None)
+        _check_output(o, pair, settings.overwrite, keep_existing)
     image, mask, info = load_pair(pair, mask_settings)
     result, kernel = normalize_loaded(image, mask, settings)
-    write_image(out, result, fmt=settings.format, overwrite=settings.overwrite)
-    outputs = [out]
-    if panel_out is not None:
-        if panels_compare:
-            done = {settings.ignore_mask: result}
-            cols = normalize_columns(image, mask, kernel, settings=settings, done=done)
-        else:
-            cols = [("original", image),
-                    ("IN without mask" if settings.ignore_mask else "IN with mask", result)]
-        write_image(panel_out, panel(cols, mask=mask > 0, inset="auto", profile=True),
-                    overwrite=settings.overwrite)
-        outputs.append(panel_out)
+    items = [(outs[0], lambda: encode_image(result, settings.format))]
+    if panels_dir is not None:
+        def panel_bytes():
+            if panels_compare:
+                done = {settings.ignore_mask: result}
+                cols = normalize_columns(image, mask, kernel, settings=settings, done=done)
+            else:
+                cols = [("original", image),
+                        ("IN without mask" if settings.ignore_mask else "IN with mask", result)]
+            return encode_image(panel(cols, mask=mask > 0, inset="auto", profile=True), "png")
+        items.append((outs[1], panel_bytes))
+    outputs = write_outputs(items, overwrite=settings.overwrite, keep_existing=keep_existing)
     info.update(window=kernel.shape[0], kernel=kernel.name)
     return Result(pair, "done", outputs=outputs, warnings=info.pop("warnings"), info=info)
 
@@ -362,23 +373,25 @@ def filter_outputs(pair: Pair, outdir, settings: FilterSettings) -> list[Path]:
 
 
 def filter_pair(pair: Pair, outdir, settings: FilterSettings,
-                mask_settings: MaskSettings = MaskSettings()) -> Result:
-    """Filter one image; write ``OUTDIR/<rel>.<format>`` and, on request, ``<rel>_weights``."""
+                mask_settings: MaskSettings = MaskSettings(), *,
+                keep_existing: bool = False) -> Result:
+    """Filter one image; write ``OUTDIR/<rel>.<format>`` and, on request, ``<rel>_weights``
+    (together or not at all; ``keep_existing`` as in :func:`normalize_pair`)."""
     outs = filter_outputs(pair, outdir, settings)
     for o in outs:
-        _check_output(o, pair, settings.overwrite)
-    out, wout = outs[0], (outs[1] if settings.write_weights else None)
+        _check_output(o, pair, settings.overwrite, keep_existing)
     image, mask, info = load_pair(pair, mask_settings)
     result, validity = filter_array(image, mask, settings)
-    write_image(out, result, fmt=settings.format, overwrite=settings.overwrite)
-    outputs = [out]
-    if wout is not None:
-        if settings.format == "tif":
-            wimg = validity.astype(np.float32)
-        else:
-            wimg = np.rint(np.clip(validity, 0, 1) * 65535).astype(np.uint16)
-        write_image(wout, wimg, fmt=settings.format, overwrite=settings.overwrite)
-        outputs.append(wout)
+    items = [(outs[0], lambda: encode_image(result, settings.format))]
+    if settings.write_weights:
+        def weights_bytes():
+            if settings.format == "tif":
+                wimg = validity.astype(np.float32)
+            else:
+                wimg = np.rint(np.clip(validity, 0, 1) * 65535).astype(np.uint16)
+            return encode_image(wimg, settings.format)
+        items.append((outs[1], weights_bytes))
+    outputs = write_outputs(items, overwrite=settings.overwrite, keep_existing=keep_existing)
     info.update(kernel=settings.kernel.name, mode=settings.mode)
     return Result(pair, "done", outputs=outputs, warnings=info.pop("warnings"), info=info)
 

@@ -173,3 +173,52 @@ def test_compare_with_workers_on_several_images(tmp_path, extra):
     r = invoke("compare", tmp_path / "in", "-o", tmp_path / "figs", "--auto-mask", "-j", "2", *extra)
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "figs").glob("e*.png"))) == 3
+
+
+def test_outputs_of_an_image_succeed_or_fail_together(tmp_path):
+    """The panel cannot be written (a file where its folder should be): no image output either."""
+    for name in ("a.png", "b.png"):
+        make_image(tmp_path / "in" / "sub" / name)
+    (tmp_path / "panels").mkdir()
+    (tmp_path / "panels" / "sub").write_text("a file where a folder is expected")
+    args = ["normalize", tmp_path / "in", "-o", tmp_path / "out", "--auto-mask",
+            "--panels", tmp_path / "panels", "-j", "2"]
+    r = invoke(*args)
+    assert r.exit_code == 1
+    assert len(error_lines(r.output)) == 2
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.suffix == ".png"]
+    assert not list(tmp_path.rglob(".retina-prep-tmp-*"))
+    # fixed, a resumed run completes them
+    (tmp_path / "panels" / "sub").unlink()
+    r = invoke(*args, "--skip-existing")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "panels" / "sub").iterdir()) == ["a.png", "b.png"]
+
+
+def test_skip_existing_completes_an_image_whose_outputs_are_partly_there(tmp_path):
+    make_image(tmp_path / "in" / "a.png")
+    base = ["normalize", tmp_path / "in", "-o", tmp_path / "out", "--auto-mask"]
+    assert invoke(*base).exit_code == 0
+    out = tmp_path / "out" / "a.png"
+    before = (out.stat().st_ino, out.read_bytes())
+    r = invoke(*base, "--panels", tmp_path / "panels", "--skip-existing")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "panels" / "a.png").is_file()
+    assert (out.stat().st_ino, out.read_bytes()) == before  # kept, not rewritten
+    r = invoke(*base, "--panels", tmp_path / "panels", "--skip-existing")
+    assert "1 skipped" in r.output
+
+
+def test_write_outputs_is_all_or_nothing(tmp_path):
+    from retina_prep.io import write_outputs
+
+    def boom():
+        raise ValueError("encoder failed")
+
+    with pytest.raises(ValueError):
+        write_outputs([(tmp_path / "a.bin", b"a"), (tmp_path / "b.bin", boom)])
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "c.bin").mkdir()  # the second target cannot be replaced
+    with pytest.raises(OSError):
+        write_outputs([(tmp_path / "a.bin", b"a"), (tmp_path / "c.bin", b"c")], overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.bin"]

@@ -114,7 +114,7 @@ def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, ero
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
                           outdir=outdir, batch=batch)
     step = functools.partial(filter_pair, outdir=outdir, settings=settings,
-                             mask_settings=mask_settings)
+                             mask_settings=mask_settings, keep_existing=batch.skip_existing)
     report = execute("filter", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
                      expected_outputs=lambda p: filter_outputs(p, outdir, settings),
                      params={**ctx.params, "kernel": kernel})

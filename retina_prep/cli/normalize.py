@@ -145,7 +145,7 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
         panels_dir.mkdir(parents=True, exist_ok=True)
     step = functools.partial(normalize_pair, outdir=outdir, settings=settings,
                              mask_settings=mask_settings, panels_dir=panels_dir,
-                             panels_compare=panels_compare)
+                             panels_compare=panels_compare, keep_existing=batch.skip_existing)
     report = execute("normalize", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
                      expected_outputs=lambda p: normalize_outputs(p, outdir, settings, panels_dir),
                      params=dict(ctx.params))
