@@ -13,12 +13,22 @@ layer over it.
 
 __version__ = "0.1.0"
 
-from .core import Kernel, as_kernel, box_kernel, convolve, gaussian_kernel, mask_weights, masked_convolve
+from .core import (
+    Kernel,
+    as_kernel,
+    as_mask,
+    box_kernel,
+    convolve,
+    gaussian_kernel,
+    mask_weights,
+    masked_convolve,
+    masked_filter,
+)
 from .dataset import Pair, find_mask, find_pairs
 from .errors import DatasetError, ImageReadError, MaskError, OutputExistsError, RetinaPrepError
 from .fov import binarize_mask, erode_mask, estimate_fov, fov_diameter
 from .io import read_image, read_mask, write_image
-from .normalize import make_kernel, normalize_illumination, resolve_window
+from .normalize import image_range, make_kernel, normalize_illumination, resolve_window
 
 __all__ = [
     "__version__",
@@ -28,6 +38,9 @@ __all__ = [
     "gaussian_kernel",
     "convolve",
     "masked_convolve",
+    "masked_filter",
+    "as_mask",
+    "image_range",
     "mask_weights",
     "Pair",
     "find_pairs",

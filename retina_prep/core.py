@@ -8,7 +8,7 @@ boolean, or float weights in ``[0, 1]``) and a non-negative kernel ``K``::
 
     R = ((P * M) conv K) / (M conv K)
 
-channel by channel (seed 000, eq. 5-6). Only pixels with mask weight > 0
+channel by channel (the mask-convolution paper, eq. 5-6). Only pixels with mask weight > 0
 contribute to the result. Pixels outside the image rectangle are invalid
 (weight 0): they are neither zeros of the image nor reflections of it.
 
@@ -51,6 +51,7 @@ __all__ = [
     "masked_convolve",
     "mask_weights",
     "masked_filter",
+    "as_mask",
     "MODES",
     "DEFAULT_MIN_WEIGHT",
 ]
@@ -135,7 +136,7 @@ class Kernel:
 
 
 def box_kernel(size: int) -> Kernel:
-    """Mean filter of ``size x size`` pixels (seed 000, eq. 9): all weights ``1/size**2``."""
+    """Mean filter of ``size x size`` pixels (the mask-convolution paper, eq. 9): all weights ``1/size**2``."""
     size = _odd_size(size, "box size")
     w = 1.0 / (size * size)
     one = np.full(size, 1.0 / size)
@@ -164,7 +165,7 @@ def gaussian_kernel(sigma: float, size: int | None = None, *, exact: bool | None
     """Gaussian kernel with standard deviation ``sigma`` pixels, normalized to sum 1.
 
     ``size`` defaults to ``2 * ceil(3 * sigma) + 1``; a smaller size truncates
-    the Gaussian (seed 000 uses size 50 with sigma 20; sizes here are odd, so
+    the Gaussian (the mask-convolution paper uses size 50 with sigma 20; sizes here are odd, so
     use 51).
 
     Large Gaussians: with ``sigma >= GAUSSIAN_CASCADE_SIGMA`` and no ``size``
@@ -363,6 +364,9 @@ def _as_image(image) -> np.ndarray:
     img = np.asarray(image)
     if img.ndim not in (2, 3) or img.size == 0:
         raise ValueError(f"image must be (H, W) or (H, W, C), got shape {img.shape}")
+    if img.ndim == 3 and img.shape[0] in (1, 3, 4) and img.shape[2] > 4:
+        raise ValueError(f"image shape {img.shape} looks channels-first; images are (H, W, C):"
+                         " use np.moveaxis(image, 0, -1)")
     if img.dtype == np.bool_:
         img = img.astype(np.uint8)
     if not (np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating)):
@@ -376,6 +380,42 @@ def _as_float_image(image) -> np.ndarray:
     return _as_image(image).astype(np.float32, copy=False)
 
 
+def as_mask(mask, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A field-of-view mask as a boolean or float32 weight ``(H, W)`` array.
+
+    Accepted: bool; integer masks holding only 0/1 or only 0/255 (the usual
+    mask files), which become bool; float weights in ``[0, 1]``, which stay
+    float32. An ``(H, W, 1)`` mask is squeezed. Anything else raises
+    ``ValueError`` saying what is wrong; so does a shape other than
+    ``shape`` when it is given.
+    """
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[2] == 1:
+        m = m[..., 0]
+    if m.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {m.shape}")
+    if shape is not None and m.shape != tuple(shape):
+        raise ValueError(f"mask shape {m.shape} does not match image shape {tuple(shape)}")
+    if m.dtype == np.bool_:
+        return m
+    if np.issubdtype(m.dtype, np.integer):
+        lo, hi = (int(v) for v in cv2.minMaxLoc(m.astype(np.float32, copy=False))[:2]) \
+            if m.size else (0, 0)
+        if lo >= 0 and hi <= 1:
+            return m.astype(bool)
+        if lo >= 0 and hi == 255 and not np.any((m != 0) & (m != 255)):
+            return m.astype(bool)
+        raise ValueError(f"an integer mask must hold only 0/1 or only 0/255, got values {lo}..{hi};"
+                         " pass partial weights as floats in [0, 1]")
+    if not np.issubdtype(m.dtype, np.floating):
+        raise ValueError(f"mask dtype {m.dtype} is not bool, integer or float")
+    m = m.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(m)) or m.min() < 0 or m.max() > 1:
+        raise ValueError("a float mask must hold finite weights in [0, 1]"
+                         " (a 0/255 mask: pass it as uint8 or bool)")
+    return m
+
+
 def _binary_u8(mask) -> np.ndarray | None:
     """A boolean mask as a 0/1 uint8 view (no copy); None for float weight masks."""
     m = np.asarray(mask)
@@ -385,15 +425,26 @@ def _binary_u8(mask) -> np.ndarray | None:
 
 
 def _as_weights(mask, shape: tuple[int, int]) -> np.ndarray:
-    m = np.asarray(mask)
-    if m.shape != shape:
-        raise ValueError(f"mask shape {m.shape} does not match image shape {shape}")
-    if m.dtype == np.bool_:
-        return m.astype(np.float32)
-    m = m.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(m)) or m.min() < 0 or m.max() > 1:
-        raise ValueError("a float mask must hold finite weights in [0, 1]")
-    return m
+    return as_mask(mask, shape).astype(np.float32, copy=False)
+
+
+def _drop_nonfinite(img: np.ndarray, mask):
+    """Non-finite pixels (NaN, inf in any channel) of a float image become invalid: weight 0.
+
+    Returns ``(image, mask)``: unchanged when every pixel is finite, else a
+    copy of the image with those pixels zeroed and the mask without them.
+    """
+    if img.dtype != np.float32 or np.isfinite(img.sum(dtype=np.float64)):
+        return img, mask  # a sum is finite only when every term is: one fast pass
+    finite = np.isfinite(img)
+    if img.ndim == 3:
+        finite = finite.all(axis=2)
+    img = np.where(finite[..., None] if img.ndim == 3 else finite, img, np.float32(0.0))
+    if mask is None:
+        return img, finite
+    if mask.dtype == np.bool_:
+        return img, mask & finite
+    return img, mask * finite
 
 
 def convolve(image, kernel, *, path: str = "auto") -> np.ndarray:
@@ -424,7 +475,7 @@ def mask_weights(mask, kernel, *, path: str = "auto") -> np.ndarray:
     holds no valid pixel.
     """
     k = as_kernel(kernel)
-    m = _as_weights(mask, np.shape(mask)[:2])
+    m = _as_weights(mask, None)
     a = k.absolute()
     return _weights(m, a, _pick_path(a, path))
 
@@ -504,8 +555,8 @@ def set_where(arr: np.ndarray, where: np.ndarray, value) -> np.ndarray:
 
 def masked_convolve(
     image,
-    mask=None,
-    kernel=None,
+    mask,
+    kernel,
     *,
     min_weight: float = DEFAULT_MIN_WEIGHT,
     fill: float = np.nan,
@@ -514,7 +565,7 @@ def masked_convolve(
 ):
     """Masked (normalized) convolution, stable for signed kernels.
 
-    For a non-negative kernel ``K`` this is seed 000's eq. 5,
+    For a non-negative kernel ``K`` this is the mask-convolution paper's eq. 5,
     ``sum(K) * ((P*M) conv K) / (M conv K)``: the weighted mean of the valid
     pixels under the kernel, times the kernel's sum (for kernels that sum to
     1, eq. 6). A signed kernel is split, ``K = K+ - K-``, and each part is
@@ -533,12 +584,14 @@ def masked_convolve(
     Parameters
     ----------
     image : (H, W) or (H, W, C) array_like
-        Any numeric dtype; it is not modified.
-    mask : (H, W) array_like of bool or float in [0, 1], optional
-        Weight of every pixel: True/1 inside the field of view, False/0
-        outside; intermediate values weight a pixel partially. ``None`` means
-        all pixels are valid, which is plain convolution normalized at the
-        image rectangle.
+        Any numeric dtype; it is not modified. Non-finite pixels (NaN, inf)
+        of a float image are invalid, as if outside the mask.
+    mask : (H, W) array_like or None
+        Weight of every pixel (see :func:`as_mask`): bool, 0/1 or 0/255
+        integers (inside / outside the field of view), or float weights in
+        ``[0, 1]`` that weight a pixel partially. ``None`` means all pixels
+        are valid, which is plain convolution normalized at the image
+        rectangle. An empty mask gives ``fill`` everywhere.
     kernel : Kernel or (kh, kw) array_like
         Odd sizes, finite, not all zero.
     min_weight : float
@@ -571,8 +624,6 @@ def masked_convolve(
     >>> round(float(out[1, 1]), 3)   # the zeros outside the mask do not leak in
     100.0
     """
-    if kernel is None:
-        raise ValueError("a kernel is required")
     k = as_kernel(kernel)
     img = _as_image(image)
     if img.ndim == 3 and img.shape[2] == 1:  # OpenCV drops singleton channels: go 2-D and back
@@ -582,12 +633,13 @@ def masked_convolve(
             return res[0][..., None], res[1]
         return res[..., None]
     shape = img.shape[:2]
+    if mask is not None:
+        mask = as_mask(mask, shape)
+    img, mask = _drop_nonfinite(img, mask)
     if mask is None:
         m, binary = np.ones(shape, np.uint8), None
         weighted = img
     else:
-        if np.shape(mask) != shape:
-            raise ValueError(f"mask shape {np.shape(mask)} does not match image shape {shape}")
         binary = _binary_u8(mask)
         m = _as_weights(mask, shape) if binary is None else None
         weighted = _masked_input(img, m, binary)
@@ -621,14 +673,14 @@ def masked_convolve(
     return out
 
 
-#: Normalization modes of :func:`masked_filter` (seed 000 and seed 001).
+#: Normalization modes of :func:`masked_filter` (the mask-convolution paper; Kang et al., weighted mask convolution).
 MODES = ("normalized", "partial", "weighted")
 
 
 def masked_filter(
     image,
-    mask=None,
-    kernel=None,
+    mask,
+    kernel,
     *,
     mode: str = "normalized",
     min_weight: float = DEFAULT_MIN_WEIGHT,
@@ -638,14 +690,14 @@ def masked_filter(
     """Masked filtering in one of three normalization modes, with the updated validity.
 
     ``"normalized"``
-        :func:`masked_convolve` (seed 000; signed kernels split into parts).
+        :func:`masked_convolve` (the mask-convolution paper; signed kernels split into parts).
         Validity: the certainty ``(M conv |K|) / sum(|K|)``.
     ``"partial"``
-        Partial convolution (seed 001, eq. 1-2): ``((P*M) conv K) * sum(1) / sum(M)``
+        Partial convolution (Kang et al., eq. 1-2): ``((P*M) conv K) * sum(1) / sum(M)``
         with the sums over the kernel's window; binary update: 1 where the
         window holds any valid pixel.
     ``"weighted"``
-        Weighted convolution (seed 001, eq. 1 and 3): the same output with a
+        Weighted convolution (Kang et al., eq. 1 and 3): the same output with a
         real-valued mask, and the real-valued update ``n = sum(M) / sum(1)``.
 
     Returns
@@ -663,6 +715,9 @@ def masked_filter(
     k = as_kernel(kernel)
     img = _as_float_image(image)
     shape = img.shape[:2]
+    if mask is not None:
+        mask = as_mask(mask, shape)
+    img, mask = _drop_nonfinite(img, mask)
     m = np.ones(shape, np.float32) if mask is None else _as_weights(mask, shape)
     if mode == "partial":
         m = (m > 0).astype(np.float32)

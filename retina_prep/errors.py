@@ -16,6 +16,7 @@ __all__ = [
     "OutputExistsError",
     "DatasetError",
     "ImageTooLargeError",
+    "ValueRangeError",
 ]
 
 
@@ -74,3 +75,7 @@ class ImageTooLargeError(ImageReadError):
     def __init__(self, message, path=None, *, pixels: int = 0, limit: int = 0):
         super().__init__(message, path)
         self.pixels, self.limit = pixels, limit
+
+
+class ValueRangeError(RetinaPrepError, ValueError):
+    """An image's values do not fit the value range assumed for its dtype (say the range)."""

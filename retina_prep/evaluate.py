@@ -270,6 +270,6 @@ def roc_figure(summary: dict, response: str, *, size: int = 420) -> np.ndarray:
         aucs = summary["auc"][method].get(response, {})
         text = f"{method}: {aucs.get('FOV', float('nan')):.3f} / {aucs.get('margin band', float('nan')):.3f}"
         cv2.putText(img, text, (lx + 36, ly + 5), font, 0.42, THEME["text"], 1, cv2.LINE_AA)
-    cv2.putText(img, "(seed 000, Fig. 5 style)", (lx, height - pad), font, 0.4, THEME["text"], 1,
+    cv2.putText(img, "(mask-convolution paper, Fig. 5 style)", (lx, height - pad), font, 0.4, THEME["text"], 1,
                 cv2.LINE_AA)
     return img

@@ -378,6 +378,9 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
     from .core import gaussian_kernel, masked_convolve  # core depends on nothing here
 
     img = np.asarray(image)
+    if img.ndim == 3 and img.shape[0] in (1, 3, 4) and img.shape[2] > 4:
+        raise ValueError(f"image shape {img.shape} looks channels-first; images are (H, W, C):"
+                         " use np.moveaxis(image, 0, -1)")
     if img.ndim == 3 and img.shape[-1] in (2, 4):
         img = img[..., :-1]
     if img.ndim not in (2, 3) or img.size == 0:

@@ -1,4 +1,4 @@
-"""Local illumination normalization (IN) of fundus images (seed 000, eq. 8-9).
+"""Local illumination normalization (IN) of fundus images (the mask-convolution paper, eq. 8-9).
 
 ``IN(I) = I - masked_local_mean(I) + I0``, channel by channel, with the local
 mean taken over field-of-view pixels only (masked convolution).
@@ -11,7 +11,8 @@ import math
 import cv2
 import numpy as np
 
-from .core import Kernel, box_kernel, gaussian_kernel, masked_convolve, set_where
+from .core import Kernel, as_mask, box_kernel, gaussian_kernel, masked_convolve, set_where
+from .errors import ValueRangeError
 from .fov import fov_diameter
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "local_mean",
     "normalize_illumination",
     "dtype_scale",
+    "image_range",
 ]
 
 #: Normalization methods: subtract the local mean, or standardize by the local std too.
@@ -47,7 +49,7 @@ AUTO_WINDOW_FRACTION = 0.04
 #: Default target level I0, in 8-bit units.
 DEFAULT_TARGET = 128.0
 
-#: sigma = size / GAUSSIAN_SIZE_PER_SIGMA when no sigma is given (seed 000: size 50, sigma 20).
+#: sigma = size / GAUSSIAN_SIZE_PER_SIGMA when no sigma is given (the mask-convolution paper: size 50, sigma 20).
 GAUSSIAN_SIZE_PER_SIGMA = 2.5
 
 
@@ -77,7 +79,7 @@ def make_kernel(kind: str = "mean", window: int = 51, sigma: float | None = None
     """The local-mean kernel: ``"mean"`` (box ``window x window``) or ``"gaussian"``.
 
     For ``"gaussian"`` the kernel is ``window`` pixels wide; ``sigma``
-    defaults to ``window / 2.5`` (seed 000's size 50, sigma 20).
+    defaults to ``window / 2.5`` (the mask-convolution paper's size 50, sigma 20).
     """
     if kind not in KERNELS:
         raise ValueError(f"unknown kernel {kind!r}; valid kernels: {', '.join(KERNELS)}")
@@ -91,11 +93,10 @@ def make_kernel(kind: str = "mean", window: int = 51, sigma: float | None = None
 
 
 def dtype_scale(dtype) -> float:
-    """Factor from 8-bit units to ``dtype`` units, and the dtype's value range.
+    """Factor from 8-bit units to ``dtype`` units.
 
     uint8: 1; uint16: 65535/255 = 257 (so I0 = 128 becomes 32896); other
-    integer types likewise ``max / 255``; float images are taken to be in
-    ``[0, 1]``: 1/255.
+    integer types likewise ``max / 255``; floats: 1/255 (values in ``[0, 1]``).
     """
     dt = np.dtype(dtype)
     if np.issubdtype(dt, np.integer):
@@ -103,34 +104,75 @@ def dtype_scale(dtype) -> float:
     return 1.0 / 255.0
 
 
-def _value_range(dtype) -> tuple[float, float]:
+def image_range(image, value_range=None) -> tuple[float, float]:
+    """The value range ``(lo, hi)`` that 8-bit units are scaled to for ``image``.
+
+    Without ``value_range``: uint8 ``(0, 255)``, uint16 ``(0, 65535)``, float
+    ``(0, 1)`` -- and then a float image's finite values must lie in
+    ``[0, 1]``; other dtypes (signed or 32/64-bit integers) need an explicit
+    range. With ``value_range=(lo, hi)`` any numeric image is accepted and
+    its values are taken to span ``lo..hi`` (e.g. ``(0, 255)`` for a float
+    image converted from 8 bits, ``(0, 4095)`` for 12-bit data in uint16).
+    """
+    img = np.asarray(image)
+    dt = img.dtype
+    if value_range is not None:
+        try:
+            lo, hi = (float(v) for v in value_range)
+        except (TypeError, ValueError):
+            raise ValueError(f"value_range must be two numbers (lo, hi), got {value_range!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+            raise ValueError(f"value_range must be finite with lo < hi, got {value_range!r}")
+        return lo, hi
+    if dt == np.uint8:
+        return 0.0, 255.0
+    if dt == np.uint16:
+        return 0.0, 65535.0
+    if np.issubdtype(dt, np.floating):
+        finite = img[np.isfinite(img)] if not np.isfinite(img.sum(dtype=np.float64)) else img
+        if finite.size and (float(finite.min()) < 0.0 or float(finite.max()) > 1.0):
+            raise ValueRangeError(
+                f"float image values span {float(finite.min()):g}..{float(finite.max()):g}, outside"
+                " [0, 1]; say what range they have, e.g. value_range=(0, 255)")
+        return 0.0, 1.0
+    raise ValueRangeError(f"{dt} images need an explicit value_range=(lo, hi); or convert the"
+                          " image to uint8, uint16 or float in [0, 1]")
+
+
+def _dtype_range(dtype) -> tuple[float, float]:
     dt = np.dtype(dtype)
+    if dt == np.bool_:
+        raise ValueError("cannot normalize into a boolean image")
     if np.issubdtype(dt, np.integer):
         info = np.iinfo(dt)
         return float(info.min), float(info.max)
     return 0.0, 1.0
 
 
-def local_mean(image, mask=None, *, kernel: Kernel, ignore_mask: bool = False, **kwargs):
+def local_mean(image, mask, *, kernel: Kernel, ignore_mask: bool = False,
+               fill: float | None = np.nan):
     """Masked local mean of ``image`` and its weight map.
 
     With ``ignore_mask=True`` the mask is not used: the mean is a plain
-    convolution over the whole image (seed 000's "IN without mask").
-    Returns ``(mean, weights)`` as float32 arrays.
+    convolution over the whole image (the mask-convolution paper's "IN
+    without mask"). ``fill`` is the value where no valid pixel is in the
+    window (see :func:`~retina_prep.core.masked_convolve`). Returns
+    ``(mean, weights)`` as float32 arrays.
     """
     m = None if ignore_mask else mask
-    return masked_convolve(image, m, kernel, return_weights=True, **kwargs)
+    return masked_convolve(image, m, kernel, return_weights=True, fill=fill)
 
 
 def normalize_illumination(
     image,
-    mask=None,
+    mask,
     *,
+    window=None,
     kernel: Kernel | None = None,
-    window=51,
     target: float = DEFAULT_TARGET,
     fill: float = 0.0,
     ignore_mask: bool = False,
+    value_range=None,
     output_dtype=None,
     method: str = "mean",
     scale: float = DEFAULT_SCALE,
@@ -138,32 +180,44 @@ def normalize_illumination(
 ) -> np.ndarray:
     """Local illumination normalization ``I - masked_local_mean(I) + I0``.
 
-    With ``method="standardize"``, masked local standardization (seed 001,
-    eq. 4-7): ``I0 + scale * (I - mu_M) / max(sigma_M, std_floor)``, with
-    ``mu_M`` and ``sigma_M`` the mask-weighted local mean and standard
-    deviation over the same window, ``sigma_M**2 = E_M(I**2) - mu_M**2``
-    (the simplified variance of eq. 6-7).
+    With ``method="standardize"``, masked local standardization (the
+    weighted-mask convolution paper, eq. 4-7): ``I0 + scale * (I - mu_M) /
+    max(sigma_M, std_floor)``, with ``mu_M`` and ``sigma_M`` the
+    mask-weighted local mean and standard deviation over the same window,
+    ``sigma_M**2 = E_M(I**2) - mu_M**2`` (the simplified variance of eq. 6-7).
 
     Parameters
     ----------
     image : (H, W) or (H, W, C) ndarray
-        uint8, uint16 or float (taken to be in [0, 1]); not modified.
-    mask : (H, W) bool or float ndarray, optional
-        Field of view. ``None``: the whole image.
+        uint8, uint16, or float in [0, 1]; other ranges and dtypes with
+        ``value_range``. Not modified. With 4 channels the last is alpha:
+        copied through unchanged. Non-finite pixels (NaN, inf) of a float
+        image count as outside the field of view: they get ``fill`` and do
+        not enter any local mean.
+    mask : (H, W) ndarray or None
+        Field of view: bool, 0/1 or 0/255 integers, or float weights in
+        [0, 1] (see :func:`~retina_prep.core.as_mask`). ``None``: the whole
+        image. An empty mask raises ``ValueError``.
+    window : int or "auto", optional
+        Box size in pixels (odd), or ``"auto"`` (a fraction of the FOV
+        diameter, the default). Give ``window`` or ``kernel``, not both.
     kernel : Kernel, optional
-        Local-mean kernel; by default a box of ``window`` pixels.
-    window : int or "auto"
-        Box size when ``kernel`` is not given.
+        Local-mean kernel, e.g. ``make_kernel("gaussian", 51)``.
     target : float
-        I0 in 8-bit units; scaled by :func:`dtype_scale` for other dtypes
-        (128 -> 32896 for uint16, 0.502 for float).
+        I0 in 8-bit units, scaled to the value range (128 -> 32896 for
+        uint16, 0.502 for float).
     fill : float
         Output value outside the field of view, in 8-bit units (scaled too).
     ignore_mask : bool
         Compute the local mean by plain convolution over the whole image
         (the halo-prone "IN without mask"). The output is still cut to the FOV.
+    value_range : (lo, hi), optional
+        The values the image spans (see :func:`value_range`); the output
+        keeps it when ``output_dtype`` is not given.
     output_dtype : dtype, optional
-        Defaults to the input dtype. The result is clipped to its range.
+        Defaults to the input dtype (and range). Another dtype gets its
+        natural range (uint8 0..255, uint16 0..65535, float 0..1). The
+        result is clipped to the output range.
     method : {"mean", "standardize"}
     scale, std_floor : float
         For ``standardize``, in 8-bit units (scaled like ``target``).
@@ -178,31 +232,51 @@ def normalize_illumination(
     Integer outputs are rounded to the nearest integer.
     """
     img = np.asarray(image)
-    if mask is not None:
-        mask = np.asarray(mask)
-    if kernel is None:
-        kernel = make_kernel("mean", resolve_window(window, mask))
-    out_dtype = np.dtype(output_dtype) if output_dtype is not None else img.dtype
-    if out_dtype == np.bool_:
-        raise ValueError("cannot normalize into a boolean image")
-    in_scale = dtype_scale(img.dtype)
-    out_scale = dtype_scale(out_dtype)
-
+    if img.ndim == 3 and img.shape[2] == 4:  # RGBA: alpha is not image data
+        rgb = normalize_illumination(
+            img[..., :3], mask, window=window, kernel=kernel, target=target, fill=fill,
+            ignore_mask=ignore_mask, value_range=value_range, output_dtype=output_dtype,
+            method=method, scale=scale, std_floor=std_floor)
+        return np.dstack([rgb, img[..., 3:].astype(rgb.dtype, copy=False)])
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    if img.ndim not in (2, 3) or img.size == 0:
+        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {img.shape}")
+    if mask is not None:
+        mask = as_mask(mask, img.shape[:2])
+        if not mask.any():
+            raise ValueError("the mask is empty: no pixel inside the field of view")
+    if kernel is not None and window is not None:
+        raise ValueError("give window or kernel, not both")
+    if kernel is None:
+        kernel = make_kernel("mean", resolve_window("auto" if window is None else window, mask))
+    in_lo, in_hi = image_range(img, value_range)
+    if output_dtype is None:
+        out_dtype, (out_lo, out_hi) = img.dtype, (in_lo, in_hi)
+        if not (np.issubdtype(out_dtype, np.integer) or np.issubdtype(out_dtype, np.floating)):
+            out_dtype = np.dtype(np.float32)
+    else:
+        out_dtype = np.dtype(output_dtype)
+        out_lo, out_hi = _dtype_range(out_dtype)
+    in_scale = (in_hi - in_lo) / 255.0
+    out_scale = (out_hi - out_lo) / 255.0
+
     # pixels with no valid neighbour lie outside the FOV and are overwritten below
     mean, _ = local_mean(img, mask, kernel=kernel, ignore_mask=ignore_mask, fill=None)
-    inside = None if mask is None else (mask if mask.dtype == np.bool_ else mask > 0)
+    inside = None if mask is None else mask > 0
+    if not np.issubdtype(img.dtype, np.integer) and not np.isfinite(img.sum(dtype=np.float64)):
+        finite = np.isfinite(img) if img.ndim == 2 else np.isfinite(img).all(axis=2)
+        inside = finite if inside is None else inside & finite
+    natural = (in_lo, in_hi) == _dtype_range(img.dtype)
     if (method == "mean" and out_dtype == img.dtype and img.dtype in (np.uint8, np.uint16)
-            and mean.shape == img.shape):
+            and natural and (out_lo, out_hi) == (in_lo, in_hi) and mean.shape == img.shape):
         # fast path: one OpenCV pass computes I - mean + I0, rounds and saturates
         out = cv2.addWeighted(img, 1.0, mean, -1.0, float(target * in_scale),
                               dtype=cv2.CV_8U if img.dtype == np.uint8 else cv2.CV_16U)
         if out.shape != img.shape:
             out = out.reshape(img.shape)
         if inside is not None:
-            out = set_where(out, ~inside, float(np.clip(round(fill * out_scale),
-                                                        *_value_range(out_dtype))))
+            out = set_where(out, ~inside, float(np.clip(round(fill * out_scale), out_lo, out_hi)))
         return out
     out = img.astype(np.float32)
     if method == "standardize":
@@ -218,13 +292,13 @@ def normalize_illumination(
         out *= np.float32(scale * in_scale) / std
     else:
         out -= mean
-    out += np.float32(target * in_scale)
+    # out is a deviation in input units: to 8-bit units, then to the output range
     if out_scale != in_scale:
         out *= np.float32(out_scale / in_scale)
-    lo, hi = _value_range(out_dtype)
-    np.clip(out, lo, hi, out=out)
+    out += np.float32(out_lo + target * out_scale)
+    np.clip(out, out_lo, out_hi, out=out)
     if inside is not None:
-        out[~inside] = fill * out_scale
+        out[~inside] = np.clip(out_lo + fill * out_scale, out_lo, out_hi)
     if np.issubdtype(out_dtype, np.integer):
         np.rint(out, out=out)
     return out.astype(out_dtype, copy=False)

@@ -92,6 +92,7 @@ class NormalizeSettings:
     overwrite: bool = False
     method: str = "mean"
     scale: float = DEFAULT_SCALE
+    value_range: tuple[float, float] | None = None  # None: the dtype's range
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -231,6 +232,7 @@ def _run_normalize(image, mask, kernel: Kernel, settings: NormalizeSettings, ign
     return normalize_illumination(
         image, mask, kernel=kernel, target=settings.target, fill=settings.fill,
         ignore_mask=ignore_mask, method=settings.method, scale=settings.scale,
+        value_range=settings.value_range,
     )
 
 

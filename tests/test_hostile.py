@@ -222,3 +222,34 @@ def test_write_outputs_is_all_or_nothing(tmp_path):
     with pytest.raises(OSError):
         write_outputs([(tmp_path / "a.bin", b"a"), (tmp_path / "c.bin", b"c")], overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.bin"]
+
+
+def test_float_tiff_out_of_range_and_nan(tmp_path):
+    """A float TIFF in 8-bit units is refused with advice; with --value-range it matches uint8,
+    and NaN pixels are treated as outside the field of view (no spreading)."""
+    from retina_prep.io import write_image
+
+    mask = make_image(tmp_path / "u" / "a.png")
+    img = read_image(tmp_path / "u" / "a.png")
+    f = img.astype(np.float32)
+    f[60:63, 50:53] = np.nan
+    write_image(tmp_path / "f" / "a.tif", f)
+    r = invoke("normalize", tmp_path / "f" / "a.tif", "-o", tmp_path / "out_f", "--auto-mask")
+    assert r.exit_code == 1
+    errs = error_lines(r.output)
+    assert len(errs) == 1 and "a.tif" in errs[0] and "--value-range 0,255" in errs[0]
+    assert not list((tmp_path / "out_f").glob("*.tif"))
+    ref = tmp_path / "ref"
+    assert invoke("normalize", tmp_path / "u" / "a.png", "-o", ref, "--auto-mask").exit_code == 0
+    r = invoke("normalize", tmp_path / "f" / "a.tif", "-o", tmp_path / "out_f", "--auto-mask",
+               "--value-range", "0,255", "--format", "tif")
+    assert r.exit_code == 0, r.output
+    out = read_image(tmp_path / "out_f" / "a.tif")
+    want = read_image(ref / "a.png").astype(np.float32)  # the output keeps the range 0..255
+    assert np.isfinite(out).all()
+    assert (out[60:63, 50:53] == 0).all()
+    far = np.ones(mask.shape, bool)
+    far[45:78, 35:68] = False  # beyond a window of the NaN block the result is the same
+    inside = far & (want.max(axis=-1) > 0) & (out.max(axis=-1) > 0)
+    assert inside.sum() > 1000
+    assert np.abs(out - want)[inside].max() <= 0.5 + 1e-3  # the PNG is the same value rounded

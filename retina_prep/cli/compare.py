@@ -1,4 +1,4 @@
-"""retina-prep compare: seed 000's comparison figures for any kernel."""
+"""retina-prep compare: the mask-convolution paper's comparison figures for any kernel."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode,
             max_pixels, batch, quiet):
     """Comparison figures: what the mask changes at the FOV margin.
 
-    By default seed 000's Fig. 7-9 for the chosen kernel: original | filtered on a
+    By default the mask-convolution paper's Fig. 7-9 for the chosen kernel: original | filtered on a
     black background | on a white background | mask convolution; with
     --normalize, Fig. 4. Every column gets the same zoomed inset and a profile
     across the margin.

@@ -18,7 +18,9 @@ from ..pipeline import (
     normalize_outputs,
     normalize_pair,
 )
+from ..normalize import DEFAULT_SCALE, DEFAULT_TARGET, KERNELS, METHODS
 from .options import (
+    RangeType,
     WindowType,
     format_opt,
     mask_options,
@@ -50,7 +52,7 @@ Examples:
 )
 @click.option(
     "--kernel",
-    type=click.Choice(["mean", "gaussian"]),
+    type=click.Choice(KERNELS),
     default="mean",
     show_default=True,
     help="Local-mean kernel: a box (mean) or a Gaussian truncated to the window.",
@@ -63,23 +65,23 @@ Examples:
 )
 @click.option(
     "--method",
-    type=click.Choice(["mean", "standardize"]),
+    type=click.Choice(METHODS),
     default="mean",
     show_default=True,
-    help="'mean': I - mean + I0 (seed 000). 'standardize': I0 + scale * (I - mean) / local std"
-    " (seed 001's mask-weighted statistics).",
+    help="'mean': I - mean + I0 (the mask-convolution paper). 'standardize': I0 + scale * (I - mean) / local std"
+    " (mask-weighted statistics, Kang et al.).",
 )
 @click.option(
     "--scale",
     type=click.FloatRange(min=0, min_open=True),
-    default=32.0,
+    default=DEFAULT_SCALE,
     show_default=True,
     help="With --method standardize: gray levels (8-bit units) per local standard deviation.",
 )
 @click.option(
     "--target",
     type=float,
-    default=128.0,
+    default=DEFAULT_TARGET,
     show_default=True,
     help="I0, the level the local mean is moved to, in 8-bit units (x257 for 16-bit images).",
 )
@@ -89,6 +91,13 @@ Examples:
     default=0.0,
     show_default=True,
     help="Value outside the FOV, in 8-bit units.",
+)
+@click.option(
+    "--value-range",
+    type=RangeType(),
+    default=None,
+    help="The values the images span, e.g. 0,255 for float TIFFs in 8-bit units or 0,4095 for"
+    " 12-bit data [default: the dtype's: 0..255, 0..65535, float 0..1].",
 )
 @click.option(
     "--ignore-mask",
@@ -107,13 +116,13 @@ Examples:
     "--panels-compare",
     is_flag=True,
     default=False,
-    help="Panels with three columns, as seed 000's Fig. 4: without IN | IN without mask | IN with mask.",
+    help="Panels with three columns, as the mask-convolution paper's Fig. 4: without IN | IN without mask | IN with mask.",
 )
 @format_opt
 @run_options
 @click.pass_context
 def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
-              window, kernel, sigma, method, scale, target, fill, ignore_mask, panels_dir,
+              window, kernel, sigma, method, scale, target, fill, value_range, ignore_mask, panels_dir,
               panels_compare, fmt, overwrite, max_pixels, batch, quiet):
     """Flatten uneven illumination: I - masked local mean + I0, per channel.
 
@@ -128,7 +137,7 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
         settings = NormalizeSettings(
             window=window, kernel=kernel, sigma=sigma, target=target, fill=fill,
             ignore_mask=ignore_mask, format=fmt, overwrite=overwrite, method=method,
-            scale=scale,
+            scale=scale, value_range=value_range,
         )
         mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
                                      max_pixels=max_pixels)

@@ -29,6 +29,25 @@ class WindowType(click.ParamType):
             self.fail(f"{value!r} is not an odd number of pixels >= 1 or 'auto'", param, ctx)
 
 
+class RangeType(click.ParamType):
+    """``LO,HI``: two numbers with LO < HI."""
+
+    name = "LO,HI"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (tuple, list)):
+            parts = list(value)
+        else:
+            parts = str(value).split(",")
+        try:
+            lo, hi = (float(v) for v in parts)
+        except (ValueError, TypeError):
+            self.fail(f"{value!r} is not two numbers LO,HI", param, ctx)
+        if not (lo < hi and abs(lo) < float("inf") and abs(hi) < float("inf")):
+            self.fail(f"{value!r}: LO must be below HI, both finite", param, ctx)
+        return (lo, hi)
+
+
 class ErodeType(click.ParamType):
     """A number of pixels >= 0, or ``auto``."""
 

@@ -41,6 +41,9 @@ def cli_wording(result: Result) -> str:
     err = result.error or ""
     if result.error_kind == "ImageTooLargeError":
         return err.replace("(raise max_pixels if", "(raise it with --max-pixels if")
+    if result.error_kind == "ValueRangeError":
+        return err.replace("value_range=(lo, hi)", "--value-range LO,HI").replace(
+            "value_range=(0, 255)", "--value-range 0,255")
     hint = _HINTS.get(result.error_kind or "")
     return err + hint if hint else err
 
