@@ -127,6 +127,16 @@ def _exit_quietly(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def _run_in_worker(step, pair) -> Result:
+    """:func:`run_one` in a pool worker. A SIGTERM (or the parent's death) unwinds the step, so
+    atomic writes remove their temporaries, and then ends the process: the pool machinery would
+    otherwise catch the SystemExit and keep the worker alive."""
+    try:
+        return run_one(step, pair)
+    except SystemExit as exc:
+        os._exit(exc.code if isinstance(exc.code, int) else 1)
+
+
 def _forkserver_init():  # pragma: no cover - runs in the fork server
     _die_with_parent()
 
@@ -164,14 +174,14 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
         futures = deque()
         it = iter(pairs)
         for pair in it:
-            futures.append(pool.submit(run_one, step, pair))
+            futures.append(pool.submit(_run_in_worker, step, pair))
             if len(futures) >= window:
                 break
         while futures:
             result = futures.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                futures.append(pool.submit(run_one, step, nxt))
+                futures.append(pool.submit(_run_in_worker, step, nxt))
             yield result
     except BaseException:
         for f in futures:

@@ -253,3 +253,113 @@ def test_float_tiff_out_of_range_and_nan(tmp_path):
     inside = far & (want.max(axis=-1) > 0) & (out.max(axis=-1) > 0)
     assert inside.sum() > 1000
     assert np.abs(out - want)[inside].max() <= 0.5 + 1e-3  # the PNG is the same value rounded
+
+
+def test_library_noise_is_silenced_one_line_per_file(tmp_path):
+    """Truncated PNG/TIFF make OpenCV log [WARN]/[ERROR] lines on the C level: a real process."""
+    import cv2
+
+    good = make_image(tmp_path / "in" / "ok.png")
+    data = cv2.imencode(".tif", (good * 200).astype(np.uint8))[1].tobytes()
+    (tmp_path / "in" / "w.tif").write_bytes(data[:300])
+    (tmp_path / "in" / "t.png").write_bytes((tmp_path / "in" / "ok.png").read_bytes()[:3000])
+    proc = subprocess.run([sys.executable, "-m", "retina_prep", "normalize", str(tmp_path / "in"),
+                           "-o", str(tmp_path / "out"), "--auto-mask", "-j", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert len(error_lines(proc.stderr)) == 2, proc.stderr
+    assert all(line.startswith(("error:", "normalize:")) for line in lines), proc.stderr
+
+
+def _run_processes(marker: str) -> list[int]:
+    """PIDs of live processes whose environment holds ``marker`` (the run and all it started)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                env = fh.read()
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                state = fh.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in env and state != b"Z":
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", ["kill9-main", "term-group", "int-group"])
+def test_no_process_of_a_run_survives(tmp_path, how):
+    import signal
+    import time
+    import uuid
+
+    from retina_prep.io import write_image
+    from retina_prep.synthetic import synthetic_fundus
+
+    for i in range(12):
+        write_image(tmp_path / "in" / f"{i:02d}.png", synthetic_fundus((700, 760), seed=i).image)
+    marker = f"RP_TEST_{uuid.uuid4().hex}"
+    env = {**os.environ, marker: "1"}
+    with open(tmp_path / "stdout", "wb") as out, open(tmp_path / "stderr", "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "retina_prep", "normalize",
+                                 str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--auto-mask",
+                                 "-j", "2"], stdout=out, stderr=err, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_run_processes(marker)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the pool is up
+        time.sleep(0.3)
+        if how == "kill9-main":
+            proc.kill()
+        else:  # a group signal, as a terminal's Ctrl-C or a scheduler's SIGTERM sends
+            os.killpg(proc.pid, signal.SIGTERM if how == "term-group" else signal.SIGINT)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while _run_processes(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _run_processes(marker) == []
+        assert not list((tmp_path / "out").glob(".retina-prep-tmp-*"))
+        if how != "kill9-main":
+            assert proc.returncode == 130
+            lines = (tmp_path / "stderr").read_text().splitlines()
+            assert len(lines) == 1 and "interrupted" in lines[0], lines
+    finally:
+        for pid in _run_processes(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("target = [1, 2]", "single value"),
+    ("mask = 5", "mask"),
+    ("window = 1e400", "window"),
+    ("overwrite = \"yes\"", "true or false"),
+    ("[filter]\nbogus = 1", "unknown key 'bogus' in [filter]"),
+    ("[nonsense]\nx = 1", "unknown table"),
+])
+def test_config_values_of_the_wrong_type_are_usage_errors(tmp_path, text, needle):
+    make_image(tmp_path / "in" / "a.png")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text + "\n")
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "out", "--config", cfg)
+    assert r.exit_code == 2, r.output
+    assert needle in r.output and "Traceback" not in r.output
+
+
+def test_config_not_utf8_is_a_usage_error(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_bytes(b"\xff\xfe = 1\n")
+    r = invoke("normalize", tmp_path, "-o", tmp_path / "out", "--config", cfg)
+    assert r.exit_code == 2 and "not a valid TOML file" in r.output
+
+
+def test_other_commands_table_is_accepted_when_valid(tmp_path):
+    make_image(tmp_path / "in" / "a.png")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[filter]\nsize = 5\n[normalize]\nwindow = 11\n")
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "out", "--config", cfg, "--auto-mask")
+    assert r.exit_code == 0, r.output

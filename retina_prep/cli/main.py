@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import click
+import cv2
 
 from .. import __version__
 from .bench import bench
@@ -25,6 +29,16 @@ def cli():
       retina-prep normalize sample_data -o out
       retina-prep mask photos/ -o masks --sheet masks/sheet.png
     """
+    _silence_libraries()
+
+
+def _silence_libraries() -> None:
+    """One line per file: OpenCV's [WARN]/[ERROR] log lines and library warnings are not shown
+    (the error they lead to is). Worker processes inherit it through the environment."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    warnings.simplefilter("ignore")
 
 
 cli.add_command(normalize)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ class WindowType(click.ParamType):
             return "auto"
         try:
             return resolve_window(value)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             self.fail(f"{value!r} is not an odd number of pixels >= 1 or 'auto'", param, ctx)
 
 
@@ -75,27 +76,29 @@ def _load_config(ctx: click.Context, param, value):
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise click.BadParameter(f"{path}: no such file", ctx, param) from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise click.BadParameter(f"{path}: not a valid TOML file ({exc})", ctx, param) from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise click.BadParameter(f"{path}: not a valid TOML file ({reason})", ctx, param) from None
     cmd = ctx.command.name
+    commands = _known_commands(ctx)
     settings = {k: v for k, v in data.items() if not isinstance(v, dict)}
     for table, values in data.items():
         if isinstance(values, dict):
             if table.replace("-", "_") != cmd:
-                # a table for another command is fine; anything else is not
-                if table not in _known_commands(ctx):
-                    raise click.BadParameter(
-                        f"{path}: unknown table [{table}]", ctx, param
-                    )
+                # a table for another command is checked against that command's options
+                other = commands.get(table) or commands.get(table.replace("_", "-"))
+                if other is None:
+                    raise click.BadParameter(f"{path}: unknown table [{table}]", ctx, param)
+                other_names = _option_names(other)
+                for key in values:
+                    if key.replace("-", "_") not in other_names:
+                        raise click.BadParameter(
+                            f"{path}: unknown key {key!r} in [{table}]", ctx, param)
                 continue
             settings.update(values)
     # keys are the options' long names (with dashes or underscores)
-    names = {}
-    for p in ctx.command.params:
-        if isinstance(p, click.Option) and p.name not in ("config", "help"):
-            for opt in p.opts + p.secondary_opts:
-                if opt.startswith("--"):
-                    names[opt[2:].replace("-", "_")] = p.name
+    names = _option_names(ctx.command)
+    params = {p.name: p for p in ctx.command.params}
     default_map = {}
     for key, v in settings.items():
         name = key.replace("-", "_")
@@ -104,14 +107,45 @@ def _load_config(ctx: click.Context, param, value):
             raise click.BadParameter(
                 f"{path}: unknown key {key!r} for '{cmd}'; valid keys: {valid}", ctx, param
             )
+        _check_value(params[names[name]], key, v, path, ctx, param)
         default_map[names[name]] = v
     ctx.default_map = {**(ctx.default_map or {}), **default_map}
     return path
 
 
-def _known_commands(ctx: click.Context):
+def _option_names(command: click.Command) -> dict:
+    """Config key (long option name, underscores) -> parameter name."""
+    names = {}
+    for p in command.params:
+        if isinstance(p, click.Option) and p.name not in ("config", "help"):
+            for opt in p.opts + p.secondary_opts:
+                if opt.startswith("--"):
+                    names[opt[2:].replace("-", "_")] = p.name
+    return names
+
+
+def _check_value(option: click.Parameter, key, value, path, ctx, param) -> None:
+    """A config value must have the option's type: a usage error naming the key otherwise."""
+    if isinstance(value, dict):
+        raise click.BadParameter(f"{path}: {key} = {value!r} must be a single value", ctx, param)
+    if isinstance(value, (_dt.date, _dt.time)):
+        raise click.BadParameter(f"{path}: {key} = {value!r} is a date, not an option value",
+                                 ctx, param)
+    if getattr(option, "is_flag", False) and not isinstance(value, bool):
+        raise click.BadParameter(f"{path}: {key} must be true or false, got {value!r}", ctx, param)
+    try:
+        option.type_cast_value(ctx, value)
+    except click.BadParameter:
+        pass  # Click reports it (naming the option) if the value is used: a flag may override it
+    except (TypeError, ValueError, OverflowError):
+        what = "must be a single value" if isinstance(value, list) else \
+            f"is not a valid {option.type.name}"
+        raise click.BadParameter(f"{path}: {key} = {value!r} {what}", ctx, param) from None
+
+
+def _known_commands(ctx: click.Context) -> dict:
     root = ctx.find_root().command
-    return set(getattr(root, "commands", {}) or {})
+    return dict(getattr(root, "commands", {}) or {})
 
 
 config_opt = click.option(
