@@ -363,3 +363,37 @@ def test_other_commands_table_is_accepted_when_valid(tmp_path):
     cfg.write_text("[filter]\nsize = 5\n[normalize]\nwindow = 11\n")
     r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "out", "--config", cfg, "--auto-mask")
     assert r.exit_code == 0, r.output
+
+
+def test_unreadable_input_even_as_root(tmp_path, monkeypatch):
+    """Root reads every file, so the permission error is injected where the file is read."""
+    from pathlib import Path
+
+    make_image(tmp_path / "in" / "a.png")
+    make_image(tmp_path / "in" / "b.png")
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        if self.name == "a.png" and "in" in self.parts:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "o", "--auto-mask", "-j", "1")
+    assert r.exit_code == 1
+    errs = error_lines(r.output)
+    assert len(errs) == 1 and "a.png" in errs[0] and "permission denied" in errs[0]
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == ["b.png"]
+
+
+def test_unwritable_output_folder_even_as_root(tmp_path, monkeypatch):
+    """An output folder the process may not write to stops the run with one line (exit 1)."""
+    make_image(tmp_path / "x.png")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if (
+        str(p) == str(ro) and mode & os.W_OK) else real(p, mode, **kw))
+    r = invoke("normalize", tmp_path / "x.png", "-o", ro, "--auto-mask")
+    assert r.exit_code == 1 and "not writable" in r.output
+    assert list(ro.iterdir()) == []
