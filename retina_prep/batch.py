@@ -13,10 +13,10 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import cv2
 
@@ -171,7 +171,7 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
                                initializer=_worker_init)
     try:
         window = 4 * jobs  # a bounded number of tasks in flight keeps memory flat
-        futures = deque()
+        futures: deque = deque()
         it = iter(pairs)
         for pair in it:
             futures.append(pool.submit(_run_in_worker, step, pair))

@@ -129,8 +129,8 @@ def batch_row(drive_root: Path | None = None, n_generated: int = 40):
     from .io import encode_image, read_image, read_mask
     from .pipeline import NormalizeSettings, normalize_pair
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmpname:
+        tmp = Path(tmpname)
         if drive_root is not None and (drive_root / "training" / "images").is_dir():
             source, pairs = f"DRIVE ({drive_root})", find_pairs([drive_root])
         else:

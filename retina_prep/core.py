@@ -122,21 +122,21 @@ class Kernel:
     def is_nonnegative(self) -> bool:
         return bool(np.all(self.array >= 0))
 
-    def positive(self) -> "Kernel":
+    def positive(self) -> Kernel:
         """K+ = max(K, 0)."""
         return as_kernel(np.maximum(self.array, 0.0))
 
-    def negative(self) -> "Kernel":
+    def negative(self) -> Kernel:
         """K- = max(-K, 0), so that K = K+ - K-."""
         return as_kernel(np.maximum(-self.array, 0.0))
 
-    def absolute(self) -> "Kernel":
+    def absolute(self) -> Kernel:
         """|K|, whose normalized convolution with M is the certainty map."""
         return self if self.is_nonnegative else as_kernel(np.abs(self.array))
 
 
 def box_kernel(size: int) -> Kernel:
-    """Mean filter of ``size x size`` pixels (the mask-convolution paper, eq. 9): all weights ``1/size**2``."""
+    """Mean filter of ``size x size`` pixels (the mask-convolution paper, eq. 9): weights ``1/size**2``."""
     size = _odd_size(size, "box size")
     w = 1.0 / (size * size)
     one = np.full(size, 1.0 / size)
@@ -334,6 +334,7 @@ def _filter_cv(src: np.ndarray, k: Kernel, path: str) -> np.ndarray:
     if path == "cascade":
         # pad by the cascade's radius so every pass sees the zeros outside the image
         # like one convolution would (per-pass cropping would change the kernel at the border)
+        assert k.passes is not None
         r = sum(w // 2 for w in k.passes)
         out = cv2.copyMakeBorder(src, r, r, r, r, cv2.BORDER_CONSTANT, value=0)
         scale = 1.0
@@ -345,6 +346,7 @@ def _filter_cv(src: np.ndarray, k: Kernel, path: str) -> np.ndarray:
         out *= np.float32(scale * k.total)
         return out
     if path == "separable":
+        assert k.factors is not None
         ky, kx = k.factors
         # convolution = correlation with the flipped kernel; centre anchors stay.
         return cv2.sepFilter2D(
@@ -424,7 +426,7 @@ def _binary_u8(mask) -> np.ndarray | None:
     return None
 
 
-def _as_weights(mask, shape: tuple[int, int]) -> np.ndarray:
+def _as_weights(mask, shape: tuple[int, int] | None) -> np.ndarray:
     return as_mask(mask, shape).astype(np.float32, copy=False)
 
 
@@ -475,7 +477,7 @@ def mask_weights(mask, kernel, *, path: str = "auto") -> np.ndarray:
     holds no valid pixel.
     """
     k = as_kernel(kernel)
-    m = _as_weights(mask, None)
+    m = as_mask(mask).astype(np.float32, copy=False)
     a = k.absolute()
     return _weights(m, a, _pick_path(a, path))
 
@@ -516,12 +518,13 @@ def _divide_by(num: np.ndarray, weights: np.ndarray, scale: float, min_weight: f
 
 
 def _masked_input(image: np.ndarray, m: np.ndarray, binary: np.ndarray | None) -> np.ndarray:
-    """P * M: for a binary mask, zero the outside in the image's own dtype (fast); else float32."""
+    """P * M (``m`` the weights; ``binary`` the same as 0/1 bytes when the mask is boolean):
+    for a binary mask, zero the outside in the image's own dtype (fast); else float32."""
     if binary is not None and image.dtype in (np.uint8, np.uint16, np.float32) and (
             image.ndim == 2 or 2 <= image.shape[2] <= 4):
         return cv2.bitwise_and(image, image, mask=binary)
     img = image.astype(np.float32, copy=False)
-    mm = (binary if m is None else m).astype(np.float32, copy=False)
+    mm = m.astype(np.float32, copy=False)
     return img * (mm[..., None] if img.ndim == 3 else mm)
 
 
@@ -559,7 +562,7 @@ def masked_convolve(
     kernel,
     *,
     min_weight: float = DEFAULT_MIN_WEIGHT,
-    fill: float = np.nan,
+    fill: float | None = np.nan,
     path: str = "auto",
     return_weights: bool = False,
 ):
@@ -636,15 +639,15 @@ def masked_convolve(
     if mask is not None:
         mask = as_mask(mask, shape)
     img, mask = _drop_nonfinite(img, mask)
+    m: np.ndarray
     if mask is None:
-        m, binary = np.ones(shape, np.uint8), None
+        m = np.ones(shape, np.uint8)
         weighted = img
     else:
         binary = _binary_u8(mask)
-        m = _as_weights(mask, shape) if binary is None else None
+        # OpenCV filters 0/1 bytes faster than floats, exactly
+        m = binary if binary is not None else _as_weights(mask, shape)
         weighted = _masked_input(img, m, binary)
-        if binary is not None:
-            m = binary  # OpenCV filters 0/1 bytes faster than floats, exactly
 
     if k.is_nonnegative:
         p = _pick_path(k, path)
@@ -673,7 +676,7 @@ def masked_convolve(
     return out
 
 
-#: Normalization modes of :func:`masked_filter` (the mask-convolution paper; Kang et al., weighted mask convolution).
+#: Normalization modes of :func:`masked_filter` (the mask-convolution paper; Kang et al.).
 MODES = ("normalized", "partial", "weighted")
 
 
@@ -684,7 +687,7 @@ def masked_filter(
     *,
     mode: str = "normalized",
     min_weight: float = DEFAULT_MIN_WEIGHT,
-    fill: float = np.nan,
+    fill: float | None = np.nan,
     path: str = "auto",
 ):
     """Masked filtering in one of three normalization modes, with the updated validity.

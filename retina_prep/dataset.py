@@ -235,6 +235,7 @@ def find_pairs(
         raise DatasetError("no images to process (mask and label files are never taken as images)")
     found = _unique(found)
     pairs = []
+    m: Path | None
     for img, root in found:
         if mask is not None:
             m, src = Path(mask), "given"

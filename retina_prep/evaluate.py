@@ -7,6 +7,7 @@ command read files and write reports.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -206,7 +207,8 @@ def summarize(evaluations, methods=tuple(METHODS)) -> dict:
     """
     evaluations = list(evaluations)
     labels = [f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">{lo:g}" for lo, hi in BANDS]
-    out = {"bands": labels, "bias": {}, "edge_interior": {}, "auc": {}, "roc": {}, "pixels": {}}
+    out: dict[str, Any] = {"bands": labels, "bias": {}, "edge_interior": {}, "auc": {}, "roc": {},
+                           "pixels": {}}
     for method in methods:
         sums = sum(e.bias_sums[method] for e in evaluations)
         counts = sum(e.bias_counts[method] for e in evaluations)
@@ -270,6 +272,6 @@ def roc_figure(summary: dict, response: str, *, size: int = 420) -> np.ndarray:
         aucs = summary["auc"][method].get(response, {})
         text = f"{method}: {aucs.get('FOV', float('nan')):.3f} / {aucs.get('margin band', float('nan')):.3f}"
         cv2.putText(img, text, (lx + 36, ly + 5), font, 0.42, THEME["text"], 1, cv2.LINE_AA)
-    cv2.putText(img, "(mask-convolution paper, Fig. 5 style)", (lx, height - pad), font, 0.4, THEME["text"], 1,
-                cv2.LINE_AA)
+    cv2.putText(img, "(mask-convolution paper, Fig. 5 style)", (lx, height - pad), font, 0.4,
+                THEME["text"], 1, cv2.LINE_AA)
     return img

@@ -7,6 +7,8 @@ filtering differ, can be seen.
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -15,7 +17,7 @@ __all__ = [
 ]
 
 #: Colours (RGB) and proportions of every figure.
-THEME = {
+THEME: dict[str, Any] = {
     "background": (255, 255, 255),
     "text": (20, 20, 20),
     "contour": (0, 200, 255),
@@ -239,6 +241,7 @@ def panel(columns, *, mask=None, contour: bool = True, inset=None, profile: bool
         out[pad:pad + title_h, x0:x0 + w] = _title(t, w, title_h)
         out[pad + title_h:pad + title_h + h, x0:x0 + w] = shown
     if profile:
+        assert line is not None  # a profile is drawn along the inset's line
         grays = [_gray(im) for _, im in cols]
         strip = _profile_strip(grays, [t for t, _ in cols], line[0], line[1], mask,
                                width - 2 * pad, prof_h)

@@ -240,7 +240,8 @@ class FovEstimate:
 LOW_CONFIDENCE = 0.85
 
 
-def estimate_fov(image, *, edge_fraction: float = EDGE_FRACTION, threshold: float | None = None) -> np.ndarray:
+def estimate_fov(image, *, edge_fraction: float = EDGE_FRACTION,
+                 threshold: float | None = None) -> np.ndarray:
     """Estimate the field-of-view mask of a fundus photograph from the image alone.
 
     The mask of :func:`fov_estimate`; see there for the method.
@@ -441,7 +442,6 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
     tol = max(1.5, 0.006 * ss)
     yy, xx = np.ogrid[0:small.shape[0], 0:small.shape[1]]
     circle = residual = None
-    on_circle = np.zeros(ys.size, bool)
     if ys.size:
         c, inl = _ransac_circle(xs.astype(np.float64), ys.astype(np.float64), tol,
                                 0.15 * ss, 2.0 * max(small.shape))

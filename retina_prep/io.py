@@ -123,7 +123,7 @@ def _decode(path: Path, data: bytes) -> np.ndarray:
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # plugin deprecation noise while probing
-                arr = iio.imread(data, extension=path.suffix.lower() or None)
+                arr = iio.imread(data, extension=path.suffix.lower() or None)  # type: ignore[arg-type]
         except Exception as exc:  # imageio raises many types for bad data
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if "backend" in reason or len(reason) > 120:

@@ -49,7 +49,8 @@ AUTO_WINDOW_FRACTION = 0.04
 #: Default target level I0, in 8-bit units.
 DEFAULT_TARGET = 128.0
 
-#: sigma = size / GAUSSIAN_SIZE_PER_SIGMA when no sigma is given (the mask-convolution paper: size 50, sigma 20).
+#: sigma = size / GAUSSIAN_SIZE_PER_SIGMA when no sigma is given
+#: (the mask-convolution paper: size 50, sigma 20).
 GAUSSIAN_SIZE_PER_SIGMA = 2.5
 
 
@@ -64,7 +65,8 @@ def resolve_window(window, mask=None) -> int:
             try:
                 window = int(window)
             except ValueError:
-                raise ValueError(f"window must be an odd number of pixels or 'auto', got {window!r}")
+                raise ValueError(
+                    f"window must be an odd number of pixels or 'auto', got {window!r}") from None
         else:
             if mask is None:
                 raise ValueError("window 'auto' needs a field-of-view mask")

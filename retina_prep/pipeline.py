@@ -16,8 +16,8 @@ import numpy as np
 from .batch import Result
 from .core import MODES, Kernel, masked_filter
 from .dataset import Pair
-from .figures import panel, thumbnail
 from .errors import MaskError, OutputExistsError, RetinaPrepError
+from .figures import panel, thumbnail
 from .fov import LOW_CONFIDENCE, erode_mask, feather_mask, fov_diameter, fov_estimate, trim_rim
 from .io import (
     DEFAULT_MAX_PIXELS,
@@ -316,7 +316,7 @@ def mask_pair(pair: Pair, outdir, mask_settings: MaskSettings = MaskSettings(), 
 class FilterSettings:
     """Options of masked filtering (see :func:`~retina_prep.core.masked_filter`)."""
 
-    kernel: Kernel = None
+    kernel: Kernel
     mode: str = "normalized"
     ignore_mask: bool = False
     offset: float | None = None  # 8-bit units; None: mid-gray for zero-sum kernels, else 0

@@ -110,8 +110,9 @@ def test_rim_option_in_normalize(tmp_path):
 
 def test_masks_the_tool_writes_are_masks_it_reads(tmp_path):
     """`mask -o masks` then `normalize --mask-dir masks` with no pattern, with workers."""
-    from retina_prep.io import write_image
     import json
+
+    from retina_prep.io import write_image
 
     for i in range(3):
         s = synthetic_fundus((300, 300), seed=i, background=5)

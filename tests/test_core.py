@@ -7,18 +7,18 @@ from hypothesis.extra import numpy as hnp
 from retina_prep.core import (
     MODES,
     PATHS,
-    laplacian_kernel,
-    masked_filter,
-    named_kernel,
-    sharpen_kernel,
-    sobel_kernel,
     Kernel,
     as_kernel,
     box_kernel,
     convolve,
     gaussian_kernel,
+    laplacian_kernel,
     mask_weights,
     masked_convolve,
+    masked_filter,
+    named_kernel,
+    sharpen_kernel,
+    sobel_kernel,
 )
 
 from .reference import convolve_ref, masked_convolve_ref, partial_ref, windowed_mean_loop

@@ -64,7 +64,8 @@ def test_panel_profile_and_16bit_gray():
     # the 16-bit gray column shows the 8-bit values (contour drawn only at the margin)
     block = out[pad + title: pad + title + 200, x0:x0 + 190, 0].astype(int)
     inner = s.mask.copy()
-    inner[:, :] &= np.roll(s.mask, 3, 0) & np.roll(s.mask, -3, 0) & np.roll(s.mask, 3, 1) & np.roll(s.mask, -3, 1)
+    inner[:, :] &= (np.roll(s.mask, 3, 0) & np.roll(s.mask, -3, 0)
+                    & np.roll(s.mask, 3, 1) & np.roll(s.mask, -3, 1))
     yb, xb = np.nonzero(inner)
     # the inset box may cover some pixels; most interior pixels are the image itself
     same = block[yb, xb] == s.image[yb, xb, 1]

@@ -1,13 +1,12 @@
 """Hostile input and faults: every promise holds (one line per bad file, no damage, resumable)."""
 
 import hashlib
-import json
 import os
 import resource
+import struct
 import subprocess
 import sys
 import zlib
-import struct
 
 import numpy as np
 import pytest

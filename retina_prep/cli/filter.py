@@ -78,7 +78,8 @@ Examples:
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Gaussian sigma in pixels [default: size / 2.5].")
 @click.option("--mode", type=click.Choice(list(MODES)), default="normalized", show_default=True,
-              help="normalized: divide by M*K (the mask-convolution paper; signed kernels split into K+ and K-);"
+              help="normalized: divide by M*K (the mask-convolution paper; signed kernels split"
+              " into K+ and K-);"
               " partial / weighted: partial and weighted convolution (Kang et al.).")
 @click.option("--ignore-mask", is_flag=True, default=False,
               help="Plain convolution over the whole image (output still cut to the FOV).")

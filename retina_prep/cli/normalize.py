@@ -10,6 +10,7 @@ import click
 
 from ..batch import Result, run_one
 from ..io import encode_image
+from ..normalize import DEFAULT_SCALE, DEFAULT_TARGET, KERNELS, METHODS
 from ..pipeline import (
     MaskSettings,
     NormalizeSettings,
@@ -18,7 +19,6 @@ from ..pipeline import (
     normalize_outputs,
     normalize_pair,
 )
-from ..normalize import DEFAULT_SCALE, DEFAULT_TARGET, KERNELS, METHODS
 from .options import (
     RangeType,
     WindowType,
@@ -68,7 +68,8 @@ Examples:
     type=click.Choice(METHODS),
     default="mean",
     show_default=True,
-    help="'mean': I - mean + I0 (the mask-convolution paper). 'standardize': I0 + scale * (I - mean) / local std"
+    help="'mean': I - mean + I0 (the mask-convolution paper). 'standardize':"
+    " I0 + scale * (I - mean) / local std"
     " (mask-weighted statistics, Kang et al.).",
 )
 @click.option(
@@ -116,7 +117,8 @@ Examples:
     "--panels-compare",
     is_flag=True,
     default=False,
-    help="Panels with three columns, as the mask-convolution paper's Fig. 4: without IN | IN without mask | IN with mask.",
+    help="Panels with three columns, as the mask-convolution paper's Fig. 4:"
+    " without IN | IN without mask | IN with mask.",
 )
 @format_opt
 @run_options

@@ -8,10 +8,10 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import click
 from tqdm import tqdm
@@ -153,7 +153,7 @@ def _read_files_from(source: str, null: bool) -> list[str]:
         else:
             data = Path(source).read_bytes()
     except OSError as exc:
-        raise click.BadParameter(f"{source}: {exc.strerror or exc}", param_hint="--files-from")
+        raise click.BadParameter(f"{source}: {exc.strerror or exc}", param_hint="--files-from") from None
     text = data.decode("utf-8", errors="surrogateescape")
     items = text.split("\0") if null else text.splitlines()
     return [i for i in (x.strip("\r") if not null else x for x in items) if i]
@@ -190,7 +190,8 @@ def prepare_outdir(outdir: Path) -> None:
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise click.ClickException(f"{outdir}: cannot create output folder ({exc.strerror or exc})")
+        raise click.ClickException(
+            f"{outdir}: cannot create output folder ({exc.strerror or exc})") from None
     if not os.access(outdir, os.W_OK | os.X_OK):
         raise click.ClickException(f"{outdir}: output folder is not writable")
     remove_stale_temporaries(outdir)
@@ -207,7 +208,7 @@ class ContactSheet:
         if path is not None and path.exists() and not overwrite:
             raise click.UsageError(f"{path}: sheet exists (use --overwrite to replace it)")
         self.path, self.overwrite, self.columns = path, overwrite, columns
-        self.tiles = []
+        self.tiles: list = []
 
     def __call__(self, result: Result) -> None:
         thumb = result.info.pop("thumb", None)
@@ -224,7 +225,8 @@ class ContactSheet:
             write_image(self.path, contact_sheet(self.tiles, columns=self.columns),
                         overwrite=self.overwrite)
         except OSError as exc:
-            raise click.ClickException(f"{self.path}: cannot write the sheet ({exc.strerror or exc})")
+            raise click.ClickException(
+                f"{self.path}: cannot write the sheet ({exc.strerror or exc})") from None
         if not quiet:
             log(f"{command}: contact sheet of {len(self.tiles)} images in {self.path}")
 
@@ -275,7 +277,8 @@ def _output_clashes(pairs, expected_outputs, manifest: Path) -> dict:
                 clashes[p] = f"{printable(o)}: output would overwrite the manifest; choose another folder"
             elif k in owner:
                 other = owner[k]
-                what = "another output of the same image" if other is p else f"the output of {printable(other.image)}"
+                what = ("another output of the same image" if other is p
+                        else f"the output of {printable(other.image)}")
                 clashes[p] = f"{printable(o)}: output collides with {what}; use separate folders"
                 if other is not p:
                     clashes.setdefault(other, clashes[p])
@@ -354,7 +357,8 @@ def execute(
         manifest.parent.mkdir(parents=True, exist_ok=True)
         mf = manifest.open("a", encoding="utf-8")
     except OSError as exc:
-        raise click.ClickException(f"{manifest}: cannot write the manifest ({exc.strerror or exc})")
+        raise click.ClickException(
+            f"{manifest}: cannot write the manifest ({exc.strerror or exc})") from None
     manifest_ok = [True]
     with _closing_quietly(mf):
         def write_line(obj):
@@ -419,7 +423,7 @@ def execute(
                 bar.close()
                 log(f"{command}: interrupted after {report.done} done; outputs written so far are"
                     " complete; rerun with --skip-existing to finish")
-                raise click.exceptions.Exit(130)
+                raise click.exceptions.Exit(130) from None
     if not quiet:
         extra = f", {skipped} skipped (exist)" if batch.skip_existing else ""
         log(f"{command}: {report.done} done, {report.failed} failed{extra}; outputs in {outdir}")
