@@ -657,6 +657,12 @@ def masked_convolve(
         mean = set_where(mean, undefined, fill)
         return (mean, weights) if return_weights else mean
 
+    if not np.any(k.array > 0):  # a non-positive kernel: -(masked result with -K)
+        res = masked_convolve(image, mask, as_kernel(-k.array), min_weight=min_weight, fill=fill,
+                              path=path, return_weights=return_weights)
+        if return_weights:
+            return -res[0], res[1]
+        return -res
     kp, kn = k.positive(), k.negative()
     pos, wp, up = _normalized_mean(weighted, m, kp, _pick_path(kp, path), min_weight)
     neg, wn, un = _normalized_mean(weighted, m, kn, _pick_path(kn, path), min_weight)

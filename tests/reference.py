@@ -31,6 +31,8 @@ def convolve_ref(image, kernel) -> np.ndarray:
 
 
 def _part_ref(p, m, k, min_weight):
+    if not k.any():  # an absent part (K+ of a non-positive kernel): no valid pixel anywhere
+        return np.zeros(p.shape), np.zeros(m.shape), np.ones(m.shape, bool)
     mm = m[..., None] if p.ndim == 3 else m
     num = convolve_ref(p * mm, k)
     den = convolve_ref(m, k)
