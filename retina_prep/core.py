@@ -226,6 +226,10 @@ def sobel_kernel(axis: str) -> Kernel:
     raise ValueError(f"sobel axis must be 'x' or 'y', got {axis!r}")
 
 
+#: A Gaussian sized by its window alone gets sigma = size / GAUSSIAN_SIZE_PER_SIGMA
+#: (the mask-convolution paper: size 50, sigma 20).
+GAUSSIAN_SIZE_PER_SIGMA = 2.5
+
 #: Kernel names accepted by :func:`named_kernel`.
 KERNEL_NAMES = ("mean", "gaussian", "sharpen", "laplacian", "sobel-x", "sobel-y")
 
@@ -243,7 +247,7 @@ def named_kernel(name: str, *, size: int | None = None, sigma: float | None = No
         if sigma is None:
             if size is None:
                 raise ValueError("the gaussian kernel needs a sigma or a size")
-            sigma = size / 2.5
+            sigma = size / GAUSSIAN_SIZE_PER_SIGMA
         return gaussian_kernel(sigma, size)
     fixed = {"sharpen": sharpen_kernel, "laplacian": laplacian_kernel,
              "sobel-x": lambda: sobel_kernel("x"), "sobel-y": lambda: sobel_kernel("y")}

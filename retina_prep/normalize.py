@@ -11,7 +11,7 @@ import math
 import cv2
 import numpy as np
 
-from .core import Kernel, as_mask, box_kernel, gaussian_kernel, masked_convolve, set_where
+from .core import Kernel, as_mask, masked_convolve, named_kernel, set_where
 from .errors import ValueRangeError
 from .fov import fov_diameter
 
@@ -49,9 +49,6 @@ AUTO_WINDOW_FRACTION = 0.04
 #: Default target level I0, in 8-bit units.
 DEFAULT_TARGET = 128.0
 
-#: sigma = size / GAUSSIAN_SIZE_PER_SIGMA when no sigma is given
-#: (the mask-convolution paper: size 50, sigma 20).
-GAUSSIAN_SIZE_PER_SIGMA = 2.5
 
 
 def resolve_window(window, mask=None) -> int:
@@ -85,13 +82,7 @@ def make_kernel(kind: str = "mean", window: int = 51, sigma: float | None = None
     """
     if kind not in KERNELS:
         raise ValueError(f"unknown kernel {kind!r}; valid kernels: {', '.join(KERNELS)}")
-    if kind == "mean":
-        if sigma is not None:
-            raise ValueError("sigma applies to the gaussian kernel only")
-        return box_kernel(window)
-    if sigma is None:
-        sigma = window / GAUSSIAN_SIZE_PER_SIGMA
-    return gaussian_kernel(sigma, window)
+    return named_kernel(kind, size=window, sigma=sigma)
 
 
 def dtype_scale(dtype) -> float:

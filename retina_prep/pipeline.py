@@ -30,7 +30,6 @@ from .io import (
 )
 from .normalize import (
     DEFAULT_SCALE,
-    KERNELS,
     METHODS,
     dtype_scale,
     make_kernel,
@@ -74,6 +73,7 @@ class MaskSettings:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def __post_init__(self):
+        parse_erode(self.erode)
         if self.rim not in RIM_CHOICES:
             raise ValueError(f"unknown rim handling {self.rim!r}; valid: {', '.join(RIM_CHOICES)}")
 
@@ -99,34 +99,41 @@ class NormalizeSettings:
             raise ValueError(f"unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"scale must be a positive number, got {self.scale!r}")
-        if self.kernel not in KERNELS:
-            raise ValueError(f"unknown kernel {self.kernel!r}; valid kernels: {', '.join(KERNELS)}")
+        # the kernel's name, size and sigma are checked where kernels are made
+        make_kernel(self.kernel, 3 if self.window == "auto" else resolve_window(self.window),
+                    self.sigma)
         if self.format not in OUTPUT_FORMATS:
             raise ValueError(
                 f"unknown format {self.format!r}; valid formats: {', '.join(OUTPUT_FORMATS)}"
             )
-        if self.sigma is not None and self.kernel != "gaussian":
-            raise ValueError("sigma applies to the gaussian kernel only (use kernel 'gaussian')")
         if not math.isfinite(self.target):
             raise ValueError("target must be a finite number")
-        if not isinstance(self.window, str):
-            resolve_window(self.window)  # validates
-        elif self.window != "auto":
-            resolve_window(self.window)
 
 
-def resolve_erode(erode, mask) -> int:
-    """Erosion in pixels: a number >= 0, or ``"auto"`` (a fraction of the FOV diameter)."""
+def parse_erode(erode) -> float | str:
+    """An erosion setting checked: a finite number of pixels >= 0, or ``"auto"``."""
     if isinstance(erode, str):
         if erode.strip().lower() == "auto":
-            return int(round(AUTO_ERODE_FRACTION * fov_diameter(mask)))
+            return "auto"
         try:
             erode = float(erode)
         except ValueError:
             raise ValueError(f"erode must be a number of pixels or 'auto', got {erode!r}") from None
-    if not (math.isfinite(erode) and erode >= 0):
-        raise ValueError(f"erode must be >= 0 pixels, got {erode!r}")
-    return int(round(erode))
+    try:
+        value = float(erode)
+    except (TypeError, ValueError):
+        raise ValueError(f"erode must be a number of pixels or 'auto', got {erode!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"erode must be >= 0 pixels, got {erode!r} (negative or not finite)")
+    return value
+
+
+def resolve_erode(erode, mask) -> int:
+    """Erosion in pixels: a number >= 0, or ``"auto"`` (a fraction of the FOV diameter)."""
+    erode = parse_erode(erode)
+    if erode == "auto":
+        return int(round(AUTO_ERODE_FRACTION * fov_diameter(mask)))
+    return int(round(float(erode)))
 
 
 def load_pair(pair: Pair, settings: MaskSettings = MaskSettings()):

@@ -135,7 +135,7 @@ def test_ignore_mask_output_still_cut_to_fov(tmp_path):
         (["--window", "big"], "odd"),
         (["--erode", "-2"], "negative"),
         (["--kernel", "median"], "median"),
-        (["--sigma", "3"], "--kernel gaussian"),
+        (["--sigma", "3"], "gaussian kernel only"),
         (["--format", "jpg"], "jpg"),
     ],
 )

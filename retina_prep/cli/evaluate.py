@@ -12,6 +12,7 @@ import click
 
 from ..evaluate import METHODS, RESPONSES, roc_figure, summarize
 from ..io import write_bytes, write_image
+from ..normalize import DEFAULT_TARGET, KERNELS
 from ..pipeline import MaskSettings, evaluate_pair
 from .options import WindowType, config_opt, mask_options, max_pixels_opt, quiet_opt
 from .runner import BatchOptions, collect_pairs, execute, log
@@ -96,8 +97,8 @@ Examples:
               " 'none', or a folder with files named after the images.")
 @click.option("--window", type=WindowType(), default="auto", show_default=True,
               help="The one window every method uses: odd pixels or 'auto'.")
-@click.option("--kernel", type=click.Choice(["mean", "gaussian"]), default="mean", show_default=True)
-@click.option("--target", type=float, default=128.0, show_default=True, help="I0 (8-bit units).")
+@click.option("--kernel", type=click.Choice(KERNELS), default="mean", show_default=True)
+@click.option("--target", type=float, default=DEFAULT_TARGET, show_default=True, help="I0 (8-bit units).")
 @click.option("--overwrite", is_flag=True, default=False, help="Replace an existing report.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Worker processes [default: the number of cores].")

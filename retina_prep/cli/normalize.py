@@ -10,7 +10,7 @@ import click
 
 from ..batch import Result, run_one
 from ..io import encode_image
-from ..normalize import DEFAULT_SCALE, DEFAULT_TARGET, KERNELS, METHODS
+from ..normalize import AUTO_WINDOW_FRACTION, DEFAULT_SCALE, DEFAULT_TARGET, KERNELS, METHODS
 from ..pipeline import (
     MaskSettings,
     NormalizeSettings,
@@ -48,7 +48,8 @@ Examples:
     type=WindowType(),
     default="auto",
     show_default=True,
-    help="Local-mean window: an odd size in pixels, or 'auto' (4% of the FOV diameter).",
+    help=f"Local-mean window: an odd size in pixels, or 'auto' ({AUTO_WINDOW_FRACTION:.0%} of the FOV"
+    " diameter).",
 )
 @click.option(
     "--kernel",
@@ -133,8 +134,6 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
     <stem>_mask.<ext>). Outputs go to OUTDIR/<stem>.png, mirroring dataset
     sub-folders. Images without a mask get an estimated one (with a warning).
     """
-    if sigma is not None and kernel != "gaussian":
-        raise click.BadParameter("--sigma needs --kernel gaussian", param_hint="--sigma")
     try:
         settings = NormalizeSettings(
             window=window, kernel=kernel, sigma=sigma, target=target, fill=fill,

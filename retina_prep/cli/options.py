@@ -13,7 +13,9 @@ try:  # Python 3.11+
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from ..io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 from ..normalize import resolve_window
+from ..pipeline import AUTO_ERODE_FRACTION, RIM_CHOICES, parse_erode
 
 
 class WindowType(click.ParamType):
@@ -55,15 +57,10 @@ class ErodeType(click.ParamType):
     name = "PX|auto"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, str) and value.strip().lower() == "auto":
-            return "auto"
         try:
-            v = float(value)
-        except (ValueError, TypeError):
-            self.fail(f"{value!r} is not a number of pixels or 'auto'", param, ctx)
-        if not v >= 0:
-            self.fail(f"{value!r} is negative; erosion is >= 0 pixels", param, ctx)
-        return v
+            return parse_erode(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def _load_config(ctx: click.Context, param, value):
@@ -177,7 +174,7 @@ quiet_opt = click.option(
 format_opt = click.option(
     "--format",
     "fmt",
-    type=click.Choice(["png", "tif"]),
+    type=click.Choice(list(OUTPUT_FORMATS)),
     default="png",
     show_default=True,
     help="Output file format (both lossless).",
@@ -186,7 +183,7 @@ format_opt = click.option(
 max_pixels_opt = click.option(
     "--max-pixels",
     type=click.IntRange(min=1),
-    default=200_000_000,
+    default=DEFAULT_MAX_PIXELS,
     show_default=True,
     help="Refuse images with more pixels than this (protects against decompression bombs).",
 )
@@ -237,11 +234,11 @@ def mask_trim_options(rim_default: str, rim_help: str):
                 default=0,
                 show_default=True,
                 help="Shrink the FOV mask by PX pixels (drops the dark rim at the margin);"
-                " 'auto' = 1.1% of the FOV diameter.",
+                f" 'auto' = {AUTO_ERODE_FRACTION:.1%} of the FOV diameter.",
             ),
             click.option(
                 "--rim",
-                type=click.Choice(["auto", "none", "default"]),
+                type=click.Choice(RIM_CHOICES),
                 default=rim_default,
                 show_default=True,
                 help=rim_help,
