@@ -19,7 +19,11 @@ import cv2
 import numpy as np
 
 from .core import box_kernel, gaussian_kernel, masked_convolve
+from .dataset import find_pairs
+from .io import encode_image, read_image, read_mask, write_image
 from .normalize import normalize_illumination
+from .pipeline import NormalizeSettings, normalize_pair
+from .synthetic import synthetic_fundus
 
 __all__ = [
     "SIZES", "machine", "time_call", "in_rows", "reference_row", "batch_row", "memory_row",
@@ -52,8 +56,6 @@ def time_call(fn, repeat: int = 5) -> float:
 
 
 def _fundus(shape, seed=1):
-    from .synthetic import synthetic_fundus
-
     s = synthetic_fundus(shape, seed=seed, background=10)
     return s.image, s.mask
 
@@ -125,17 +127,11 @@ def reference_row(crop: int = 96, window: int = 15):
 
 def batch_row(drive_root: Path | None = None, n_generated: int = 40):
     """Images/s of normalize over a DRIVE folder against the decode + encode floor (one process)."""
-    from .dataset import find_pairs
-    from .io import encode_image, read_image, read_mask
-    from .pipeline import NormalizeSettings, normalize_pair
-
     with tempfile.TemporaryDirectory() as tmpname:
         tmp = Path(tmpname)
         if drive_root is not None and (drive_root / "training" / "images").is_dir():
             source, pairs = f"DRIVE ({drive_root})", find_pairs([drive_root])
         else:
-            from .io import write_image
-
             folder = tmp / "gen"
             for i in range(n_generated):
                 im, mk = _fundus((584, 565), seed=i)
@@ -165,8 +161,6 @@ def batch_row(drive_root: Path | None = None, n_generated: int = 40):
 
 def memory_row(size: int = 4000):
     """Peak RSS (MB) of `retina-prep normalize` on one size x size RGB image, in a fresh process."""
-    from .io import write_image
-
     with tempfile.TemporaryDirectory() as tmp:
         img, mask = _fundus((size, size))
         path = Path(tmp) / "big.png"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import string
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -264,8 +265,6 @@ def check_mask_pattern(pattern: str) -> None:
     ------
     DatasetError
     """
-    import string
-
     try:
         parts = list(string.Formatter().parse(pattern))
     except ValueError as exc:

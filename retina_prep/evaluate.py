@@ -14,7 +14,7 @@ import numpy as np
 
 from .fov import fov_diameter, margin_distance
 from .metrics import margin_bias_profile
-from .normalize import normalize_illumination
+from .normalize import dtype_scale, normalize_illumination
 
 __all__ = [
     "METHODS",
@@ -29,7 +29,6 @@ __all__ = [
     "evaluate_image",
     "ImageEvaluation",
     "summarize",
-    "roc_figure",
 ]
 
 #: Preprocessings compared: name -> (method, ignore_mask); "none" is the input itself.
@@ -192,8 +191,6 @@ def evaluate_image(image, fov, region, labels=None, *, kernel, target: float = 1
 
 
 def _unit(image) -> float:
-    from .normalize import dtype_scale
-
     return dtype_scale(np.asarray(image).dtype)
 
 
@@ -235,43 +232,3 @@ def summarize(evaluations, methods=tuple(METHODS)) -> dict:
     out["images"] = len(evaluations)
     out["labelled_images"] = len(with_labels)
     return out
-
-
-def roc_figure(summary: dict, response: str, *, size: int = 420) -> np.ndarray:
-    """ROC curves of every method for one response, FOV and margin band side by side (uint8 RGB)."""
-    from .figures import PALETTE, THEME, _title
-
-    pad, title_h = 40, 34
-    regions = ("FOV", "margin band")
-    width = len(regions) * (size + pad) + pad + 330
-    height = size + title_h + 2 * pad
-    img = np.full((height, width, 3), THEME["background"], np.uint8)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    for i, region in enumerate(regions):
-        x0, y0 = pad + i * (size + pad), title_h + pad
-        img[pad // 2:pad // 2 + title_h, x0:x0 + size] = _title(f"{response}: {region}", size, title_h)
-        cv2.rectangle(img, (x0, y0), (x0 + size, y0 + size), (160, 160, 160), 1)
-        cv2.line(img, (x0, y0 + size), (x0 + size, y0), (220, 220, 220), 1)
-        cv2.putText(img, "FPR", (x0 + size // 2 - 15, y0 + size + 25), font, 0.5, THEME["text"], 1,
-                    cv2.LINE_AA)
-        cv2.putText(img, "TPR", (x0 - 35, y0 + size // 2), font, 0.5, THEME["text"], 1, cv2.LINE_AA)
-        for j, method in enumerate(summary["roc"]):
-            curve = summary["roc"][method].get(response, {}).get(region)
-            if not curve:
-                continue
-            fpr, tpr = np.asarray(curve[0]), np.asarray(curve[1])
-            pts = np.stack([x0 + fpr * size, y0 + size - tpr * size], 1).round().astype(np.int32)
-            cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, PALETTE[j % len(PALETTE)], 2,
-                          cv2.LINE_AA)
-    lx = pad + len(regions) * (size + pad)
-    cv2.putText(img, "AUC: FOV / margin band", (lx, title_h + pad - 8), font, 0.45, THEME["text"], 1,
-                cv2.LINE_AA)
-    for j, method in enumerate(summary["roc"]):
-        ly = title_h + pad + 20 + 28 * j
-        cv2.line(img, (lx, ly), (lx + 30, ly), PALETTE[j % len(PALETTE)], 3)
-        aucs = summary["auc"][method].get(response, {})
-        text = f"{method}: {aucs.get('FOV', float('nan')):.3f} / {aucs.get('margin band', float('nan')):.3f}"
-        cv2.putText(img, text, (lx + 36, ly + 5), font, 0.42, THEME["text"], 1, cv2.LINE_AA)
-    cv2.putText(img, "(mask-convolution paper, Fig. 5 style)", (lx, height - pad), font, 0.4,
-                THEME["text"], 1, cv2.LINE_AA)
-    return img

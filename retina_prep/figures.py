@@ -12,6 +12,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .fov import margin_distance
+
 __all__ = [
     "to_display", "panel", "choose_inset", "thumbnail", "contact_sheet", "THEME", "PALETTE",
 ]
@@ -84,8 +86,6 @@ def choose_inset(images, mask, size: int):
     of ``images``, summed over the window; only windows centred within
     ``size / 2`` of the FOV margin are considered.
     """
-    from .fov import margin_distance
-
     grays = [_gray(to_display(im)) for im in images]
     h, w = grays[0].shape
     size = int(min(size, h, w))
@@ -299,3 +299,41 @@ def contact_sheet(tiles, *, columns: int | None = None) -> np.ndarray:
         out[y0:y0 + title_h, x0:x0 + cw] = _title(t, cw, title_h)
         out[y0 + title_h:y0 + title_h + im.shape[0], x0:x0 + im.shape[1]] = im
     return out
+
+
+def roc_figure(summary: dict, response: str, *, size: int = 420) -> np.ndarray:
+    """ROC curves of every method for one response, FOV and margin band side by side (uint8 RGB)."""
+    pad, title_h = 40, 34
+    regions = ("FOV", "margin band")
+    width = len(regions) * (size + pad) + pad + 330
+    height = size + title_h + 2 * pad
+    img = np.full((height, width, 3), THEME["background"], np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for i, region in enumerate(regions):
+        x0, y0 = pad + i * (size + pad), title_h + pad
+        img[pad // 2:pad // 2 + title_h, x0:x0 + size] = _title(f"{response}: {region}", size, title_h)
+        cv2.rectangle(img, (x0, y0), (x0 + size, y0 + size), (160, 160, 160), 1)
+        cv2.line(img, (x0, y0 + size), (x0 + size, y0), (220, 220, 220), 1)
+        cv2.putText(img, "FPR", (x0 + size // 2 - 15, y0 + size + 25), font, 0.5, THEME["text"], 1,
+                    cv2.LINE_AA)
+        cv2.putText(img, "TPR", (x0 - 35, y0 + size // 2), font, 0.5, THEME["text"], 1, cv2.LINE_AA)
+        for j, method in enumerate(summary["roc"]):
+            curve = summary["roc"][method].get(response, {}).get(region)
+            if not curve:
+                continue
+            fpr, tpr = np.asarray(curve[0]), np.asarray(curve[1])
+            pts = np.stack([x0 + fpr * size, y0 + size - tpr * size], 1).round().astype(np.int32)
+            cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, PALETTE[j % len(PALETTE)], 2,
+                          cv2.LINE_AA)
+    lx = pad + len(regions) * (size + pad)
+    cv2.putText(img, "AUC: FOV / margin band", (lx, title_h + pad - 8), font, 0.45, THEME["text"], 1,
+                cv2.LINE_AA)
+    for j, method in enumerate(summary["roc"]):
+        ly = title_h + pad + 20 + 28 * j
+        cv2.line(img, (lx, ly), (lx + 30, ly), PALETTE[j % len(PALETTE)], 3)
+        aucs = summary["auc"][method].get(response, {})
+        text = f"{method}: {aucs.get('FOV', float('nan')):.3f} / {aucs.get('margin band', float('nan')):.3f}"
+        cv2.putText(img, text, (lx + 36, ly + 5), font, 0.42, THEME["text"], 1, cv2.LINE_AA)
+    cv2.putText(img, "(mask-convolution paper, Fig. 5 style)", (lx, height - pad), font, 0.4,
+                THEME["text"], 1, cv2.LINE_AA)
+    return img

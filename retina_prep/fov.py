@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .core import gaussian_kernel, masked_convolve
 from .errors import MaskError
 
 __all__ = [
@@ -312,8 +313,6 @@ def _ransac_circle(x: np.ndarray, y: np.ndarray, tol: float, min_r: float, max_r
 
 def _outside_level(v: np.ndarray, m: np.ndarray, width: int) -> np.ndarray:
     """Local mean of ``v`` over a band just outside ``m`` (skipping its first pixel), NaN where none."""
-    from .core import gaussian_kernel, masked_convolve  # core depends on nothing here
-
     mu8 = m.astype(np.uint8)
     band = cv2.dilate(mu8, _disk(width + 1)).astype(bool) & ~cv2.dilate(mu8, _disk(1)).astype(bool)
     return masked_convolve(v, band, gaussian_kernel(max(1.0, width / 1.5)), min_weight=1e-3)
@@ -376,8 +375,6 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
     MaskError
         If no field of view is found.
     """
-    from .core import gaussian_kernel, masked_convolve  # core depends on nothing here
-
     img = np.asarray(image)
     if img.ndim == 3 and img.shape[0] in (1, 3, 4) and img.shape[2] > 4:
         raise ValueError(f"image shape {img.shape} looks channels-first; images are (H, W, C):"

@@ -8,16 +8,21 @@ interrupted write never leaves a partial output.
 
 from __future__ import annotations
 
+import io as _io
 import os
 import re
+import secrets
+import stat as _stat
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .errors import ImageReadError, ImageTooLargeError, MaskError, OutputExistsError
+from .core import Kernel, as_kernel
+from .errors import ImageReadError, ImageTooLargeError, MaskError, OutputExistsError, RetinaPrepError
 from .fov import binarize_mask
 
 __all__ = [
@@ -44,8 +49,6 @@ OUTPUT_FORMATS = {"png": ".png", "tif": ".tif"}
 def _file_mode(folder) -> int:
     """The mode a new file gets in ``folder`` (0o666 less the umask), without changing the umask:
     a probe file is created with 0o666 and its mode read back."""
-    import secrets
-
     probe = os.path.join(folder, f"{_TEMP_PREFIX}{secrets.token_hex(4)}.mode")
     fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     try:
@@ -69,8 +72,6 @@ DEFAULT_MAX_PIXELS = 200_000_000
 
 def _read_bytes(path: Path) -> bytes:
     """The bytes of a regular file (links resolved); special files and huge files are refused."""
-    import stat as _stat
-
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -117,9 +118,7 @@ def _decode(path: Path, data: bytes) -> np.ndarray:
                 arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
     if arr is None:
         try:
-            import warnings
-
-            import imageio.v3 as iio
+            import imageio.v3 as iio  # imported on first use: it costs start-up time
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # plugin deprecation noise while probing
@@ -149,8 +148,6 @@ def _header_pixels(data: bytes) -> int | None:
     Pillow refuses headers above twice its own limit with ``DecompressionBombError``;
     the size it names is taken from the message.
     """
-    import io as _io
-    import warnings
 
     from PIL import Image
 
@@ -244,8 +241,6 @@ def load_kernel(path):
     RetinaPrepError
         If the file is missing, unreadable or not a valid kernel (odd sizes, finite, not all zero).
     """
-    from .core import Kernel, as_kernel
-    from .errors import RetinaPrepError
 
     path = Path(path)
     try:

@@ -15,12 +15,14 @@ import numpy as np
 
 from .batch import Result
 from .core import MODES, Kernel, masked_filter
-from .dataset import Pair
+from .dataset import Pair, find_label
 from .errors import MaskError, OutputExistsError, RetinaPrepError
+from .evaluate import evaluate_image
 from .figures import panel, thumbnail
 from .fov import LOW_CONFIDENCE, erode_mask, feather_mask, fov_diameter, fov_estimate, trim_rim
 from .io import (
     DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
     OUTPUT_FORMATS,
     encode_image,
     read_image,
@@ -469,9 +471,6 @@ def evaluate_pair(pair: Pair, *, window="auto", kernel_name: str = "mean", targe
     ``labels``: "auto" (dataset conventions), None, or a folder holding a
     file named after the image stem (or its number prefix, as DRIVE's).
     """
-    from .dataset import find_label
-    from .evaluate import evaluate_image
-
     image, fov, region, info = _load(pair, mask_settings)
     label_path = find_label(pair.image) if labels == "auto" else _label_in(labels, pair.image)
     vessels = None
@@ -490,8 +489,6 @@ def evaluate_pair(pair: Pair, *, window="auto", kernel_name: str = "mean", targe
 def _label_in(folder, image: Path):
     if folder is None:
         return None
-    from .io import IMAGE_EXTENSIONS
-
     folder = Path(folder)
     stem = Path(image).stem
     for pattern in (f"{stem}.*", f"{stem}_*", f"{stem.split('_')[0]}_*"):

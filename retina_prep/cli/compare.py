@@ -10,11 +10,7 @@ import click
 from ..core import KERNEL_NAMES
 from ..normalize import make_kernel
 from ..pipeline import MaskSettings, compare_pair
-from .filter import KernelSpec, build_kernel
-from .options import (
-    WindowType,
-    mask_options,
-)
+from .options import KernelSpec, WindowType, build_kernel, mask_options
 from .runner import ContactSheet, collect_pairs, execute, run_options
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import functools
+import io as _io
 import json
 import math
 from pathlib import Path
 
 import click
 
-from ..evaluate import METHODS, RESPONSES, roc_figure, summarize
+from ..batch import default_jobs
+from ..evaluate import METHODS, RESPONSES, summarize
+from ..figures import roc_figure
 from ..io import write_bytes, write_image
 from ..normalize import DEFAULT_TARGET, KERNELS
 from ..pipeline import MaskSettings, evaluate_pair
@@ -63,8 +66,6 @@ def _write_reports(summary: dict, outdir: Path, overwrite: bool) -> list[Path]:
             for region, v in regions.items():
                 auc_rows.append([method, response, region, f"{v:.6f}"])
     for name, table in (("bias.csv", rows), ("auc.csv", auc_rows)):
-        import io as _io
-
         buf = _io.StringIO()
         csv.writer(buf).writerows(table)
         written.append(write_bytes(outdir / name, buf.getvalue().encode(), overwrite=overwrite))
@@ -118,8 +119,6 @@ def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode
     table goes to stdout; bias.csv, auc.csv, report.json and ROC figures to
     OUTDIR.
     """
-    from ..batch import default_jobs
-
     if (outdir / "report.json").exists() and not overwrite:
         raise click.UsageError(f"{outdir / 'report.json'}: report exists (use --overwrite to"
                                " replace it)")

@@ -3,58 +3,19 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import click
-import numpy as np
 
-from ..core import KERNEL_NAMES, MODES, as_kernel, named_kernel
-from ..errors import RetinaPrepError
-from ..io import load_kernel
+from ..core import KERNEL_NAMES, MODES
 from ..pipeline import FilterSettings, MaskSettings, filter_outputs, filter_pair
 from .options import (
+    KernelSpec,
+    build_kernel,
     format_opt,
     mask_options,
     output_opt,
 )
 from .runner import collect_pairs, execute, run_options
-
-
-class KernelSpec(click.ParamType):
-    """A kernel name, a kernel file (.npy, .txt, .csv), or (in a config) an inline matrix."""
-
-    name = "NAME|FILE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, (list, tuple, np.ndarray)):
-            try:
-                return as_kernel(np.asarray(value, dtype=np.float64))
-            except ValueError as exc:
-                self.fail(f"inline kernel: {exc}", param, ctx)
-        if not isinstance(value, str) or value in KERNEL_NAMES:
-            return value
-        if not Path(value).exists():
-            self.fail(
-                f"{value!r} is neither a kernel name ({', '.join(KERNEL_NAMES)}) nor a file",
-                param, ctx,
-            )
-        try:
-            return load_kernel(value)
-        except RetinaPrepError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-def build_kernel(spec, size, sigma):
-    """The Kernel for --kernel/--size/--sigma; a usage error when they do not fit."""
-    if not isinstance(spec, str):
-        if size is not None or sigma is not None:
-            raise click.BadParameter("--size and --sigma apply to named kernels only",
-                                     param_hint="--kernel")
-        return spec
-    try:
-        return named_kernel(spec, size=size, sigma=sigma)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--kernel") from None
 
 
 @click.command(

@@ -7,13 +7,16 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 try:  # Python 3.11+
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from ..io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
+from ..core import KERNEL_NAMES, as_kernel, named_kernel
+from ..errors import RetinaPrepError
+from ..io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, load_kernel
 from ..normalize import resolve_window
 from ..pipeline import AUTO_ERODE_FRACTION, RIM_CHOICES, parse_erode
 
@@ -61,6 +64,43 @@ class ErodeType(click.ParamType):
             return parse_erode(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+class KernelSpec(click.ParamType):
+    """A kernel name, a kernel file (.npy, .txt, .csv), or (in a config) an inline matrix."""
+
+    name = "NAME|FILE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple, np.ndarray)):
+            try:
+                return as_kernel(np.asarray(value, dtype=np.float64))
+            except ValueError as exc:
+                self.fail(f"inline kernel: {exc}", param, ctx)
+        if not isinstance(value, str) or value in KERNEL_NAMES:
+            return value
+        if not Path(value).exists():
+            self.fail(
+                f"{value!r} is neither a kernel name ({', '.join(KERNEL_NAMES)}) nor a file",
+                param, ctx,
+            )
+        try:
+            return load_kernel(value)
+        except RetinaPrepError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def build_kernel(spec, size, sigma):
+    """The Kernel for --kernel/--size/--sigma; a usage error when they do not fit."""
+    if not isinstance(spec, str):
+        if size is not None or sigma is not None:
+            raise click.BadParameter("--size and --sigma apply to named kernels only",
+                                     param_hint="--kernel")
+        return spec
+    try:
+        return named_kernel(spec, size=size, sigma=sigma)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--kernel") from None
 
 
 def _load_config(ctx: click.Context, param, value):

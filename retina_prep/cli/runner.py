@@ -4,6 +4,7 @@ progress, per-file errors, resume, manifest and the summary line."""
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import signal
@@ -20,7 +21,8 @@ from .. import __version__
 from ..batch import Report, Result, check_outputs_unique, default_jobs, run_batch
 from ..dataset import Pair, find_pairs, shard_pairs
 from ..errors import DatasetError, printable
-from ..io import remove_stale_temporaries
+from ..figures import contact_sheet
+from ..io import remove_stale_temporaries, write_image
 from .options import config_opt, max_pixels_opt, overwrite_opt, quiet_opt, stderr_is_terminal
 
 
@@ -127,8 +129,6 @@ def batch_options(f, *, inputs_only: bool = False):
         kwargs["batch"] = BatchOptions(**values)
         return f(*args, **kwargs)
 
-    import functools
-
     wrapper = functools.update_wrapper(wrapper, f)
     for d in reversed(decorators):
         wrapper = d(wrapper)
@@ -218,9 +218,6 @@ class ContactSheet:
     def write(self, command: str, quiet: bool) -> None:
         if self.path is None or not self.tiles:
             return
-        from ..figures import contact_sheet
-        from ..io import write_image
-
         try:
             write_image(self.path, contact_sheet(self.tiles, columns=self.columns),
                         overwrite=self.overwrite)
