@@ -24,7 +24,7 @@ import cv2
 from .dataset import Pair
 from .errors import RetinaPrepError, printable
 
-__all__ = ["Result", "Report", "run_batch", "run_one", "default_jobs", "check_outputs_unique"]
+__all__ = ["Result", "Report", "run_batch", "run_one", "default_jobs", "output_clashes"]
 
 
 @dataclass
@@ -194,15 +194,28 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
         pool.shutdown(wait=True)
 
 
-def check_outputs_unique(pairs: list[Pair]) -> dict[Pair, str]:
-    """Pairs whose output path collides with an earlier pair's, with the reason."""
-    seen: dict = {}
-    clashes = {}
+def output_clashes(pairs: list[Pair], outputs_of: Callable[[Pair], list[Path]], *,
+                   reserved: Iterable = ()) -> dict[Pair, str]:
+    """Pairs any of whose outputs is another output (of any image) or a ``reserved`` path
+    (the manifest), each with a one-line reason. Names are compared case-insensitively, so
+    a run behaves the same on case-insensitive file systems."""
+    key = lambda p: os.path.normcase(os.path.abspath(p)).lower()  # noqa: E731
+    taken = {key(r): r for r in reserved}
+    owner: dict = {}
+    clashes: dict = {}
     for p in pairs:
-        key = str(p.rel).lower()
-        if key in seen:
-            clashes[p] = f"{p.image}: output name collides with {seen[key].image}; rename one of them"
-        else:
-            seen[key] = p
+        for o in outputs_of(p):
+            k = key(o)
+            if k in taken:
+                clashes[p] = (f"{printable(o)}: output would overwrite {printable(taken[k])};"
+                              " choose another folder")
+            elif k in owner:
+                other = owner[k]
+                what = ("another output of the same image" if other is p
+                        else f"the output of {printable(other.image)}")
+                clashes[p] = f"{printable(o)}: output collides with {what}; use separate folders"
+                if other is not p:
+                    clashes.setdefault(other, clashes[p])
+            else:
+                owner[k] = p
     return clashes
-

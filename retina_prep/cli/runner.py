@@ -18,9 +18,9 @@ import click
 from tqdm import tqdm
 
 from .. import __version__
-from ..batch import Report, Result, check_outputs_unique, default_jobs, run_batch
+from ..batch import Report, Result, default_jobs, output_clashes, run_batch
 from ..dataset import Pair, find_pairs, shard_pairs
-from ..errors import DatasetError, printable
+from ..errors import DatasetError
 from ..figures import contact_sheet
 from ..io import remove_stale_temporaries, write_image
 from .options import config_opt, max_pixels_opt, overwrite_opt, quiet_opt, stderr_is_terminal
@@ -262,28 +262,6 @@ def _jsonable(value):
     return str(value)
 
 
-def _output_clashes(pairs, expected_outputs, manifest: Path) -> dict:
-    """Pairs any of whose outputs is another output (of any image) or the manifest."""
-    owner: dict = {}
-    clashes = {}
-    key = lambda p: os.path.normcase(os.path.abspath(p))  # noqa: E731
-    for p in pairs:
-        for o in expected_outputs(p):
-            k = key(o)
-            if k == key(manifest):
-                clashes[p] = f"{printable(o)}: output would overwrite the manifest; choose another folder"
-            elif k in owner:
-                other = owner[k]
-                what = ("another output of the same image" if other is p
-                        else f"the output of {printable(other.image)}")
-                clashes[p] = f"{printable(o)}: output collides with {what}; use separate folders"
-                if other is not p:
-                    clashes.setdefault(other, clashes[p])
-            else:
-                owner[k] = p
-    return clashes
-
-
 def _check_manifest(manifest: Path, pairs) -> None:
     """The manifest may not be an input (image or mask) or a folder."""
     if manifest.is_dir():
@@ -346,9 +324,8 @@ def execute(
 
     prepare_outdir(outdir)
     report = Report()
-    clashes = check_outputs_unique(pairs)
     manifest = _manifest_path(outdir, batch)
-    clashes.update(_output_clashes(pairs, expected_outputs, manifest))
+    clashes = output_clashes(pairs, expected_outputs, reserved=[manifest])
     _check_manifest(manifest, pairs)
     try:
         manifest.parent.mkdir(parents=True, exist_ok=True)
