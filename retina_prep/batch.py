@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,15 +150,18 @@ def _mp_context():
     return multiprocessing.get_context("spawn")
 
 
-def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: int = 1) -> Iterator[Result]:
+def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: int = 1,
+              finished_on_stop: list | None = None) -> Generator[Result, None, None]:
     """Run ``step`` on every pair, yielding a :class:`Result` for each, in input order.
 
     ``step`` returns a Result with status ``done``; any exception it raises
     (other than KeyboardInterrupt/SystemExit) becomes a ``failed`` Result
     whose error line names the file and the problem. With ``jobs > 1`` the
     pairs run in a pool of worker processes (``step`` must be picklable);
-    results still come in input order. Interrupting the iteration stops the
-    workers.
+    results still come in input order. Interrupting the iteration (or closing
+    the generator) stops the workers; the results of images that workers had
+    already finished, whose outputs therefore exist, are appended to
+    ``finished_on_stop`` so the caller can still record them.
     """
     pairs = list(pairs)
     if jobs <= 1 or len(pairs) <= 1:
@@ -189,6 +192,10 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
             if proc.is_alive():
                 proc.terminate()  # SIGTERM: workers unwind and clean up
         pool.shutdown(wait=True, cancel_futures=True)
+        if finished_on_stop is not None:
+            for f in futures:
+                if f.done() and not f.cancelled() and f.exception() is None:
+                    finished_on_stop.append(f.result())
         raise
     else:
         pool.shutdown(wait=True)

@@ -1,6 +1,7 @@
 """Hostile input and faults: every promise holds (one line per bad file, no damage, resumable)."""
 
 import hashlib
+import json
 import os
 import resource
 import struct
@@ -327,6 +328,12 @@ def test_no_process_of_a_run_survives(tmp_path, how):
             assert proc.returncode == 130
             lines = (tmp_path / "stderr").read_text().splitlines()
             assert len(lines) == 1 and "interrupted" in lines[0], lines
+            # every output that exists is recorded, and the summary counts it
+            records = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").open()]
+            done = {r["input"] for r in records if r.get("status") == "done"}
+            written = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+            assert sorted(os.path.basename(d) for d in done) == written
+            assert f"after {len(written)} done" in lines[0]
     finally:
         for pid in _run_processes(marker):
             os.kill(pid, signal.SIGKILL)

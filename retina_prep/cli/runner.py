@@ -379,22 +379,30 @@ def execute(
         show_bar = not quiet and len(todo) > 1 and stderr_is_terminal()
         with _sigterm_as_interrupt(), tqdm(total=len(todo), disable=not show_bar, file=sys.stderr,
                                            unit="img", desc=command, dynamic_ncols=True) as bar:
+            def handle(result: Result) -> None:
+                if on_result is not None:
+                    on_result(result)
+                for w in result.warnings:
+                    log(f"warning: {w}")
+                if result.status != "done":
+                    log(f"error: {cli_wording(result)}")
+                elif batch.print_outputs:
+                    for o in result.outputs:
+                        click.echo(str(o))
+                report.add(result)
+                record(result)
+
+            finished: list[Result] = []
+            results = run_batch(todo, step, jobs=batch.jobs, finished_on_stop=finished)
             try:
-                for result in run_batch(todo, step, jobs=batch.jobs):
-                    if on_result is not None:
-                        on_result(result)
-                    for w in result.warnings:
-                        log(f"warning: {w}")
-                    if result.status != "done":
-                        log(f"error: {cli_wording(result)}")
-                    elif batch.print_outputs:
-                        for o in result.outputs:
-                            click.echo(str(o))
-                    report.add(result)
-                    record(result)
+                for result in results:
+                    handle(result)
                     bar.update(1)
             except KeyboardInterrupt:
+                results.close()  # stops the workers; images they had finished are recorded too
                 bar.close()
+                for result in finished:
+                    handle(result)
                 log(f"{command}: interrupted after {report.done} done; outputs written so far are"
                     " complete; rerun with --skip-existing to finish")
                 raise click.exceptions.Exit(130) from None
