@@ -198,7 +198,7 @@ def gaussian_kernel(sigma: float, size: int | None = None, *, exact: bool | None
 
 
 def sharpen_kernel() -> Kernel:
-    """Seed 000's 5x5 sharpen kernel (section V, Fig. 9); it sums to 1."""
+    """The mask-convolution paper's 5x5 sharpen kernel (section V, Fig. 9); it sums to 1."""
     a = np.array(
         [[-1, -1, -1, -1, -1],
          [-1, 2, 2, 2, -1],

@@ -209,6 +209,12 @@ def panel(columns, *, mask=None, contour: bool = True, inset=None, profile: bool
             raise ValueError("inset 'auto' needs a mask")
         inset = choose_inset([im for _, im in cols[1:]] if len(cols) > 2 else [im for _, im in cols],
                              mask, max(16, int(round(0.12 * min(h, w)))))
+    if inset is not None:
+        ix, iy, isz = (int(v) for v in inset)
+        if ix < 0 or iy < 0 or isz < 4 or ix + isz > w or iy + isz > h:
+            raise ValueError(f"inset {ix},{iy},{isz} does not fit in the {w}x{h} image"
+                             f" (x + size <= {w}, y + size <= {h}, size >= 4)")
+        inset = (ix, iy, isz)
     if profile and (inset is None or mask is None):
         raise ValueError("a profile needs a mask and an inset")
     pad = max(2, int(round(THEME["pad_fraction"] * w)))

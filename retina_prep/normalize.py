@@ -24,6 +24,8 @@ __all__ = [
     "DEFAULT_TARGET",
     "resolve_window",
     "make_kernel",
+    "kernel_for",
+    "check_kernel_args",
     "local_mean",
     "normalize_illumination",
     "dtype_scale",
@@ -83,6 +85,41 @@ def make_kernel(kind: str = "mean", window: int = 51, sigma: float | None = None
     if kind not in KERNELS:
         raise ValueError(f"unknown kernel {kind!r}; valid kernels: {', '.join(KERNELS)}")
     return named_kernel(kind, size=window, sigma=sigma)
+
+
+def kernel_for(name: str, window=None, sigma: float | None = None, mask=None) -> Kernel:
+    """The kernel a command runs, by one rule for every command.
+
+    ``name`` is a kernel name (:data:`~retina_prep.core.KERNEL_NAMES`);
+    ``window`` an odd size in pixels, ``"auto"`` (a fraction of the FOV
+    diameter of ``mask``) or None. For ``mean`` and ``gaussian``:
+
+    - an explicit ``window`` sizes the kernel (a Gaussian is truncated to it);
+    - with no ``window``, a Gaussian with ``sigma`` spans ``2*ceil(3*sigma)+1``
+      pixels (large ones run as a box cascade); everything else uses ``"auto"``.
+
+    Fixed kernels (sharpen, laplacian, sobel) take no window but their own
+    size; ``"auto"`` and None leave it.
+    """
+    if name in KERNELS:
+        if window is None and name == "gaussian" and sigma is not None:
+            return named_kernel(name, sigma=sigma)
+        size = resolve_window("auto" if window is None else window, mask)
+        return make_kernel(name, size, sigma)
+    if isinstance(window, str) and window.strip().lower() == "auto":
+        window = None
+    return named_kernel(name, size=None if window is None else resolve_window(window), sigma=sigma)
+
+
+def check_kernel_args(name: str, window=None, sigma: float | None = None) -> None:
+    """Raise ``ValueError`` now if :func:`kernel_for` would refuse these arguments for any
+    image (an ``"auto"`` window, which needs the image's mask, is probed with a small size)."""
+    if not isinstance(name, str):
+        raise ValueError(f"a kernel name is needed here, got {name!r}")
+    auto = window is None or (isinstance(window, str) and window.strip().lower() == "auto")
+    sized_by_sigma = window is None and name == "gaussian" and sigma is not None
+    probe = 3 if auto and name in KERNELS and not sized_by_sigma else window
+    kernel_for(name, probe, sigma)
 
 
 def dtype_scale(dtype) -> float:

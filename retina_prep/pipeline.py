@@ -32,8 +32,12 @@ from .io import (
 )
 from .normalize import (
     DEFAULT_SCALE,
+    DEFAULT_TARGET,
+    KERNELS,
     METHODS,
+    check_kernel_args,
     dtype_scale,
+    kernel_for,
     make_kernel,
     normalize_illumination,
     resolve_window,
@@ -54,6 +58,7 @@ __all__ = [
     "mask_outputs",
     "read_fov",
     "evaluate_pair",
+    "read_labels",
 ]
 
 #: Rim handling: "auto" trims the transition rim (:func:`~retina_prep.fov.trim_rim`),
@@ -84,7 +89,7 @@ class MaskSettings:
 class NormalizeSettings:
     """Options of illumination normalization (see :func:`normalize_illumination`)."""
 
-    window: int | str = "auto"
+    window: int | str | None = None  # None: "auto", or 2*ceil(3*sigma)+1 for a Gaussian's sigma
     kernel: str = "mean"
     sigma: float | None = None
     target: float = 128.0
@@ -102,8 +107,9 @@ class NormalizeSettings:
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"scale must be a positive number, got {self.scale!r}")
         # the kernel's name, size and sigma are checked where kernels are made
-        make_kernel(self.kernel, 3 if self.window == "auto" else resolve_window(self.window),
-                    self.sigma)
+        if self.kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {self.kernel!r}; valid kernels: {', '.join(KERNELS)}")
+        check_kernel_args(self.kernel, self.window, self.sigma)
         if self.format not in OUTPUT_FORMATS:
             raise ValueError(
                 f"unknown format {self.format!r}; valid formats: {', '.join(OUTPUT_FORMATS)}"
@@ -247,7 +253,7 @@ def _run_normalize(image, mask, kernel: Kernel, settings: NormalizeSettings, ign
 
 def normalize_loaded(image, mask, settings: NormalizeSettings = NormalizeSettings()):
     """Normalize an image already read (and its prepared mask): ``(result, kernel)``."""
-    kernel = make_kernel(settings.kernel, resolve_window(settings.window, mask), settings.sigma)
+    kernel = kernel_for(settings.kernel, settings.window, settings.sigma, mask)
     return _run_normalize(image, mask, kernel, settings, settings.ignore_mask), kernel
 
 
@@ -325,9 +331,11 @@ def mask_pair(pair: Pair, outdir, mask_settings: MaskSettings = MaskSettings(), 
 class FilterSettings:
     """Options of masked filtering (see :func:`~retina_prep.core.masked_filter`)."""
 
-    kernel: Kernel
+    kernel: Kernel | str  # a Kernel, or a name sized by window/sigma per image (kernel_for)
     mode: str = "normalized"
     ignore_mask: bool = False
+    window: int | str | None = None  # for named kernels: pixels, "auto", or None (kernel_for)
+    sigma: float | None = None
     offset: float | None = None  # 8-bit units; None: mid-gray for zero-sum kernels, else 0
     fill: float = 0.0
     dtype: str = "same"  # "same" as the input, or "float32" (tif only)
@@ -336,8 +344,13 @@ class FilterSettings:
     overwrite: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.kernel, Kernel):
-            raise ValueError("a kernel is required")
+        if isinstance(self.kernel, Kernel):
+            if self.window is not None or self.sigma is not None:
+                raise ValueError("window and sigma apply to named kernels only")
+        elif isinstance(self.kernel, str):
+            check_kernel_args(self.kernel, self.window, self.sigma)
+        else:
+            raise ValueError("a kernel (a Kernel or a kernel name) is required")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; valid modes: {', '.join(MODES)}")
         if self.dtype not in ("same", "float32"):
@@ -347,32 +360,39 @@ class FilterSettings:
         if self.dtype == "float32" and self.format != "tif":
             raise ValueError("float32 output needs format tif")
 
-    @property
-    def effective_offset(self) -> float:
+    def kernel_for(self, mask) -> Kernel:
+        """The kernel for an image with FOV ``mask`` (a named kernel may be sized by it)."""
+        if isinstance(self.kernel, Kernel):
+            return self.kernel
+        return kernel_for(self.kernel, self.window, self.sigma, mask)
+
+    def offset_for(self, kernel: Kernel) -> float:
+        """The offset added to the result: mid-gray for zero-sum kernels unless given."""
         if self.offset is not None:
             return self.offset
-        return 128.0 if abs(self.kernel.total) < 1e-9 else 0.0
+        return DEFAULT_TARGET if abs(kernel.total) < 1e-9 else 0.0
 
 
 def filter_array(image, mask, settings: FilterSettings):
-    """Filter one image as ``settings`` say; returns (output array, validity map)."""
+    """Filter one image as ``settings`` say; returns (output array, validity map, kernel)."""
+    kernel = settings.kernel_for(mask)
     result, validity = masked_filter(
-        image, None if settings.ignore_mask else mask, settings.kernel, mode=settings.mode, fill=0.0,
+        image, None if settings.ignore_mask else mask, kernel, mode=settings.mode, fill=0.0,
     )
     in_scale = dtype_scale(image.dtype)
-    result += np.float32(settings.effective_offset * in_scale)
+    result += np.float32(settings.offset_for(kernel) * in_scale)
     inside = np.ones(image.shape[:2], bool) if mask is None else np.asarray(mask) > 0
     if settings.dtype == "float32":
         out = result
         out[~inside] = np.float32(settings.fill * in_scale)
-        return out.astype(np.float32, copy=False), validity
+        return out.astype(np.float32, copy=False), validity, kernel
     dt = image.dtype
     if np.issubdtype(dt, np.integer):
         info = np.iinfo(dt)
         np.clip(result, info.min, info.max, out=result)
         np.rint(result, out=result)
     result[~inside] = settings.fill * in_scale
-    return result.astype(dt), validity
+    return result.astype(dt), validity, kernel
 
 
 def filter_outputs(pair: Pair, outdir, settings: FilterSettings) -> list[Path]:
@@ -392,7 +412,7 @@ def filter_pair(pair: Pair, outdir, settings: FilterSettings,
     for o in outs:
         _check_output(o, pair, settings.overwrite, keep_existing)
     image, mask, info = load_pair(pair, mask_settings)
-    result, validity = filter_array(image, mask, settings)
+    result, validity, kernel = filter_array(image, mask, settings)
     items = [(outs[0], lambda: encode_image(result, settings.format))]
     if settings.write_weights:
         def weights_bytes():
@@ -403,16 +423,16 @@ def filter_pair(pair: Pair, outdir, settings: FilterSettings,
             return encode_image(wimg, settings.format)
         items.append((outs[1], weights_bytes))
     outputs = write_outputs(items, overwrite=settings.overwrite, keep_existing=keep_existing)
-    info.update(kernel=settings.kernel.name, mode=settings.mode)
+    info.update(kernel=kernel.name, mode=settings.mode)
     return Result(pair, "done", outputs=outputs, warnings=info.pop("warnings"), info=info)
 
 
 def filter_columns(image, mask, kernel: Kernel, *, mode: str = "normalized"):
-    """Seed 000's Fig. 7-9 columns: original | on black BG | on white BG | mask convolution.
+    """The mask-convolution paper's Fig. 7-9 columns: original | on black BG | on white BG | mask convolution.
 
     The background outside the FOV is filled with black (zero padding) or
     white and filtered by plain convolution; the third column is masked
-    filtering. Every result is cut to the FOV afterwards, as in the seed.
+    filtering. Every result is cut to the FOV afterwards, as in the paper.
     """
     plain = FilterSettings(kernel=kernel, ignore_mask=True)
     masked = FilterSettings(kernel=kernel, mode=mode)
@@ -427,7 +447,7 @@ def filter_columns(image, mask, kernel: Kernel, *, mode: str = "normalized"):
 
 def normalize_columns(image, mask, kernel: Kernel, *,
                       settings: NormalizeSettings = NormalizeSettings(), done=None):
-    """Seed 000's Fig. 4 columns: without IN | IN without mask | IN with mask.
+    """The mask-convolution paper's Fig. 4 columns: without IN | IN without mask | IN with mask.
 
     ``done`` maps ``ignore_mask`` (True/False) to results already computed.
     """
@@ -439,19 +459,20 @@ def normalize_columns(image, mask, kernel: Kernel, *,
             ("(c) IN with mask", done[False])]
 
 
-def compare_pair(pair: Pair, out_path, *, kernel_spec, mask_settings: MaskSettings = MaskSettings(),
-                 normalize: bool = False, window="auto", inset="auto", profile: bool = True,
+def compare_pair(pair: Pair, out_path, *, kernel: Kernel | str = "gaussian", window=None,
+                 sigma: float | None = None, mask_settings: MaskSettings = MaskSettings(),
+                 normalize: bool = False, inset="auto", profile: bool = True,
                  overwrite: bool = False, thumb_width: int | None = None) -> Result:
     """Write one comparison figure for ``pair`` to ``out_path``.
 
-    ``kernel_spec`` is a :class:`Kernel`, or a callable ``window -> Kernel``
-    for kernels sized by the FOV (``window="auto"``).
+    ``kernel`` is a :class:`Kernel`, or a kernel name sized by ``window`` and
+    ``sigma`` for this image (see :func:`~retina_prep.normalize.kernel_for`).
     """
     out_path = Path(out_path)
     _check_output(out_path, pair, overwrite)
     image, mask, info = load_pair(pair, mask_settings)
-    win = resolve_window(window, mask)
-    kernel = kernel_spec(win) if callable(kernel_spec) else kernel_spec
+    if not isinstance(kernel, Kernel):
+        kernel = kernel_for(kernel, window, sigma, mask)
     if normalize:
         cols = normalize_columns(image, mask, kernel)
     else:
@@ -475,15 +496,38 @@ def evaluate_pair(pair: Pair, *, window="auto", kernel_name: str = "mean", targe
     label_path = find_label(pair.image) if labels == "auto" else _label_in(labels, pair.image)
     vessels = None
     if label_path is not None:
-        vessels = read_mask(label_path)
-        if vessels.shape != fov.shape:
-            raise MaskError(f"labels {label_path} are {vessels.shape[1]}x{vessels.shape[0]} px but"
-                            f" the image is {fov.shape[1]}x{fov.shape[0]} px", pair.image)
+        vessels = read_labels(label_path, fov, max_pixels=mask_settings.max_pixels)
     win = resolve_window(window, region)
     kernel = make_kernel(kernel_name, win)
     ev = evaluate_image(image, fov, region > 0, vessels, kernel=kernel, target=target)
     info.update(window=win, labels=str(label_path) if label_path else None, evaluation=ev)
     return Result(pair, "done", warnings=info.pop("warnings"), info=info)
+
+
+def read_labels(path, fov, *, max_pixels=DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read a vessel label image for an image whose field of view is ``fov``: boolean ``(H, W)``.
+
+    Raises :class:`MaskError` (naming ``path``) unless the file holds two values at most (a
+    binary label image), has the image's size and marks vessel pixels inside the FOV.
+    """
+    raw = read_image(path, max_pixels=max_pixels)
+    gray = raw.max(axis=-1) if raw.ndim == 3 else raw
+    if gray.shape != fov.shape:
+        raise MaskError(f"labels are {gray.shape[1]}x{gray.shape[0]} px but the image is"
+                        f" {fov.shape[1]}x{fov.shape[0]} px", path)
+    g = gray.astype(np.float64)
+    lo, hi = float(g.min()), float(g.max())
+    if hi > lo:
+        # two values; JPEG-compressed labels keep almost all pixels near the two extremes
+        near = (g <= lo + 0.1 * (hi - lo)) | (g >= hi - 0.1 * (hi - lo))
+        if near.mean() < 0.99:
+            raise MaskError("labels are not binary (a gray-level image, not vessel / background);"
+                            " is this the right folder?", path)
+    vessels = g > (lo + hi) / 2 if hi > lo else np.zeros(gray.shape, bool)
+    inside = fov > 0
+    if not np.any(vessels & inside):
+        raise MaskError("labels mark no vessel pixel inside the field of view", path)
+    return vessels
 
 
 def _label_in(folder, image: Path):

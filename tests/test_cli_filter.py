@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -101,11 +103,31 @@ def test_kernel_option_errors(tmp_path):
     write_image(tmp_path / "x.png", np.full((20, 20, 3), 50, np.uint8))
     for args, msg in [([], "Missing option '--kernel'"),
                       (["--kernel", "blur"], "neither a kernel name"),
-                      (["--kernel", "mean"], "needs a size"),
+                      (["--kernel", "sharpen", "--window", "7"], "takes no other size"),
                       (["--kernel", "sharpen", "--sigma", "2"], "sigma"),
                       (["--kernel", "mean", "--size", "4"], "odd")]:
         r = invoke("filter", tmp_path / "x.png", "-o", tmp_path / "o", *args)
         assert r.exit_code == 2 and msg in r.output, (args, r.output)
+
+
+def test_window_is_one_option_with_auto(tmp_path):
+    """filter takes --window N|auto like normalize (--size is an alias); mean defaults to auto."""
+    root = make_drive(tmp_path / "D", 1, 0)
+    outs = {}
+    for name, args in [("auto", ["--kernel", "mean"]), ("w", ["--kernel", "mean", "--window", "auto"]),
+                       ("size", ["--kernel", "mean", "--size", "21"])]:
+        r = invoke("filter", root / "training", "-o", tmp_path / name, *args, "-j", "2")
+        assert r.exit_code == 0, r.output
+        rec = [json.loads(x) for x in (tmp_path / name / "manifest.jsonl").open()][1]
+        outs[name] = rec["params"]["kernel"]
+    assert outs["auto"] == outs["w"] and outs["auto"].startswith("box")
+    assert outs["size"] == "box 21"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("window = 31\n")  # a shared config key every command understands
+    for cmd in ("filter", "normalize"):
+        extra = ["--kernel", "mean"] if cmd == "filter" else []
+        r = invoke(cmd, root / "training", "-o", tmp_path / f"cfg_{cmd}", "--config", cfg, *extra)
+        assert r.exit_code == 0, r.output
 
 
 def test_masked_gaussian_of_constant_is_constant_to_the_margin():

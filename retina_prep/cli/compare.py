@@ -8,9 +8,8 @@ from pathlib import Path
 import click
 
 from ..core import KERNEL_NAMES
-from ..normalize import make_kernel
 from ..pipeline import MaskSettings, compare_pair
-from .options import KernelSpec, WindowType, build_kernel, mask_options
+from .options import KernelSpec, WindowType, check_kernel, mask_options
 from .runner import ContactSheet, collect_pairs, execute, run_options
 
 
@@ -52,15 +51,14 @@ Examples:
 @click.option("--kernel", "kernel_spec", type=KernelSpec(), default=None,
               help=f"A name ({', '.join(KERNEL_NAMES)}) or a kernel file [default: gaussian for"
               " Fig. 7-9, mean for --normalize].")
-@click.option("--size", type=click.IntRange(min=1), default=None,
-              help="Kernel size (odd) for mean and gaussian [default: --window].")
+@click.option("--window", "--size", "window", type=WindowType(), default=None,
+              help="Kernel size for mean and gaussian (and Fig. 4's window): odd pixels or 'auto'"
+              " [default: auto; 2*ceil(3*sigma)+1 for --kernel gaussian --sigma].")
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Gaussian sigma [default: size / 2.5].")
 @click.option("--normalize", "normalize_fig", is_flag=True, default=False,
               help="Fig. 4 instead: without IN | IN without mask | IN with mask (mean kernel of"
               " --window, or --kernel gaussian).")
-@click.option("--window", type=WindowType(), default="auto", show_default=True,
-              help="Window for --normalize and the default kernel size: odd pixels or 'auto'.")
 @click.option("--inset", type=InsetType(), default="auto", show_default=True,
               help="Zoomed stretch shown under every column: x,y,size in pixels, 'auto' (where the"
               " columns differ most at the FOV margin) or 'none'.")
@@ -71,7 +69,7 @@ Examples:
 @run_options
 @click.pass_context
 def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
-            kernel_spec, size, sigma, normalize_fig, window, inset, profile, sheet, overwrite,
+            kernel_spec, window, sigma, normalize_fig, inset, profile, sheet, overwrite,
             max_pixels, batch, quiet):
     """Comparison figures: what the mask changes at the FOV margin.
 
@@ -84,12 +82,7 @@ def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode,
         kernel_spec = "mean" if normalize_fig else "gaussian"
     if normalize_fig and kernel_spec not in ("gaussian", "mean"):
         raise click.BadParameter("--normalize takes --kernel mean or gaussian", param_hint="--kernel")
-    if kernel_spec in ("mean", "gaussian") and size is None:
-        # sized by --window, which may depend on each image's FOV; a partial of a module-level
-        # function, so worker processes can receive it
-        kernel = functools.partial(make_kernel, kernel_spec, sigma=sigma)
-    else:
-        kernel = build_kernel(kernel_spec, size, sigma)
+    check_kernel(kernel_spec, window, sigma)
     mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
                                  max_pixels=max_pixels)
     single_file = output.suffix.lower() == ".png"
@@ -102,8 +95,8 @@ def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode,
     contact = ContactSheet(sheet, overwrite=overwrite, columns=2 if len(pairs) > 1 else 1)
     one = output if single_file else None
     step = functools.partial(compare_one, output=one, outdir=outdir,
-                             kernel_spec=kernel, mask_settings=mask_settings,
-                             normalize=normalize_fig, window=window,
+                             kernel=kernel_spec, window=window, sigma=sigma,
+                             mask_settings=mask_settings, normalize=normalize_fig,
                              inset=None if inset == "none" else inset, profile=profile,
                              overwrite=overwrite, thumb_width=480 if sheet else None)
     report = execute("compare", pairs, step, outdir=outdir, batch=batch, quiet=quiet,

@@ -85,7 +85,7 @@ def _write_reports(summary: dict, outdir: Path, overwrite: bool) -> list[Path]:
     epilog="""\b
 Examples:
   retina-prep evaluate DRIVE/test -o report --config configs/drive.toml
-  retina-prep evaluate sample_data -o report --labels sample_data/truth
+  retina-prep evaluate sample_data -o report --labels sample_data/vessels
   retina-prep evaluate CHASE_DB1 -o report --window 41
 """,
 )

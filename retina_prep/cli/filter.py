@@ -7,10 +7,11 @@ import functools
 import click
 
 from ..core import KERNEL_NAMES, MODES
+from ..normalize import AUTO_WINDOW_FRACTION
 from ..pipeline import FilterSettings, MaskSettings, filter_outputs, filter_pair
 from .options import (
     KernelSpec,
-    build_kernel,
+    WindowType,
     format_opt,
     mask_options,
     output_opt,
@@ -34,8 +35,10 @@ Examples:
 @click.option("--kernel", "kernel_spec", type=KernelSpec(), required=True,
               help=f"A name ({', '.join(KERNEL_NAMES)}), or a file: .npy, or a text/CSV matrix."
               " In a config, also an inline matrix.")
-@click.option("--size", type=click.IntRange(min=1), default=None,
-              help="Kernel size (odd) for mean and gaussian [gaussian: 2*ceil(3*sigma)+1].")
+@click.option("--window", "--size", "window", type=WindowType(), default=None,
+              help="Kernel size for mean and gaussian: odd pixels or 'auto'"
+              f" ({AUTO_WINDOW_FRACTION:.0%} of the FOV diameter)"
+              " [default: auto; 2*ceil(3*sigma)+1 for --kernel gaussian --sigma].")
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Gaussian sigma in pixels [default: size / 2.5].")
 @click.option("--mode", type=click.Choice(list(MODES)), default="normalized", show_default=True,
@@ -57,17 +60,17 @@ Examples:
 @run_options
 @click.pass_context
 def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
-               kernel_spec, size, sigma, mode, ignore_mask, offset, fill, dtype, write_weights, fmt,
+               kernel_spec, window, sigma, mode, ignore_mask, offset, fill, dtype, write_weights, fmt,
                overwrite, max_pixels, batch, quiet):
     """Filter images with a kernel, counting only pixels inside the field of view.
 
     Same inputs, mask options, outputs and error handling as normalize.
     Signed kernels (sharpen, laplacian, sobel) stay stable at the FOV margin.
     """
-    kernel = build_kernel(kernel_spec, size, sigma)
     try:
-        settings = FilterSettings(kernel=kernel, mode=mode, ignore_mask=ignore_mask, offset=offset,
-                                  fill=fill, dtype=dtype, format=fmt, write_weights=write_weights,
+        settings = FilterSettings(kernel=kernel_spec, window=window, sigma=sigma, mode=mode,
+                                  ignore_mask=ignore_mask, offset=offset, fill=fill, dtype=dtype,
+                                  format=fmt, write_weights=write_weights,
                                   overwrite=overwrite)
         mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
                                      max_pixels=max_pixels)
@@ -79,5 +82,6 @@ def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, ero
                              mask_settings=mask_settings, keep_existing=batch.skip_existing)
     report = execute("filter", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
                      expected_outputs=lambda p: filter_outputs(p, outdir, settings),
-                     params={**ctx.params, "kernel": kernel})
+                     params={**ctx.params, "kernel": kernel_spec if isinstance(kernel_spec, str)
+                             else kernel_spec.name})
     ctx.exit(report.exit_code)

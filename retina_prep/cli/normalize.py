@@ -45,11 +45,12 @@ Examples:
 @mask_options
 @click.option(
     "--window",
+    "--size",
+    "window",
     type=WindowType(),
-    default="auto",
-    show_default=True,
+    default=None,
     help=f"Local-mean window: an odd size in pixels, or 'auto' ({AUTO_WINDOW_FRACTION:.0%} of the FOV"
-    " diameter).",
+    " diameter) [default: auto; 2*ceil(3*sigma)+1 for --kernel gaussian --sigma].",
 )
 @click.option(
     "--kernel",

@@ -14,10 +14,10 @@ try:  # Python 3.11+
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from ..core import KERNEL_NAMES, as_kernel, named_kernel
+from ..core import KERNEL_NAMES, as_kernel
 from ..errors import RetinaPrepError
 from ..io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, load_kernel
-from ..normalize import resolve_window
+from ..normalize import check_kernel_args, resolve_window
 from ..pipeline import AUTO_ERODE_FRACTION, RIM_CHOICES, parse_erode
 
 
@@ -90,15 +90,16 @@ class KernelSpec(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-def build_kernel(spec, size, sigma):
-    """The Kernel for --kernel/--size/--sigma; a usage error when they do not fit."""
+def check_kernel(spec, window, sigma) -> None:
+    """A usage error now when --kernel, --window/--size and --sigma do not fit together
+    (the kernel itself is made per image, sized by its FOV)."""
     if not isinstance(spec, str):
-        if size is not None or sigma is not None:
-            raise click.BadParameter("--size and --sigma apply to named kernels only",
+        if window is not None or sigma is not None:
+            raise click.BadParameter("--window/--size and --sigma apply to named kernels only",
                                      param_hint="--kernel")
-        return spec
+        return
     try:
-        return named_kernel(spec, size=size, sigma=sigma)
+        check_kernel_args(spec, window, sigma)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--kernel") from None
 
