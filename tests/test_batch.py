@@ -110,7 +110,7 @@ def test_dry_run_writes_nothing(tmp_path):
     r = CliRunner().invoke(cli, ["normalize", str(root), "-o", str(tmp_path / "o"), "--dry-run"])
     assert r.exit_code == 0
     rows = r.stdout.splitlines()
-    assert rows[0] == "image\tmask\toutput" and len(rows) == 3
+    assert rows[0] == "image\tmask\tmask_source\toutputs" and len(rows) == 3
     assert "01_test_mask.gif" in rows[1] and rows[1].endswith("01_test.png")
     assert not (tmp_path / "o").exists()
 

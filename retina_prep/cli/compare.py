@@ -101,7 +101,8 @@ def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode,
                              overwrite=overwrite, thumb_width=480 if sheet else None)
     report = execute("compare", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
                      expected_outputs=lambda p: [figure_path(p, one, outdir)],
-                     params=dict(ctx.params), on_result=contact)
+                     params=dict(ctx.params), on_result=contact,
+                     default_manifest=not single_file)
     contact.write("compare", quiet)
     ctx.exit(report.exit_code)
 

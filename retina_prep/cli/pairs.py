@@ -24,11 +24,13 @@ def pairs(inputs, mask, mask_dir, mask_pattern, auto_mask, batch):
     """Show the images found in INPUT and their masks and vessel labels, as a table on stdout.
 
     Tab-separated: image, mask (or '-' when it will be estimated), where the
-    mask came from, label, and the output name. A summary line goes to stderr.
+    mask came from, label, and the output name: the path under -o without
+    the file ending (--dry-run of a command shows the full output paths).
+    A summary line goes to stderr.
     """
     found = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
                           outdir=None, batch=batch)
-    click.echo("image\tmask\tmask_source\tlabel\toutput")
+    click.echo("image\tmask\tmask_source\tlabel\tname")
     n_mask = n_label = 0
     for p in found:
         label = find_label(p.image)

@@ -309,6 +309,7 @@ def execute(
     expected_outputs: Callable[[Pair], list[Path]],
     params: dict,
     on_result: Callable[[Result], None] | None = None,
+    default_manifest: bool = True,
 ) -> Report:
     """Run ``step`` over ``pairs``: the one batch loop of every command.
 
@@ -316,16 +317,21 @@ def execute(
     per-file error lines, the manifest and --print-outputs all live here.
     """
     if batch.dry_run:
-        click.echo("image\tmask\toutput")
+        # the columns of `retina-prep pairs`, with the full output paths instead of the names
+        click.echo("image\tmask\tmask_source\toutputs")
         for p in pairs:
             outs = ",".join(str(o) for o in expected_outputs(p))
-            click.echo(f"{p.image}\t{p.mask if p.mask else '(estimated)'}\t{outs}")
+            src = p.mask_source if p.mask else "estimated"
+            click.echo(f"{p.image}\t{p.mask or '-'}\t{src}\t{outs}")
         return Report()
 
     prepare_outdir(outdir)
     report = Report()
     manifest = _manifest_path(outdir, batch)
-    clashes = output_clashes(pairs, expected_outputs, reserved=[manifest])
+    if batch.manifest is None and not default_manifest:
+        manifest = Path(os.devnull)  # a single figure: no manifest unless asked for
+    clashes = output_clashes(pairs, expected_outputs,
+                             reserved=[] if manifest == Path(os.devnull) else [manifest])
     _check_manifest(manifest, pairs)
     try:
         manifest.parent.mkdir(parents=True, exist_ok=True)
