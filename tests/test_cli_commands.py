@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from retina_prep.cli.main import cli
 from retina_prep.io import write_image
+from retina_prep.synthetic import synthetic_fundus
 
 from .helpers import make_drive
 
@@ -89,3 +90,18 @@ def test_pairs_and_dry_run_share_columns(tmp_path):
         ia, ib = a.split("\t"), b.split("\t")
         assert ia[:3] == ib[:3]
         assert ib[3] == str(tmp_path / "o" / ia[4]) + ".png"
+
+
+def test_per_image_warnings_are_counted_once_and_listed_with_v(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / "in" / f"e{i}.png",
+                    synthetic_fundus((90, 100), seed=i).image)
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "a", "-j", "2")
+    lines = [x for x in r.output.splitlines() if x.startswith("warning:")]
+    assert r.exit_code == 0 and len(lines) == 1 and "3 of 3 images: no mask found" in lines[0]
+    recs = manifest_images(tmp_path / "a" / "manifest.jsonl")
+    assert all(any("no mask found" in w for w in rec["warnings"]) for rec in recs)
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "b", "-v")
+    assert len([x for x in r.output.splitlines() if x.startswith("warning:")]) == 4
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "c", "-q")
+    assert r.exit_code == 0 and r.output == ""

@@ -17,7 +17,7 @@ from ..figures import roc_figure
 from ..io import write_bytes, write_image
 from ..normalize import DEFAULT_TARGET, KERNELS
 from ..pipeline import MaskSettings, evaluate_pair
-from .options import WindowType, config_opt, mask_options, max_pixels_opt, quiet_opt
+from .options import WindowType, config_opt, mask_options, max_pixels_opt, quiet_opt, verbose_opt
 from .runner import BatchOptions, collect_pairs, execute, log
 
 
@@ -105,6 +105,7 @@ Examples:
               help="Worker processes [default: the number of cores].")
 @max_pixels_opt
 @quiet_opt
+@verbose_opt
 @config_opt
 @click.pass_context
 def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,

@@ -15,6 +15,7 @@ from .evaluate import evaluate
 from .filter import filter_cmd
 from .mask import mask
 from .normalize import normalize
+from .options import setup_logging
 from .pairs import pairs
 
 
@@ -30,6 +31,7 @@ def cli():
       retina-prep mask photos/ -o masks --sheet masks/sheet.png
     """
     _silence_libraries()
+    setup_logging()
 
 
 def _silence_libraries() -> None:

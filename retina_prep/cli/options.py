@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import sys
 from pathlib import Path
 
 import click
 import numpy as np
+from tqdm import tqdm
 
 try:  # Python 3.11+
     import tomllib
@@ -208,8 +210,42 @@ overwrite_opt = click.option(
     "--overwrite", is_flag=True, default=False, help="Replace existing output files."
 )
 
+#: The command line's messages: one line each on stderr, through Python's logging.
+#: Levels: ERROR (bad files), WARNING (summaries of per-image warnings), INFO (progress and
+#: summary lines; the default shows them), DEBUG (one warning line per image: -v).
+LOG = logging.getLogger("retina_prep.cli")
+
+
+class _StderrLines(logging.Handler):
+    """Each record as one line on stderr, above a running progress bar (newlines escaped)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage().replace("\n", "\\n").replace("\r", "\\r")
+        tqdm.write(msg, file=sys.stderr)
+
+
+def setup_logging() -> None:
+    """Route LOG to stderr at the default level (INFO); -q and -v change the level."""
+    if not any(isinstance(h, _StderrLines) for h in LOG.handlers):
+        LOG.addHandler(_StderrLines())
+    LOG.propagate = False
+    LOG.setLevel(logging.INFO)
+
+
+def _set_verbosity(ctx, param, value):
+    if value:
+        LOG.setLevel(logging.ERROR if param.name == "quiet" else logging.DEBUG)
+    return value
+
+
 quiet_opt = click.option(
-    "-q", "--quiet", is_flag=True, default=False, help="No progress bar and no summary line."
+    "-q", "--quiet", is_flag=True, default=False, callback=_set_verbosity,
+    help="Errors only: no progress bar, warnings or summary line.",
+)
+
+verbose_opt = click.option(
+    "-v", "--verbose", is_flag=True, default=False, expose_value=False, callback=_set_verbosity,
+    help="Also one warning line per image (e.g. each estimated mask), not just their count.",
 )
 
 format_opt = click.option(

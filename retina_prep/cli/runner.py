@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import json
+import logging
 import os
 import signal
 import sys
@@ -23,12 +24,20 @@ from ..dataset import Pair, find_pairs, shard_pairs
 from ..errors import DatasetError
 from ..figures import contact_sheet
 from ..io import remove_stale_temporaries, write_image
-from .options import config_opt, max_pixels_opt, overwrite_opt, quiet_opt, stderr_is_terminal
+from .options import (
+    LOG,
+    config_opt,
+    max_pixels_opt,
+    overwrite_opt,
+    quiet_opt,
+    stderr_is_terminal,
+    verbose_opt,
+)
 
 
-def log(msg: str) -> None:
-    """One line on stderr that does not break a progress bar (newlines in names escaped)."""
-    tqdm.write(msg.replace("\n", "\\n").replace("\r", "\\r"), file=sys.stderr)
+def log(msg: str, level: int = logging.INFO) -> None:
+    """One line on stderr that does not break a progress bar (see :data:`options.LOG`)."""
+    LOG.log(level, msg)
 
 
 #: Library errors worded with the command's flags (the library names no flags).
@@ -36,6 +45,12 @@ _HINTS = {
     "OutputExistsError": " (use --overwrite to replace it, or --skip-existing to keep it)",
     "ImageTooLargeError": None,  # reworded below
 }
+
+
+def _warning_kind(warning: str, pair: Pair) -> str:
+    """A per-image warning without its file name, to count alike warnings."""
+    prefix = f"{pair.image}: "
+    return warning[len(prefix):] if warning.startswith(prefix) else warning
 
 
 def cli_wording(result: Result) -> str:
@@ -138,7 +153,7 @@ def batch_options(f, *, inputs_only: bool = False):
 def run_options(f):
     """The options every writing command ends with: --overwrite, --max-pixels, the batch
     options, -q and --config (eager, so it is read before the others)."""
-    for d in (config_opt, quiet_opt, batch_options, max_pixels_opt, overwrite_opt):
+    for d in (config_opt, verbose_opt, quiet_opt, batch_options, max_pixels_opt, overwrite_opt):
         f = d(f)
     return f
 
@@ -350,7 +365,7 @@ def execute(
             except OSError as exc:  # a full disk: say so once, the images go on
                 manifest_ok[0] = False
                 log(f"error: {manifest}: cannot write the manifest ({exc.strerror or exc});"
-                    " outputs are still written")
+                    " outputs are still written", logging.ERROR)
                 report.failed += 1
 
         header = {"type": "run", "tool": "retina-prep", "version": __version__, "command": command,
@@ -364,16 +379,18 @@ def execute(
                     "mask": str(result.pair.mask) if result.pair.mask else None,
                     "mask_source": result.info.get("mask_source", result.pair.mask_source),
                     "outputs": [str(o) for o in result.outputs], "status": result.status,
-                    "error": result.error, "seconds": round(result.seconds, 4),
+                    "error": result.error, "warnings": result.warnings,
+                    "seconds": round(result.seconds, 4),
                     "params": _jsonable({k: v for k, v in result.info.items()
                                          if k != "mask_source"})}
             write_line(line)
 
         todo = []
         skipped = 0
+        warned: dict[str, int] = {}
         for p in pairs:
             if p in clashes:
-                log(f"error: {clashes[p]}")
+                log(f"error: {clashes[p]}", logging.ERROR)
                 res = Result(p, "failed", error=clashes[p])
                 report.add(res)
                 record(res)
@@ -389,9 +406,11 @@ def execute(
                 if on_result is not None:
                     on_result(result)
                 for w in result.warnings:
-                    log(f"warning: {w}")
+                    log(f"warning: {w}", logging.DEBUG)
+                    kind = _warning_kind(w, result.pair)
+                    warned[kind] = warned.get(kind, 0) + 1
                 if result.status != "done":
-                    log(f"error: {cli_wording(result)}")
+                    log(f"error: {cli_wording(result)}", logging.ERROR)
                 elif batch.print_outputs:
                     for o in result.outputs:
                         click.echo(str(o))
@@ -410,8 +429,12 @@ def execute(
                 for result in finished:
                     handle(result)
                 log(f"{command}: interrupted after {report.done} done; outputs written so far are"
-                    " complete; rerun with --skip-existing to finish")
+                    " complete; rerun with --skip-existing to finish", logging.ERROR)
                 raise click.exceptions.Exit(130) from None
+    verbose = LOG.getEffectiveLevel() <= logging.DEBUG
+    hint = "" if verbose else " (listed in the manifest; -v shows each)"
+    for kind, n in warned.items():
+        log(f"warning: {n} of {len(todo)} images: {kind}{hint}", logging.WARNING)
     if not quiet:
         extra = f", {skipped} skipped (exist)" if batch.skip_existing else ""
         log(f"{command}: {report.done} done, {report.failed} failed{extra}; outputs in {outdir}")
