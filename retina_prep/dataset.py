@@ -170,7 +170,11 @@ def _walk_images(root: Path):
 def _rel_for(path: Path, root: Path | None) -> PurePath:
     if root is None:
         return PurePath(path.stem)
-    parts = [p for p in path.relative_to(root).parent.parts if p.lower() not in IMAGE_DIR_NAMES]
+    try:
+        relative = path.relative_to(root)
+    except ValueError:  # one of them relative to the working folder
+        relative = Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
+    parts = [p for p in relative.parent.parts if p.lower() not in IMAGE_DIR_NAMES]
     return PurePath(*parts, path.stem)
 
 
@@ -182,6 +186,7 @@ def find_pairs(
     mask_pattern: str | None = None,
     exclude=(),
     missing_ok: bool = False,
+    base=None,
 ) -> list[Pair]:
     """Find the images named by ``inputs`` and pair each with its mask.
 
@@ -204,6 +209,11 @@ def find_pairs(
     missing_ok : bool
         Keep paths that do not exist as pairs (reading them then fails, for
         that image only) instead of raising.
+    base : path-like, optional
+        Image files named one by one (not found in a folder) get output names
+        relative to ``base``, mirroring their sub-folders (``base/patientX/
+        left.jpg`` -> ``patientX/left``) as folder inputs do; without it they
+        are named by their file name alone.
 
     Returns
     -------
@@ -228,7 +238,7 @@ def find_pairs(
             found.extend((f, p) for f in imgs)
         elif p.is_file() or p.is_symlink() or (missing_ok and not p.exists()):
             if not (_is_mask_or_label_name(p) or any(_is_skipped_dir(d) for d in p.parent.parts[-1:])):
-                found.append((p, None))
+                found.append((p, _base_of(p, base)))
         else:
             raise DatasetError("no such file or folder", p)
 
@@ -252,6 +262,18 @@ def find_pairs(
             src = "dataset" if m is not None else "none"
         pairs.append(Pair(img, m, src, _rel_for(img, root)))
     return pairs
+
+
+def _base_of(path: Path, base) -> Path | None:
+    """``base`` as the root of a file named on its own (the file must lie under it)."""
+    if base is None:
+        return None
+    b = Path(base)
+    try:
+        Path(os.path.abspath(path)).relative_to(os.path.abspath(b))
+    except ValueError:
+        raise DatasetError(f"is not under the base folder {b}", path) from None
+    return Path(os.path.abspath(b))
 
 
 def check_mask_pattern(pattern: str) -> None:
@@ -303,15 +325,55 @@ def _unique(found):
 def shard_pairs(pairs, k: int, n: int) -> list[Pair]:
     """The pairs of shard ``k`` of ``n`` (1-based): a deterministic 1/n of them.
 
-    A pair's shard depends only on its output path (``rel``), so it is the
-    same on every machine and whatever the order of the inputs; the n shards
-    cover every pair exactly once.
+    The pairs are ordered by a hash of their output path (``rel``) and dealt
+    out in turn, so shard sizes differ by at most one, and a pair's shard is
+    the same on every machine whatever the order of the inputs (given the
+    same set of inputs, as every task of a job array sees). The n shards
+    cover every pair exactly once. Returned in input order.
     """
     if not 1 <= k <= n:
         raise ValueError(f"shard {k}/{n}: K must be between 1 and N")
-    out = []
-    for p in pairs:
-        h = int.from_bytes(hashlib.sha1(os.fsencode(p.rel.as_posix())).digest()[:8], "big")
-        if h % n == k - 1:
-            out.append(p)
-    return out
+    keyed = sorted(pairs, key=lambda p: (hashlib.sha1(os.fsencode(p.rel.as_posix())).digest(),
+                                         os.fsencode(os.fspath(p.image))))
+    mine = {id(p) for i, p in enumerate(keyed) if i % n == k - 1}
+    return [p for p in pairs if id(p) in mine]
+
+
+#: Environment variables of array jobs: (index variable, first index, count variable).
+ARRAY_JOB_VARIABLES = (
+    ("SLURM_ARRAY_TASK_ID", None, "SLURM_ARRAY_TASK_COUNT"),  # first index: SLURM_ARRAY_TASK_MIN
+    ("JOB_COMPLETION_INDEX", 0, None),  # Kubernetes indexed Job
+    ("AWS_BATCH_JOB_ARRAY_INDEX", 0, None),  # AWS Batch array job
+)
+
+
+def shard_from_environment(n: int | None = None, environ=None) -> tuple[int, int]:
+    """``(k, n)`` of this task of an array job, from SLURM, Kubernetes or AWS Batch variables.
+
+    SLURM gives the index and the count (arrays with step 1: ``--array=0-9``
+    or ``1-10``); a Kubernetes indexed Job (``JOB_COMPLETION_INDEX``) and an
+    AWS Batch array job (``AWS_BATCH_JOB_ARRAY_INDEX``) give a 0-based index
+    only, so ``n`` (the number of tasks) must be given. Raises ``ValueError``
+    saying what is missing.
+    """
+    env = os.environ if environ is None else environ
+    for var, first, count_var in ARRAY_JOB_VARIABLES:
+        if var not in env:
+            continue
+        try:
+            index = int(env[var])
+            if first is None:  # SLURM
+                first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+            if n is None and count_var and count_var in env:
+                n = int(env[count_var])
+        except ValueError:
+            raise ValueError(f"{var}={env[var]!r} is not a whole number") from None
+        if n is None:
+            raise ValueError(f"{var} gives this task's index but not the number of tasks:"
+                             " give it as auto/N")
+        k = index - first + 1
+        if not 1 <= k <= n:
+            raise ValueError(f"{var}={index} does not fit {n} tasks starting at {first}")
+        return k, n
+    names = ", ".join(v for v, _, _ in ARRAY_JOB_VARIABLES)
+    raise ValueError(f"no array job found: none of {names} is set")

@@ -1,6 +1,7 @@
 """Every writing command, on several images, with worker processes; options shared by commands."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +106,77 @@ def test_per_image_warnings_are_counted_once_and_listed_with_v(tmp_path):
     assert len([x for x in r.output.splitlines() if x.startswith("warning:")]) == 4
     r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "c", "-q")
     assert r.exit_code == 0 and r.output == ""
+
+
+def test_base_mirrors_files_given_one_by_one(tmp_path):
+    for sub, ext in (("a", ".png"), ("b", ".tif"), ("patient X/left", ".png")):
+        write_image(tmp_path / "arch" / sub / f"eye{ext}", synthetic_fundus((90, 100), seed=1).image)
+    listing = "\n".join(str(p) for p in sorted((tmp_path / "arch").rglob("eye.*")))
+    r = CliRunner().invoke(cli, ["normalize", "--files-from", "-", "--base", str(tmp_path / "arch"),
+                                 "-o", str(tmp_path / "out"), "-j", "2"], input=listing)
+    assert r.exit_code == 0, r.output
+    got = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png"))
+    assert got == ["a/eye.png", "b/eye.png", "patient X/left/eye.png"]
+    # without --base the names collide: every clashing image is reported, nothing overwritten
+    r = CliRunner().invoke(cli, ["normalize", "--files-from", "-", "-o", str(tmp_path / "flat")],
+                           input=listing)
+    assert r.exit_code == 1 and "collides" in r.output
+    r = invoke("normalize", tmp_path / "elsewhere.png", "--base", tmp_path / "arch", "-o", tmp_path / "x")
+    assert r.exit_code == 2
+
+
+def test_print0_survives_spaces_and_newlines(tmp_path):
+    names = ["a b.png", "c\nd.png", "e.png"]
+    for i, n in enumerate(names):
+        write_image(tmp_path / "in" / n, synthetic_fundus((90, 100), seed=i).image)
+    r = CliRunner().invoke(cli, ["normalize", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                                 "--print0", "-q", "-j", "2"])
+    assert r.exit_code == 0
+    printed = [p for p in r.stdout_bytes.split(b"\0") if p]
+    assert sorted(os.path.basename(os.fsdecode(p)) for p in printed) == sorted(names)
+    assert all(os.path.isfile(os.fsdecode(p)) for p in printed)
+
+
+def test_shards_are_balanced_and_cover_everything():
+    from pathlib import PurePath
+
+    from retina_prep.dataset import Pair, shard_pairs
+
+    pairs = [Pair(Path(f"/x/{i:03d}.png"), None, "none", PurePath(f"{i:03d}")) for i in range(40)]
+    shards = [shard_pairs(pairs, k, 3) for k in (1, 2, 3)]
+    assert sorted(len(s) for s in shards) == [13, 13, 14]
+    assert sorted(p.rel for s in shards for p in s) == sorted(p.rel for p in pairs)
+    shuffled = pairs[::-1]
+    assert [set(p.rel for p in shard_pairs(shuffled, k, 3)) for k in (1, 2, 3)] == \
+        [set(p.rel for p in s) for s in shards]
+
+
+@pytest.mark.parametrize("env, arg, want", [
+    ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "4"},
+     "auto", (3, 4)),
+    ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "4"},
+     "auto", (4, 4)),
+    ({"JOB_COMPLETION_INDEX": "0"}, "auto/5", (1, 5)),
+    ({"AWS_BATCH_JOB_ARRAY_INDEX": "9"}, "auto/10", (10, 10)),
+])
+def test_shard_auto_reads_the_array_job(monkeypatch, tmp_path, env, arg, want):
+    for var in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT",
+                "JOB_COMPLETION_INDEX", "AWS_BATCH_JOB_ARRAY_INDEX"):
+        monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    root = make_drive(tmp_path / "D", 2, 2)
+    r = invoke("normalize", root, "-o", tmp_path / "o", "--shard", arg, "-j", "1")
+    assert r.exit_code == 0, r.output
+    k, n = want
+    assert (tmp_path / "o" / f"manifest.shard-{k}-of-{n}.jsonl").is_file()
+
+
+def test_shard_auto_without_an_array_job_is_a_usage_error(monkeypatch, tmp_path):
+    for var in ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX", "AWS_BATCH_JOB_ARRAY_INDEX"):
+        monkeypatch.delenv(var, raising=False)
+    r = invoke("normalize", tmp_path, "-o", tmp_path / "o", "--shard", "auto")
+    assert r.exit_code == 2 and "no array job" in r.output
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
+    r = invoke("normalize", tmp_path, "-o", tmp_path / "o", "--shard", "auto")
+    assert r.exit_code == 2 and "auto/N" in r.output

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..batch import Report, Result, default_jobs, output_clashes, run_batch
-from ..dataset import Pair, find_pairs, shard_pairs
+from ..dataset import Pair, find_pairs, shard_from_environment, shard_pairs
 from ..errors import DatasetError
 from ..figures import contact_sheet
 from ..io import remove_stale_temporaries, write_image
@@ -69,13 +69,23 @@ def cli_wording(result: Result) -> str:
 
 
 class ShardType(click.ParamType):
-    """``K/N``: the K-th of N shards, 1 <= K <= N."""
+    """``K/N``: the K-th of N shards, 1 <= K <= N; ``auto`` or ``auto/N``: K (and N) from the
+    array job's environment (SLURM, Kubernetes indexed Job, AWS Batch)."""
 
-    name = "K/N"
+    name = "K/N|auto"
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
+        text = str(value).strip().lower()
+        if text == "auto" or text.startswith("auto/"):
+            try:
+                n = int(text[5:]) if text.startswith("auto/") else None
+                if n is not None and n < 1:
+                    raise ValueError(f"N must be >= 1, got {n}")
+                return shard_from_environment(n)
+            except ValueError as exc:
+                self.fail(f"{value!r}: {exc}", param, ctx)
         try:
             k, n = (int(x) for x in str(value).split("/"))
         except ValueError:
@@ -95,10 +105,12 @@ class BatchOptions:  # noqa: D101 - fields as the options below
     print_outputs: bool = False
     dry_run: bool = False
     shard: tuple[int, int] | None = None
+    print0: bool = False
+    base: str | None = None
 
 
 _OPTION_NAMES = ("jobs", "skip_existing", "manifest", "files_from", "null", "print_outputs",
-                 "dry_run", "shard")
+                 "dry_run", "shard", "print0", "base")
 
 
 def input_options(f):
@@ -111,7 +123,7 @@ def batch_options(f, *, inputs_only: bool = False):
 
     The command receives them as one ``batch`` argument (a :class:`BatchOptions`).
     """
-    input_names = ("files_from", "null", "shard")
+    input_names = ("files_from", "null", "shard", "base")
     decorators = [
         click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
                      help="Worker processes [default: the number of cores]."),
@@ -130,7 +142,15 @@ def batch_options(f, *, inputs_only: bool = False):
         click.option("--dry-run", is_flag=True, default=False,
                      help="Print the pairing table (image, mask, output) and stop."),
         click.option("--shard", type=ShardType(), default=None,
-                     help="Process only the K-th of N deterministic shards (for job arrays)."),
+                     help="Process only the K-th of N deterministic shards (sizes differ by at most"
+                     " one); 'auto' reads K and N from a SLURM array job, 'auto/N' the index from"
+                     " a Kubernetes indexed Job or an AWS Batch array job."),
+        click.option("--print0", is_flag=True, default=False,
+                     help="As --print-outputs, each path ended by a NUL byte (for xargs -0)."),
+        click.option("--base", type=click.Path(file_okay=False), default=None,
+                     help="Name outputs of image files given one by one (or by --files-from) by"
+                     " their path under this folder, mirroring sub-folders [default: the file"
+                     " name alone]."),
     ]
 
     if inputs_only:
@@ -192,6 +212,7 @@ def collect_pairs(inputs, *, mask, mask_dir, mask_pattern, outdir, batch: BatchO
         pairs = find_pairs(
             inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern, exclude=outdirs,
             missing_ok=bool(batch is not None and batch.files_from),
+            base=batch.base if batch is not None else None,
         )
     except DatasetError as exc:
         raise click.UsageError(str(exc)) from None
@@ -411,6 +432,11 @@ def execute(
                     warned[kind] = warned.get(kind, 0) + 1
                 if result.status != "done":
                     log(f"error: {cli_wording(result)}", logging.ERROR)
+                elif batch.print0:
+                    stdout = sys.stdout.buffer
+                    for o in result.outputs:
+                        stdout.write(os.fsencode(o) + b"\0")
+                    stdout.flush()
                 elif batch.print_outputs:
                     for o in result.outputs:
                         click.echo(str(o))
