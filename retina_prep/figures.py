@@ -14,7 +14,11 @@ import numpy as np
 
 from .fov import margin_distance
 
+#: Default largest width of a panel (pixels): HRF-sized columns are shown downscaled.
+PANEL_WIDTH = 2400
+
 __all__ = [
+    "PANEL_WIDTH",
     "to_display", "panel", "choose_inset", "thumbnail", "contact_sheet", "THEME", "PALETTE",
 ]
 
@@ -140,10 +144,16 @@ def _profile_strip(grays, titles, p0, p1, mask, width: int, height: int) -> np.n
     top, bottom = int(0.08 * height), int(0.14 * height)
     x0, x1, y0, y1 = left, width - right, top, height - bottom
     cv2.rectangle(strip, (x0, y0), (x1, y1), (180, 180, 180), 1)
-    for level in (0, 128, 255):
-        yy = int(y1 - level / 255 * (y1 - y0))
+    curves = [_sample(g, p0, p1, n) for g in grays]
+    # the axis spans the data (dark images would otherwise sit in the bottom tenth of 0..255)
+    lo = float(min(np.percentile(c, 1) for c in curves))
+    hi = float(max(np.percentile(c, 99) for c in curves))
+    lo, hi = max(0.0, lo - 0.08 * (hi - lo) - 1), min(255.0, hi + 0.08 * (hi - lo) + 1)
+    span = max(hi - lo, 1.0)
+    for level in np.linspace(lo, hi, 3):
+        yy = int(y1 - (level - lo) / span * (y1 - y0))
         cv2.line(strip, (x0, yy), (x1, yy), (225, 225, 225), 1)
-        cv2.putText(strip, str(level), (2, yy + int(4 * fs)), font, fs * 0.8, THEME["text"], 1,
+        cv2.putText(strip, f"{level:.0f}", (2, yy + int(4 * fs)), font, fs * 0.8, THEME["text"], 1,
                     cv2.LINE_AA)
     inside = _sample(np.asarray(mask, np.float32), p0, p1, n) > 0.5
     if inside.any() and not inside.all():  # the margin: where inside changes
@@ -153,10 +163,9 @@ def _profile_strip(grays, titles, p0, p1, mask, width: int, height: int) -> np.n
             cv2.line(strip, (xm, yy), (xm, min(yy + 4, y1)), (120, 120, 120), 1)
         cv2.putText(strip, "FOV margin", (xm + 4, y0 + int(14 * fs)), font, fs * 0.8,
                     (120, 120, 120), 1, cv2.LINE_AA)
-    for i, (g, title) in enumerate(zip(grays, titles)):
-        vals = _sample(g, p0, p1, n)
+    for i, (vals, title) in enumerate(zip(curves, titles)):
         px = x0 + np.arange(n) / (n - 1) * (x1 - x0)
-        py = y1 - np.clip(vals, 0, 255) / 255 * (y1 - y0)
+        py = y1 - (np.clip(vals, lo, hi) - lo) / span * (y1 - y0)
         pts = np.round(np.stack([px, py], 1)).astype(np.int32).reshape(-1, 1, 2)
         colour = PALETTE[i % len(PALETTE)]
         cv2.polylines(strip, [pts], False, colour, thick, cv2.LINE_AA)
@@ -164,12 +173,19 @@ def _profile_strip(grays, titles, p0, p1, mask, width: int, height: int) -> np.n
         cv2.line(strip, (x1 + 10, ly), (x1 + 40, ly), colour, max(2, thick))
         cv2.putText(strip, title, (x1 + 46, ly + int(5 * fs)), font, fs * 0.8, THEME["text"], 1,
                     cv2.LINE_AA)
-    cv2.putText(strip, "gray level along the red line, across the FOV margin", (x0, height - 6),
-                font, fs * 0.8, THEME["text"], 1, cv2.LINE_AA)
+    cv2.putText(strip, f"gray level (axis {lo:.0f}-{hi:.0f}) along the line in the insets, across"
+                " the FOV margin", (x0, height - 6), font, fs * 0.8, THEME["text"], 1, cv2.LINE_AA)
     return strip
 
 
-def panel(columns, *, mask=None, contour: bool = True, inset=None, profile: bool = False) -> np.ndarray:
+def _halo_line(img, a, b, thickness: int) -> None:
+    """A line visible on any background: dark outline, light core."""
+    cv2.line(img, a, b, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+    cv2.line(img, a, b, (255, 255, 255), thickness, cv2.LINE_AA)
+
+
+def panel(columns, *, mask=None, contour: bool = True, inset=None, profile: bool = False,
+          max_width: int | None = None) -> np.ndarray:
     """A row of labelled images of equal size, with an optional zoomed inset row and profile strip.
 
     Parameters
@@ -188,6 +204,10 @@ def panel(columns, *, mask=None, contour: bool = True, inset=None, profile: bool
     profile : bool
         Add a strip plotting each column's gray level along a line across
         the FOV margin through the inset (needs ``mask`` and ``inset``).
+    max_width : int, optional
+        Largest panel width in pixels. Wider panels show the columns
+        downscaled (area interpolation) and say so in a caption; insets and
+        profiles still use the full-resolution pixels.
 
     Returns
     -------
@@ -217,41 +237,68 @@ def panel(columns, *, mask=None, contour: bool = True, inset=None, profile: bool
         inset = (ix, iy, isz)
     if profile and (inset is None or mask is None):
         raise ValueError("a profile needs a mask and an inset")
-    pad = max(2, int(round(THEME["pad_fraction"] * w)))
-    title_h = max(14, int(round(THEME["title_fraction"] * w)))
     n = len(cols)
-    width = n * w + (n + 1) * pad
-    inset_h = w // 2 if inset is not None else 0
-    prof_h = int(round(0.35 * w)) if profile else 0
-    height = title_h + h + 2 * pad + (inset_h + pad if inset_h else 0) + (prof_h + pad if prof_h else 0)
+    full_w = n * w + (n + 1) * max(2, int(round(THEME["pad_fraction"] * w)))
+    scale = 1.0
+    if max_width is not None and full_w > max_width:
+        scale = max_width / full_w
+    sw = max(1, int(w * scale))  # the columns as shown
+    pad = max(2, int(round(THEME["pad_fraction"] * sw)))
+    while max_width is not None and scale < 1 and sw > 1 and n * sw + (n + 1) * pad > max_width:
+        sw -= 1  # rounding: shrink until the panel fits
+        pad = max(2, int(round(THEME["pad_fraction"] * sw)))
+    scale = sw / w if scale < 1 else 1.0
+    sh = max(1, int(round(h * scale)))
+    title_h = max(14, int(round(THEME["title_fraction"] * sw)))
+    width = n * sw + (n + 1) * pad
+    inset_h = sw // 2 if inset is not None else 0
+    prof_h = int(round(0.35 * sw)) if profile else 0
+    cap_h = title_h if scale < 1 else 0
+    height = (title_h + sh + 2 * pad + (inset_h + pad if inset_h else 0)
+              + (prof_h + pad if prof_h else 0) + cap_h)
     out = np.full((height, width, 3), THEME["background"], np.uint8)
-    thickness = max(1, int(round(w / 400)))
+    thickness = max(1, int(round(sw / 400)))
     line = _profile_line(mask, inset) if profile else None
+    small_mask = None
+    if mask is not None:
+        small_mask = mask if scale == 1 else cv2.resize(
+            np.asarray(mask, np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST) > 0
     for i, (t, im) in enumerate(cols):
-        x0 = pad + i * (w + pad)
-        shown = _draw_contour(im, mask, thickness) if contour and mask is not None else im.copy()
+        x0 = pad + i * (sw + pad)
+        small = im if scale == 1 else cv2.resize(im, (sw, sh), interpolation=cv2.INTER_AREA)
+        shown = (_draw_contour(small, small_mask, thickness) if contour and mask is not None
+                 else small.copy())
         if inset is not None:
             ix, iy, isz = inset
-            zoom = cv2.resize(shown[iy:iy + isz, ix:ix + isz], (inset_h, inset_h),
-                              interpolation=cv2.INTER_NEAREST)
+            crop = im[iy:iy + isz, ix:ix + isz]  # full-resolution pixels
+            if contour and mask is not None:
+                crop = _draw_contour(crop, np.asarray(mask, bool)[iy:iy + isz, ix:ix + isz],
+                                     max(1, int(round(isz / 200))))
+            zoom = cv2.resize(crop, (inset_h, inset_h), interpolation=cv2.INTER_NEAREST
+                              if inset_h >= isz else cv2.INTER_AREA)
             if line is not None:
                 f = inset_h / isz
                 a = (int((line[0][0] - ix) * f), int((line[0][1] - iy) * f))
                 b = (int((line[1][0] - ix) * f), int((line[1][1] - iy) * f))
-                cv2.line(zoom, a, b, (230, 30, 30), max(1, thickness), cv2.LINE_AA)
-            cv2.rectangle(shown, (ix, iy), (ix + isz - 1, iy + isz - 1), (255, 220, 0),
-                          max(1, thickness), cv2.LINE_AA)
-            yz = pad + title_h + h + pad
-            xz = x0 + (w - inset_h) // 2
+                _halo_line(zoom, a, b, max(1, thickness))
+            r0 = (int(ix * scale), int(iy * scale))
+            r1 = (int((ix + isz) * scale) - 1, int((iy + isz) * scale) - 1)
+            cv2.rectangle(shown, r0, r1, (255, 220, 0), max(1, thickness), cv2.LINE_AA)
+            yz = pad + title_h + sh + pad
+            xz = x0 + (sw - inset_h) // 2
             out[yz:yz + inset_h, xz:xz + inset_h] = zoom
-        out[pad:pad + title_h, x0:x0 + w] = _title(t, w, title_h)
-        out[pad + title_h:pad + title_h + h, x0:x0 + w] = shown
+        out[pad:pad + title_h, x0:x0 + sw] = _title(t, sw, title_h)
+        out[pad + title_h:pad + title_h + sh, x0:x0 + sw] = shown
+    if cap_h:
+        note = (f"columns shown at 1/{1 / scale:.1f} scale ({w}x{h} px images);"
+                " insets and profile use full-resolution pixels")
+        out[height - cap_h:, pad:width - pad] = _title(note, width - 2 * pad, cap_h)
     if profile:
         assert line is not None  # a profile is drawn along the inset's line
         grays = [_gray(im) for _, im in cols]
         strip = _profile_strip(grays, [t for t, _ in cols], line[0], line[1], mask,
                                width - 2 * pad, prof_h)
-        yp = height - pad - prof_h
+        yp = height - pad - prof_h - cap_h
         out[yp:yp + prof_h, pad:width - pad] = strip
     return out
 

@@ -18,7 +18,7 @@ from .core import MODES, Kernel, masked_filter
 from .dataset import Pair, find_label
 from .errors import MaskError, OutputExistsError, RetinaPrepError
 from .evaluate import evaluate_image
-from .figures import panel, thumbnail
+from .figures import PANEL_WIDTH, panel, thumbnail
 from .fov import LOW_CONFIDENCE, erode_mask, feather_mask, fov_diameter, fov_estimate, trim_rim
 from .io import (
     DEFAULT_MAX_PIXELS,
@@ -274,6 +274,7 @@ def normalize_pair(
     panels_dir=None,
     panels_compare: bool = False,
     keep_existing: bool = False,
+    panel_width: int | None = PANEL_WIDTH,
 ) -> Result:
     """Normalize one image and write ``OUTDIR/<rel>.<format>``.
 
@@ -297,7 +298,8 @@ def normalize_pair(
             else:
                 cols = [("original", image),
                         ("IN without mask" if settings.ignore_mask else "IN with mask", result)]
-            return encode_image(panel(cols, mask=mask > 0, inset="auto", profile=True), "png")
+            return encode_image(panel(cols, mask=mask > 0, inset="auto", profile=True,
+                                      max_width=panel_width), "png")
         items.append((outs[1], panel_bytes))
     outputs = write_outputs(items, overwrite=settings.overwrite, keep_existing=keep_existing)
     info.update(window=kernel.shape[0], kernel=kernel.name)
@@ -462,7 +464,8 @@ def normalize_columns(image, mask, kernel: Kernel, *,
 def compare_pair(pair: Pair, out_path, *, kernel: Kernel | str = "gaussian", window=None,
                  sigma: float | None = None, mask_settings: MaskSettings = MaskSettings(),
                  normalize: bool = False, inset="auto", profile: bool = True,
-                 overwrite: bool = False, thumb_width: int | None = None) -> Result:
+                 overwrite: bool = False, thumb_width: int | None = None,
+                 panel_width: int | None = PANEL_WIDTH) -> Result:
     """Write one comparison figure for ``pair`` to ``out_path``.
 
     ``kernel`` is a :class:`Kernel`, or a kernel name sized by ``window`` and
@@ -477,7 +480,8 @@ def compare_pair(pair: Pair, out_path, *, kernel: Kernel | str = "gaussian", win
         cols = normalize_columns(image, mask, kernel)
     else:
         cols = filter_columns(image, mask, kernel)
-    fig = panel(cols, mask=mask > 0, inset=inset, profile=profile and inset is not None)
+    fig = panel(cols, mask=mask > 0, inset=inset, profile=profile and inset is not None,
+                max_width=panel_width)
     write_image(out_path, fig, overwrite=overwrite)
     if thumb_width:
         info["thumb"] = thumbnail(fig, None, width=thumb_width)

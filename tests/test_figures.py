@@ -3,7 +3,7 @@ import pytest
 from click.testing import CliRunner
 
 from retina_prep.cli.main import cli
-from retina_prep.figures import THEME, choose_inset, contact_sheet, panel, to_display
+from retina_prep.figures import PALETTE, THEME, choose_inset, contact_sheet, panel, to_display
 from retina_prep.io import read_image, write_image
 from retina_prep.synthetic import synthetic_fundus
 
@@ -134,3 +134,28 @@ def test_write_read_panel_roundtrip(tmp_path):
     cols = [("a", np.zeros((20, 20), np.uint8))]
     write_image(tmp_path / "p.png", panel(cols))
     assert read_image(tmp_path / "p.png").shape[2] == 3
+
+
+def test_panel_width_limit_downscales_columns_not_insets():
+    from retina_prep.figures import panel
+    from retina_prep.synthetic import synthetic_fundus
+
+    s = synthetic_fundus((600, 900), seed=2)
+    cols = [("a", s.image), ("b", s.image)]
+    full = panel(cols, mask=s.mask, inset=(100, 250, 80), profile=True)
+    small = panel(cols, mask=s.mask, inset=(100, 250, 80), profile=True, max_width=700)
+    assert full.shape[1] > 700 >= small.shape[1] >= 690
+    assert small.shape[0] < full.shape[0]
+    with pytest.raises(ValueError, match="does not fit"):
+        panel(cols, mask=s.mask, inset=(880, 10, 80))
+
+
+def test_profile_axis_follows_the_data():
+    """A dark image's curves span the strip, not its bottom tenth (axis scaled to the data)."""
+    from retina_prep.figures import _profile_strip
+
+    g = np.full((50, 50), 20.0, np.float32)
+    g[:, 25:] = 30.0
+    strip = _profile_strip([g], ["dark"], (0, 25), (49, 25), np.ones((50, 50), bool), 400, 200)
+    ink = np.nonzero((np.abs(strip.astype(int) - np.array(PALETTE[0])).sum(axis=2) < 40).any(axis=1))[0]
+    assert ink.max() - ink.min() > 0.4 * 200  # the step from 20 to 30 fills much of the height

@@ -9,7 +9,7 @@ import click
 
 from ..core import KERNEL_NAMES
 from ..pipeline import MaskSettings, compare_pair
-from .options import KernelSpec, WindowType, check_kernel, mask_options
+from .options import KernelSpec, WindowType, check_kernel, mask_options, panel_width_opt
 from .runner import ContactSheet, collect_pairs, execute, run_options
 
 
@@ -66,10 +66,11 @@ Examples:
               help="Plot each column's gray level along a line across the margin.")
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a contact sheet of all figures.")
+@panel_width_opt
 @run_options
 @click.pass_context
 def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
-            kernel_spec, window, sigma, normalize_fig, inset, profile, sheet, overwrite,
+            kernel_spec, window, sigma, normalize_fig, inset, profile, sheet, panel_width, overwrite,
             max_pixels, batch, quiet):
     """Comparison figures: what the mask changes at the FOV margin.
 
@@ -98,7 +99,8 @@ def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode,
                              kernel=kernel_spec, window=window, sigma=sigma,
                              mask_settings=mask_settings, normalize=normalize_fig,
                              inset=None if inset == "none" else inset, profile=profile,
-                             overwrite=overwrite, thumb_width=480 if sheet else None)
+                             overwrite=overwrite, thumb_width=480 if sheet else None,
+                             panel_width=panel_width)
     report = execute("compare", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
                      expected_outputs=lambda p: [figure_path(p, one, outdir)],
                      params=dict(ctx.params), on_result=contact,

@@ -25,6 +25,7 @@ from .options import (
     format_opt,
     mask_options,
     output_opt,
+    panel_width_opt,
 )
 from .runner import cli_wording, collect_pairs, execute, run_options
 
@@ -122,12 +123,13 @@ Examples:
     help="Panels with three columns, as the mask-convolution paper's Fig. 4:"
     " without IN | IN without mask | IN with mask.",
 )
+@panel_width_opt
 @format_opt
 @run_options
 @click.pass_context
 def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
               window, kernel, sigma, method, scale, target, fill, value_range, ignore_mask, panels_dir,
-              panels_compare, fmt, overwrite, max_pixels, batch, quiet):
+              panels_compare, panel_width, fmt, overwrite, max_pixels, batch, quiet):
     """Flatten uneven illumination: I - masked local mean + I0, per channel.
 
     INPUT may be image files, a DRIVE root (training/, test/), a split folder
@@ -156,7 +158,8 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
         panels_dir.mkdir(parents=True, exist_ok=True)
     step = functools.partial(normalize_pair, outdir=outdir, settings=settings,
                              mask_settings=mask_settings, panels_dir=panels_dir,
-                             panels_compare=panels_compare, keep_existing=batch.skip_existing)
+                             panels_compare=panels_compare, keep_existing=batch.skip_existing,
+                             panel_width=panel_width)
     report = execute("normalize", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
                      expected_outputs=lambda p: normalize_outputs(p, outdir, settings, panels_dir),
                      params=dict(ctx.params))

@@ -18,6 +18,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 from ..core import KERNEL_NAMES, as_kernel
 from ..errors import RetinaPrepError
+from ..figures import PANEL_WIDTH
 from ..io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, load_kernel
 from ..normalize import check_kernel_args, resolve_window
 from ..pipeline import AUTO_ERODE_FRACTION, RIM_CHOICES, parse_erode
@@ -246,6 +247,12 @@ quiet_opt = click.option(
 verbose_opt = click.option(
     "-v", "--verbose", is_flag=True, default=False, expose_value=False, callback=_set_verbosity,
     help="Also one warning line per image (e.g. each estimated mask), not just their count.",
+)
+
+panel_width_opt = click.option(
+    "--panel-width", type=click.IntRange(min=200), default=PANEL_WIDTH, show_default=True,
+    help="Largest figure width in pixels: wider figures show the images downscaled (said in a"
+    " caption); insets and profiles keep full-resolution pixels.",
 )
 
 format_opt = click.option(
