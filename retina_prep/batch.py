@@ -8,6 +8,7 @@ failure of one image is recorded and the batch goes on.
 from __future__ import annotations
 
 import ctypes
+import json
 import multiprocessing
 import os
 import signal
@@ -23,8 +24,10 @@ import cv2
 
 from .dataset import Pair
 from .errors import RetinaPrepError, printable
+from .io import remove_stale_temporaries
 
-__all__ = ["Result", "Report", "run_batch", "run_one", "default_jobs", "output_clashes"]
+__all__ = ["Result", "Report", "run_batch", "run_one", "default_jobs", "output_clashes", "process",
+           "Batch", "Manifest", "check_manifest", "prepare_output_folder"]
 
 
 @dataclass
@@ -47,11 +50,14 @@ class Report:
 
     done: int = 0
     failed: int = 0
+    skipped: int = 0
     failures: list[Result] = field(default_factory=list)
 
     def add(self, result: Result) -> None:
         if result.status == "done":
             self.done += 1
+        elif result.status == "skipped":
+            self.skipped += 1
         else:
             self.failed += 1
             self.failures.append(result)
@@ -226,3 +232,208 @@ def output_clashes(pairs: list[Pair], outputs_of: Callable[[Pair], list[Path]], 
             else:
                 owner[k] = p
     return clashes
+
+
+# ------------------------------------------------------------------ the batch engine
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist"):  # NumPy scalars and arrays
+        return _jsonable(value.tolist())
+    return str(value)
+
+
+class Manifest:
+    """An append-only JSON-lines provenance log: one line per run, one per image.
+
+    A write that fails (a full disk) does not stop the batch: ``error`` holds
+    the reason, and later lines are not attempted.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.error: str | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise RetinaPrepError(f"cannot write the manifest ({exc.strerror or exc})",
+                                  self.path) from None
+
+    def write(self, obj: dict) -> bool:
+        """Append one line; False (and ``error`` set) when it could not be written."""
+        if self.error is not None:
+            return False
+        try:
+            self._fh.write(json.dumps(_jsonable(obj)) + "\n")
+            self._fh.flush()
+        except OSError as exc:
+            self.error = f"cannot write the manifest ({exc.strerror or exc})"
+            return False
+        return True
+
+    def image(self, result: Result) -> bool:
+        """The line of one image's result."""
+        return self.write({
+            "type": "image", "input": str(result.pair.image),
+            "mask": str(result.pair.mask) if result.pair.mask else None,
+            "mask_source": result.info.get("mask_source", result.pair.mask_source),
+            "outputs": [str(o) for o in result.outputs], "status": result.status,
+            "error": result.error, "warnings": result.warnings,
+            "seconds": round(result.seconds, 4),
+            "params": {k: v for k, v in result.info.items() if k not in ("mask_source", "thumb")},
+        })
+
+    def close(self) -> None:
+        try:
+            self._fh.close()
+        except OSError:
+            pass  # a failing final flush was already reported
+
+
+def check_manifest(path, pairs) -> None:
+    """The manifest may not be a folder or any input (image or mask): ``RetinaPrepError``."""
+    path = Path(path)
+    if path.is_dir():
+        raise RetinaPrepError("the manifest is a folder", path)
+    if not path.exists():
+        return
+    for p in pairs:
+        for src in (p.image, p.mask):
+            try:
+                if src is not None and os.path.exists(src) and os.path.samefile(src, path):
+                    raise RetinaPrepError("the manifest would append to an input file", path)
+            except OSError:
+                pass
+
+
+def prepare_output_folder(folder) -> None:
+    """Create the output folder and clear temporaries a killed run left there.
+
+    Raises ``RetinaPrepError`` when it cannot be created or written to.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RetinaPrepError(f"cannot create output folder ({exc.strerror or exc})", folder) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RetinaPrepError("output folder is not writable", folder)
+    remove_stale_temporaries(folder)
+
+
+def process(
+    pairs: list[Pair],
+    step: Callable[[Pair], Result],
+    *,
+    outputs_of: Callable[[Pair], list[Path]],
+    outdir,
+    jobs: int = 1,
+    skip_existing: bool = False,
+    manifest=None,
+    run_info: dict | None = None,
+) -> Generator[Result, None, None]:
+    """Run a batch with everything a command needs: collisions, resume, manifest, interrupts.
+
+    The output folder is prepared; images whose outputs collide with another
+    image's outputs (or the manifest) fail without running; with
+    ``skip_existing`` an image whose outputs all exist is ``skipped`` (one
+    whose outputs are partly there runs again: its step must keep the
+    existing ones); the rest run through :func:`run_batch`. Every result --
+    failed, skipped or done -- is yielded in input order and, with
+    ``manifest`` (a path), appended to it after a run line holding
+    ``run_info``. When the iteration is interrupted (Ctrl-C), the images the
+    workers had finished are still recorded. A manifest write error stops
+    the manifest, not the batch (:class:`Batch` exposes it as
+    ``manifest_error``).
+
+    This is the engine of every ``retina-prep`` command; for a Python user::
+
+        from functools import partial
+        from retina_prep.batch import process
+        from retina_prep.dataset import find_pairs
+        from retina_prep.pipeline import NormalizeSettings, normalize_outputs, normalize_pair
+
+        settings = NormalizeSettings(window=21)
+        pairs = find_pairs(["photos"])
+        for result in process(
+            pairs, partial(normalize_pair, outdir="out", settings=settings, keep_existing=True),
+            outputs_of=partial(normalize_outputs, outdir="out", settings=settings),
+            outdir="out", jobs=2, skip_existing=True, manifest="out/manifest.jsonl",
+        ):
+            print(result.status, result.pair.image, result.error or "")
+    """
+    batch = Batch(pairs, step, outputs_of=outputs_of, outdir=outdir, jobs=jobs,
+                  skip_existing=skip_existing, manifest=manifest, run_info=run_info)
+    yield from batch
+
+
+class Batch:
+    """An iterable batch run (see :func:`process`); ``manifest_error`` reports a failed
+    manifest write, ``todo`` counts the images that run (neither failed early nor skipped)."""
+
+    def __init__(self, pairs, step, *, outputs_of, outdir, jobs=1, skip_existing=False,
+                 manifest=None, run_info=None):
+        self.pairs, self.step, self.outputs_of = list(pairs), step, outputs_of
+        self.outdir, self.jobs, self.skip_existing = Path(outdir), jobs, skip_existing
+        self.manifest_path = None if manifest is None else Path(manifest)
+        self.run_info = run_info or {}
+        self.todo = 0
+        self.finished_on_stop: list[Result] = []
+        self._manifest: Manifest | None = None
+        prepare_output_folder(self.outdir)
+        reserved = [self.manifest_path] if self.manifest_path is not None else []
+        self.clashes = output_clashes(self.pairs, outputs_of, reserved=reserved)
+        if self.manifest_path is not None:
+            check_manifest(self.manifest_path, self.pairs)
+            self._manifest = Manifest(self.manifest_path)
+
+    @property
+    def manifest_error(self) -> str | None:
+        return None if self._manifest is None else self._manifest.error
+
+    def _record(self, result: Result) -> None:
+        if self._manifest is not None:
+            self._manifest.image(result)
+
+    def __iter__(self) -> Generator[Result, None, None]:
+        try:
+            if self._manifest is not None:
+                self._manifest.write({"type": "run", **self.run_info})
+            todo = []
+            early = []
+            for p in self.pairs:
+                if p in self.clashes:
+                    early.append(Result(p, "failed", error=self.clashes[p],
+                                        error_kind="OutputCollision"))
+                elif self.skip_existing and all(o.is_file() for o in self.outputs_of(p)):
+                    early.append(Result(p, "skipped", outputs=self.outputs_of(p)))
+                else:
+                    todo.append(p)
+            self.todo = len(todo)
+            for r in early:
+                self._record(r)
+                yield r
+            finished: list[Result] = []
+            results = run_batch(todo, self.step, jobs=self.jobs, finished_on_stop=finished)
+            try:
+                for r in results:
+                    self._record(r)
+                    yield r
+            except BaseException:
+                results.close()  # stop the workers; what they had finished is recorded
+                for r in finished:
+                    self._record(r)
+                self.finished_on_stop.extend(finished)
+                raise
+        finally:
+            if self._manifest is not None:
+                self._manifest.close()

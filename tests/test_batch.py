@@ -234,3 +234,33 @@ def test_output_folder_inside_input_not_picked_up(tmp_path):
     assert r.exit_code == 2 and "no image files" in r.output  # the output folder is never searched
     r = invoke("normalize", d / "a.png", "-o", d, "--auto-mask", "--overwrite")
     assert r.exit_code == 1 and "overwrite an input" in r.output
+
+
+def test_python_user_runs_and_resumes_a_batch_without_click(tmp_path):
+    """The batch engine is library code: run, resume, manifest, collisions, no Click."""
+    import json as _json
+    from functools import partial
+
+    from retina_prep.batch import process
+    from retina_prep.dataset import find_pairs
+    from retina_prep.pipeline import NormalizeSettings, normalize_outputs, normalize_pair
+
+    for i in range(3):
+        make_image(tmp_path / "in" / f"e{i}.png", seed=i)
+    out = tmp_path / "out"
+    settings = NormalizeSettings(window=11)
+    pairs = find_pairs([tmp_path / "in"])
+    kw = dict(outputs_of=partial(normalize_outputs, outdir=out, settings=settings), outdir=out,
+              manifest=out / "manifest.jsonl", jobs=2)
+    step = partial(normalize_pair, outdir=out, settings=settings, keep_existing=True)
+    assert [r.status for r in process(pairs, step, **kw)] == ["done"] * 3
+    (out / "e1.png").unlink()
+    assert [r.status for r in process(pairs, step, skip_existing=True, **kw)] == \
+        ["skipped", "skipped", "done"]  # early results first, then the images that ran
+    lines = [_json.loads(x) for x in (out / "manifest.jsonl").open()]
+    assert [x["type"] for x in lines].count("run") == 2 and len(lines) == 8
+    import subprocess
+    import sys
+
+    code = "import sys, retina_prep.batch, retina_prep.pipeline; assert 'click' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # the library has no Click

@@ -7,18 +7,19 @@ import functools
 import io as _io
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import click
 
-from ..batch import default_jobs
 from ..evaluate import METHODS, RESPONSES, summarize
 from ..figures import roc_figure
 from ..io import write_bytes, write_image
 from ..normalize import DEFAULT_TARGET, KERNELS
 from ..pipeline import MaskSettings, evaluate_pair
-from .options import WindowType, config_opt, mask_options, max_pixels_opt, quiet_opt, verbose_opt
-from .runner import BatchOptions, collect_pairs, execute, log
+from .options import WindowType, mask_options
+from .runner import collect_pairs, execute, log, run_options
 
 
 def _fmt(v, digits=1, sign=True):
@@ -100,16 +101,10 @@ Examples:
               help="The one window every method uses: odd pixels or 'auto'.")
 @click.option("--kernel", type=click.Choice(KERNELS), default="mean", show_default=True)
 @click.option("--target", type=float, default=DEFAULT_TARGET, show_default=True, help="I0 (8-bit units).")
-@click.option("--overwrite", is_flag=True, default=False, help="Replace an existing report.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
-              help="Worker processes [default: the number of cores].")
-@max_pixels_opt
-@quiet_opt
-@verbose_opt
-@config_opt
+@run_options
 @click.pass_context
 def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
-             labels, window, kernel, target, overwrite, jobs, max_pixels, quiet):
+             labels, window, kernel, target, overwrite, max_pixels, batch, quiet):
     """Measure what the mask buys, on your own data.
 
     Runs the same images through: none, IN without mask, IN with mask, and
@@ -120,16 +115,19 @@ def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode
     table goes to stdout; bias.csv, auc.csv, report.json and ROC figures to
     OUTDIR.
     """
-    if (outdir / "report.json").exists() and not overwrite:
+    if (outdir / "report.json").exists() and not overwrite and not batch.dry_run:
+        if batch.skip_existing:
+            if not quiet:
+                log(f"evaluate: {outdir / 'report.json'} exists; skipped")
+            ctx.exit(0)
         raise click.UsageError(f"{outdir / 'report.json'}: report exists (use --overwrite to"
-                               " replace it)")
+                               " replace it, or --skip-existing to keep it)")
     labels_arg = None if labels == "none" else labels
     if labels_arg not in (None, "auto") and not Path(labels_arg).is_dir():
         raise click.BadParameter(f"{labels_arg}: not a folder (or 'auto', 'none')",
                                  param_hint="--labels")
     mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
                                  max_pixels=max_pixels)
-    batch = BatchOptions(jobs=jobs or default_jobs(), manifest=outdir / "manifest.jsonl")
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
                           outdir=outdir, batch=batch)
     evaluations = []
@@ -143,11 +141,19 @@ def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode
                              mask_settings=mask_settings, labels=labels_arg)
     report = execute("evaluate", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
                      expected_outputs=lambda p: [], params=dict(ctx.params), on_result=keep)
+    if batch.dry_run:
+        return
     if not evaluations:
         raise click.ClickException("no image could be evaluated")
     summary = summarize(evaluations, tuple(METHODS))
     click.echo(markdown(summary))
     written = _write_reports(summary, outdir, overwrite)
+    if batch.print_outputs or batch.print0:
+        for p in written:
+            if batch.print0:
+                sys.stdout.buffer.write(os.fsencode(p) + b"\0")
+            else:
+                click.echo(str(p))
     if not quiet:
         log(f"evaluate: report in {outdir} ({', '.join(p.name for p in written)})")
     ctx.exit(report.exit_code)

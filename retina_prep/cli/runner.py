@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import json
 import logging
 import os
 import signal
@@ -19,11 +18,11 @@ import click
 from tqdm import tqdm
 
 from .. import __version__
-from ..batch import Report, Result, default_jobs, output_clashes, run_batch
+from ..batch import Batch, Report, Result, default_jobs
 from ..dataset import Pair, find_pairs, shard_from_environment, shard_pairs
-from ..errors import DatasetError
+from ..errors import DatasetError, RetinaPrepError, printable
 from ..figures import contact_sheet
-from ..io import remove_stale_temporaries, write_image
+from ..io import write_image
 from .options import (
     LOG,
     config_opt,
@@ -221,18 +220,6 @@ def collect_pairs(inputs, *, mask, mask_dir, mask_pattern, outdir, batch: BatchO
     return pairs
 
 
-def prepare_outdir(outdir: Path) -> None:
-    """Create the output folder and clear temporaries a killed run left; an unwritable one stops the run."""
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise click.ClickException(
-            f"{outdir}: cannot create output folder ({exc.strerror or exc})") from None
-    if not os.access(outdir, os.W_OK | os.X_OK):
-        raise click.ClickException(f"{outdir}: output folder is not writable")
-    remove_stale_temporaries(outdir)
-
-
 class ContactSheet:
     """Collects the thumbnails steps put in ``result.info["thumb"]`` and writes one contact sheet.
 
@@ -284,47 +271,6 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, old)
 
 
-def _jsonable(value):
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if hasattr(value, "name") and hasattr(value, "array"):  # a Kernel
-        return {"name": value.name, "array": value.array.tolist()}
-    return str(value)
-
-
-def _check_manifest(manifest: Path, pairs) -> None:
-    """The manifest may not be an input (image or mask) or a folder."""
-    if manifest.is_dir():
-        raise click.UsageError(f"{manifest}: the manifest is a folder")
-    if not manifest.exists():
-        return
-    for p in pairs:
-        for src in (p.image, p.mask):
-            try:
-                if src is not None and os.path.exists(src) and os.path.samefile(src, manifest):
-                    raise click.UsageError(f"{manifest}: the manifest would append to an input file")
-            except OSError:
-                pass
-
-
-@contextmanager
-def _closing_quietly(fh):
-    """Close a file; a failing final flush (full disk) was already reported line by line."""
-    try:
-        yield fh
-    finally:
-        try:
-            fh.close()
-        except OSError:
-            pass
-
-
 def _manifest_path(outdir: Path, batch: BatchOptions) -> Path:
     if batch.manifest is not None:
         return batch.manifest
@@ -361,107 +307,76 @@ def execute(
             click.echo(f"{p.image}\t{p.mask or '-'}\t{src}\t{outs}")
         return Report()
 
-    prepare_outdir(outdir)
     report = Report()
-    manifest = _manifest_path(outdir, batch)
+    manifest: Path | None = _manifest_path(outdir, batch)
     if batch.manifest is None and not default_manifest:
-        manifest = Path(os.devnull)  # a single figure: no manifest unless asked for
-    clashes = output_clashes(pairs, expected_outputs,
-                             reserved=[] if manifest == Path(os.devnull) else [manifest])
-    _check_manifest(manifest, pairs)
+        manifest = None  # a single figure: no manifest unless asked for
+    run_info = {"tool": "retina-prep", "version": __version__, "command": command,
+                "argv": sys.argv[1:], "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                "shard": list(batch.shard) if batch.shard else None, "config": params}
     try:
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        mf = manifest.open("a", encoding="utf-8")
-    except OSError as exc:
-        raise click.ClickException(
-            f"{manifest}: cannot write the manifest ({exc.strerror or exc})") from None
-    manifest_ok = [True]
-    with _closing_quietly(mf):
-        def write_line(obj):
-            if not manifest_ok[0]:
-                return
-            try:
-                mf.write(json.dumps(obj) + "\n")
-                mf.flush()
-            except OSError as exc:  # a full disk: say so once, the images go on
-                manifest_ok[0] = False
-                log(f"error: {manifest}: cannot write the manifest ({exc.strerror or exc});"
-                    " outputs are still written", logging.ERROR)
-                report.failed += 1
+        run = Batch(pairs, step, outputs_of=expected_outputs, outdir=outdir, jobs=batch.jobs,
+                    skip_existing=batch.skip_existing, manifest=manifest, run_info=run_info)
+    except RetinaPrepError as exc:
+        if exc.message.startswith("the manifest"):  # a folder, or an input: a usage error
+            raise click.UsageError(str(exc)) from None
+        raise click.ClickException(str(exc)) from None
+    warned: dict[str, int] = {}
+    manifest_reported = [False]
 
-        header = {"type": "run", "tool": "retina-prep", "version": __version__, "command": command,
-                  "argv": sys.argv[1:],
-                  "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-                  "shard": list(batch.shard) if batch.shard else None, "config": _jsonable(params)}
-        write_line(header)
+    def handle(result: Result) -> None:
+        if on_result is not None:
+            on_result(result)
+        for w in result.warnings:
+            log(f"warning: {w}", logging.DEBUG)
+            kind = _warning_kind(w, result.pair)
+            warned[kind] = warned.get(kind, 0) + 1
+        if result.status == "failed":
+            log(f"error: {cli_wording(result)}", logging.ERROR)
+        elif result.status == "done" and batch.print0:
+            stdout = sys.stdout.buffer
+            for o in result.outputs:
+                stdout.write(os.fsencode(o) + b"\0")
+            stdout.flush()
+        elif result.status == "done" and batch.print_outputs:
+            for o in result.outputs:
+                click.echo(str(o))
+        report.add(result)
+        if run.manifest_error and not manifest_reported[0]:
+            manifest_reported[0] = True
+            report.failed += 1
+            log(f"error: {printable(run.manifest_path)}: {run.manifest_error}; outputs are still"
+                " written", logging.ERROR)
 
-        def record(result: Result):
-            line = {"type": "image", "input": str(result.pair.image),
-                    "mask": str(result.pair.mask) if result.pair.mask else None,
-                    "mask_source": result.info.get("mask_source", result.pair.mask_source),
-                    "outputs": [str(o) for o in result.outputs], "status": result.status,
-                    "error": result.error, "warnings": result.warnings,
-                    "seconds": round(result.seconds, 4),
-                    "params": _jsonable({k: v for k, v in result.info.items()
-                                         if k != "mask_source"})}
-            write_line(line)
-
-        todo = []
-        skipped = 0
-        warned: dict[str, int] = {}
-        for p in pairs:
-            if p in clashes:
-                log(f"error: {clashes[p]}", logging.ERROR)
-                res = Result(p, "failed", error=clashes[p])
-                report.add(res)
-                record(res)
-            elif batch.skip_existing and all(o.is_file() for o in expected_outputs(p)):
-                skipped += 1
-                record(Result(p, "skipped", outputs=expected_outputs(p)))
-            else:
-                todo.append(p)
-        show_bar = not quiet and len(todo) > 1 and stderr_is_terminal()
-        with _sigterm_as_interrupt(), tqdm(total=len(todo), disable=not show_bar, file=sys.stderr,
-                                           unit="img", desc=command, dynamic_ncols=True) as bar:
-            def handle(result: Result) -> None:
-                if on_result is not None:
-                    on_result(result)
-                for w in result.warnings:
-                    log(f"warning: {w}", logging.DEBUG)
-                    kind = _warning_kind(w, result.pair)
-                    warned[kind] = warned.get(kind, 0) + 1
-                if result.status != "done":
-                    log(f"error: {cli_wording(result)}", logging.ERROR)
-                elif batch.print0:
-                    stdout = sys.stdout.buffer
-                    for o in result.outputs:
-                        stdout.write(os.fsencode(o) + b"\0")
-                    stdout.flush()
-                elif batch.print_outputs:
-                    for o in result.outputs:
-                        click.echo(str(o))
-                report.add(result)
-                record(result)
-
-            finished: list[Result] = []
-            results = run_batch(todo, step, jobs=batch.jobs, finished_on_stop=finished)
-            try:
-                for result in results:
-                    handle(result)
+    results = iter(run)
+    bar = None
+    with _sigterm_as_interrupt():
+        try:
+            for result in results:
+                if bar is None and result.status != "skipped" and run.todo:
+                    show_bar = not quiet and run.todo > 1 and stderr_is_terminal()
+                    bar = tqdm(total=run.todo, disable=not show_bar, file=sys.stderr, unit="img",
+                               desc=command, dynamic_ncols=True)
+                handle(result)
+                if bar is not None and result.status != "skipped":
                     bar.update(1)
-            except KeyboardInterrupt:
-                results.close()  # stops the workers; images they had finished are recorded too
+        except KeyboardInterrupt:
+            results.close()  # stops the workers; the images they had finished are recorded
+            if bar is not None:
                 bar.close()
-                for result in finished:
-                    handle(result)
-                log(f"{command}: interrupted after {report.done} done; outputs written so far are"
-                    " complete; rerun with --skip-existing to finish", logging.ERROR)
-                raise click.exceptions.Exit(130) from None
+            for result in run.finished_on_stop:
+                handle(result)
+            log(f"{command}: interrupted after {report.done} done; outputs written so far are"
+                " complete; rerun with --skip-existing to finish", logging.ERROR)
+            raise click.exceptions.Exit(130) from None
+        finally:
+            if bar is not None:
+                bar.close()
     verbose = LOG.getEffectiveLevel() <= logging.DEBUG
     hint = "" if verbose else " (listed in the manifest; -v shows each)"
     for kind, n in warned.items():
-        log(f"warning: {n} of {len(todo)} images: {kind}{hint}", logging.WARNING)
+        log(f"warning: {n} of {run.todo} images: {kind}{hint}", logging.WARNING)
     if not quiet:
-        extra = f", {skipped} skipped (exist)" if batch.skip_existing else ""
+        extra = f", {report.skipped} skipped (exist)" if batch.skip_existing else ""
         log(f"{command}: {report.done} done, {report.failed} failed{extra}; outputs in {outdir}")
     return report
