@@ -97,8 +97,9 @@ Examples:
 @click.option("--labels", default="auto", show_default=True,
               help="Vessel labels: 'auto' (DRIVE 1st_manual, HRF manual1, CHASE_DB1 1stHO, STARE .ah),"
               " 'none', or a folder with files named after the images.")
-@click.option("--window", type=WindowType(), default="auto", show_default=True,
-              help="The one window every method uses: odd pixels or 'auto'.")
+@click.option("--window", "--size", "window", type=WindowType(), default="auto", show_default=True,
+              help="The one window every method uses: odd pixels or 'auto' (4% of the FOV"
+              " diameter).")
 @click.option("--kernel", type=click.Choice(KERNELS), default="mean", show_default=True)
 @click.option("--target", type=float, default=DEFAULT_TARGET, show_default=True, help="I0 (8-bit units).")
 @run_options
