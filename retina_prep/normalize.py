@@ -11,12 +11,21 @@ import math
 import cv2
 import numpy as np
 
-from .core import Kernel, as_mask, masked_convolve, named_kernel, set_where
+from .core import (
+    DEFAULT_RIDGE,
+    Kernel,
+    as_mask,
+    masked_convolve,
+    masked_plane_mean,
+    named_kernel,
+    set_where,
+)
 from .errors import ValueRangeError
 from .fov import fov_diameter
 
 __all__ = [
     "METHODS",
+    "ORDERS",
     "DEFAULT_SCALE",
     "DEFAULT_STD_FLOOR",
     "KERNELS",
@@ -31,6 +40,9 @@ __all__ = [
     "dtype_scale",
     "image_range",
 ]
+
+#: Orders of normalized convolution: 0 the local mean, 1 the local plane (see normalize_illumination).
+ORDERS = (0, 1)
 
 #: Normalization methods: subtract the local mean, or standardize by the local std too.
 METHODS = ("mean", "standardize")
@@ -207,6 +219,8 @@ def normalize_illumination(
     method: str = "mean",
     scale: float = DEFAULT_SCALE,
     std_floor: float = DEFAULT_STD_FLOOR,
+    order: int = 0,
+    ridge: float = DEFAULT_RIDGE,
 ) -> np.ndarray:
     """Local illumination normalization ``I - masked_local_mean(I) + I0``.
 
@@ -251,6 +265,15 @@ def normalize_illumination(
     method : {"mean", "standardize"}
     scale, std_floor : float
         For ``standardize``, in 8-bit units (scaled like ``target``).
+    order : {0, 1}
+        0: the local mean (zero-order normalized convolution). 1: the value
+        at the pixel of the plane fitted to its masked window (first-order
+        normalized convolution, :func:`~retina_prep.core.masked_plane_mean`):
+        no one-sided overshoot on a gradient at the FOV margin, so larger
+        windows keep the margin flat. Use it with a trimmed mask (rim
+        removed): a plane extrapolates a dark rim inward.
+    ridge : float
+        For ``order=1``: how strongly thin windows' slopes are damped.
 
     Returns
     -------
@@ -266,10 +289,14 @@ def normalize_illumination(
         rgb = normalize_illumination(
             img[..., :3], mask, window=window, kernel=kernel, target=target, fill=fill,
             ignore_mask=ignore_mask, value_range=value_range, output_dtype=output_dtype,
-            method=method, scale=scale, std_floor=std_floor)
+            method=method, scale=scale, std_floor=std_floor, order=order, ridge=ridge)
         return np.dstack([rgb, img[..., 3:].astype(rgb.dtype, copy=False)])
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be 0 or 1, got {order!r}")
+    if order == 1 and method != "mean":
+        raise ValueError("order 1 applies to method 'mean' only")
     if img.ndim not in (2, 3) or img.size == 0:
         raise ValueError(f"image must be (H, W) or (H, W, C), got shape {img.shape}")
     if mask is not None:
@@ -292,7 +319,10 @@ def normalize_illumination(
     out_scale = (out_hi - out_lo) / 255.0
 
     # pixels with no valid neighbour lie outside the FOV and are overwritten below
-    mean, _ = local_mean(img, mask, kernel=kernel, ignore_mask=ignore_mask, fill=None)
+    if order == 1:
+        mean = masked_plane_mean(img, None if ignore_mask else mask, kernel, ridge=ridge, fill=None)
+    else:
+        mean, _ = local_mean(img, mask, kernel=kernel, ignore_mask=ignore_mask, fill=None)
     inside = None if mask is None else mask > 0
     if not np.issubdtype(img.dtype, np.integer) and not np.isfinite(img.sum(dtype=np.float64)):
         finite = np.isfinite(img) if img.ndim == 2 else np.isfinite(img).all(axis=2)

@@ -107,3 +107,47 @@ def windowed_mean_loop(image, mask, size, i, j):
             if 0 <= y < h and 0 <= x < w and mask[y, x]:
                 vals.append(np.asarray(image[y, x], np.float64))
     return np.mean(vals, axis=0)
+
+
+def plane_mean_ref(image, mask, kernel, *, ridge=0.1, min_weight=1e-5, pixels=None):
+    """First-order normalized convolution at every pixel by an explicit loop over its window:
+    the weighted least-squares plane (weights K * M, ridge on the slope) evaluated at the centre.
+    ``image`` (H, W) float; returns NaN where the window's weight is below ``min_weight``.
+    ``pixels``: only these (i, j) (the others stay NaN)."""
+    p = np.asarray(image, np.float64)
+    m = np.asarray(mask, np.float64)
+    k = np.asarray(kernel, np.float64)
+    kh, kw = k.shape
+    cy, cx = kh // 2, kw // 2
+    h, w = m.shape
+    vy, vx = np.mgrid[-cy:kh - cy, -cx:kw - cx]
+    s2x = (k * vx**2).sum() / k.sum()
+    s2y = (k * vy**2).sum() / k.sum()
+    out = np.full((h, w), np.nan)
+    todo = pixels if pixels is not None else [(i, j) for i in range(h) for j in range(w)]
+    for i, j in todo:
+            wts, us, vs, vals = [], [], [], []
+            for a in range(kh):
+                for b in range(kw):
+                    y, x = i + a - cy, j + b - cx
+                    if 0 <= y < h and 0 <= x < w and m[y, x] > 0:
+                        wts.append(k[a, b] * m[y, x])
+                        us.append(b - cx)
+                        vs.append(a - cy)
+                        vals.append(p[y, x])
+            wts, us, vs, vals = map(np.array, (wts, us, vs, vals))
+            if wts.size == 0 or wts.sum() / k.sum() < min_weight:
+                continue
+            sw = wts.sum()
+            ub, vb, ib = (wts * us).sum() / sw, (wts * vs).sum() / sw, (wts * vals).sum() / sw
+            c = np.array([[(wts * (us - ub) ** 2).sum(), (wts * (us - ub) * (vs - vb)).sum()],
+                          [(wts * (us - ub) * (vs - vb)).sum(), (wts * (vs - vb) ** 2).sum()]]) / sw
+            c += ridge * np.diag([s2x, s2y])
+            rhs = np.array([(wts * (us - ub) * (vals - ib)).sum(),
+                            (wts * (vs - vb) * (vals - ib)).sum()]) / sw
+            if abs(np.linalg.det(c)) < 1e-6 * max(s2x, 1) * max(s2y, 1):
+                slope = np.zeros(2)
+            else:
+                slope = np.linalg.solve(c, rhs)
+            out[i, j] = ib - slope[0] * ub - slope[1] * vb
+    return out
