@@ -18,6 +18,7 @@ from .normalize import dtype_scale, normalize_illumination
 
 __all__ = [
     "METHODS",
+    "methods_for",
     "RESPONSES",
     "BANDS",
     "REFERENCE_DIAMETER",
@@ -31,13 +32,20 @@ __all__ = [
     "summarize",
 ]
 
-#: Preprocessings compared: name -> (method, ignore_mask); "none" is the input itself.
+#: Preprocessings compared: name -> (method, ignore_mask, order); "none" is the input itself.
 METHODS = {
     "none": None,
-    "IN without mask": ("mean", True),
-    "IN with mask": ("mean", False),
-    "standardize with mask": ("standardize", False),
+    "IN without mask": ("mean", True, 0),
+    "IN with mask": ("mean", False, 0),
+    "IN with mask, order 1": ("mean", False, 1),
+    "standardize with mask": ("standardize", False, 0),
 }
+
+
+def methods_for(orders=(0, 1)) -> tuple[str, ...]:
+    """The methods to compare when IN with mask runs in these orders (0, 1 or both)."""
+    return tuple(name for name, spec in METHODS.items()
+                 if spec is None or spec[0] != "mean" or spec[1] or spec[2] in orders)
 
 #: Training-free vessel responses (higher = more vessel-like).
 RESPONSES = ("inverted green", "black top-hat")
@@ -126,9 +134,9 @@ def preprocess(image, mask, method, *, kernel, target: float = 128.0):
     spec = METHODS[method]
     if spec is None:
         return np.asarray(image)
-    how, ignore = spec
+    how, ignore, order = spec
     return normalize_illumination(image, mask, kernel=kernel, target=target, ignore_mask=ignore,
-                                  method=how)
+                                  method=how, order=order)
 
 
 @dataclass

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from .batch import Result
-from .core import MODES, Kernel, masked_filter
+from .core import DEFAULT_RIDGE, MODES, Kernel, masked_filter
 from .dataset import Pair, find_label
 from .errors import MaskError, OutputExistsError, RetinaPrepError
+from .evaluate import METHODS as METHODS_EVALUATED
 from .evaluate import evaluate_image
 from .figures import PANEL_WIDTH, panel, thumbnail
 from .fov import LOW_CONFIDENCE, erode_mask, feather_mask, fov_diameter, fov_estimate, trim_rim
@@ -35,6 +36,7 @@ from .normalize import (
     DEFAULT_TARGET,
     KERNELS,
     METHODS,
+    ORDERS,
     check_kernel_args,
     dtype_scale,
     kernel_for,
@@ -100,8 +102,16 @@ class NormalizeSettings:
     method: str = "mean"
     scale: float = DEFAULT_SCALE
     value_range: tuple[float, float] | None = None  # None: the dtype's range
+    order: int | str = "auto"  # 0, 1, or "auto": 1 when the mask is trimmed (see resolve_order)
+    ridge: float = DEFAULT_RIDGE
 
     def __post_init__(self):
+        if self.order not in ("auto", *ORDERS):
+            raise ValueError(f"order must be 0, 1 or 'auto', got {self.order!r}")
+        if not (math.isfinite(self.ridge) and self.ridge >= 0):
+            raise ValueError(f"ridge must be a number >= 0, got {self.ridge!r}")
+        if self.order == 1 and self.method != "mean":
+            raise ValueError("order 1 applies to method 'mean' only")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
         if not (math.isfinite(self.scale) and self.scale > 0):
@@ -243,18 +253,37 @@ def _check_output(out: Path, pair: Pair, overwrite: bool, keep_existing: bool = 
         raise OutputExistsError("output exists", out)
 
 
-def _run_normalize(image, mask, kernel: Kernel, settings: NormalizeSettings, ignore_mask: bool):
+def resolve_order(order, mask_info: dict | None) -> tuple[int, list[str]]:
+    """The order to run and any warning: ``"auto"`` is 1 when the mask was trimmed (rim trim
+    or erosion, as ``mask_info`` from :func:`trim_mask` says) and 0 otherwise; an explicit 1 on
+    an untrimmed mask warns, since a plane extrapolates a dark rim inward."""
+    info = mask_info or {}
+    trimmed = info.get("rim") == "auto" or bool(info.get("erode"))
+    if order == "auto":
+        return (1 if trimmed else 0), []
+    if order == 1 and mask_info is not None and not trimmed:
+        return 1, ["order 1 on an untrimmed mask extrapolates any dark rim at the margin inward;"
+                   " trim the rim (rim 'auto') or erode the mask"]
+    return int(order), []
+
+
+def _run_normalize(image, mask, kernel: Kernel, settings: NormalizeSettings, ignore_mask: bool,
+                   order: int = 0):
     return normalize_illumination(
         image, mask, kernel=kernel, target=settings.target, fill=settings.fill,
         ignore_mask=ignore_mask, method=settings.method, scale=settings.scale,
-        value_range=settings.value_range,
+        value_range=settings.value_range, order=order, ridge=settings.ridge,
     )
 
 
-def normalize_loaded(image, mask, settings: NormalizeSettings = NormalizeSettings()):
-    """Normalize an image already read (and its prepared mask): ``(result, kernel)``."""
+def normalize_loaded(image, mask, settings: NormalizeSettings = NormalizeSettings(),
+                     mask_info: dict | None = None):
+    """Normalize an image already read (and its prepared mask): ``(result, kernel, order,
+    warnings)``. ``mask_info`` (from :func:`load_pair`) decides ``order="auto"``."""
     kernel = kernel_for(settings.kernel, settings.window, settings.sigma, mask)
-    return _run_normalize(image, mask, kernel, settings, settings.ignore_mask), kernel
+    order, warnings = resolve_order(settings.order if settings.method == "mean" else 0, mask_info)
+    result = _run_normalize(image, mask, kernel, settings, settings.ignore_mask, order)
+    return result, kernel, order, warnings
 
 
 def normalize_outputs(pair: Pair, outdir, settings: NormalizeSettings, panels_dir=None) -> list[Path]:
@@ -288,13 +317,15 @@ def normalize_pair(
     for o in outs:
         _check_output(o, pair, settings.overwrite, keep_existing)
     image, mask, info = load_pair(pair, mask_settings)
-    result, kernel = normalize_loaded(image, mask, settings)
+    result, kernel, order, warnings = normalize_loaded(image, mask, settings, info)
+    info["warnings"] += [f"{pair.image}: {w}" for w in warnings]
     items = [(outs[0], lambda: encode_image(result, settings.format))]
     if panels_dir is not None:
         def panel_bytes():
             if panels_compare:
                 done = {settings.ignore_mask: result}
-                cols = normalize_columns(image, mask, kernel, settings=settings, done=done)
+                cols = normalize_columns(image, mask, kernel, settings=settings, done=done,
+                                         order=order)
             else:
                 cols = [("original", image),
                         ("IN without mask" if settings.ignore_mask else "IN with mask", result)]
@@ -302,7 +333,7 @@ def normalize_pair(
                                       max_width=panel_width), "png")
         items.append((outs[1], panel_bytes))
     outputs = write_outputs(items, overwrite=settings.overwrite, keep_existing=keep_existing)
-    info.update(window=kernel.shape[0], kernel=kernel.name)
+    info.update(window=kernel.shape[0], kernel=kernel.name, order=order)
     return Result(pair, "done", outputs=outputs, warnings=info.pop("warnings"), info=info)
 
 
@@ -448,7 +479,8 @@ def filter_columns(image, mask, kernel: Kernel, *, mode: str = "normalized"):
 
 
 def normalize_columns(image, mask, kernel: Kernel, *,
-                      settings: NormalizeSettings = NormalizeSettings(), done=None):
+                      settings: NormalizeSettings = NormalizeSettings(), done=None,
+                      order: int = 0):
     """The mask-convolution paper's Fig. 4 columns: without IN | IN without mask | IN with mask.
 
     ``done`` maps ``ignore_mask`` (True/False) to results already computed.
@@ -456,7 +488,7 @@ def normalize_columns(image, mask, kernel: Kernel, *,
     done = dict(done or {})
     for ignore in (True, False):
         if ignore not in done:
-            done[ignore] = _run_normalize(image, mask, kernel, settings, ignore)
+            done[ignore] = _run_normalize(image, mask, kernel, settings, ignore, order)
     return [("(a) without IN", image), ("(b) IN without mask", done[True]),
             ("(c) IN with mask", done[False])]
 
@@ -465,7 +497,7 @@ def compare_pair(pair: Pair, out_path, *, kernel: Kernel | str = "gaussian", win
                  sigma: float | None = None, mask_settings: MaskSettings = MaskSettings(),
                  normalize: bool = False, inset="auto", profile: bool = True,
                  overwrite: bool = False, thumb_width: int | None = None,
-                 panel_width: int | None = PANEL_WIDTH) -> Result:
+                 panel_width: int | None = PANEL_WIDTH, order: int | str = "auto") -> Result:
     """Write one comparison figure for ``pair`` to ``out_path``.
 
     ``kernel`` is a :class:`Kernel`, or a kernel name sized by ``window`` and
@@ -477,7 +509,10 @@ def compare_pair(pair: Pair, out_path, *, kernel: Kernel | str = "gaussian", win
     if not isinstance(kernel, Kernel):
         kernel = kernel_for(kernel, window, sigma, mask)
     if normalize:
-        cols = normalize_columns(image, mask, kernel)
+        run_order, warnings = resolve_order(order, info)
+        info["warnings"] += [f"{pair.image}: {w}" for w in warnings]
+        info["order"] = run_order
+        cols = normalize_columns(image, mask, kernel, order=run_order)
     else:
         cols = filter_columns(image, mask, kernel)
     fig = panel(cols, mask=mask > 0, inset=inset, profile=profile and inset is not None,
@@ -490,6 +525,7 @@ def compare_pair(pair: Pair, out_path, *, kernel: Kernel | str = "gaussian", win
 
 
 def evaluate_pair(pair: Pair, *, window="auto", kernel_name: str = "mean", target: float = 128.0,
+                  methods=None,
                   mask_settings: MaskSettings = MaskSettings(), labels="auto") -> Result:
     """Evaluate one image (see :mod:`retina_prep.evaluate`); the numbers go in ``info``.
 
@@ -503,7 +539,8 @@ def evaluate_pair(pair: Pair, *, window="auto", kernel_name: str = "mean", targe
         vessels = read_labels(label_path, fov, max_pixels=mask_settings.max_pixels)
     win = resolve_window(window, region)
     kernel = make_kernel(kernel_name, win)
-    ev = evaluate_image(image, fov, region > 0, vessels, kernel=kernel, target=target)
+    ev = evaluate_image(image, fov, region > 0, vessels, kernel=kernel, target=target,
+                        methods=tuple(METHODS_EVALUATED if methods is None else methods))
     info.update(window=win, labels=str(label_path) if label_path else None, evaluation=ev)
     return Result(pair, "done", warnings=info.pop("warnings"), info=info)
 

@@ -59,6 +59,9 @@ Examples:
 @click.option("--normalize", "normalize_fig", is_flag=True, default=False,
               help="Fig. 4 instead: without IN | IN without mask | IN with mask (mean kernel of"
               " --window, or --kernel gaussian).")
+@click.option("--order", type=click.Choice(["auto", "0", "1"]), default="auto", show_default=True,
+              help="With --normalize: 0 the masked local mean, 1 the local plane, auto as in"
+              " normalize (1 when the mask is trimmed).")
 @click.option("--inset", type=InsetType(), default="auto", show_default=True,
               help="Zoomed stretch shown under every column: x,y,size in pixels, 'auto' (where the"
               " columns differ most at the FOV margin) or 'none'.")
@@ -70,7 +73,7 @@ Examples:
 @run_options
 @click.pass_context
 def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
-            kernel_spec, window, sigma, normalize_fig, inset, profile, sheet, panel_width, overwrite,
+            kernel_spec, window, sigma, normalize_fig, order, inset, profile, sheet, panel_width, overwrite,
             max_pixels, batch, quiet):
     """Comparison figures: what the mask changes at the FOV margin.
 
@@ -100,7 +103,8 @@ def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode,
                              mask_settings=mask_settings, normalize=normalize_fig,
                              inset=None if inset == "none" else inset, profile=profile,
                              overwrite=overwrite, thumb_width=480 if sheet else None,
-                             panel_width=panel_width)
+                             panel_width=panel_width,
+                             order=order if order == "auto" else int(order))
     report = execute("compare", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
                      expected_outputs=lambda p: [figure_path(p, one, outdir)],
                      params=dict(ctx.params), on_result=contact,

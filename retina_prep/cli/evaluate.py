@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ..evaluate import METHODS, RESPONSES, summarize
+from ..evaluate import RESPONSES, methods_for, summarize
 from ..figures import roc_figure
 from ..io import write_bytes, write_image
 from ..normalize import DEFAULT_TARGET, KERNELS
@@ -102,14 +102,17 @@ Examples:
               " diameter).")
 @click.option("--kernel", type=click.Choice(KERNELS), default="mean", show_default=True)
 @click.option("--target", type=float, default=DEFAULT_TARGET, show_default=True, help="I0 (8-bit units).")
+@click.option("--order", type=click.Choice(["0", "1", "both"]), default="both", show_default=True,
+              help="Orders of masked IN to compare: the local mean (0), the local plane (1), or"
+              " both side by side.")
 @run_options
 @click.pass_context
 def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
-             labels, window, kernel, target, overwrite, max_pixels, batch, quiet):
+             labels, window, kernel, target, order, overwrite, max_pixels, batch, quiet):
     """Measure what the mask buys, on your own data.
 
-    Runs the same images through: none, IN without mask, IN with mask, and
-    masked standardization, all with the same window, and reports (1) the
+    Runs the same images through: none, IN without mask, IN with mask (order
+    0 and/or 1), and masked standardization, all with the same window, and reports (1) the
     margin bias profile by distance band from the FOV margin and (2) the ROC
     AUC of training-free vessel responses (inverted green, black top-hat) in
     the whole FOV and in the margin band, where labels exist. A markdown
@@ -138,7 +141,9 @@ def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode
         if ev is not None:
             evaluations.append(ev)
 
+    methods = methods_for((0, 1) if order == "both" else (int(order),))
     step = functools.partial(evaluate_pair, window=window, kernel_name=kernel, target=target,
+                             methods=methods,
                              mask_settings=mask_settings, labels=labels_arg)
     report = execute("evaluate", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
                      expected_outputs=lambda p: [], params=dict(ctx.params), on_result=keep)
@@ -146,7 +151,7 @@ def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode
         return
     if not evaluations:
         raise click.ClickException("no image could be evaluated")
-    summary = summarize(evaluations, tuple(METHODS))
+    summary = summarize(evaluations, methods)
     click.echo(markdown(summary))
     written = _write_reports(summary, outdir, overwrite)
     if batch.print_outputs or batch.print0:

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..batch import Result, run_one
+from ..core import DEFAULT_RIDGE
 from ..io import encode_image
 from ..normalize import AUTO_WINDOW_FRACTION, DEFAULT_SCALE, DEFAULT_TARGET, KERNELS, METHODS
 from ..pipeline import (
@@ -97,6 +98,24 @@ Examples:
     help="Value outside the FOV, in 8-bit units.",
 )
 @click.option(
+    "--order",
+    type=click.Choice(["auto", "0", "1"]),
+    default="auto",
+    show_default=True,
+    help="0: the masked local mean. 1: the local plane fitted to the masked window (first-order"
+    " normalized convolution): no overshoot on gradients at the FOV margin, so larger windows stay"
+    " flat. auto: 1 when the mask is trimmed (rim trim or --erode; estimated masks are by default),"
+    " else 0.",
+)
+@click.option(
+    "--ridge",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_RIDGE,
+    show_default=True,
+    help="With order 1: damping of the plane's slope in thin windows, relative to the window's"
+    " variance (0: none).",
+)
+@click.option(
     "--value-range",
     type=RangeType(),
     default=None,
@@ -128,7 +147,8 @@ Examples:
 @run_options
 @click.pass_context
 def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
-              window, kernel, sigma, method, scale, target, fill, value_range, ignore_mask, panels_dir,
+              window, kernel, sigma, method, scale, target, fill, order, ridge, value_range, ignore_mask,
+              panels_dir,
               panels_compare, panel_width, fmt, overwrite, max_pixels, batch, quiet):
     """Flatten uneven illumination: I - masked local mean + I0, per channel.
 
@@ -142,6 +162,7 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
             window=window, kernel=kernel, sigma=sigma, target=target, fill=fill,
             ignore_mask=ignore_mask, format=fmt, overwrite=overwrite, method=method,
             scale=scale, value_range=value_range,
+            order=order if order == "auto" else int(order), ridge=ridge,
         )
         mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
                                      max_pixels=max_pixels)
@@ -175,8 +196,8 @@ def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, ba
 
     def step(pair):
         image, fov, info = load_pair(pair, mask_settings)
-        result, _ = normalize_loaded(image, fov, settings)
-        return Result(pair, "done", warnings=info["warnings"],
+        result, _, _, warnings = normalize_loaded(image, fov, settings, info)
+        return Result(pair, "done", warnings=info["warnings"] + [f"{pair.image}: {w}" for w in warnings],
                       info={"data": encode_image(result, settings.format)})
 
     res = run_one(step, pairs[0])
