@@ -96,6 +96,19 @@ def in_rows(sizes=SIZES, repeat: int = 5, threads: int | None = None):
     return rows
 
 
+def order_rows(sizes=SIZES, repeat: int = 5):
+    """Masked IN of order 1 (local plane) against order 0 (local mean), same image and kernel."""
+    rows = []
+    for name, shape, box, _ in sizes:
+        img, mask = _fundus(shape)
+        kernel = box_kernel(box)
+        t0 = time_call(lambda: normalize_illumination(img, mask, kernel=kernel, order=0), repeat)
+        t1 = time_call(lambda: normalize_illumination(img, mask, kernel=kernel, order=1), repeat)
+        rows.append({"size": name, "kernel": f"box {box}", "order0_ms": 1000 * t0,
+                     "order1_ms": 1000 * t1, "ratio": t1 / t0})
+    return rows
+
+
 def reference_row(crop: int = 96, window: int = 15):
     """Brute-force direct window sums (float64) against the library on the same crop."""
     img, mask = _fundus((584, 565))

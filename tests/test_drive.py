@@ -60,3 +60,30 @@ def test_signed_kernels_no_ring_at_drive_margin(drive, tmp_path):
     # sharpen: the unmasked ring (background pulled in by the negative ring) is clearly stronger
     sharpen = results["sharpen"]
     assert sharpen["masked"][band].mean() < 0.6 * sharpen["plain"][band].mean()
+
+
+def test_order_one_bounds_on_all_drive_images(drive):
+    """First order, official masks eroded 6 px: every band from 3 px inward within +-2 gray levels
+    at box 21 and within +-3 up to box 51 (order 0 exceeds 3 beyond box 21)."""
+    from retina_prep.core import box_kernel
+    from retina_prep.fov import erode_mask
+    from retina_prep.normalize import normalize_illumination
+
+    items = []
+    for split in ("training", "test"):
+        for p in sorted((drive / split / "images").glob("*.tif")):
+            num = p.stem.split("_")[0]
+            items.append((read_image(p), read_mask(drive / split / "mask" / f"{p.stem}_mask.gif"),
+                          read_mask(drive / split / "1st_manual" / f"{num}_manual1.gif")))
+    assert len(items) == 40
+    for window, bound in ((21, 2.0), (51, 3.0)):
+        sums = counts = 0
+        for img, official, labels in items:
+            m = erode_mask(official, 6)
+            out = normalize_illumination(img, m, kernel=box_kernel(window), order=1)
+            s, c = margin_bias_profile(out, official, target=128, region=m, exclude=labels)
+            sums, counts = sums + s, counts + c
+        bias = sums / np.maximum(counts, 1)[:, None]
+        for (lo, hi), b, n in zip(DEFAULT_BANDS, bias, counts):
+            if lo >= 3 and n:
+                assert np.all(np.abs(b) <= bound), f"box {window}, band {lo}-{hi}: {b}"

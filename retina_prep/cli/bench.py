@@ -58,6 +58,11 @@ def bench(drive, quick, threads):
     click.echo(_table(rows, [("size", "size"), ("kernel", "kernel"), ("unmasked IN", "unmasked_ms"),
                              ("masked IN", "masked_ms"), ("masked / unmasked", "ratio"),
                              ("masked via filter2D", "filter2d_ms")]))
+    log("bench: first order vs zero order ...")
+    click.echo("\nMasked IN, order 1 (local plane) vs order 0 (local mean), median ms per image:\n")
+    click.echo(_table(B.order_rows(sizes, repeat=3 if quick else 5),
+                      [("size", "size"), ("kernel", "kernel"), ("order 0", "order0_ms"),
+                       ("order 1", "order1_ms"), ("order 1 / order 0", "ratio")]))
     if not quick:
         log("bench: large Gaussian on one thread ...")
         g = B.gaussian_one_thread_row()
