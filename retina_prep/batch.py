@@ -144,6 +144,18 @@ def _run_in_worker(step, pair) -> Result:
 
 def _forkserver_init():  # pragma: no cover - runs in the fork server
     _die_with_parent()
+    if os.getppid() == 1:  # the main process died while the server was importing
+        os._exit(1)
+    # every process the server forks dies with the server, from its first instruction on
+    # (a worker still starting up when the main process is killed would otherwise be orphaned)
+    os.register_at_fork(after_in_child=_die_with_parent)
+    # a worker that cannot start because the run is being stopped (its queues are gone) would
+    # print a traceback; the main process reports any real failure to start (a broken pool)
+    sys.excepthook = _quiet_excepthook
+
+
+def _quiet_excepthook(exc_type, exc, tb):  # pragma: no cover - runs in forked workers
+    pass
 
 
 def _mp_context():
@@ -154,6 +166,24 @@ def _mp_context():
         ctx.set_forkserver_preload(["numpy", "cv2", "retina_prep.pipeline", "retina_prep._forkserver"])
         return ctx
     return multiprocessing.get_context("spawn")
+
+
+def _start_helpers(ctx) -> None:
+    """Start the fork server (and resource tracker) with SIGINT ignored: they inherit that
+    while they import, so a Ctrl-C to the process group then prints no traceback from them."""
+    if ctx.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: leave the signals alone
+        forkserver.ensure_running()
+        return
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: int = 1,
@@ -175,6 +205,7 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
             yield run_one(step, pair)
         return
     ctx = _mp_context()
+    _start_helpers(ctx)
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(pairs)), mp_context=ctx,
                                initializer=_worker_init)
     try:
