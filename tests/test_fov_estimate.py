@@ -3,8 +3,10 @@
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from retina_prep.fov import estimate_fov, fill_holes
+from retina_prep.fov import estimate_fov, fill_holes, fov_diameter
 from retina_prep.io import read_image, read_mask
 from retina_prep.synthetic import synthetic_fundus
 
@@ -174,3 +176,16 @@ def test_a_real_ring_is_removed(width):
     assert trimmed[ring].mean() < 0.05  # the ring is gone
     assert trimmed[s.mask & (d >= 8)].all()  # nothing deeper than the cap is touched
     assert info["rim_depth_max"] <= 6  # capped at about 1 % of the FOV diameter
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000))
+def test_fov_diameter_matches_a_numpy_reference(seed):
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(5, 60, 2)
+    m = rng.random((h, w)) < rng.uniform(0.01, 0.9)
+    m[rng.integers(0, h), rng.integers(0, w)] = True
+    ys, xs = np.nonzero(m)
+    want = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1, 2 * np.sqrt(ys.size / np.pi))
+    assert fov_diameter(m) == pytest.approx(want)
+    assert fov_diameter(m.astype(np.uint8) * 255) == pytest.approx(want)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 
@@ -9,17 +10,35 @@ import click
 import cv2
 
 from .. import __version__
-from .bench import bench
-from .compare import compare
-from .evaluate import evaluate
-from .filter import filter_cmd
-from .mask import mask
-from .normalize import normalize
 from .options import setup_logging
-from .pairs import pairs
+
+#: Command name -> (module, attribute). A command's module is imported only when it runs (or
+#: when --help lists the commands), so `retina-prep normalize` does not pay for `bench`.
+COMMANDS = {
+    "normalize": ("normalize", "normalize"),
+    "mask": ("mask", "mask"),
+    "filter": ("filter", "filter_cmd"),
+    "compare": ("compare", "compare"),
+    "pairs": ("pairs", "pairs"),
+    "bench": ("bench", "bench"),
+    "evaluate": ("evaluate", "evaluate"),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use."""
+
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[cmd_name]
+        return getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="retina-prep")
 def cli():
     """Prepare retinal fundus photographs: masked illumination normalization
@@ -42,11 +61,3 @@ def _silence_libraries() -> None:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     warnings.simplefilter("ignore")
 
-
-cli.add_command(normalize)
-cli.add_command(mask)
-cli.add_command(filter_cmd)
-cli.add_command(compare)
-cli.add_command(pairs)
-cli.add_command(bench)
-cli.add_command(evaluate)

@@ -185,8 +185,11 @@ def _check_value(option: click.Parameter, key, value, path, ctx, param) -> None:
 
 
 def _known_commands(ctx: click.Context) -> dict:
-    root = ctx.find_root().command
-    return dict(getattr(root, "commands", {}) or {})
+    root_ctx = ctx.find_root()
+    root = root_ctx.command
+    if not isinstance(root, click.Group):
+        return {}
+    return {name: root.get_command(root_ctx, name) for name in root.list_commands(root_ctx)}
 
 
 config_opt = click.option(
