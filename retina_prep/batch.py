@@ -391,13 +391,14 @@ def process(
         from functools import partial
         from retina_prep.batch import process
         from retina_prep.dataset import find_pairs
-        from retina_prep.pipeline import NormalizeSettings, normalize_outputs, normalize_pair
+        from retina_prep.pipeline import (
+            NormalizeSettings, OutputSettings, normalize_outputs, normalize_pair)
 
-        settings = NormalizeSettings(window=21)
+        settings, output = NormalizeSettings(window=21), OutputSettings(keep_existing=True)
         pairs = find_pairs(["photos"])
         for result in process(
-            pairs, partial(normalize_pair, outdir="out", settings=settings, keep_existing=True),
-            outputs_of=partial(normalize_outputs, outdir="out", settings=settings),
+            pairs, partial(normalize_pair, outdir="out", settings=settings, output=output),
+            outputs_of=partial(normalize_outputs, outdir="out", output=output),
             outdir="out", jobs=2, skip_existing=True, manifest="out/manifest.jsonl",
         ):
             print(result.status, result.pair.image, result.error or "")

@@ -22,7 +22,7 @@ from .core import box_kernel, gaussian_kernel, masked_convolve
 from .dataset import find_pairs
 from .io import encode_image, read_image, read_mask, write_image
 from .normalize import normalize_illumination
-from .pipeline import NormalizeSettings, normalize_pair
+from .pipeline import NormalizeSettings, OutputSettings, normalize_pair
 from .synthetic import synthetic_fundus
 
 __all__ = [
@@ -159,11 +159,11 @@ def batch_row(drive_root: Path | None = None, n_generated: int = 40):
                     read_mask(p.mask)
                 (tmp / "floor.png").write_bytes(encode_image(im))
 
-        settings = NormalizeSettings(window=51, overwrite=True)
+        settings = NormalizeSettings(window=51)
 
         def full():
             for p in pairs:
-                normalize_pair(p, tmp / "out", settings)
+                normalize_pair(p, tmp / "out", settings, output=OutputSettings(overwrite=True))
 
         t_floor = time_call(floor, 2)
         t_full = time_call(full, 2)

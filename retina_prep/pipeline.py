@@ -46,7 +46,9 @@ from .normalize import (
 )
 
 __all__ = [
-    "MaskSettings", "NormalizeSettings", "load_pair", "output_path", "normalize_pair", "mask_pair",
+    "MaskSettings", "NormalizeSettings", "OutputSettings", "load_pair", "output_path",
+    "normalize_pair", "mask_pair", "resolve_erode", "parse_erode", "resolve_order",
+    "AUTO_ERODE_FRACTION", "RIM_CHOICES",
     "trim_mask",
     "FilterSettings",
     "filter_array",
@@ -88,6 +90,24 @@ class MaskSettings:
 
 
 @dataclass(frozen=True)
+class OutputSettings:
+    """How a step writes its files, apart from what it computes: the file format, and what
+    happens to outputs that exist (refused; ``overwrite``: replaced; ``keep_existing``:
+    kept, the others written -- resuming a run)."""
+
+    format: str = "png"
+    overwrite: bool = False
+    keep_existing: bool = False
+
+    def __post_init__(self):
+        if self.format not in OUTPUT_FORMATS:
+            raise ValueError(
+                f"unknown format {self.format!r}; valid formats: {', '.join(OUTPUT_FORMATS)}")
+        if self.overwrite and self.keep_existing:
+            raise ValueError("overwrite and keep_existing exclude each other")
+
+
+@dataclass(frozen=True)
 class NormalizeSettings:
     """Options of illumination normalization (see :func:`normalize_illumination`)."""
 
@@ -97,8 +117,6 @@ class NormalizeSettings:
     target: float = 128.0
     fill: float = 0.0
     ignore_mask: bool = False
-    format: str = "png"
-    overwrite: bool = False
     method: str = "mean"
     scale: float = DEFAULT_SCALE
     value_range: tuple[float, float] | None = None  # None: the dtype's range
@@ -120,10 +138,6 @@ class NormalizeSettings:
         if self.kernel not in KERNELS:
             raise ValueError(f"unknown kernel {self.kernel!r}; valid kernels: {', '.join(KERNELS)}")
         check_kernel_args(self.kernel, self.window, self.sigma)
-        if self.format not in OUTPUT_FORMATS:
-            raise ValueError(
-                f"unknown format {self.format!r}; valid formats: {', '.join(OUTPUT_FORMATS)}"
-            )
         if not math.isfinite(self.target):
             raise ValueError("target must be a finite number")
 
@@ -286,9 +300,10 @@ def normalize_loaded(image, mask, settings: NormalizeSettings = NormalizeSetting
     return result, kernel, order, warnings
 
 
-def normalize_outputs(pair: Pair, outdir, settings: NormalizeSettings, panels_dir=None) -> list[Path]:
+def normalize_outputs(pair: Pair, outdir, output: OutputSettings = OutputSettings(),
+                      panels_dir=None) -> list[Path]:
     """The files :func:`normalize_pair` writes: the image, and the panel with ``panels_dir``."""
-    outs = [output_path(outdir, pair, settings.format)]
+    outs = [output_path(outdir, pair, output.format)]
     if panels_dir is not None:
         outs.append(output_path(panels_dir, pair, "png"))
     return outs
@@ -302,7 +317,7 @@ def normalize_pair(
     *,
     panels_dir=None,
     panels_compare: bool = False,
-    keep_existing: bool = False,
+    output: OutputSettings = OutputSettings(),
     panel_width: int | None = PANEL_WIDTH,
 ) -> Result:
     """Normalize one image and write ``OUTDIR/<rel>.<format>``.
@@ -310,16 +325,16 @@ def normalize_pair(
     With ``panels_dir``, also write a labelled panel ``PANELS/<rel>.png``:
     original | normalized, or with ``panels_compare`` the mask-convolution
     paper's Fig. 4: without IN | IN without mask | IN with mask. The outputs
-    of an image are written together or not at all; ``keep_existing`` keeps
-    outputs that exist and writes the rest (resuming a run).
+    of an image are written together or not at all; ``output`` says the
+    format and what happens to outputs that exist.
     """
-    outs = normalize_outputs(pair, outdir, settings, panels_dir)
+    outs = normalize_outputs(pair, outdir, output, panels_dir)
     for o in outs:
-        _check_output(o, pair, settings.overwrite, keep_existing)
+        _check_output(o, pair, output.overwrite, output.keep_existing)
     image, mask, info = load_pair(pair, mask_settings)
     result, kernel, order, warnings = normalize_loaded(image, mask, settings, info)
     info["warnings"] += [f"{pair.image}: {w}" for w in warnings]
-    items = [(outs[0], lambda: encode_image(result, settings.format))]
+    items = [(outs[0], lambda: encode_image(result, output.format))]
     if panels_dir is not None:
         def panel_bytes():
             if panels_compare:
@@ -332,7 +347,7 @@ def normalize_pair(
             return encode_image(panel(cols, mask=mask > 0, inset="auto", profile=True,
                                       max_width=panel_width), "png")
         items.append((outs[1], panel_bytes))
-    outputs = write_outputs(items, overwrite=settings.overwrite, keep_existing=keep_existing)
+    outputs = write_outputs(items, overwrite=output.overwrite, keep_existing=output.keep_existing)
     info.update(window=kernel.shape[0], kernel=kernel.name, order=order)
     return Result(pair, "done", outputs=outputs, warnings=info.pop("warnings"), info=info)
 
@@ -372,9 +387,7 @@ class FilterSettings:
     offset: float | None = None  # 8-bit units; None: mid-gray for zero-sum kernels, else 0
     fill: float = 0.0
     dtype: str = "same"  # "same" as the input, or "float32" (tif only)
-    format: str = "png"
-    write_weights: bool = False
-    overwrite: bool = False
+    write_weights: bool = False  # also the validity map <rel>_weights
 
     def __post_init__(self):
         if isinstance(self.kernel, Kernel):
@@ -388,9 +401,10 @@ class FilterSettings:
             raise ValueError(f"unknown mode {self.mode!r}; valid modes: {', '.join(MODES)}")
         if self.dtype not in ("same", "float32"):
             raise ValueError(f"dtype must be 'same' or 'float32', got {self.dtype!r}")
-        if self.format not in OUTPUT_FORMATS:
-            raise ValueError(f"unknown format {self.format!r}; valid formats: {', '.join(OUTPUT_FORMATS)}")
-        if self.dtype == "float32" and self.format != "tif":
+
+    def check_output(self, output: OutputSettings) -> None:
+        """Raise ``ValueError`` when the output format cannot hold what these settings make."""
+        if self.dtype == "float32" and output.format != "tif":
             raise ValueError("float32 output needs format tif")
 
     def kernel_for(self, mask) -> Kernel:
@@ -428,9 +442,10 @@ def filter_array(image, mask, settings: FilterSettings):
     return result.astype(dt), validity, kernel
 
 
-def filter_outputs(pair: Pair, outdir, settings: FilterSettings) -> list[Path]:
+def filter_outputs(pair: Pair, outdir, settings: FilterSettings,
+                   output: OutputSettings = OutputSettings()) -> list[Path]:
     """The files :func:`filter_pair` writes: the image, and ``<rel>_weights`` on request."""
-    out = output_path(outdir, pair, settings.format)
+    out = output_path(outdir, pair, output.format)
     if settings.write_weights:
         return [out, out.with_name(out.stem + "_weights" + out.suffix)]
     return [out]
@@ -438,24 +453,25 @@ def filter_outputs(pair: Pair, outdir, settings: FilterSettings) -> list[Path]:
 
 def filter_pair(pair: Pair, outdir, settings: FilterSettings,
                 mask_settings: MaskSettings = MaskSettings(), *,
-                keep_existing: bool = False) -> Result:
+                output: OutputSettings = OutputSettings()) -> Result:
     """Filter one image; write ``OUTDIR/<rel>.<format>`` and, on request, ``<rel>_weights``
-    (together or not at all; ``keep_existing`` as in :func:`normalize_pair`)."""
-    outs = filter_outputs(pair, outdir, settings)
+    (together or not at all; ``output`` as in :func:`normalize_pair`)."""
+    settings.check_output(output)
+    outs = filter_outputs(pair, outdir, settings, output)
     for o in outs:
-        _check_output(o, pair, settings.overwrite, keep_existing)
+        _check_output(o, pair, output.overwrite, output.keep_existing)
     image, mask, info = load_pair(pair, mask_settings)
     result, validity, kernel = filter_array(image, mask, settings)
-    items = [(outs[0], lambda: encode_image(result, settings.format))]
+    items = [(outs[0], lambda: encode_image(result, output.format))]
     if settings.write_weights:
         def weights_bytes():
-            if settings.format == "tif":
+            if output.format == "tif":
                 wimg = validity.astype(np.float32)
             else:
                 wimg = np.rint(np.clip(validity, 0, 1) * 65535).astype(np.uint16)
-            return encode_image(wimg, settings.format)
+            return encode_image(wimg, output.format)
         items.append((outs[1], weights_bytes))
-    outputs = write_outputs(items, overwrite=settings.overwrite, keep_existing=keep_existing)
+    outputs = write_outputs(items, overwrite=output.overwrite, keep_existing=output.keep_existing)
     info.update(kernel=kernel.name, mode=settings.mode)
     return Result(pair, "done", outputs=outputs, warnings=info.pop("warnings"), info=info)
 
@@ -582,5 +598,3 @@ def _label_in(folder, image: Path):
                 return c
     return None
 
-
-__all__ += ["resolve_erode", "AUTO_ERODE_FRACTION"]

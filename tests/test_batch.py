@@ -243,16 +243,22 @@ def test_python_user_runs_and_resumes_a_batch_without_click(tmp_path):
 
     from retina_prep.batch import process
     from retina_prep.dataset import find_pairs
-    from retina_prep.pipeline import NormalizeSettings, normalize_outputs, normalize_pair
+    from retina_prep.pipeline import (
+        NormalizeSettings,
+        OutputSettings,
+        normalize_outputs,
+        normalize_pair,
+    )
 
     for i in range(3):
         make_image(tmp_path / "in" / f"e{i}.png", seed=i)
     out = tmp_path / "out"
     settings = NormalizeSettings(window=11)
     pairs = find_pairs([tmp_path / "in"])
-    kw = dict(outputs_of=partial(normalize_outputs, outdir=out, settings=settings), outdir=out,
+    output = OutputSettings(keep_existing=True)
+    kw = dict(outputs_of=partial(normalize_outputs, outdir=out, output=output), outdir=out,
               manifest=out / "manifest.jsonl", jobs=2)
-    step = partial(normalize_pair, outdir=out, settings=settings, keep_existing=True)
+    step = partial(normalize_pair, outdir=out, settings=settings, output=output)
     assert [r.status for r in process(pairs, step, **kw)] == ["done"] * 3
     (out / "e1.png").unlink()
     assert [r.status for r in process(pairs, step, skip_existing=True, **kw)] == \

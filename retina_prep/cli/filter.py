@@ -8,7 +8,7 @@ import click
 
 from ..core import KERNEL_NAMES, MODES
 from ..normalize import AUTO_WINDOW_FRACTION
-from ..pipeline import FilterSettings, MaskSettings, filter_outputs, filter_pair
+from ..pipeline import FilterSettings, MaskSettings, OutputSettings, filter_outputs, filter_pair
 from .options import (
     KernelSpec,
     WindowType,
@@ -70,18 +70,20 @@ def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, ero
     try:
         settings = FilterSettings(kernel=kernel_spec, window=window, sigma=sigma, mode=mode,
                                   ignore_mask=ignore_mask, offset=offset, fill=fill, dtype=dtype,
-                                  format=fmt, write_weights=write_weights,
-                                  overwrite=overwrite)
+                                  write_weights=write_weights)
         mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
                                      max_pixels=max_pixels)
+        output = OutputSettings(format=fmt, overwrite=overwrite,
+                                keep_existing=batch.skip_existing and not overwrite)
+        settings.check_output(output)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
                           outdir=outdir, batch=batch)
     step = functools.partial(filter_pair, outdir=outdir, settings=settings,
-                             mask_settings=mask_settings, keep_existing=batch.skip_existing)
+                             mask_settings=mask_settings, output=output)
     report = execute("filter", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
-                     expected_outputs=lambda p: filter_outputs(p, outdir, settings),
+                     expected_outputs=lambda p: filter_outputs(p, outdir, settings, output),
                      params={**ctx.params, "kernel": kernel_spec if isinstance(kernel_spec, str)
                              else kernel_spec.name})
     ctx.exit(report.exit_code)

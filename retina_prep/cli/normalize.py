@@ -15,6 +15,7 @@ from ..normalize import AUTO_WINDOW_FRACTION, DEFAULT_SCALE, DEFAULT_TARGET, KER
 from ..pipeline import (
     MaskSettings,
     NormalizeSettings,
+    OutputSettings,
     load_pair,
     normalize_loaded,
     normalize_outputs,
@@ -160,18 +161,20 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
     try:
         settings = NormalizeSettings(
             window=window, kernel=kernel, sigma=sigma, target=target, fill=fill,
-            ignore_mask=ignore_mask, format=fmt, overwrite=overwrite, method=method,
+            ignore_mask=ignore_mask, method=method,
             scale=scale, value_range=value_range,
             order=order if order == "auto" else int(order), ridge=ridge,
         )
         mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
                                      max_pixels=max_pixels)
+        output = OutputSettings(format=fmt, overwrite=overwrite,
+                                keep_existing=batch.skip_existing and not overwrite)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if panels_compare and panels_dir is None:
         raise click.BadParameter("needs --panels DIR", param_hint="--panels-compare")
     if str(outdir) == "-":
-        _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, batch)
+        _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, batch, fmt)
         return
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
                           outdir=[outdir, panels_dir], batch=batch)
@@ -179,15 +182,15 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
         panels_dir.mkdir(parents=True, exist_ok=True)
     step = functools.partial(normalize_pair, outdir=outdir, settings=settings,
                              mask_settings=mask_settings, panels_dir=panels_dir,
-                             panels_compare=panels_compare, keep_existing=batch.skip_existing,
+                             panels_compare=panels_compare, output=output,
                              panel_width=panel_width)
     report = execute("normalize", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
-                     expected_outputs=lambda p: normalize_outputs(p, outdir, settings, panels_dir),
+                     expected_outputs=lambda p: normalize_outputs(p, outdir, output, panels_dir),
                      params=dict(ctx.params))
     ctx.exit(report.exit_code)
 
 
-def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, batch):
+def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, batch, fmt):
     """-o -: one image, PNG (or TIFF) bytes on stdout and nothing else."""
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
                           outdir=None, batch=batch)
@@ -197,8 +200,9 @@ def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, ba
     def step(pair):
         image, fov, info = load_pair(pair, mask_settings)
         result, _, _, warnings = normalize_loaded(image, fov, settings, info)
-        return Result(pair, "done", warnings=info["warnings"] + [f"{pair.image}: {w}" for w in warnings],
-                      info={"data": encode_image(result, settings.format)})
+        return Result(pair, "done",
+                      warnings=info["warnings"] + [f"{pair.image}: {w}" for w in warnings],
+                      info={"data": encode_image(result, fmt)})
 
     res = run_one(step, pairs[0])
     if res.status != "done":
