@@ -1,3 +1,5 @@
+"""Reading and writing files: masks of every format, images, errors, limits, atomic writes."""
+
 import os
 
 import imageio.v3 as iio
@@ -5,9 +7,7 @@ import numpy as np
 import pytest
 
 from retina_prep.errors import ImageReadError, MaskError, OutputExistsError
-from retina_prep.fov import binarize_mask, erode_mask, estimate_fov, fill_holes, fov_diameter
 from retina_prep.io import read_image, read_mask, write_image
-from retina_prep.synthetic import synthetic_fundus
 
 
 def _disc(shape, r):
@@ -18,29 +18,6 @@ def _disc(shape, r):
 
 def iou(a, b):
     return (a & b).sum() / (a | b).sum()
-
-
-# ------------------------------------------------------------ mask reading
-
-@pytest.mark.parametrize("scale", [1, 255])
-def test_binarize_values(scale):
-    m = _disc((20, 30), 8).astype(np.uint8) * scale
-    assert np.array_equal(binarize_mask(m), m > 0)
-
-
-def test_binarize_layouts():
-    m = _disc((20, 30), 8)
-    u = m.astype(np.uint8) * 255
-    assert np.array_equal(binarize_mask(u[None]), m)  # frame axis
-    assert np.array_equal(binarize_mask(np.dstack([u, u, u])), m)  # RGB
-    assert np.array_equal(binarize_mask(np.dstack([u, u, u])[None]), m)  # frames of RGB
-    rgba = np.dstack([u, u, u, np.full_like(u, 255)])
-    assert np.array_equal(binarize_mask(rgba), m)  # alpha ignored
-
-
-def test_binarize_empty():
-    with pytest.raises(MaskError, match="empty"):
-        binarize_mask(np.zeros((5, 5), np.uint8))
 
 
 @pytest.mark.parametrize("kind", ["gray", "rgb", "palette"])
@@ -147,49 +124,3 @@ def test_write_refuses_existing_and_is_atomic(tmp_path):
     with pytest.raises(ValueError, match="tif"):
         write_image(tmp_path / "f.png", np.zeros((4, 4), np.float32))
     assert not (tmp_path / "f.png").exists()
-
-
-# ------------------------------------------------------------ fov
-
-def test_erode_mask_only_at_margin():
-    m = np.zeros((30, 30), bool)
-    m[:, :20] = True  # touches the image border on three sides
-    e = erode_mask(m, 3)
-    assert e[:, :17].all() and not e[:, 17:].any()
-    assert np.array_equal(erode_mask(m, 0), m)
-    with pytest.raises(MaskError):
-        erode_mask(_disc((20, 20), 3), 10)
-    with pytest.raises(ValueError):
-        erode_mask(m, -1)
-
-
-def test_fill_holes():
-    m = _disc((30, 30), 10)
-    holed = m.copy()
-    holed[15, 10:20] = False
-    assert np.array_equal(fill_holes(holed), m)
-
-
-@pytest.mark.parametrize("bg", [0, 15])
-@pytest.mark.parametrize("shape", [(300, 280), (584, 565), (1200, 1300)])
-def test_estimate_fov_on_synthetic(shape, bg):
-    s = synthetic_fundus(shape, seed=2, background=bg, noise=2.0)
-    est = estimate_fov(s.image)
-    assert iou(est, s.mask) > 0.98
-    assert np.array_equal(fill_holes(est), est)
-
-
-def test_estimate_fov_does_not_mutate():
-    s = synthetic_fundus((100, 100), seed=1)
-    s.image.setflags(write=False)
-    estimate_fov(s.image)
-
-
-def test_estimate_fov_uniform_image():
-    with pytest.raises(MaskError):
-        estimate_fov(np.zeros((50, 50, 3), np.uint8))
-
-
-def test_fov_diameter_cut_disc():
-    m = _disc((200, 300), 120)  # cut at top and bottom
-    assert fov_diameter(m) == pytest.approx(240, abs=2)
