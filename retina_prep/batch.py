@@ -27,7 +27,7 @@ from .errors import RetinaPrepError, printable
 from .io import remove_stale_temporaries
 
 __all__ = ["Result", "Report", "run_batch", "run_one", "default_jobs", "output_clashes", "process",
-           "Batch", "Manifest", "check_manifest", "prepare_output_folder"]
+           "Batch", "Manifest", "ManifestError", "check_manifest", "prepare_output_folder"]
 
 
 @dataclass
@@ -105,14 +105,17 @@ def default_jobs() -> int:
 
 
 def _die_with_parent() -> None:
-    """Linux: get SIGTERM when the parent process dies (a kill -9 of the main process)."""
+    """Linux: get SIGTERM when the parent process dies (a kill -9 of the main process), and
+    exit at once if it died already (before the request took effect)."""
     if not sys.platform.startswith("linux"):
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # pragma: no cover - no prctl
-        pass
+        return
+    if os.getppid() == 1:
+        os._exit(1)
 
 
 def _worker_init():
@@ -123,9 +126,7 @@ def _worker_init():
     # a SIGTERM to a worker unwinds quietly (SystemExit prints no traceback), so atomic writes
     # remove their temporary files
     signal.signal(signal.SIGTERM, _exit_quietly)
-    _die_with_parent()
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
+    # dying with the parent was arranged when the fork server forked this process
 
 
 def _exit_quietly(signum, frame):
@@ -143,9 +144,7 @@ def _run_in_worker(step, pair) -> Result:
 
 
 def _forkserver_init():  # pragma: no cover - runs in the fork server
-    _die_with_parent()
-    if os.getppid() == 1:  # the main process died while the server was importing
-        os._exit(1)
+    _die_with_parent()  # (exits if the main process died while the server was importing)
     # every process the server forks dies with the server, from its first instruction on
     # (a worker still starting up when the main process is killed would otherwise be orphaned)
     os.register_at_fork(after_in_child=_die_with_parent)
@@ -178,12 +177,12 @@ def _start_helpers(ctx) -> None:
     try:
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:  # not the main thread: leave the signals alone
-        forkserver.ensure_running()
-        return
+        old = None
     try:
         forkserver.ensure_running()
     finally:
-        signal.signal(signal.SIGINT, old)
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
 
 
 def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: int = 1,
@@ -330,18 +329,22 @@ class Manifest:
             pass  # a failing final flush was already reported
 
 
+class ManifestError(RetinaPrepError):
+    """The manifest path names a folder or an input file."""
+
+
 def check_manifest(path, pairs) -> None:
-    """The manifest may not be a folder or any input (image or mask): ``RetinaPrepError``."""
+    """The manifest may not be a folder or any input (image or mask): :class:`ManifestError`."""
     path = Path(path)
     if path.is_dir():
-        raise RetinaPrepError("the manifest is a folder", path)
+        raise ManifestError("the manifest is a folder", path)
     if not path.exists():
         return
     for p in pairs:
         for src in (p.image, p.mask):
             try:
                 if src is not None and os.path.exists(src) and os.path.samefile(src, path):
-                    raise RetinaPrepError("the manifest would append to an input file", path)
+                    raise ManifestError("the manifest would append to an input file", path)
             except OSError:
                 pass
 
@@ -378,8 +381,9 @@ def process(
     image's outputs (or the manifest) fail without running; with
     ``skip_existing`` an image whose outputs all exist is ``skipped`` (one
     whose outputs are partly there runs again: its step must keep the
-    existing ones); the rest run through :func:`run_batch`. Every result --
-    failed, skipped or done -- is yielded in input order and, with
+    existing ones); the rest run through :func:`run_batch`. Every result is
+    yielded -- first those decided without running (failed collisions,
+    skipped), then the others in input order -- and, with
     ``manifest`` (a path), appended to it after a run line holding
     ``run_info``. When the iteration is interrupted (Ctrl-C), the images the
     workers had finished are still recorded. A manifest write error stops
@@ -443,28 +447,28 @@ class Batch:
             todo = []
             early = []
             for p in self.pairs:
+                outs = self.outputs_of(p)
                 if p in self.clashes:
                     early.append(Result(p, "failed", error=self.clashes[p],
                                         error_kind="OutputCollision"))
-                elif self.skip_existing and all(o.is_file() for o in self.outputs_of(p)):
-                    early.append(Result(p, "skipped", outputs=self.outputs_of(p)))
+                elif self.skip_existing and all(o.is_file() for o in outs):
+                    early.append(Result(p, "skipped", outputs=outs))
                 else:
                     todo.append(p)
             self.todo = len(todo)
             for r in early:
                 self._record(r)
                 yield r
-            finished: list[Result] = []
-            results = run_batch(todo, self.step, jobs=self.jobs, finished_on_stop=finished)
+            results = run_batch(todo, self.step, jobs=self.jobs,
+                                finished_on_stop=self.finished_on_stop)
             try:
                 for r in results:
                     self._record(r)
                     yield r
             except BaseException:
                 results.close()  # stop the workers; what they had finished is recorded
-                for r in finished:
+                for r in self.finished_on_stop:
                     self._record(r)
-                self.finished_on_stop.extend(finished)
                 raise
         finally:
             if self._manifest is not None:

@@ -54,6 +54,8 @@ __all__ = [
     "masked_plane_mean",
     "DEFAULT_RIDGE",
     "as_mask",
+    "check_layout",
+    "finite_pixels",
     "MODES",
     "DEFAULT_MIN_WEIGHT",
 ]
@@ -369,14 +371,30 @@ def _filter_cv(src: np.ndarray, k: Kernel, path: str, depth: int = cv2.CV_32F) -
     return cv2.filter2D(src.astype(ftype, copy=False), depth, flipped, borderType=_BORDER)
 
 
-def _as_image(image) -> np.ndarray:
-    """Validate; keep uint8, uint16 and float32 (OpenCV reads them directly), else float32."""
-    img = np.asarray(image)
-    if img.ndim not in (2, 3) or img.size == 0:
-        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {img.shape}")
+def check_layout(img: np.ndarray) -> None:
+    """Raise ``ValueError`` unless ``img`` is a non-empty ``(H, W)`` or ``(H, W, C)`` array
+    (a channels-first ``(C, H, W)`` array is named as such)."""
     if img.ndim == 3 and img.shape[0] in (1, 3, 4) and img.shape[2] > 4:
         raise ValueError(f"image shape {img.shape} looks channels-first; images are (H, W, C):"
                          " use np.moveaxis(image, 0, -1)")
+    if img.ndim not in (2, 3) or img.size == 0:
+        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {img.shape}")
+
+
+def finite_pixels(img: np.ndarray) -> np.ndarray | None:
+    """The ``(H, W)`` map of pixels whose every channel is finite, or None when all are
+    (integer images, and float images without NaN or inf: one fast pass)."""
+    img = np.asarray(img)
+    if not np.issubdtype(img.dtype, np.floating) or np.isfinite(img.sum(dtype=np.float64)):
+        return None  # a sum is finite only when every term is
+    finite = np.isfinite(img)
+    return finite.all(axis=2) if img.ndim == 3 else finite
+
+
+def _as_image(image) -> np.ndarray:
+    """Validate; keep uint8, uint16 and float32 (OpenCV reads them directly), else float32."""
+    img = np.asarray(image)
+    check_layout(img)
     if img.dtype == np.bool_:
         img = img.astype(np.uint8)
     if not (np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating)):
@@ -444,11 +462,9 @@ def _drop_nonfinite(img: np.ndarray, mask):
     Returns ``(image, mask)``: unchanged when every pixel is finite, else a
     copy of the image with those pixels zeroed and the mask without them.
     """
-    if img.dtype != np.float32 or np.isfinite(img.sum(dtype=np.float64)):
-        return img, mask  # a sum is finite only when every term is: one fast pass
-    finite = np.isfinite(img)
-    if img.ndim == 3:
-        finite = finite.all(axis=2)
+    finite = finite_pixels(img)
+    if finite is None:
+        return img, mask
     img = np.where(finite[..., None] if img.ndim == 3 else finite, img, np.float32(0.0))
     if mask is None:
         return img, finite
@@ -485,7 +501,7 @@ def mask_weights(mask, kernel, *, path: str = "auto") -> np.ndarray:
     holds no valid pixel.
     """
     k = as_kernel(kernel)
-    m = as_mask(mask).astype(np.float32, copy=False)
+    m = _as_weights(mask, None)
     a = k.absolute()
     return _weights(m, a, _pick_path(a, path))
 
@@ -829,12 +845,10 @@ def masked_plane_mean(
         raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
     img = _as_float_image(image)
     squeeze = img.ndim == 2
-    if squeeze:
-        img = img[..., None]
     shape = img.shape[:2]
     m = None if mask is None else as_mask(mask, shape)
-    img, m = _drop_nonfinite(img if not squeeze else img[..., 0], m)
-    if img.ndim == 2:
+    img, m = _drop_nonfinite(img, m)
+    if squeeze:
         img = img[..., None]
     path = _pick_path(k, "auto")
     h, w = shape
@@ -858,11 +872,12 @@ def masked_plane_mean(
     if binary:
         band &= m0_64 < k.total * (1 - 1e-9)
     m0b = m0_64[band]
-    mx = B64(m64 * X)[band] / m0b  # the window's centroid
-    my = B64(m64 * Y)[band] / m0b
-    cxx = B64(m64 * (X * X))[band] / m0b - mx * mx
-    cyy = B64(m64 * (Y * Y))[band] / m0b - my * my
-    cxy = B64(m64 * X * Y)[band] / m0b - mx * my
+    mxw, myw = m64 * X, m64 * Y  # the coordinates, weighted by the mask
+    mx = B64(mxw)[band] / m0b  # the window's centroid
+    my = B64(myw)[band] / m0b
+    cxx = B64(mxw * X)[band] / m0b - mx * mx
+    cyy = B64(myw * Y)[band] / m0b - my * my
+    cxy = B64(mxw * Y)[band] / m0b - mx * my
     s2x, s2y = _axis_variances(k)
     cxx += ridge * s2x
     cyy += ridge * s2y
@@ -884,8 +899,9 @@ def masked_plane_mean(
     ay[band] = q / m0b
     del dx, dy, p, q, cxx, cyy, cxy, inv, det, mx, my, yy, xx
     mf = m64.astype(np.float32)
-    xm = (X * m64).astype(np.float32)
-    ym = (Y * m64).astype(np.float32)
+    xm = mxw.astype(np.float32)
+    ym = myw.astype(np.float32)
+    del mxw, myw
 
     def B(a):  # noqa: N802
         return _filter(a, k, path)

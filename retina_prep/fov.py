@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .core import gaussian_kernel, masked_convolve
+from .core import check_layout, gaussian_kernel, masked_convolve
 from .errors import MaskError
 
 __all__ = [
@@ -376,13 +376,9 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
         If no field of view is found.
     """
     img = np.asarray(image)
-    if img.ndim == 3 and img.shape[0] in (1, 3, 4) and img.shape[2] > 4:
-        raise ValueError(f"image shape {img.shape} looks channels-first; images are (H, W, C):"
-                         " use np.moveaxis(image, 0, -1)")
+    check_layout(img)
     if img.ndim == 3 and img.shape[-1] in (2, 4):
         img = img[..., :-1]
-    if img.ndim not in (2, 3) or img.size == 0:
-        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {img.shape}")
     v = img.max(axis=-1) if img.ndim == 3 else img
     v = v.astype(np.float32)
     if not np.isfinite(v).all():

@@ -134,12 +134,15 @@ def _decode(path: Path, data: bytes) -> np.ndarray:
     return np.asarray(arr)
 
 
-def _check_pixels(path, shape, max_pixels):
-    n = int(shape[0]) * int(shape[1])
+def _check_count(path, n: int, max_pixels) -> None:
     if max_pixels is not None and n > max_pixels:
         raise ImageTooLargeError(
             f"image has {n:,} pixels, above the limit of {max_pixels:,} (raise max_pixels if the"
             " file is trusted)", path, pixels=n, limit=max_pixels)
+
+
+def _check_pixels(path, shape, max_pixels):
+    _check_count(path, int(shape[0]) * int(shape[1]), max_pixels)
 
 
 def _header_pixels(data: bytes) -> int | None:
@@ -169,10 +172,8 @@ def _refuse_large(path, data: bytes, max_pixels) -> None:
     if max_pixels is None:
         return
     n = _header_pixels(data)
-    if n is not None and n > max_pixels:
-        raise ImageTooLargeError(
-            f"image has {n:,} pixels, above the limit of {max_pixels:,} (raise max_pixels if the"
-            " file is trusted)", path, pixels=n, limit=max_pixels)
+    if n is not None:
+        _check_count(path, n, max_pixels)
 
 
 def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -292,16 +293,7 @@ def write_bytes(path, data: bytes, *, overwrite: bool = False) -> Path:
     OutputExistsError
         If ``path`` exists and ``overwrite`` is False.
     """
-    path = Path(path)
-    if (path.exists() or path.is_symlink()) and not overwrite:
-        raise OutputExistsError("output exists", path)
-    tmp = _stage(path, data)
-    try:
-        _place(tmp, path, overwrite)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    return path
+    return write_outputs([(path, data)], overwrite=overwrite)[0]
 
 
 def _stage(path: Path, data: bytes) -> str:

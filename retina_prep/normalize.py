@@ -15,6 +15,7 @@ from .core import (
     DEFAULT_RIDGE,
     Kernel,
     as_mask,
+    finite_pixels,
     masked_convolve,
     masked_plane_mean,
     named_kernel,
@@ -39,6 +40,7 @@ __all__ = [
     "normalize_illumination",
     "dtype_scale",
     "image_range",
+    "parse_value_range",
 ]
 
 #: Orders of normalized convolution: 0 the local mean, 1 the local plane (see normalize_illumination).
@@ -126,8 +128,10 @@ def kernel_for(name: str, window=None, sigma: float | None = None, mask=None) ->
 def check_kernel_args(name: str, window=None, sigma: float | None = None) -> None:
     """Raise ``ValueError`` now if :func:`kernel_for` would refuse these arguments for any
     image (an ``"auto"`` window, which needs the image's mask, is probed with a small size)."""
-    if not isinstance(name, str):
-        raise ValueError(f"a kernel name is needed here, got {name!r}")
+    if not isinstance(name, str):  # a kernel given as such has its own size
+        if window is not None or sigma is not None:
+            raise ValueError("window and sigma apply to named kernels only")
+        return
     auto = window is None or (isinstance(window, str) and window.strip().lower() == "auto")
     sized_by_sigma = window is None and name == "gaussian" and sigma is not None
     probe = 3 if auto and name in KERNELS and not sized_by_sigma else window
@@ -146,6 +150,18 @@ def dtype_scale(dtype) -> float:
     return 1.0 / 255.0
 
 
+def parse_value_range(value) -> tuple[float, float]:
+    """``(lo, hi)`` from two numbers (a pair, or the text ``"lo,hi"``): finite, ``lo < hi``."""
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        lo, hi = (float(v) for v in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"value_range must be two numbers (lo, hi), got {value!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise ValueError(f"value_range must be finite with lo < hi, got {value!r}")
+    return lo, hi
+
+
 def image_range(image, value_range=None) -> tuple[float, float]:
     """The value range ``(lo, hi)`` that 8-bit units are scaled to for ``image``.
 
@@ -159,19 +175,13 @@ def image_range(image, value_range=None) -> tuple[float, float]:
     img = np.asarray(image)
     dt = img.dtype
     if value_range is not None:
-        try:
-            lo, hi = (float(v) for v in value_range)
-        except (TypeError, ValueError):
-            raise ValueError(f"value_range must be two numbers (lo, hi), got {value_range!r}") from None
-        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-            raise ValueError(f"value_range must be finite with lo < hi, got {value_range!r}")
-        return lo, hi
+        return parse_value_range(value_range)
     if dt == np.uint8:
         return 0.0, 255.0
     if dt == np.uint16:
         return 0.0, 65535.0
     if np.issubdtype(dt, np.floating):
-        finite = img[np.isfinite(img)] if not np.isfinite(img.sum(dtype=np.float64)) else img
+        finite = img if finite_pixels(img) is None else img[np.isfinite(img)]
         if finite.size and (float(finite.min()) < 0.0 or float(finite.max()) > 1.0):
             raise ValueRangeError(
                 f"float image values span {float(finite.min()):g}..{float(finite.max()):g}, outside"
@@ -256,7 +266,7 @@ def normalize_illumination(
         Compute the local mean by plain convolution over the whole image
         (the halo-prone "IN without mask"). The output is still cut to the FOV.
     value_range : (lo, hi), optional
-        The values the image spans (see :func:`value_range`); the output
+        The values the image spans (see :func:`image_range`); the output
         keeps it when ``output_dtype`` is not given.
     output_dtype : dtype, optional
         Defaults to the input dtype (and range). Another dtype gets its
@@ -306,7 +316,7 @@ def normalize_illumination(
     if kernel is not None and window is not None:
         raise ValueError("give window or kernel, not both")
     if kernel is None:
-        kernel = make_kernel("mean", resolve_window("auto" if window is None else window, mask))
+        kernel = kernel_for("mean", window, None, mask)
     in_lo, in_hi = image_range(img, value_range)
     if output_dtype is None:
         out_dtype, (out_lo, out_hi) = img.dtype, (in_lo, in_hi)
@@ -324,8 +334,8 @@ def normalize_illumination(
     else:
         mean, _ = local_mean(img, mask, kernel=kernel, ignore_mask=ignore_mask, fill=None)
     inside = None if mask is None else mask > 0
-    if not np.issubdtype(img.dtype, np.integer) and not np.isfinite(img.sum(dtype=np.float64)):
-        finite = np.isfinite(img) if img.ndim == 2 else np.isfinite(img).all(axis=2)
+    finite = finite_pixels(img)
+    if finite is not None:
         inside = finite if inside is None else inside & finite
     natural = (in_lo, in_hi) == _dtype_range(img.dtype)
     if (method == "mean" and out_dtype == img.dtype and img.dtype in (np.uint8, np.uint16)

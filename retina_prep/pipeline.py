@@ -267,18 +267,29 @@ def _check_output(out: Path, pair: Pair, overwrite: bool, keep_existing: bool = 
         raise OutputExistsError("output exists", out)
 
 
-def resolve_order(order, mask_info: dict | None) -> tuple[int, list[str]]:
-    """The order to run and any warning: ``"auto"`` is 1 when the mask was trimmed (rim trim
-    or erosion, as ``mask_info`` from :func:`trim_mask` says) and 0 otherwise; an explicit 1 on
-    an untrimmed mask warns, since a plane extrapolates a dark rim inward."""
+def _check_outputs(outs, pair: Pair, output: OutputSettings) -> None:
+    for o in outs:
+        _check_output(o, pair, output.overwrite, output.keep_existing)
+
+
+def _write(items, output: OutputSettings) -> list[Path]:
+    return write_outputs(items, overwrite=output.overwrite, keep_existing=output.keep_existing)
+
+
+def resolve_order(order, mask_info: dict | None, name=None) -> int:
+    """The order to run: ``"auto"`` is 1 when the mask was trimmed (rim trim or erosion, as
+    ``mask_info`` from :func:`load_pair` says) and 0 otherwise. An explicit 1 on an untrimmed
+    mask adds a warning about image ``name`` to ``mask_info["warnings"]``, since a plane
+    extrapolates a dark rim inward."""
     info = mask_info or {}
     trimmed = info.get("rim") == "auto" or bool(info.get("erode"))
     if order == "auto":
-        return (1 if trimmed else 0), []
+        return 1 if trimmed else 0
     if order == 1 and mask_info is not None and not trimmed:
-        return 1, ["order 1 on an untrimmed mask extrapolates any dark rim at the margin inward;"
-                   " trim the rim (rim 'auto') or erode the mask"]
-    return int(order), []
+        mask_info.setdefault("warnings", []).append(
+            f"{name}: order 1 on an untrimmed mask extrapolates any dark rim at the margin"
+            " inward; trim the rim (rim 'auto') or erode the mask")
+    return int(order)
 
 
 def _run_normalize(image, mask, kernel: Kernel, settings: NormalizeSettings, ignore_mask: bool,
@@ -291,13 +302,14 @@ def _run_normalize(image, mask, kernel: Kernel, settings: NormalizeSettings, ign
 
 
 def normalize_loaded(image, mask, settings: NormalizeSettings = NormalizeSettings(),
-                     mask_info: dict | None = None):
-    """Normalize an image already read (and its prepared mask): ``(result, kernel, order,
-    warnings)``. ``mask_info`` (from :func:`load_pair`) decides ``order="auto"``."""
+                     mask_info: dict | None = None, name=None):
+    """Normalize an image already read (and its prepared mask): ``(result, kernel, order)``.
+    ``mask_info`` (from :func:`load_pair`) decides ``order="auto"`` and gets any warning
+    about image ``name`` (see :func:`resolve_order`)."""
     kernel = kernel_for(settings.kernel, settings.window, settings.sigma, mask)
-    order, warnings = resolve_order(settings.order if settings.method == "mean" else 0, mask_info)
+    order = resolve_order(settings.order if settings.method == "mean" else 0, mask_info, name)
     result = _run_normalize(image, mask, kernel, settings, settings.ignore_mask, order)
-    return result, kernel, order, warnings
+    return result, kernel, order
 
 
 def normalize_outputs(pair: Pair, outdir, output: OutputSettings = OutputSettings(),
@@ -329,11 +341,9 @@ def normalize_pair(
     format and what happens to outputs that exist.
     """
     outs = normalize_outputs(pair, outdir, output, panels_dir)
-    for o in outs:
-        _check_output(o, pair, output.overwrite, output.keep_existing)
+    _check_outputs(outs, pair, output)
     image, mask, info = load_pair(pair, mask_settings)
-    result, kernel, order, warnings = normalize_loaded(image, mask, settings, info)
-    info["warnings"] += [f"{pair.image}: {w}" for w in warnings]
+    result, kernel, order = normalize_loaded(image, mask, settings, info, pair.image)
     items = [(outs[0], lambda: encode_image(result, output.format))]
     if panels_dir is not None:
         def panel_bytes():
@@ -347,7 +357,7 @@ def normalize_pair(
             return encode_image(panel(cols, mask=mask > 0, inset="auto", profile=True,
                                       max_width=panel_width), "png")
         items.append((outs[1], panel_bytes))
-    outputs = write_outputs(items, overwrite=output.overwrite, keep_existing=output.keep_existing)
+    outputs = _write(items, output)
     info.update(window=kernel.shape[0], kernel=kernel.name, order=order)
     return Result(pair, "done", outputs=outputs, warnings=info.pop("warnings"), info=info)
 
@@ -390,13 +400,9 @@ class FilterSettings:
     write_weights: bool = False  # also the validity map <rel>_weights
 
     def __post_init__(self):
-        if isinstance(self.kernel, Kernel):
-            if self.window is not None or self.sigma is not None:
-                raise ValueError("window and sigma apply to named kernels only")
-        elif isinstance(self.kernel, str):
-            check_kernel_args(self.kernel, self.window, self.sigma)
-        else:
+        if not isinstance(self.kernel, (Kernel, str)):
             raise ValueError("a kernel (a Kernel or a kernel name) is required")
+        check_kernel_args(self.kernel, self.window, self.sigma)
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; valid modes: {', '.join(MODES)}")
         if self.dtype not in ("same", "float32"):
@@ -458,8 +464,7 @@ def filter_pair(pair: Pair, outdir, settings: FilterSettings,
     (together or not at all; ``output`` as in :func:`normalize_pair`)."""
     settings.check_output(output)
     outs = filter_outputs(pair, outdir, settings, output)
-    for o in outs:
-        _check_output(o, pair, output.overwrite, output.keep_existing)
+    _check_outputs(outs, pair, output)
     image, mask, info = load_pair(pair, mask_settings)
     result, validity, kernel = filter_array(image, mask, settings)
     items = [(outs[0], lambda: encode_image(result, output.format))]
@@ -471,7 +476,7 @@ def filter_pair(pair: Pair, outdir, settings: FilterSettings,
                 wimg = np.rint(np.clip(validity, 0, 1) * 65535).astype(np.uint16)
             return encode_image(wimg, output.format)
         items.append((outs[1], weights_bytes))
-    outputs = write_outputs(items, overwrite=output.overwrite, keep_existing=output.keep_existing)
+    outputs = _write(items, output)
     info.update(kernel=kernel.name, mode=settings.mode)
     return Result(pair, "done", outputs=outputs, warnings=info.pop("warnings"), info=info)
 
@@ -525,9 +530,7 @@ def compare_pair(pair: Pair, out_path, *, kernel: Kernel | str = "gaussian", win
     if not isinstance(kernel, Kernel):
         kernel = kernel_for(kernel, window, sigma, mask)
     if normalize:
-        run_order, warnings = resolve_order(order, info)
-        info["warnings"] += [f"{pair.image}: {w}" for w in warnings]
-        info["order"] = run_order
+        run_order = info["order"] = resolve_order(order, info, pair.image)
         cols = normalize_columns(image, mask, kernel, order=run_order)
     else:
         cols = filter_columns(image, mask, kernel)

@@ -41,3 +41,14 @@ def make_drive(root: Path, n_train: int = 2, n_test: int = 2) -> Path:
             make_mask(root / split / "mask" / f"{stem}_mask.gif", m)
             make_mask(root / split / "1st_manual" / f"{i:02d}_manual1.gif", m)
     return root
+
+
+def disc(shape, r) -> np.ndarray:
+    """A centred disc of radius ``r`` as a boolean ``shape`` mask."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < r**2
+
+
+def iou(a, b) -> float:
+    return (a & b).sum() / (a | b).sum()

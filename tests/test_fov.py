@@ -8,27 +8,18 @@ from retina_prep.errors import MaskError
 from retina_prep.fov import binarize_mask, erode_mask, estimate_fov, fill_holes, fov_diameter
 from retina_prep.synthetic import synthetic_fundus
 
-
-def _disc(shape, r):
-    h, w = shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    return (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < r**2
-
-
-def iou(a, b):
-    return (a & b).sum() / (a | b).sum()
-
+from .helpers import disc, iou
 
 # ------------------------------------------------------------ mask reading
 
 @pytest.mark.parametrize("scale", [1, 255])
 def test_binarize_values(scale):
-    m = _disc((20, 30), 8).astype(np.uint8) * scale
+    m = disc((20, 30), 8).astype(np.uint8) * scale
     assert np.array_equal(binarize_mask(m), m > 0)
 
 
 def test_binarize_layouts():
-    m = _disc((20, 30), 8)
+    m = disc((20, 30), 8)
     u = m.astype(np.uint8) * 255
     assert np.array_equal(binarize_mask(u[None]), m)  # frame axis
     assert np.array_equal(binarize_mask(np.dstack([u, u, u])), m)  # RGB
@@ -51,13 +42,13 @@ def test_erode_mask_only_at_margin():
     assert e[:, :17].all() and not e[:, 17:].any()
     assert np.array_equal(erode_mask(m, 0), m)
     with pytest.raises(MaskError):
-        erode_mask(_disc((20, 20), 3), 10)
+        erode_mask(disc((20, 20), 3), 10)
     with pytest.raises(ValueError):
         erode_mask(m, -1)
 
 
 def test_fill_holes():
-    m = _disc((30, 30), 10)
+    m = disc((30, 30), 10)
     holed = m.copy()
     holed[15, 10:20] = False
     assert np.array_equal(fill_holes(holed), m)
@@ -83,6 +74,6 @@ def test_estimate_fov_uniform_image():
         estimate_fov(np.zeros((50, 50, 3), np.uint8))
 
 
-def test_fov_diameter_cut_disc():
-    m = _disc((200, 300), 120)  # cut at top and bottom
+def test_fov_diameter_cutdisc():
+    m = disc((200, 300), 120)  # cut at top and bottom
     assert fov_diameter(m) == pytest.approx(240, abs=2)

@@ -9,20 +9,12 @@ import pytest
 from retina_prep.errors import ImageReadError, MaskError, OutputExistsError
 from retina_prep.io import read_image, read_mask, write_image
 
-
-def _disc(shape, r):
-    h, w = shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    return (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < r**2
-
-
-def iou(a, b):
-    return (a & b).sum() / (a | b).sum()
+from .helpers import disc, iou
 
 
 @pytest.mark.parametrize("kind", ["gray", "rgb", "palette"])
 def test_read_gif_masks(tmp_path, kind):
-    m = _disc((40, 50), 15)
+    m = disc((40, 50), 15)
     u = m.astype(np.uint8) * 255
     path = tmp_path / "m.gif"
     if kind == "gray":
@@ -40,7 +32,7 @@ def test_read_gif_masks(tmp_path, kind):
 
 @pytest.mark.parametrize("ext", [".png", ".tif", ".jpg"])
 def test_read_masks_other_formats(tmp_path, ext):
-    m = _disc((40, 50), 15)
+    m = disc((40, 50), 15)
     p = tmp_path / f"m{ext}"
     write_image(p.with_suffix(".png"), m.astype(np.uint8) * 255)
     if ext != ".png":

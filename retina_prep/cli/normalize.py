@@ -199,9 +199,8 @@ def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, ba
 
     def step(pair):
         image, fov, info = load_pair(pair, mask_settings)
-        result, _, _, warnings = normalize_loaded(image, fov, settings, info)
-        return Result(pair, "done",
-                      warnings=info["warnings"] + [f"{pair.image}: {w}" for w in warnings],
+        result, _, _ = normalize_loaded(image, fov, settings, info, pair.image)
+        return Result(pair, "done", warnings=info["warnings"],
                       info={"data": encode_image(result, fmt)})
 
     res = run_one(step, pairs[0])

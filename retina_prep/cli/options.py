@@ -20,7 +20,7 @@ from ..core import KERNEL_NAMES, as_kernel
 from ..errors import RetinaPrepError
 from ..figures import PANEL_WIDTH
 from ..io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, load_kernel
-from ..normalize import check_kernel_args, resolve_window
+from ..normalize import check_kernel_args, parse_value_range, resolve_window
 from ..pipeline import AUTO_ERODE_FRACTION, RIM_CHOICES, parse_erode
 
 
@@ -44,17 +44,10 @@ class RangeType(click.ParamType):
     name = "LO,HI"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, (tuple, list)):
-            parts = list(value)
-        else:
-            parts = str(value).split(",")
         try:
-            lo, hi = (float(v) for v in parts)
-        except (ValueError, TypeError):
-            self.fail(f"{value!r} is not two numbers LO,HI", param, ctx)
-        if not (lo < hi and abs(lo) < float("inf") and abs(hi) < float("inf")):
-            self.fail(f"{value!r}: LO must be below HI, both finite", param, ctx)
-        return (lo, hi)
+            return parse_value_range(value if isinstance(value, (tuple, list)) else str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not two finite numbers LO,HI with LO below HI", param, ctx)
 
 
 class ErodeType(click.ParamType):
@@ -96,11 +89,6 @@ class KernelSpec(click.ParamType):
 def check_kernel(spec, window, sigma) -> None:
     """A usage error now when --kernel, --window/--size and --sigma do not fit together
     (the kernel itself is made per image, sized by its FOV)."""
-    if not isinstance(spec, str):
-        if window is not None or sigma is not None:
-            raise click.BadParameter("--window/--size and --sigma apply to named kernels only",
-                                     param_hint="--kernel")
-        return
     try:
         check_kernel_args(spec, window, sigma)
     except ValueError as exc:

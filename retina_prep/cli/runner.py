@@ -18,7 +18,7 @@ import click
 from tqdm import tqdm
 
 from .. import __version__
-from ..batch import Batch, Report, Result, default_jobs
+from ..batch import Batch, ManifestError, Report, Result, default_jobs
 from ..dataset import Pair, find_pairs, shard_from_environment, shard_pairs
 from ..errors import DatasetError, RetinaPrepError, printable
 from ..figures import contact_sheet
@@ -327,9 +327,9 @@ def execute(
     try:
         run = Batch(pairs, step, outputs_of=expected_outputs, outdir=outdir, jobs=batch.jobs,
                     skip_existing=batch.skip_existing, manifest=manifest, run_info=run_info)
+    except ManifestError as exc:  # a folder, or an input: a usage error
+        raise click.UsageError(str(exc)) from None
     except RetinaPrepError as exc:
-        if exc.message.startswith("the manifest"):  # a folder, or an input: a usage error
-            raise click.UsageError(str(exc)) from None
         raise click.ClickException(str(exc)) from None
     warned: dict[str, int] = {}
     manifest_reported = [False]
