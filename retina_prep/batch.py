@@ -414,7 +414,8 @@ def process(
 
 class Batch:
     """An iterable batch run (see :func:`process`); ``manifest_error`` reports a failed
-    manifest write, ``todo`` counts the images that run (neither failed early nor skipped)."""
+    manifest write; ``decided`` holds the results known without running (collisions,
+    skipped), ``todo`` the pairs that run."""
 
     def __init__(self, pairs, step, *, outputs_of, outdir, jobs=1, skip_existing=False,
                  manifest=None, run_info=None):
@@ -422,12 +423,22 @@ class Batch:
         self.outdir, self.jobs, self.skip_existing = Path(outdir), jobs, skip_existing
         self.manifest_path = None if manifest is None else Path(manifest)
         self.run_info = run_info or {}
-        self.todo = 0
         self.finished_on_stop: list[Result] = []
         self._manifest: Manifest | None = None
         prepare_output_folder(self.outdir)
         reserved = [self.manifest_path] if self.manifest_path is not None else []
         self.clashes = output_clashes(self.pairs, outputs_of, reserved=reserved)
+        self.decided: list[Result] = []
+        self.todo: list[Pair] = []
+        for p in self.pairs:
+            outs = outputs_of(p)
+            if p in self.clashes:
+                self.decided.append(Result(p, "failed", error=self.clashes[p],
+                                           error_kind="OutputCollision"))
+            elif skip_existing and all(o.is_file() for o in outs):
+                self.decided.append(Result(p, "skipped", outputs=outs))
+            else:
+                self.todo.append(p)
         if self.manifest_path is not None:
             check_manifest(self.manifest_path, self.pairs)
             self._manifest = Manifest(self.manifest_path)
@@ -444,22 +455,10 @@ class Batch:
         try:
             if self._manifest is not None:
                 self._manifest.write({"type": "run", **self.run_info})
-            todo = []
-            early = []
-            for p in self.pairs:
-                outs = self.outputs_of(p)
-                if p in self.clashes:
-                    early.append(Result(p, "failed", error=self.clashes[p],
-                                        error_kind="OutputCollision"))
-                elif self.skip_existing and all(o.is_file() for o in outs):
-                    early.append(Result(p, "skipped", outputs=outs))
-                else:
-                    todo.append(p)
-            self.todo = len(todo)
-            for r in early:
+            for r in self.decided:
                 self._record(r)
                 yield r
-            results = run_batch(todo, self.step, jobs=self.jobs,
+            results = run_batch(self.todo, self.step, jobs=self.jobs,
                                 finished_on_stop=self.finished_on_stop)
             try:
                 for r in results:

@@ -332,9 +332,10 @@ def execute(
     except RetinaPrepError as exc:
         raise click.ClickException(str(exc)) from None
     warned: dict[str, int] = {}
-    manifest_reported = [False]
+    manifest_reported = False
 
     def handle(result: Result) -> None:
+        nonlocal manifest_reported
         if on_result is not None:
             on_result(result)
         for w in result.warnings:
@@ -352,40 +353,33 @@ def execute(
             for o in result.outputs:
                 click.echo(str(o))
         report.add(result)
-        if run.manifest_error and not manifest_reported[0]:
-            manifest_reported[0] = True
+        if run.manifest_error and not manifest_reported:
+            manifest_reported = True
             report.failed += 1
             log(f"error: {printable(run.manifest_path)}: {run.manifest_error}; outputs are still"
                 " written", logging.ERROR)
 
     results = iter(run)
-    bar = None
-    with _sigterm_as_interrupt():
+    show_bar = not quiet and len(run.todo) > 1 and stderr_is_terminal()
+    with _sigterm_as_interrupt(), tqdm(total=len(run.todo), disable=not show_bar, file=sys.stderr,
+                                       unit="img", desc=command, dynamic_ncols=True) as bar:
         try:
-            for result in results:
-                if bar is None and result.status != "skipped" and run.todo:
-                    show_bar = not quiet and run.todo > 1 and stderr_is_terminal()
-                    bar = tqdm(total=run.todo, disable=not show_bar, file=sys.stderr, unit="img",
-                               desc=command, dynamic_ncols=True)
+            for i, result in enumerate(results):
                 handle(result)
-                if bar is not None and result.status != "skipped":
+                if i >= len(run.decided):  # an image that ran
                     bar.update(1)
         except KeyboardInterrupt:
             results.close()  # stops the workers; the images they had finished are recorded
-            if bar is not None:
-                bar.close()
+            bar.close()
             for result in run.finished_on_stop:
                 handle(result)
             log(f"{command}: interrupted after {report.done} done; outputs written so far are"
                 " complete; rerun with --skip-existing to finish", logging.ERROR)
             raise click.exceptions.Exit(130) from None
-        finally:
-            if bar is not None:
-                bar.close()
     verbose = LOG.getEffectiveLevel() <= logging.DEBUG
     hint = "" if verbose else " (listed in the manifest; -v shows each)"
     for kind, n in warned.items():
-        log(f"warning: {n} of {run.todo} images: {_cli_warning(kind)}{hint}", logging.WARNING)
+        log(f"warning: {n} of {len(run.todo)} images: {_cli_warning(kind)}{hint}", logging.WARNING)
     if not quiet:
         extra = f", {report.skipped} skipped (exist)" if batch.skip_existing else ""
         log(f"{command}: {report.done} done, {report.failed} failed{extra}; outputs in {outdir}")
