@@ -28,7 +28,14 @@ from .dataset import Pair, find_mask, find_pairs
 from .errors import DatasetError, ImageReadError, MaskError, OutputExistsError, RetinaPrepError
 from .fov import binarize_mask, erode_mask, estimate_fov, fov_diameter
 from .io import read_image, read_mask, write_image
-from .normalize import image_range, make_kernel, normalize_illumination, resolve_window
+from .normalize import (
+    PreparedMask,
+    image_range,
+    make_kernel,
+    normalize_illumination,
+    prepare_mask,
+    resolve_window,
+)
 
 __all__ = [
     "__version__",
@@ -59,5 +66,7 @@ __all__ = [
     "write_image",
     "make_kernel",
     "normalize_illumination",
+    "prepare_mask",
+    "PreparedMask",
     "resolve_window",
 ]

@@ -52,6 +52,9 @@ __all__ = [
     "mask_weights",
     "masked_filter",
     "masked_plane_mean",
+    "plane_geometry",
+    "apply_plane",
+    "PlaneGeometry",
     "DEFAULT_RIDGE",
     "as_mask",
     "check_layout",
@@ -517,28 +520,36 @@ def _weights(m: np.ndarray, k: Kernel, path: str) -> np.ndarray:
 _LARGE_PIXELS = 12_000_000
 
 
-def _divide_by(num: np.ndarray, weights: np.ndarray, scale: float, min_weight: float):
-    """``num * scale / weights`` per channel, in place where possible, with OpenCV.
-
-    Returns (result, undefined) with ``undefined = weights < min_weight``
-    (there the result is meaningless and must be filled by the caller).
-    """
+def _reciprocal(weights: np.ndarray, scale: float, min_weight: float):
+    """``(scale / weights, undefined)`` with ``undefined = weights < min_weight`` (there the
+    quotient is meaningless and must be filled by the caller)."""
     undefined = weights < min_weight
     inv = np.maximum(weights, np.float32(min_weight if min_weight > 0 else 1e-30))
     cv2.divide(float(scale), inv, dst=inv)  # one channel: scale / w, in place
+    return inv, undefined
+
+
+def _scale_by(num: np.ndarray, inv: np.ndarray) -> np.ndarray:
+    """``num * inv`` per channel (``inv`` (H, W)), in place where possible, with OpenCV."""
     if num.ndim == 2:
-        return cv2.multiply(num, inv, dst=num), undefined
+        return cv2.multiply(num, inv, dst=num)
     c = num.shape[2]
     if num.shape[0] * num.shape[1] >= _LARGE_PIXELS:
         np.multiply(num, inv[..., None], out=num)  # no temporary: keeps peak memory down
-        return num, undefined
+        return num
     if c in (3, 4):  # replicate 1 -> c channels in one SIMD pass, multiply in place
         rep = cv2.cvtColor(inv, cv2.COLOR_GRAY2BGR if c == 3 else cv2.COLOR_GRAY2BGRA)
-        return cv2.multiply(num, rep, dst=num), undefined
+        return cv2.multiply(num, rep, dst=num)
     if c == 2:
-        return cv2.multiply(num, cv2.merge([inv, inv]), dst=num), undefined
+        return cv2.multiply(num, cv2.merge([inv, inv]), dst=num)
     num *= inv[..., None]
-    return num, undefined
+    return num
+
+
+def _divide_by(num: np.ndarray, weights: np.ndarray, scale: float, min_weight: float):
+    """``num * scale / weights`` per channel: (result, undefined) (see :func:`_reciprocal`)."""
+    inv, undefined = _reciprocal(weights, scale, min_weight)
+    return _scale_by(num, inv), undefined
 
 
 def _masked_input(image: np.ndarray, m: np.ndarray, binary: np.ndarray | None) -> np.ndarray:
@@ -827,22 +838,21 @@ def masked_plane_mean(
 
     Notes
     -----
-    The moments are filters of ``M``, ``x M``, ``y M``, ``x^2 M``, ``x y M``,
-    ``y^2 M`` (6 passes, shared by the channels) and of ``I M``, ``x I M``,
-    ``y I M`` (3 per channel), all on the kernel's fast path, with ``x, y``
-    measured from the image centre. The mask's moments are filtered in
-    float64, so the window covariances (and the singular-window test) are
-    exact; the image's in float32, where ``x I`` reaches (half the image
-    size) x 255 and the slope's error stays far below a gray level (tested
-    against a float64 fit at the far corner of a 4000 px image).
+    The result is the zero-order mean (:func:`masked_convolve`) plus a
+    correction ``b * (x_p - x_c) + c * (y_p - y_c)`` (``x_c, y_c`` the
+    window's centroid), which is zero wherever the window is complete. The
+    correction is computed only in the margin band (pixels whose window is
+    incomplete; with a weight mask, every pixel), on blocks of rows that
+    cover it, padded by the kernel's radius: the moments ``M, x M, y M,
+    x^2 M, x y M, y^2 M`` (float64, block-local coordinates, so the window
+    covariances are exact) and ``x I M, y I M`` per channel (float32; the
+    block-local coordinates stay within a few kernel radii, so the error is
+    far below a gray level -- tested against a float64 fit at the far
+    corner of a 4000 px image). See :func:`prepare_mask` to compute the
+    mask's part once for many images.
     """
     k = as_kernel(kernel)
-    if not k.is_nonnegative:
-        raise ValueError("first-order normalization needs a non-negative kernel")
-    if not np.allclose(k.array, k.array[::-1, ::-1]):
-        raise ValueError(f"first-order normalization needs a symmetric kernel ({k.name})")
-    if not (math.isfinite(ridge) and ridge >= 0):
-        raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
+    _check_plane_args(k, ridge)
     img = _as_float_image(image)
     squeeze = img.ndim == 2
     shape = img.shape[:2]
@@ -850,76 +860,176 @@ def masked_plane_mean(
     img, m = _drop_nonfinite(img, m)
     if squeeze:
         img = img[..., None]
-    path = _pick_path(k, "auto")
-    h, w = shape
-    # coordinates relative to the image centre; the mask's moments (6 passes, shared by the
-    # channels) in float64, so the window covariances are exact (see the Notes)
-    X = (np.arange(w, dtype=np.float64) - (w - 1) / 2)[None, :]
-    Y = (np.arange(h, dtype=np.float64) - (h - 1) / 2)[:, None]
-    m64 = np.ones(shape, np.float64) if m is None else np.asarray(m, np.float64)
-
-    def B64(a):  # noqa: N802 - the unnormalized filter of the method's notation
-        return _filter(np.ascontiguousarray(a, np.float64), k, path, cv2.CV_64F)
-
-    m0_64 = B64(m64)
-    weights = np.clip(m0_64 / k.total, 0.0, 1.0).astype(np.float32)
-    undefined = weights < min_weight
-    m0_64[undefined] = 1.0
-    # where the window is complete (every pixel valid with weight 1) its centroid is the pixel
-    # and the plane's value is the mean: the geometry below is needed in the margin band only
-    binary = m is None or m.dtype == np.bool_
-    band = ~undefined
-    if binary:
-        band &= m0_64 < k.total * (1 - 1e-9)
-    m0b = m0_64[band]
-    mxw, myw = m64 * X, m64 * Y  # the coordinates, weighted by the mask
-    mx = B64(mxw)[band] / m0b  # the window's centroid
-    my = B64(myw)[band] / m0b
-    cxx = B64(mxw * X)[band] / m0b - mx * mx
-    cyy = B64(myw * Y)[band] / m0b - my * my
-    cxy = B64(mxw * Y)[band] / m0b - mx * my
-    s2x, s2y = _axis_variances(k)
-    cxx += ridge * s2x
-    cyy += ridge * s2y
-    det = cxx * cyy - cxy * cxy
-    singular = det <= 1e-6 * max(s2x, 1.0) * max(s2y, 1.0)
-    inv = np.where(singular, 0.0, 1.0 / np.where(singular, 1.0, det))
-    # the plane at the pixel is linear in the three image moments S0 = B(IM), Sx = B(xIM),
-    # Sy = B(yIM): out = A0 S0 + Ax Sx + Ay Sy, with coefficients from the mask alone
-    yy, xx = np.nonzero(band)
-    dx = xx - (w - 1) / 2 - mx  # from the window's centroid to the pixel
-    dy = yy - (h - 1) / 2 - my
-    p = (cyy * dx - cxy * dy) * inv
-    q = (cxx * dy - cxy * dx) * inv
-    a0 = (1.0 / m0_64).astype(np.float32)
-    ax = np.zeros(shape, np.float32)
-    ay = np.zeros(shape, np.float32)
-    a0[band] = (1.0 - p * mx - q * my) / m0b
-    ax[band] = p / m0b
-    ay[band] = q / m0b
-    del dx, dy, p, q, cxx, cyy, cxy, inv, det, mx, my, yy, xx
-    mf = m64.astype(np.float32)
-    xm = mxw.astype(np.float32)
-    ym = myw.astype(np.float32)
-    del mxw, myw
-
-    def B(a):  # noqa: N802
-        return _filter(a, k, path)
-
-    channels = cv2.split(img) if img.shape[2] <= 4 else [img[..., c] for c in range(img.shape[2])]
-    planes = []
-    for ch in channels:
-        ch = np.ascontiguousarray(ch)
-        res = B(cv2.multiply(ch, mf))
-        res = cv2.multiply(res, a0, dst=res)
-        res = cv2.add(res, cv2.multiply(B(cv2.multiply(ch, xm)), ax), dst=res)
-        res = cv2.add(res, cv2.multiply(B(cv2.multiply(ch, ym)), ay), dst=res)
-        planes.append(res)
-    out = cv2.merge(planes) if len(planes) <= 4 else np.stack(planes, axis=-1)
-    if out.ndim == 2:
-        out = out[..., None]
-    if fill is not None and undefined.any():
-        out[undefined] = fill
+    mean, weights = masked_convolve(img, m, k, min_weight=min_weight, fill=None,
+                                    return_weights=True)
+    geometry = plane_geometry(m, k, weights, ridge=ridge, min_weight=min_weight)
+    apply_plane(img, m, mean, geometry)
+    if fill is not None:
+        mean = set_where(mean, weights < min_weight, fill)
     if squeeze:
-        out = out[..., 0]
-    return (out, weights) if return_weights else out
+        mean = mean[..., 0]
+    return (mean, weights) if return_weights else mean
+
+
+def _check_plane_args(k: Kernel, ridge: float) -> None:
+    if not k.is_nonnegative:
+        raise ValueError("first-order normalization needs a non-negative kernel")
+    if not np.allclose(k.array, k.array[::-1, ::-1]):
+        raise ValueError(f"first-order normalization needs a symmetric kernel ({k.name})")
+    if not (math.isfinite(ridge) and ridge >= 0):
+        raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
+
+
+#: A window counts as complete (no first-order correction) above this normalized weight.
+_COMPLETE = 1.0 - 1e-6
+
+
+def _band_blocks(band: np.ndarray, ry: int, rx: int):
+    """Rectangles ``(y0, y1, x0, x1)`` that together cover every True pixel of ``band``: one
+    strip of rows at a time, split at column gaps wider than the kernel and capped in width
+    (so block-local coordinates stay small), each cut to the rows it needs."""
+    h, _ = band.shape
+    step = max(16, 4 * ry)
+    cap = max(32, 8 * rx)
+    rows: np.ndarray = np.asarray(band.any(axis=1))
+    for y0 in range(0, h, step):
+        y1 = min(y0 + step, h)
+        if not rows[y0:y1].any():
+            continue
+        cols = band[y0:y1].any(axis=0).view(np.int8)
+        edges = np.diff(np.concatenate(([0], cols, [0])))
+        runs: list[list[int]] = []
+        for s, e in zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()):
+            if runs and s - runs[-1][1] <= 2 * rx:
+                runs[-1][1] = e
+            else:
+                runs.append([s, e])
+        for s, e in runs:
+            for x0 in range(s, e, cap):
+                x1 = min(x0 + cap, e)
+                used = np.flatnonzero(band[y0:y1, x0:x1].any(axis=1))
+                if used.size:
+                    yield y0 + int(used[0]), y0 + int(used[-1]) + 1, x0, x1
+
+
+@dataclass(frozen=True)
+class PlaneGeometry:
+    """The mask-only part of :func:`masked_plane_mean` for one mask and kernel: per block of the
+    margin band, where its pixels are and the plane's coefficients ``(c0, cx, cy)`` with
+    ``plane = c0 * mean + cx * B(x I M) + cy * B(y I M)`` (block-local x, y)."""
+
+    kernel: Kernel
+    ridge: float
+    blocks: tuple = field(repr=False)
+
+    @property
+    def pixels(self) -> int:
+        """How many pixels get a first-order correction."""
+        return sum(b[2] for b in self.blocks)
+
+
+def plane_geometry(mask, kernel, weights=None, *, ridge: float = DEFAULT_RIDGE,
+                   min_weight: float = DEFAULT_MIN_WEIGHT, where=None) -> PlaneGeometry:
+    """The mask's part of first-order normalized convolution (see :func:`masked_plane_mean`).
+
+    ``mask`` as accepted by :func:`as_mask` (None: every pixel valid, but then
+    ``weights`` gives the shape); ``weights`` the certainty ``(M conv K) /
+    sum(K)`` when already computed; ``where`` an optional (H, W) bool map of
+    the pixels whose result is wanted (e.g. the inside of the FOV).
+    """
+    k = as_kernel(kernel)
+    _check_plane_args(k, ridge)
+    path = _pick_path(k, "auto")
+    if mask is None:
+        if weights is None:
+            raise ValueError("plane_geometry needs a mask or the weights map")
+        m = None
+        shape = weights.shape[:2]
+    else:
+        m = as_mask(mask)
+        shape = m.shape
+    if weights is None:
+        if m is None:
+            weights = _weights(np.ones(shape, np.uint8), k, path)
+        else:
+            binary = _binary_u8(m)
+            weights = _weights(m if binary is None else binary, k, path)
+    band = weights >= min_weight
+    if m is None or m.dtype == np.bool_:
+        band &= weights < _COMPLETE
+    if where is not None:
+        band &= where
+    ry, rx = k.shape[0] // 2, k.shape[1] // 2
+    s2x, s2y = _axis_variances(k)
+    h, w = shape
+    blocks = []
+    for y0, y1, x0, x1 in _band_blocks(band, ry, rx):
+        Y0, Y1, X0, X1 = max(y0 - ry, 0), min(y1 + ry, h), max(x0 - rx, 0), min(x1 + rx, w)
+        xs, ys = _block_coords(X0, X1, np.float64), _block_coords(Y0, Y1, np.float64)
+        mb = (np.ones((Y1 - Y0, X1 - X0)) if m is None
+              else np.asarray(m[Y0:Y1, X0:X1], np.float64))
+        mx_w, my_w = mb * xs[None, :], mb * ys[:, None]
+        first = cv2.merge([mb, mx_w, my_w])  # M, x M, y M
+        second = cv2.merge([mx_w * xs[None, :], mx_w * ys[:, None], my_w * ys[:, None]])
+        inner = (slice(y0 - Y0, y1 - Y0), slice(x0 - X0, x1 - X0))
+        idx = np.flatnonzero(band[y0:y1, x0:x1])
+        f1 = _filter(first, k, path, cv2.CV_64F)[inner].reshape(-1, 3)[idx]
+        f2 = _filter(second, k, path, cv2.CV_64F)[inner].reshape(-1, 3)[idx]
+        m0 = f1[:, 0]
+        mx = f1[:, 1] / m0  # the window's centroid
+        my = f1[:, 2] / m0
+        cxx = f2[:, 0] / m0 - mx * mx + ridge * s2x
+        cxy = f2[:, 1] / m0 - mx * my
+        cyy = f2[:, 2] / m0 - my * my + ridge * s2y
+        det = cxx * cyy - cxy * cxy
+        singular = det <= 1e-6 * max(s2x, 1.0) * max(s2y, 1.0)
+        inv = np.where(singular, 0.0, 1.0 / np.where(singular, 1.0, det))
+        py, px = np.divmod(idx, x1 - x0)
+        dx = xs[px + (x0 - X0)] - mx  # from the window's centroid to the pixel
+        dy = ys[py + (y0 - Y0)] - my
+        p = (cyy * dx - cxy * dy) * inv
+        q = (cxx * dy - cxy * dx) * inv
+        # plane = mean + p * (Sx/m0 - mx mean) + q * (Sy/m0 - my mean), with Sx = B(x I M)
+        # dense maps over the block (identity where the pixel is not in the band)
+        coef = np.zeros((3, (y1 - y0) * (x1 - x0)), np.float32)
+        coef[0] = 1.0
+        coef[:, idx] = np.stack([1.0 - p * mx - q * my, p / m0, q / m0])
+        blocks.append(((y0, y1, x0, x1), (Y0, Y1, X0, X1), len(idx),
+                       coef.reshape(3, y1 - y0, x1 - x0, 1)))
+    return PlaneGeometry(kernel=k, ridge=float(ridge), blocks=tuple(blocks))
+
+
+def _block_coords(lo: int, hi: int, dtype) -> np.ndarray:
+    """Coordinates of pixels ``lo..hi-1`` measured from the block's centre."""
+    return np.arange(lo, hi, dtype=dtype) - dtype((lo + hi - 1) / 2)
+
+
+def apply_plane(image, mask, mean: np.ndarray, geometry: PlaneGeometry) -> np.ndarray:
+    """Turn the zero-order masked ``mean`` of ``image`` (both (H, W, C); the mean float32, the
+    image with non-finite pixels already dropped) into the first-order one, in place."""
+    k = geometry.kernel
+    path = _pick_path(k, "auto")
+    c = image.shape[2]
+    m = None if mask is None else as_mask(mask)
+    binary = _binary_u8(m) if m is not None else None
+    for (y0, y1, x0, x1), (Y0, Y1, X0, X1), _, coef in geometry.blocks:
+        ib = image[Y0:Y1, X0:X1]
+        if m is None:
+            ib = np.ascontiguousarray(ib)
+        else:  # I M, in the image's own dtype for a binary mask
+            ib = _masked_input(ib, m[Y0:Y1, X0:X1],
+                               None if binary is None else np.ascontiguousarray(binary[Y0:Y1, X0:X1]))
+        bh, bw = Y1 - Y0, X1 - X0
+        xs, ys = _block_coords(X0, X1, np.float32), _block_coords(Y0, Y1, np.float32)
+        inner = (slice(y0 - Y0, y1 - Y0), slice(x0 - X0, x1 - X0))
+        flat = ib.reshape(bh, bw * c).astype(np.float32)
+        sx = _filter((flat * np.repeat(xs, c)).reshape(bh, bw, c), k, path)[inner]
+        flat *= ys[:, None]
+        sy = _filter(flat.reshape(bh, bw, c), k, path)[inner]
+        sx *= coef[1]
+        sy *= coef[2]
+        sx += sy
+        blk = mean[y0:y1, x0:x1]
+        blk *= coef[0]
+        blk += sx
+    return mean

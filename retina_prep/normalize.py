@@ -7,18 +7,32 @@ mean taken over field-of-view pixels only (masked convolution).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from .core import (
+    DEFAULT_MIN_WEIGHT,
     DEFAULT_RIDGE,
     Kernel,
+    PlaneGeometry,
+    _as_image,
+    _binary_u8,
+    _drop_nonfinite,
+    _filter,
+    _masked_input,
+    _pick_path,
+    _reciprocal,
+    _scale_by,
+    _weights,
+    apply_plane,
+    as_kernel,
     as_mask,
     finite_pixels,
     masked_convolve,
-    masked_plane_mean,
     named_kernel,
+    plane_geometry,
     set_where,
 )
 from .errors import ValueRangeError
@@ -38,6 +52,8 @@ __all__ = [
     "check_kernel_args",
     "local_mean",
     "normalize_illumination",
+    "PreparedMask",
+    "prepare_mask",
     "dtype_scale",
     "image_range",
     "parse_value_range",
@@ -201,6 +217,69 @@ def _dtype_range(dtype) -> tuple[float, float]:
     return 0.0, 1.0
 
 
+@dataclass(frozen=True, eq=False)
+class PreparedMask:
+    """A field-of-view mask with everything :func:`normalize_illumination` derives from the mask
+    alone, computed once (see :func:`prepare_mask`): pass it as the ``mask`` of many images."""
+
+    mask: np.ndarray = field(repr=False)
+    kernel: Kernel
+    order: int
+    ridge: float
+    weights: np.ndarray = field(repr=False)  # (M conv K) / sum(K)
+    inverse: np.ndarray = field(repr=False)  # 1 / (M conv K), the local mean's divisor
+    plane: PlaneGeometry | None = field(repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.mask.shape
+
+
+def prepare_mask(mask, *, window=None, kernel: Kernel | None = None, order: int = 0,
+                 ridge: float = DEFAULT_RIDGE) -> PreparedMask:
+    """Compute the mask's part of :func:`normalize_illumination` once, for images sharing a mask.
+
+    ``normalize_illumination(image, prepare_mask(mask, window=41, order=1), order=1)`` equals
+    ``normalize_illumination(image, mask, window=41, order=1)`` but skips the mask's filters
+    (and, for ``order=1``, the margin band's plane geometry), which are most of the cost of
+    first-order normalization. ``window``/``kernel`` and ``ridge`` as for
+    :func:`normalize_illumination`; ``order=1`` prepares both orders.
+    """
+    m = as_mask(mask)
+    if not m.any():
+        raise ValueError("the mask is empty: no pixel inside the field of view")
+    if kernel is not None and window is not None:
+        raise ValueError("give window or kernel, not both")
+    if order not in ORDERS:
+        raise ValueError(f"order must be 0 or 1, got {order!r}")
+    k = kernel_for("mean", window, None, m) if kernel is None else as_kernel(kernel)
+    if not k.is_nonnegative:
+        raise ValueError("a prepared mask needs a non-negative local-mean kernel")
+    path = _pick_path(k, "auto")
+    binary = _binary_u8(m)
+    weights = _weights(binary if binary is not None else m.astype(np.float32, copy=False), k, path)
+    inverse, _ = _reciprocal(weights, 1.0 / k.total, DEFAULT_MIN_WEIGHT)
+    plane = plane_geometry(m, k, weights, ridge=ridge, where=m > 0) if order == 1 else None
+    return PreparedMask(mask=m, kernel=k, order=order, ridge=float(ridge), weights=weights,
+                        inverse=inverse, plane=plane)
+
+
+def _prepared_mean(image: np.ndarray, prepared: PreparedMask) -> np.ndarray:
+    """The masked local mean of ``image`` (finite) from a prepared mask: as :func:`local_mean`
+    computes it, without the mask's filter."""
+    k = prepared.kernel
+    img = _as_image(image)
+    if img.ndim == 3 and img.shape[2] == 1:  # OpenCV drops singleton channels
+        return _prepared_mean(img[..., 0], prepared)[..., None]
+    m = prepared.mask
+    binary = _binary_u8(m)
+    weighted = _masked_input(img, binary if binary is not None else m, binary)
+    mean = _scale_by(_filter(weighted, k, _pick_path(k, "auto")), prepared.inverse)
+    if k.total != 1.0:
+        mean *= np.float32(k.total)
+    return mean
+
+
 def local_mean(image, mask, *, kernel: Kernel, ignore_mask: bool = False,
                fill: float | None = np.nan):
     """Masked local mean of ``image`` and its weight map.
@@ -248,10 +327,12 @@ def normalize_illumination(
         copied through unchanged. Non-finite pixels (NaN, inf) of a float
         image count as outside the field of view: they get ``fill`` and do
         not enter any local mean.
-    mask : (H, W) ndarray or None
+    mask : (H, W) ndarray, PreparedMask or None
         Field of view: bool, 0/1 or 0/255 integers, or float weights in
         [0, 1] (see :func:`~retina_prep.core.as_mask`). ``None``: the whole
-        image. An empty mask raises ``ValueError``.
+        image. An empty mask raises ``ValueError``. A :class:`PreparedMask`
+        (from :func:`prepare_mask`) carries its kernel and the terms derived
+        from the mask alone, for many images that share one mask.
     window : int or "auto", optional
         Box size in pixels (odd), or ``"auto"`` (a fraction of the FOV
         diameter, the default). Give ``window`` or ``kernel``, not both.
@@ -309,6 +390,13 @@ def normalize_illumination(
         raise ValueError("order 1 applies to method 'mean' only")
     if img.ndim not in (2, 3) or img.size == 0:
         raise ValueError(f"image must be (H, W) or (H, W, C), got shape {img.shape}")
+    prepared = None
+    if isinstance(mask, PreparedMask):
+        prepared, mask = mask, mask.mask
+        if kernel is not None or window is not None:
+            raise ValueError("a prepared mask carries its kernel: give window or kernel to"
+                             " prepare_mask, not here")
+        kernel = prepared.kernel
     if mask is not None:
         mask = as_mask(mask, img.shape[:2])
         if not mask.any():
@@ -329,14 +417,26 @@ def normalize_illumination(
     out_scale = (out_hi - out_lo) / 255.0
 
     # pixels with no valid neighbour lie outside the FOV and are overwritten below
-    if order == 1:
-        mean = masked_plane_mean(img, None if ignore_mask else mask, kernel, ridge=ridge, fill=None)
-    else:
-        mean, _ = local_mean(img, mask, kernel=kernel, ignore_mask=ignore_mask, fill=None)
-    inside = None if mask is None else mask > 0
     finite = finite_pixels(img)
+    if prepared is not None and finite is None and not ignore_mask:
+        mean, weights = _prepared_mean(img, prepared), prepared.weights
+    else:
+        prepared = None
+        mean, weights = local_mean(img, mask, kernel=kernel, ignore_mask=ignore_mask, fill=None)
+    inside = None if mask is None else mask > 0
     if finite is not None:
         inside = finite if inside is None else inside & finite
+    if order == 1:  # the plane differs from the mean in the margin band only; outside is filled
+        m = None if ignore_mask else mask
+        src, m = _drop_nonfinite(img, m)
+        squeeze = mean.ndim == 2
+        if prepared is not None and prepared.plane is not None and prepared.ridge == ridge:
+            geometry = prepared.plane
+        else:
+            geometry = plane_geometry(m, kernel, weights, ridge=ridge, where=inside)
+        mean3 = apply_plane(src[..., None] if squeeze else src, m,
+                            mean[..., None] if squeeze else mean, geometry)
+        mean = mean3[..., 0] if squeeze else mean3
     natural = (in_lo, in_hi) == _dtype_range(img.dtype)
     if (method == "mean" and out_dtype == img.dtype and img.dtype in (np.uint8, np.uint16)
             and natural and (out_lo, out_hi) == (in_lo, in_hi) and mean.shape == img.shape):

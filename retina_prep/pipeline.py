@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from .normalize import (
     kernel_for,
     make_kernel,
     normalize_illumination,
+    prepare_mask,
     resolve_window,
 )
 
@@ -183,15 +185,80 @@ def load_pair(pair: Pair, settings: MaskSettings = MaskSettings()):
     return image, mask, info
 
 
+class _Cache:
+    """A small least-recently-used map, per process."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.items: OrderedDict = OrderedDict()
+
+    def get(self, key):
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        return None
+
+    def put(self, key, value):
+        self.items[key] = value
+        self.items.move_to_end(key)
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+
+
+#: Mask files read and trimmed, by the file's identity (path, device, inode, size, mtime) and
+#: the mask settings: images that share one mask file (one mask per camera) read it once.
+_MASKS = _Cache(8)
+#: Prepared masks (:func:`~retina_prep.normalize.prepare_mask`) of masks met more than once.
+_PREPARED = _Cache(2)
+
+
+def _mask_key(pair: Pair, settings: MaskSettings):
+    """The cache key of the trimmed mask of ``pair``, or None when it is not cacheable (no mask
+    file, or a rim trim that looks at the image)."""
+    if pair.mask is None or settings.auto_mask or settings.rim == "auto":
+        return None
+    try:
+        st = os.stat(pair.mask)
+    except OSError:
+        return None  # read_mask reports it
+    return (os.path.abspath(pair.mask), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+            pair.mask_source, settings)
+
+
 def _load(pair: Pair, settings: MaskSettings):
     """Image, untrimmed FOV, trimmed mask and info (see :func:`load_pair`)."""
     image = read_image(pair.image, max_pixels=settings.max_pixels)
+    key = _mask_key(pair, settings)
+    hit = None if key is None else _MASKS.get(key)
+    if hit is not None:
+        fov, mask, info, uses = hit
+        _check_mask_shape(fov, image, pair)
+        uses[0] += 1
+        return image, fov, mask, {**info, "warnings": []}
     fov, source, warnings, est = read_fov(pair, image, settings, return_estimate=True)
     mask, info = trim_mask(image, fov, settings, source=source, path=pair.mask or pair.image)
-    info = {"mask_source": source, **info, "warnings": warnings}
+    info = {"mask_source": source, **info}
     if est is not None:
         info["fov_estimate"] = est.summary()
-    return image, fov, mask, info
+    if key is not None and not warnings:
+        for a in (fov, mask):
+            a.setflags(write=False)  # shared by the images of this mask: read-only
+        _MASKS.put(key, (fov, mask, dict(info), [0]))
+    return image, fov, mask, {**info, "warnings": warnings}
+
+
+def _check_mask_shape(mask, image, pair: Pair) -> None:
+    if mask.shape != image.shape[:2]:
+        raise MaskError(
+            f"mask {pair.mask} is {mask.shape[1]}x{mask.shape[0]} px but the image is"
+            f" {image.shape[1]}x{image.shape[0]} px",
+            pair.image,
+        )
+
+
+def _shared(mask) -> bool:
+    """Whether ``mask`` is a cached mask already used by an earlier image."""
+    return any(v[1] is mask and v[3][0] > 0 for v in _MASKS.items.values())
 
 
 def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings(), *,
@@ -206,12 +273,7 @@ def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings(), *,
     est = None
     if pair.mask is not None and not settings.auto_mask:
         mask = read_mask(pair.mask, max_pixels=settings.max_pixels)
-        if mask.shape != image.shape[:2]:
-            raise MaskError(
-                f"mask {pair.mask} is {mask.shape[1]}x{mask.shape[0]} px but the image is"
-                f" {image.shape[1]}x{image.shape[0]} px",
-                pair.image,
-            )
+        _check_mask_shape(mask, image, pair)
         source = pair.mask_source
     else:
         try:
@@ -292,7 +354,7 @@ def resolve_order(order, mask_info: dict | None, name=None) -> int:
     return int(order)
 
 
-def _run_normalize(image, mask, kernel: Kernel, settings: NormalizeSettings, ignore_mask: bool,
+def _run_normalize(image, mask, kernel: Kernel | None, settings: NormalizeSettings, ignore_mask: bool,
                    order: int = 0):
     return normalize_illumination(
         image, mask, kernel=kernel, target=settings.target, fill=settings.fill,
@@ -308,7 +370,17 @@ def normalize_loaded(image, mask, settings: NormalizeSettings = NormalizeSetting
     about image ``name`` (see :func:`resolve_order`)."""
     kernel = kernel_for(settings.kernel, settings.window, settings.sigma, mask)
     order = resolve_order(settings.order if settings.method == "mean" else 0, mask_info, name)
-    result = _run_normalize(image, mask, kernel, settings, settings.ignore_mask, order)
+    if (settings.method == "mean" and not settings.ignore_mask and mask is not None
+            and _shared(mask)):
+        # a mask shared with earlier images: its filters and plane geometry are computed once
+        key = (id(mask), settings.kernel, settings.window, settings.sigma, order, settings.ridge)
+        prepared = _PREPARED.get(key)
+        if prepared is None or prepared.mask is not mask:
+            prepared = prepare_mask(mask, kernel=kernel, order=order, ridge=settings.ridge)
+            _PREPARED.put(key, prepared)
+        result = _run_normalize(image, prepared, None, settings, False, order)
+    else:
+        result = _run_normalize(image, mask, kernel, settings, settings.ignore_mask, order)
     return result, kernel, order
 
 

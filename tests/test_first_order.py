@@ -171,3 +171,76 @@ def test_cli_order_one_flattens_the_vignetted_margin(tmp_path):
         bias[order] = np.abs(img[band].mean(axis=0) - 128).max()
     # the r^4 fall-off is curved, so a plane leaves a little; the one-sided overshoot is gone
     assert bias["1"] < 3.0 and bias["1"] < bias["0"] / 4
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), density=st.floats(0.01, 0.6),
+       ry=st.integers(0, 12), rx=st.integers(0, 12))
+def test_band_blocks_cover_every_band_pixel_once(seed, density, ry, rx):
+    from retina_prep.core import _band_blocks
+
+    rng = np.random.default_rng(seed)
+    band = rng.random((rng.integers(1, 90), rng.integers(1, 90))) < density
+    hits = np.zeros(band.shape, int)
+    for y0, y1, x0, x1 in _band_blocks(band, ry, rx):
+        assert 0 <= y0 < y1 <= band.shape[0] and 0 <= x0 < x1 <= band.shape[1]
+        hits[y0:y1, x0:x1] += 1
+    assert (hits[band] == 1).all()  # covered, and by one block only (no pixel corrected twice)
+    assert hits.max() <= 1
+
+
+@pytest.mark.parametrize("kernel", [box_kernel(9), gaussian_kernel(2.0, 9)], ids=["box", "gauss"])
+def test_normalize_order_one_matches_brute_force_inside_the_mask(kernel):
+    """normalize_illumination computes the plane in the FOV's margin band only (the outside is
+    filled); inside the FOV it is I - plane + I0 with the brute-force plane, rounded."""
+    rng = np.random.default_rng(3)
+    m = _disc(44, 48, 17)
+    y, x = np.mgrid[0:44, 0:48]
+    img = np.clip(60 + 2.0 * x + y + rng.normal(0, 8, m.shape), 0, 255).astype(np.uint8)
+    got = rp.normalize_illumination(img, m, kernel=kernel, order=1, fill=0)
+    ref = np.clip(np.rint(img - plane_mean_ref(img, m, kernel.array, ridge=0.1) + 128), 0, 255)
+    assert (np.abs(got[m].astype(int) - ref[m]) <= 1).all()
+    assert (got[~m] == 0).all()
+
+
+@pytest.mark.parametrize("order", [0, 1])
+@pytest.mark.parametrize("dtype,channels", [(np.uint8, 3), (np.uint8, None), (np.uint16, 3),
+                                            (np.float32, 3), (np.uint8, 1), (np.uint8, 4)])
+def test_prepared_mask_gives_the_same_output(order, dtype, channels):
+    s = synthetic_fundus((150, 160), seed=4)
+    img = s.image if channels == 3 else (s.image[..., 1] if channels is None else None)
+    if channels == 1:
+        img = s.image[..., 1:2]
+    if channels == 4:
+        img = np.dstack([s.image, np.full(s.mask.shape, 200, np.uint8)])
+    if dtype == np.uint16:
+        img = img.astype(np.uint16) * 257
+    if dtype == np.float32:
+        img = img.astype(np.float32) / 255
+    m = s.mask.copy()
+    m[:, :20] = False  # a cut disc: the band meets the image edge
+    prepared = rp.prepare_mask(m, window=21, order=order)
+    direct = rp.normalize_illumination(img, m, window=21, order=order)
+    again = rp.normalize_illumination(img, prepared, order=order)
+    np.testing.assert_array_equal(again, direct)
+    assert again.dtype == direct.dtype and again.shape == direct.shape
+
+
+def test_prepared_mask_rules():
+    s = synthetic_fundus((80, 90), seed=5)
+    prepared = rp.prepare_mask(s.mask, window=11, order=1)
+    with pytest.raises(ValueError, match="carries its kernel"):
+        rp.normalize_illumination(s.image, prepared, window=11)
+    with pytest.raises(ValueError, match="empty"):
+        rp.prepare_mask(np.zeros((8, 8), bool))
+    with pytest.raises(ValueError, match="shape"):
+        rp.normalize_illumination(s.image[:40], prepared)
+    # an image with NaN pixels has its own valid set: the prepared terms are not used, same result
+    img = s.image.astype(np.float32) / 255
+    img[40, 40] = np.nan
+    np.testing.assert_array_equal(rp.normalize_illumination(img, prepared, order=1),
+                                  rp.normalize_illumination(img, s.mask, window=11, order=1))
+    # a prepared order-0 mask still runs order 1 (its plane computed on the fly)
+    p0 = rp.prepare_mask(s.mask, window=11)
+    np.testing.assert_array_equal(rp.normalize_illumination(s.image, p0, order=1),
+                                  rp.normalize_illumination(s.image, s.mask, window=11, order=1))

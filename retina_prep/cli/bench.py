@@ -20,7 +20,7 @@ def _table(rows, columns):
             v = r.get(key, "")
             if not isinstance(v, float):
                 cells.append(str(v))
-            elif key in ("ratio", "speedup"):
+            elif key in ("ratio", "speedup") or key.endswith("ratio") or key.endswith("_vs_own"):
                 cells.append(f"{v:.2f}×")
             elif key.endswith("_s"):
                 cells.append(f"{v:.2f}")
@@ -59,10 +59,14 @@ def bench(drive, quick, threads):
                              ("masked IN", "masked_ms"), ("masked / unmasked", "ratio"),
                              ("masked via filter2D", "filter2d_ms")]))
     log("bench: first order vs zero order ...")
-    click.echo("\nMasked IN, order 1 (local plane) vs order 0 (local mean), median ms per image:\n")
+    click.echo("\nMasked IN, order 1 (local plane) vs order 0 (local mean), median ms per image;"
+               " own mask per image, and one mask shared by many images (computed once):\n")
     click.echo(_table(B.order_rows(sizes, repeat=3 if quick else 5),
                       [("size", "size"), ("kernel", "kernel"), ("order 0", "order0_ms"),
-                       ("order 1", "order1_ms"), ("order 1 / order 0", "ratio")]))
+                       ("order 1", "order1_ms"), ("order 1 / order 0", "ratio"),
+                       ("shared: order 0", "shared0_ms"), ("shared: order 1", "shared1_ms"),
+                       ("shared: 1 / 0", "shared_ratio"),
+                       ("shared order 1 / own order 0", "shared_vs_own")]))
     if not quick:
         log("bench: large Gaussian on one thread ...")
         g = B.gaussian_one_thread_row()

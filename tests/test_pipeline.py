@@ -1,0 +1,86 @@
+"""Per-image steps: the shared-mask cache gives the same outputs as computing each mask anew."""
+
+import os
+from pathlib import Path, PurePath
+
+import numpy as np
+import pytest
+
+import retina_prep.pipeline as pl
+from retina_prep.dataset import Pair
+from retina_prep.io import read_image, write_image
+from retina_prep.normalize import normalize_illumination
+from retina_prep.synthetic import synthetic_fundus
+
+
+@pytest.fixture(autouse=True)
+def _empty_caches():
+    pl._MASKS.items.clear()
+    pl._PREPARED.items.clear()
+    yield
+    pl._MASKS.items.clear()
+    pl._PREPARED.items.clear()
+
+
+def _camera(tmp_path, n=3):
+    """n photographs from one camera sharing one mask file."""
+    mask = synthetic_fundus((120, 130), seed=0).mask
+    write_image(tmp_path / "mask.png", mask.astype(np.uint8) * 255)
+    pairs = []
+    for i in range(n):
+        img = synthetic_fundus((120, 130), seed=i + 1).image
+        img[~mask] = 0
+        write_image(tmp_path / f"im{i}.png", img)
+        pairs.append(Pair(tmp_path / f"im{i}.png", tmp_path / "mask.png", "given",
+                          PurePath(f"im{i}")))
+    return pairs, mask
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_shared_mask_read_once_and_outputs_unchanged(tmp_path, monkeypatch, order):
+    pairs, _ = _camera(tmp_path)
+    reads = []
+    real = pl.read_mask
+    monkeypatch.setattr(pl, "read_mask", lambda *a, **k: reads.append(a) or real(*a, **k))
+    settings = pl.NormalizeSettings(window=15, order=order)
+    mask_settings = pl.MaskSettings(erode=2)
+    for p in pairs:
+        pl.normalize_pair(p, tmp_path / "out", settings, mask_settings)
+    assert len(reads) == 1
+    assert len(pl._PREPARED.items) == 1  # prepared once it was seen to be shared
+    for p in pairs:  # the reference: every image on its own, no cache
+        image, mask, _ = pl.load_pair(p, mask_settings)
+        pl._MASKS.items.clear()
+        want = normalize_illumination(image, mask, window=15, order=order)
+        np.testing.assert_array_equal(read_image(tmp_path / "out" / f"{p.rel}.png"), want)
+
+
+def test_a_changed_mask_file_is_read_again(tmp_path, monkeypatch):
+    pairs, mask = _camera(tmp_path, 2)
+    settings = pl.NormalizeSettings(window=15)
+    first = pl.load_pair(pairs[0])[1]
+    smaller = mask.copy()
+    smaller[:, :40] = False
+    write_image(tmp_path / "mask.png", smaller.astype(np.uint8) * 255, overwrite=True)
+    st = os.stat(tmp_path / "mask.png")
+    os.utime(tmp_path / "mask.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    second = pl.load_pair(pairs[1])[1]
+    assert first.sum() != second.sum() and np.array_equal(second, smaller)
+    pl.normalize_loaded(read_image(pairs[1].image), second, settings)
+
+
+def test_cached_masks_are_read_only_and_size_checked(tmp_path):
+    pairs, _ = _camera(tmp_path, 1)
+    _, mask, _ = pl.load_pair(pairs[0])
+    _, again, info = pl.load_pair(pairs[0])
+    assert again is mask and not mask.flags.writeable and info["warnings"] == []
+    write_image(tmp_path / "small.png", np.zeros((60, 65, 3), np.uint8))
+    small = Pair(Path(tmp_path / "small.png"), tmp_path / "mask.png", "given", PurePath("small"))
+    with pytest.raises(pl.MaskError, match="130x120 px but the image is 65x60"):
+        pl.load_pair(small)
+
+
+def test_rim_auto_masks_are_not_cached(tmp_path):
+    pairs, _ = _camera(tmp_path, 2)
+    pl.load_pair(pairs[0], pl.MaskSettings(rim="auto"))
+    assert not pl._MASKS.items
