@@ -323,25 +323,28 @@ def _pick_path(k: Kernel, path: str) -> str:
     return path
 
 
-def _filter(src: np.ndarray, k: Kernel, path: str, depth: int = cv2.CV_32F) -> np.ndarray:
+def _filter(src: np.ndarray, k: Kernel, path: str, depth: int = cv2.CV_32F,
+            raw: bool = False) -> np.ndarray:
     """Zero-padded *convolution* of a float array (H, W) or (H, W, C), to float32 (or float64
-    with ``depth=cv2.CV_64F``)."""
+    with ``depth=cv2.CV_64F``). With ``raw`` the box path returns plain window sums (the
+    kernel's common value not applied: see :func:`_raw_total`)."""
     if src.ndim == 3 and (src.shape[2] == 1 or src.shape[2] > 4):
         # OpenCV drops a singleton channel axis and caps channel counts: go one by one
         out = np.empty(src.shape, np.float64 if depth == cv2.CV_64F else np.float32)
         for c in range(src.shape[2]):
-            out[..., c] = _filter_cv(np.ascontiguousarray(src[..., c]), k, path, depth)
+            out[..., c] = _filter_cv(np.ascontiguousarray(src[..., c]), k, path, depth, raw)
         return out
-    return _filter_cv(src, k, path, depth)
+    return _filter_cv(src, k, path, depth, raw)
 
 
-def _filter_cv(src: np.ndarray, k: Kernel, path: str, depth: int = cv2.CV_32F) -> np.ndarray:
+def _filter_cv(src: np.ndarray, k: Kernel, path: str, depth: int = cv2.CV_32F,
+               raw: bool = False) -> np.ndarray:
     ftype = np.float64 if depth == cv2.CV_64F else np.float32
     if path == "box":
         kh, kw = k.shape
         out = cv2.boxFilter(src, depth, (kw, kh), normalize=False, borderType=_BORDER)
         value = float(k.array.flat[0])
-        if value != 1.0:
+        if value != 1.0 and not raw:
             out *= value
         return out
     if path == "cascade":
@@ -372,6 +375,14 @@ def _filter_cv(src: np.ndarray, k: Kernel, path: str, depth: int = cv2.CV_32F) -
     flipped = np.ascontiguousarray(k.array[::-1, ::-1], dtype=ftype)
     # the general path works in float: OpenCV's 8-bit filter2D loses precision with large kernels
     return cv2.filter2D(src.astype(ftype, copy=False), depth, flipped, borderType=_BORDER)
+
+
+def _raw_total(k: Kernel, path: str) -> float:
+    """The sum of the kernel as ``_filter(..., raw=True)`` applies it: the window's pixel count
+    on the box path (plain sums: exact integers for 8- and 16-bit data), else the kernel's sum."""
+    if path == "box":
+        return float(k.shape[0] * k.shape[1])
+    return k.total
 
 
 def check_layout(img: np.ndarray) -> None:
@@ -516,40 +527,167 @@ def _weights(m: np.ndarray, k: Kernel, path: str) -> np.ndarray:
     return w
 
 
-#: From this many pixels on, per-channel division avoids a full-size temporary (memory over speed).
-_LARGE_PIXELS = 12_000_000
+#: Pointwise passes after filtering run over strips of rows of about this many pixels, so that
+#: a strip's arrays stay in the CPU cache (and temporaries stay small on large images).
+_STRIP_PIXELS = 1 << 17
+
+
+def _strips(h: int, w: int):
+    """Row slices covering ``0..h`` in strips of about :data:`_STRIP_PIXELS` pixels."""
+    rows = max(1, _STRIP_PIXELS // max(w, 1))
+    for y0 in range(0, h, rows):
+        yield slice(y0, min(h, y0 + rows))
 
 
 def _reciprocal(weights: np.ndarray, scale: float, min_weight: float):
-    """``(scale / weights, undefined)`` with ``undefined = weights < min_weight`` (there the
-    quotient is meaningless and must be filled by the caller)."""
+    """``(scale / max(weights, min_weight), undefined)`` with ``undefined = weights <
+    min_weight`` (there the quotient is meaningless and must be filled by the caller)."""
     undefined = weights < min_weight
     inv = np.maximum(weights, np.float32(min_weight if min_weight > 0 else 1e-30))
     cv2.divide(float(scale), inv, dst=inv)  # one channel: scale / w, in place
     return inv, undefined
 
 
-def _scale_by(num: np.ndarray, inv: np.ndarray) -> np.ndarray:
-    """``num * inv`` per channel (``inv`` (H, W)), in place where possible, with OpenCV."""
+def _scale_rows(num: np.ndarray, inv: np.ndarray) -> None:
+    """``num *= inv`` per channel, in place (``num`` contiguous (h, w[, c]); ``inv`` (h, w))."""
     if num.ndim == 2:
-        return cv2.multiply(num, inv, dst=num)
+        cv2.multiply(num, inv, dst=num)
+        return
     c = num.shape[2]
-    if num.shape[0] * num.shape[1] >= _LARGE_PIXELS:
-        np.multiply(num, inv[..., None], out=num)  # no temporary: keeps peak memory down
-        return num
     if c in (3, 4):  # replicate 1 -> c channels in one SIMD pass, multiply in place
         rep = cv2.cvtColor(inv, cv2.COLOR_GRAY2BGR if c == 3 else cv2.COLOR_GRAY2BGRA)
-        return cv2.multiply(num, rep, dst=num)
-    if c == 2:
-        return cv2.multiply(num, cv2.merge([inv, inv]), dst=num)
-    num *= inv[..., None]
+        cv2.multiply(num, rep, dst=num)
+    elif c == 2:
+        cv2.multiply(num, cv2.merge([inv, inv]), dst=num)
+    else:
+        num *= inv[..., None]
+
+
+def _scale_by(num: np.ndarray, inv: np.ndarray) -> np.ndarray:
+    """``num * inv`` per channel (``inv`` (H, W)), in place, strip by strip."""
+    for rows in _strips(*num.shape[:2]):
+        _scale_rows(num[rows], inv[rows])
     return num
 
 
 def _divide_by(num: np.ndarray, weights: np.ndarray, scale: float, min_weight: float):
-    """``num * scale / weights`` per channel: (result, undefined) (see :func:`_reciprocal`)."""
-    inv, undefined = _reciprocal(weights, scale, min_weight)
-    return _scale_by(num, inv), undefined
+    """``num * scale / max(weights, min_weight)`` per channel, in place, strip by strip:
+    (result, undefined) with ``undefined = weights < min_weight``."""
+    floor = float(min_weight if min_weight > 0 else 1e-30)
+    for rows in _strips(*num.shape[:2]):
+        inv = cv2.max(weights[rows], floor)
+        cv2.divide(float(scale), inv, dst=inv)
+        _scale_rows(num[rows], inv)
+    return num, weights < min_weight
+
+
+class _MeanParts:
+    """A local mean kept as its parts until needed, so that the division runs strip by strip
+    together with whatever uses the mean (see :meth:`rows`): ``num * scale / max(den,
+    floor)``, or ``num * inverse`` with ``inverse`` precomputed, or ``num * scale`` without
+    ``den``. Once divided, ``num`` is the mean."""
+
+    def __init__(self, num, den=None, *, inverse=None, scale: float = 1.0, floor: float = 0.0):
+        self.num = num
+        self.den = den
+        self.inverse = inverse
+        self.scale = float(scale)
+        self.floor = float(floor) if floor > 0 else 1e-30
+
+    def rows(self, rows: slice) -> np.ndarray:
+        """The mean on ``rows`` (dividing ``num`` there, in place; once per row)."""
+        n = self.num[rows]
+        if self.inverse is not None:
+            _scale_rows(n, self.inverse[rows])
+        elif self.den is not None:
+            inv = cv2.max(self.den[rows], self.floor)
+            cv2.divide(self.scale, inv, dst=inv)
+            _scale_rows(n, inv)
+        elif self.scale != 1.0:
+            n *= np.float32(self.scale)
+        return n
+
+    def mean(self) -> np.ndarray:
+        """The whole mean (dividing ``num`` in place)."""
+        if self.inverse is not None or self.den is not None or self.scale != 1.0:
+            for rows in _strips(*self.num.shape[:2]):
+                self.rows(rows)
+            self.inverse = self.den = None
+            self.scale = 1.0
+        return self.num
+
+
+def _separable_weights(k: Kernel, shape: tuple[int, int]):
+    """For a rank-one kernel, the certainty of an all-valid image, ``(M conv K) / sum(K)`` with
+    ``M = 1`` inside the image rectangle, as its two 1-D factors ``(wy, wx)``; None when the
+    kernel is not rank one."""
+    if not (k.is_box or k.factors is not None or k.passes is not None):
+        return None
+    a = np.asarray(k.array, np.float64)
+    ay, ax = a.sum(axis=1), a.sum(axis=0)
+    if not np.allclose(a, np.outer(ay, ax) / a.sum(), rtol=1e-9, atol=1e-15 * abs(a).max()):
+        return None
+
+    def along(n, f):  # zero-padded convolution of n ones with f, centred
+        c = len(f) // 2
+        return np.convolve(np.ones(n), f, mode="full")[c:c + n] / f.sum()
+
+    return along(shape[0], ay), along(shape[1], ax)
+
+
+def _rect_parts(img: np.ndarray, k: Kernel, path: str):
+    """The local mean over the image rectangle (no mask: ``M = 1`` inside the image) as
+    :class:`_MeanParts`: one plain filter, divided by the rectangle's certainty only within the
+    kernel's radius of the image's edges (elsewhere it is 1); None for kernels that are not
+    rank one."""
+    factors = _separable_weights(k, img.shape[:2])
+    if factors is None:
+        return None
+    wy, wx = factors
+    num = _filter(img, k, path, raw=True)
+    h, w = img.shape[:2]
+    ry, rx = min(k.shape[0] // 2, h), min(k.shape[1] // 2, w)
+
+    def divide(rows, cols, weights):
+        part = num[rows, cols]
+        part /= (weights[..., None] if part.ndim == 3 else weights).astype(np.float32)
+
+    for rows in (slice(0, ry), slice(max(h - ry, ry), h)):  # top and bottom: both factors
+        divide(rows, slice(None), np.outer(wy[rows], wx))
+    inner = slice(ry, max(h - ry, ry))
+    for cols in (slice(0, rx), slice(max(w - rx, rx), w)):  # left and right: the x factor
+        divide(inner, cols, np.broadcast_to(wx[cols], (inner.stop - inner.start, len(wx[cols]))))
+    # num is now the sums a complete window would have: the mean is num / (raw total / total)
+    return _MeanParts(num, scale=k.total / _raw_total(k, path))
+
+
+def _mean_parts(image, mask, k: Kernel, *, min_weight: float = DEFAULT_MIN_WEIGHT,
+                rect_fast: bool = True, want_weights: bool = False):
+    """The masked local mean of ``image`` as :class:`_MeanParts` (the mean is ``sum(K)`` times
+    the weighted mean, as :func:`masked_convolve` has it), and with ``want_weights`` the
+    certainty ``(M conv K) / sum(K)``. ``image`` finite (see :func:`_drop_nonfinite`), ``mask``
+    checked (:func:`as_mask`) or None; ``k`` non-negative. Box sums are plain sums, so the
+    mean of 8- and 16-bit data (and of floats holding integers) is the same ratio of exact
+    integers, rounded once."""
+    path = _pick_path(k, "auto")
+    img = _as_image(image)
+    if mask is None and rect_fast and not want_weights:
+        parts = _rect_parts(img, k, path)
+        if parts is not None:
+            return parts, None
+    if mask is None:
+        m: np.ndarray = np.ones(img.shape[:2], np.uint8)
+        weighted = img
+    else:
+        binary = _binary_u8(mask)
+        m = binary if binary is not None else _as_weights(mask, img.shape[:2])
+        weighted = _masked_input(img, m, binary)
+    raw = _raw_total(k, path)
+    den = _filter(m, k, path, raw=True)
+    parts = _MeanParts(_filter(weighted, k, path, raw=True), den, scale=k.total,
+                       floor=min_weight * raw)
+    weights = den * np.float32(1.0 / raw) if want_weights else None
+    return parts, weights
 
 
 def _masked_input(image: np.ndarray, m: np.ndarray, binary: np.ndarray | None) -> np.ndarray:
@@ -674,6 +812,14 @@ def masked_convolve(
     if mask is not None:
         mask = as_mask(mask, shape)
     img, mask = _drop_nonfinite(img, mask)
+    if k.is_nonnegative and path == "auto":
+        parts, weights = _mean_parts(img, mask, k, min_weight=min_weight,
+                                     want_weights=return_weights or fill is not None)
+        mean = parts.mean()
+        if weights is not None:
+            mean = set_where(mean, weights < min_weight, fill)
+            np.clip(weights, 0.0, 1.0, out=weights)
+        return (mean, weights) if return_weights else mean
     m: np.ndarray
     if mask is None:
         m = np.ones(shape, np.uint8)

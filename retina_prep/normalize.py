@@ -22,10 +22,11 @@ from .core import (
     _drop_nonfinite,
     _filter,
     _masked_input,
+    _mean_parts,
+    _MeanParts,
     _pick_path,
-    _reciprocal,
-    _scale_by,
-    _weights,
+    _raw_total,
+    _strips,
     apply_plane,
     as_kernel,
     as_mask,
@@ -257,27 +258,26 @@ def prepare_mask(mask, *, window=None, kernel: Kernel | None = None, order: int 
         raise ValueError("a prepared mask needs a non-negative local-mean kernel")
     path = _pick_path(k, "auto")
     binary = _binary_u8(m)
-    weights = _weights(binary if binary is not None else m.astype(np.float32, copy=False), k, path)
-    inverse, _ = _reciprocal(weights, 1.0 / k.total, DEFAULT_MIN_WEIGHT)
+    den = _filter(binary if binary is not None else m.astype(np.float32, copy=False), k, path,
+                  raw=True)
+    raw = _raw_total(k, path)
+    weights = den * np.float32(1.0 / raw)
+    # exactly what _MeanParts.rows computes for the same mask
+    inverse = cv2.max(den, DEFAULT_MIN_WEIGHT * raw)
+    cv2.divide(k.total, inverse, dst=inverse)
     plane = plane_geometry(m, k, weights, ridge=ridge, where=m > 0) if order == 1 else None
     return PreparedMask(mask=m, kernel=k, order=order, ridge=float(ridge), weights=weights,
                         inverse=inverse, plane=plane)
 
 
-def _prepared_mean(image: np.ndarray, prepared: PreparedMask) -> np.ndarray:
-    """The masked local mean of ``image`` (finite) from a prepared mask: as :func:`local_mean`
-    computes it, without the mask's filter."""
+def _prepared_num(image: np.ndarray, prepared: PreparedMask) -> np.ndarray:
+    """The numerator of the masked local mean of ``image`` (finite, no singleton channel axis),
+    ``(I M) conv K``; the prepared mask's ``inverse`` divides it."""
     k = prepared.kernel
-    img = _as_image(image)
-    if img.ndim == 3 and img.shape[2] == 1:  # OpenCV drops singleton channels
-        return _prepared_mean(img[..., 0], prepared)[..., None]
     m = prepared.mask
     binary = _binary_u8(m)
-    weighted = _masked_input(img, binary if binary is not None else m, binary)
-    mean = _scale_by(_filter(weighted, k, _pick_path(k, "auto")), prepared.inverse)
-    if k.total != 1.0:
-        mean *= np.float32(k.total)
-    return mean
+    weighted = _masked_input(_as_image(image), binary if binary is not None else m, binary)
+    return _filter(weighted, k, _pick_path(k, "auto"), raw=True)
 
 
 def local_mean(image, mask, *, kernel: Kernel, ignore_mask: bool = False,
@@ -382,6 +382,11 @@ def normalize_illumination(
             ignore_mask=ignore_mask, value_range=value_range, output_dtype=output_dtype,
             method=method, scale=scale, std_floor=std_floor, order=order, ridge=ridge)
         return np.dstack([rgb, img[..., 3:].astype(rgb.dtype, copy=False)])
+    if img.ndim == 3 and img.shape[2] == 1:  # OpenCV drops singleton channels: 2-D and back
+        return normalize_illumination(
+            img[..., 0], mask, window=window, kernel=kernel, target=target, fill=fill,
+            ignore_mask=ignore_mask, value_range=value_range, output_dtype=output_dtype,
+            method=method, scale=scale, std_floor=std_floor, order=order, ridge=ridge)[..., None]
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     if order not in ORDERS:
@@ -418,36 +423,51 @@ def normalize_illumination(
 
     # pixels with no valid neighbour lie outside the FOV and are overwritten below
     finite = finite_pixels(img)
-    if prepared is not None and finite is None and not ignore_mask:
-        mean, weights = _prepared_mean(img, prepared), prepared.weights
-    else:
-        prepared = None
-        mean, weights = local_mean(img, mask, kernel=kernel, ignore_mask=ignore_mask, fill=None)
-    inside = None if mask is None else mask > 0
+    inside = None if mask is None else (mask if mask.dtype == np.bool_ else mask > 0)
     if finite is not None:
         inside = finite if inside is None else inside & finite
+    if prepared is not None and finite is None and not ignore_mask:
+        parts, weights = _MeanParts(_prepared_num(img, prepared), inverse=prepared.inverse), \
+            prepared.weights
+    else:
+        prepared = None
+        src, m = _drop_nonfinite(img, None if ignore_mask else mask)
+        parts, weights = _mean_parts(src, m, as_kernel(kernel), want_weights=order == 1)
     if order == 1:  # the plane differs from the mean in the margin band only; outside is filled
-        m = None if ignore_mask else mask
-        src, m = _drop_nonfinite(img, m)
+        mean = parts.mean()
+        src, m = _drop_nonfinite(img, None if ignore_mask else mask)
         squeeze = mean.ndim == 2
         if prepared is not None and prepared.plane is not None and prepared.ridge == ridge:
             geometry = prepared.plane
         else:
             geometry = plane_geometry(m, kernel, weights, ridge=ridge, where=inside)
-        mean3 = apply_plane(src[..., None] if squeeze else src, m,
-                            mean[..., None] if squeeze else mean, geometry)
-        mean = mean3[..., 0] if squeeze else mean3
+        apply_plane(src[..., None] if squeeze else src, m,
+                    mean[..., None] if squeeze else mean, geometry)
+        parts = _MeanParts(mean)
     natural = (in_lo, in_hi) == _dtype_range(img.dtype)
     if (method == "mean" and out_dtype == img.dtype and img.dtype in (np.uint8, np.uint16)
-            and natural and (out_lo, out_hi) == (in_lo, in_hi) and mean.shape == img.shape):
-        # fast path: one OpenCV pass computes I - mean + I0, rounds and saturates
-        out = cv2.addWeighted(img, 1.0, mean, -1.0, float(target * in_scale),
-                              dtype=cv2.CV_8U if img.dtype == np.uint8 else cv2.CV_16U)
-        if out.shape != img.shape:
-            out = out.reshape(img.shape)
-        if inside is not None:
-            out = set_where(out, ~inside, float(np.clip(round(fill * out_scale), out_lo, out_hi)))
+            and natural and (out_lo, out_hi) == (in_lo, in_hi)):
+        # fast path: strip by strip (a strip's arrays stay in the CPU cache), divide for the
+        # mean, then one OpenCV pass computes I - mean + I0, rounds and saturates
+        out = np.empty_like(img)
+        level = float(target * in_scale)
+        depth = cv2.CV_8U if img.dtype == np.uint8 else cv2.CV_16U
+        value = float(np.clip(round(fill * out_scale), out_lo, out_hi))
+        keep = None if inside is None else inside.view(np.uint8)
+        plain = parts.den is None and parts.inverse is None  # the mean is num * scale
+        for rows in _strips(*img.shape[:2]):
+            if plain:
+                o = cv2.addWeighted(img[rows], 1.0, parts.num[rows], -parts.scale, level,
+                                    dtype=depth)
+            else:
+                o = cv2.addWeighted(img[rows], 1.0, parts.rows(rows), -1.0, level, dtype=depth)
+            if keep is not None:  # the outside gets the fill value
+                o = cv2.bitwise_and(o, o, mask=keep[rows])
+                if value != 0:
+                    o = set_where(o, keep[rows] == 0, value)
+            out[rows] = o.reshape(out[rows].shape)
         return out
+    mean = parts.mean()
     out = img.astype(np.float32)
     if method == "standardize":
         if not (scale > 0 and std_floor > 0):

@@ -9,6 +9,8 @@ def shift_zero(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """out[i, j] = a[i - dy, j - dx], zero where that index is outside ``a``."""
     h, w = a.shape[:2]
     out = np.zeros_like(a)
+    if abs(dy) >= h or abs(dx) >= w:
+        return out  # shifted entirely out of the image
     ys = slice(max(dy, 0), min(h, h + dy))
     xs = slice(max(dx, 0), min(w, w + dx))
     ysrc = slice(max(-dy, 0), min(h, h - dy))
