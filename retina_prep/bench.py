@@ -179,13 +179,76 @@ def batch_row(drive_root: Path | None = None, n_generated: int = 40):
             "ratio": t_full / t_floor}
 
 
-def memory_row(size: int = 4000):
-    """Peak RSS (MB) of `retina-prep normalize` on one size x size RGB image, in a fresh process."""
+def end_to_end_rows(shape=(2336, 3504), repeat: int = 3):
+    """One HRF-size photograph (JPEG) and its mask file through ``normalize_pair`` in this
+    process (read, mask, IN, write), per output format, against the decode + encode floor."""
+    from dataclasses import replace as _replace
+
+    from .dataset import Pair
+    from .pipeline import _MASKS, _PREPARED, MaskSettings
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmpname:
+        tmp = Path(tmpname)
+        img, mask = _fundus(shape)
+        (tmp / "im.jpg").write_bytes(cv2.imencode(".jpg", img[..., ::-1],
+                                                  [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
+        write_image(tmp / "im_mask.png", mask.astype(np.uint8) * 255)
+        pair = Pair(tmp / "im.jpg", tmp / "im_mask.png", "given", Path("im"))
+        del img, mask
+
+        def floor():
+            im = read_image(pair.image)
+            read_mask(pair.mask)
+            (tmp / "floor.png").write_bytes(encode_image(im))
+
+        t_floor = time_call(floor, repeat)
+        base = OutputSettings(overwrite=True)
+        for label, output in [("png (default)", base),
+                              ("png --png-level 0", _replace(base, png_level=0)),
+                              ("png --png-level 6", _replace(base, png_level=6)),
+                              ("tif", _replace(base, format="tif"))]:
+            for shared in (False, True):
+                def run(output=output, shared=shared):
+                    if not shared:
+                        _MASKS.items.clear()
+                        _PREPARED.items.clear()
+                    normalize_pair(pair, tmp / "out", NormalizeSettings(window=101), MaskSettings(),
+                                   output=output)
+
+                t = time_call(run, repeat)
+                size = sum(f.stat().st_size for f in (tmp / "out").iterdir()) / 1e6
+                for f in (tmp / "out").iterdir():
+                    f.unlink()
+                rows.append({"format": label, "mask": "shared (cached)" if shared else "own",
+                             "ms": 1000 * t, "floor_ms": 1000 * t_floor, "ratio": t / t_floor,
+                             "mb": size})
+    return rows
+
+
+def gaussian_vs_box_row(shape=(2336, 3504), sigma: float = 80.0, box: int = 161, repeat: int = 3):
+    """The kernels ``normalize --kernel gaussian --sigma S`` and ``--window B`` run (one rule,
+    :func:`~retina_prep.normalize.kernel_for`), through normalize_illumination on one image."""
+    from .normalize import kernel_for
+
+    img, mask = _fundus(shape)
+    g = kernel_for("gaussian", None, sigma, mask)
+    b = kernel_for("mean", box, None, mask)
+    tg = time_call(lambda: normalize_illumination(img, mask, kernel=g), repeat)
+    tb = time_call(lambda: normalize_illumination(img, mask, kernel=b), repeat)
+    return {"case": f"HRF, gaussian sigma {sigma:g} ({g.name}) vs box {box}",
+            "gaussian_ms": 1000 * tg, "box_ms": 1000 * tb, "ratio": tg / tb}
+
+
+def memory_row(size: int = 4000, mask_file: bool = True):
+    """Peak RSS (MB) of `retina-prep normalize` on one size x size RGB image, in a fresh
+    process: with its mask file, or with the field of view estimated from the image."""
     with tempfile.TemporaryDirectory() as tmp:
         img, mask = _fundus((size, size))
         path = Path(tmp) / "big.png"
         write_image(path, img)
-        write_image(Path(tmp) / "big_mask.png", mask.astype(np.uint8) * 255)
+        if mask_file:
+            write_image(Path(tmp) / "big_mask.png", mask.astype(np.uint8) * 255)
         del img, mask
         # VmHWM: this process's own peak (ru_maxrss can carry the parent's peak across exec)
         hwm = ("print([int(l.split()[1]) for l in open('/proc/self/status')"
@@ -203,7 +266,8 @@ def memory_row(size: int = 4000):
         base = subprocess.run([sys.executable, "-c", f"import retina_prep.cli.main, cv2, numpy; {hwm}"],
                               capture_output=True, text=True, check=True)
         base_kb = int(base.stdout.strip())
-    return {"case": f"normalize one {size}x{size} RGB PNG (read, mask, IN, write)",
+    how = "mask file" if mask_file else "estimated FOV"
+    return {"case": f"normalize one {size}x{size} RGB PNG, {how} (read, mask, IN, write)",
             "peak_rss_mb": peak_kb / 1024, "imports_only_mb": base_kb / 1024}
 
 

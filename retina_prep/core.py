@@ -355,9 +355,12 @@ def _filter_cv(src: np.ndarray, k: Kernel, path: str, depth: int = cv2.CV_32F,
         out = cv2.copyMakeBorder(src, r, r, r, r, cv2.BORDER_CONSTANT, value=0)
         scale = 1.0
         for w in k.passes:
+            # each pass needs its input only as far out as the passes still to come reach:
+            # filter the part of the padded array that is needed, and drop the rest
+            h2 = w // 2
             out = cv2.boxFilter(out, depth, (w, w), normalize=False, borderType=_BORDER)
+            out = out[h2:out.shape[0] - h2, h2:out.shape[1] - h2]
             scale /= w * w
-        out = out[r:out.shape[0] - r, r:out.shape[1] - r]
         out = np.ascontiguousarray(out)
         out *= ftype(scale * k.total)
         return out

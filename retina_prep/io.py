@@ -265,16 +265,30 @@ def load_kernel(path):
     return Kernel(k.array, name=f"custom {path.name}", factors=k.factors, is_box=k.is_box)
 
 
-def encode_image(image, fmt: str = "png") -> bytes:
-    """Encode ``(H, W)`` or ``(H, W, 3)`` RGB uint8/uint16 (or float32 for tif) as bytes."""
+#: PNG compression levels accepted by :func:`encode_image` (zlib's); None is OpenCV's default,
+#: which is both the fastest and the smallest on fundus images (see docs/performance.md).
+PNG_LEVELS = tuple(range(10))
+
+
+def encode_image(image, fmt: str = "png", *, png_level: int | None = None) -> bytes:
+    """Encode ``(H, W)`` or ``(H, W, 3)`` RGB uint8/uint16 (or float32 for tif) as bytes.
+
+    ``png_level`` (0-9) sets zlib's compression level for PNG: 0 stores, 9
+    compresses hardest; None keeps OpenCV's default (fast, with a filter and
+    strategy chosen for speed).
+    """
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown format {fmt!r}; valid formats: {', '.join(OUTPUT_FORMATS)}")
+    if png_level is not None and png_level not in PNG_LEVELS:
+        raise ValueError(f"png_level must be 0..9 or None, got {png_level!r}")
     arr = np.asarray(image)
     if fmt == "png" and arr.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"PNG holds 8- or 16-bit images, not {arr.dtype}; write TIFF (format 'tif')")
     if arr.ndim == 3 and arr.shape[2] == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(OUTPUT_FORMATS[fmt], arr)
+    params = [cv2.IMWRITE_PNG_COMPRESSION, png_level] if fmt == "png" and png_level is not None \
+        else []
+    ok, buf = cv2.imencode(OUTPUT_FORMATS[fmt], arr, params)
     if not ok:
         raise ValueError(f"OpenCV cannot encode a {arr.dtype} {arr.shape} array as {fmt}")
     return buf.tobytes()

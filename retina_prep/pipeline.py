@@ -26,6 +26,7 @@ from .io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     OUTPUT_FORMATS,
+    PNG_LEVELS,
     encode_image,
     read_image,
     read_mask,
@@ -100,6 +101,7 @@ class OutputSettings:
     format: str = "png"
     overwrite: bool = False
     keep_existing: bool = False
+    png_level: int | None = None  # zlib level 0-9; None: OpenCV's default (fast and small)
 
     def __post_init__(self):
         if self.format not in OUTPUT_FORMATS:
@@ -107,6 +109,12 @@ class OutputSettings:
                 f"unknown format {self.format!r}; valid formats: {', '.join(OUTPUT_FORMATS)}")
         if self.overwrite and self.keep_existing:
             raise ValueError("overwrite and keep_existing exclude each other")
+        if self.png_level is not None and self.png_level not in PNG_LEVELS:
+            raise ValueError(f"png_level must be 0..9, got {self.png_level!r}")
+
+    def encode(self, image) -> bytes:
+        """``image`` encoded in this format."""
+        return encode_image(image, self.format, png_level=self.png_level)
 
 
 @dataclass(frozen=True)
@@ -416,7 +424,7 @@ def normalize_pair(
     _check_outputs(outs, pair, output)
     image, mask, info = load_pair(pair, mask_settings)
     result, kernel, order = normalize_loaded(image, mask, settings, info, pair.image)
-    items = [(outs[0], lambda: encode_image(result, output.format))]
+    items = [(outs[0], lambda: output.encode(result))]
     if panels_dir is not None:
         def panel_bytes():
             if panels_compare:
@@ -539,14 +547,14 @@ def filter_pair(pair: Pair, outdir, settings: FilterSettings,
     _check_outputs(outs, pair, output)
     image, mask, info = load_pair(pair, mask_settings)
     result, validity, kernel = filter_array(image, mask, settings)
-    items = [(outs[0], lambda: encode_image(result, output.format))]
+    items = [(outs[0], lambda: output.encode(result))]
     if settings.write_weights:
         def weights_bytes():
             if output.format == "tif":
                 wimg = validity.astype(np.float32)
             else:
                 wimg = np.rint(np.clip(validity, 0, 1) * 65535).astype(np.uint16)
-            return encode_image(wimg, output.format)
+            return output.encode(wimg)
         items.append((outs[1], weights_bytes))
     outputs = _write(items, output)
     info.update(kernel=kernel.name, mode=settings.mode)

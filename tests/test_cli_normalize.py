@@ -210,3 +210,23 @@ def test_sample_data_runs(tmp_path):
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
         "retina_cc0.png", "synthetic_01.png", "synthetic_02.png"]
+
+
+def test_png_level_changes_size_not_pixels(tmp_path):
+    root = make_drive(tmp_path / "DRIVE", 1, 1)
+    sizes, pixels = {}, {}
+    for level in [None, 0, 9]:
+        out = tmp_path / f"out{level}"
+        args = ["normalize", root, "-o", out, "--window", 15, "-j", 2]
+        r = invoke(*args, *(["--png-level", level] if level is not None else []))
+        assert r.exit_code == 0, r.output
+        files = sorted(out.rglob("*.png"))
+        assert len(files) == 2
+        sizes[level] = sum(f.stat().st_size for f in files)
+        pixels[level] = [read_image(f) for f in files]
+    for level in (0, 9):
+        assert all(np.array_equal(a, b) for a, b in zip(pixels[None], pixels[level]))
+    assert sizes[0] > 2 * sizes[9]
+    r = CliRunner().invoke(cli, ["normalize", str(root), "-o", str(tmp_path / "x"),
+                                 "--png-level", "10"])
+    assert r.exit_code == 2 and "--png-level" in r.output

@@ -77,6 +77,19 @@ def bench(drive, quick, threads):
         click.echo("\nMasked IN, box windows of growing size (cost flat in the window):\n")
         click.echo(_table(B.window_rows(), [("size", "size"), ("kernel", "kernel"),
                                             ("masked IN ms", "masked_ms")]))
+    if not quick:
+        log("bench: end to end at HRF size ...")
+        click.echo("\nOne HRF-size JPEG (3504x2336) and its mask file, read + mask + IN (box 101)"
+                   " + write, one process, against the decode + encode floor (ms):\n")
+        click.echo(_table(B.end_to_end_rows(), [
+            ("output", "format"), ("mask", "mask"), ("normalize ms", "ms"),
+            ("floor ms", "floor_ms"), ("normalize / floor", "ratio"), ("output MB", "mb")]))
+        log("bench: Gaussian vs box through normalize ...")
+        g = B.gaussian_vs_box_row()
+        click.echo("\nThe kernels normalize runs for --kernel gaussian --sigma 80 and --window 161"
+                   " (median ms):\n")
+        click.echo(_table([g], [("case", "case"), ("gaussian ms", "gaussian_ms"),
+                                ("box ms", "box_ms"), ("gaussian / box", "ratio")]))
     log("bench: brute-force reference ...")
     ref = B.reference_row()
     click.echo("\nBrute-force NumPy reference (direct window sums, float64) vs the library:\n")
@@ -90,7 +103,7 @@ def bench(drive, quick, threads):
                             ("normalize img/s", "normalize_img_s"), ("time / floor", "ratio")]))
     if not quick:
         log("bench: peak memory ...")
-        mrow = B.memory_row()
+        mrows = [B.memory_row(), B.memory_row(mask_file=False)]
         click.echo("\nPeak memory (fresh process):\n")
-        click.echo(_table([mrow], [("case", "case"), ("peak RSS MB", "peak_rss_mb"),
+        click.echo(_table(mrows, [("case", "case"), ("peak RSS MB", "peak_rss_mb"),
                                    ("imports alone MB", "imports_only_mb")]))

@@ -61,7 +61,7 @@ Examples:
 @click.pass_context
 def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
                kernel_spec, window, sigma, mode, ignore_mask, offset, fill, dtype, write_weights, fmt,
-               overwrite, max_pixels, batch, quiet):
+               png_level, overwrite, max_pixels, batch, quiet):
     """Filter images with a kernel, counting only pixels inside the field of view.
 
     Same inputs, mask options, outputs and error handling as normalize.
@@ -73,7 +73,7 @@ def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, ero
                                   write_weights=write_weights)
         mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
                                      max_pixels=max_pixels)
-        output = OutputSettings(format=fmt, overwrite=overwrite,
+        output = OutputSettings(format=fmt, overwrite=overwrite, png_level=png_level,
                                 keep_existing=batch.skip_existing and not overwrite)
         settings.check_output(output)
     except ValueError as exc:

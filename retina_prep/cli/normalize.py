@@ -10,7 +10,6 @@ import click
 
 from ..batch import Result, run_one
 from ..core import DEFAULT_RIDGE
-from ..io import encode_image
 from ..normalize import AUTO_WINDOW_FRACTION, DEFAULT_SCALE, DEFAULT_TARGET, KERNELS, METHODS
 from ..pipeline import (
     MaskSettings,
@@ -150,7 +149,8 @@ Examples:
 def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
               window, kernel, sigma, method, scale, target, fill, order, ridge, value_range, ignore_mask,
               panels_dir,
-              panels_compare, panel_width, fmt, overwrite, max_pixels, batch, quiet):
+              panels_compare, panel_width, fmt, png_level, overwrite, max_pixels, batch,
+              quiet):
     """Flatten uneven illumination: I - masked local mean + I0, per channel.
 
     INPUT may be image files, a DRIVE root (training/, test/), a split folder
@@ -167,14 +167,14 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
         )
         mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
                                      max_pixels=max_pixels)
-        output = OutputSettings(format=fmt, overwrite=overwrite,
+        output = OutputSettings(format=fmt, overwrite=overwrite, png_level=png_level,
                                 keep_existing=batch.skip_existing and not overwrite)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if panels_compare and panels_dir is None:
         raise click.BadParameter("needs --panels DIR", param_hint="--panels-compare")
     if str(outdir) == "-":
-        _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, batch, fmt)
+        _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, batch, output)
         return
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
                           outdir=[outdir, panels_dir], batch=batch)
@@ -190,7 +190,7 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
     ctx.exit(report.exit_code)
 
 
-def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, batch, fmt):
+def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, batch, output):
     """-o -: one image, PNG (or TIFF) bytes on stdout and nothing else."""
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
                           outdir=None, batch=batch)
@@ -201,7 +201,7 @@ def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, ba
         image, fov, info = load_pair(pair, mask_settings)
         result, _, _ = normalize_loaded(image, fov, settings, info, pair.image)
         return Result(pair, "done", warnings=info["warnings"],
-                      info={"data": encode_image(result, fmt)})
+                      info={"data": output.encode(result)})
 
     res = run_one(step, pairs[0])
     if res.status != "done":

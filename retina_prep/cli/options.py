@@ -246,7 +246,7 @@ panel_width_opt = click.option(
     " caption); insets and profiles keep full-resolution pixels.",
 )
 
-format_opt = click.option(
+_format_opt = click.option(
     "--format",
     "fmt",
     type=click.Choice(list(OUTPUT_FORMATS)),
@@ -254,6 +254,19 @@ format_opt = click.option(
     show_default=True,
     help="Output file format (both lossless).",
 )
+
+_png_level_opt = click.option(
+    "--png-level",
+    type=click.IntRange(0, 9),
+    default=None,
+    help="PNG compression level, 0 (store) to 9 (smallest) [default: OpenCV's own setting,"
+    " which is faster and smaller than any level on fundus images; see docs/performance.md].",
+)
+
+
+def format_opt(f):
+    """--format and --png-level."""
+    return _format_opt(_png_level_opt(f))
 
 max_pixels_opt = click.option(
     "--max-pixels",

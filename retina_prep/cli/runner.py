@@ -18,7 +18,7 @@ import click
 from tqdm import tqdm
 
 from .. import __version__
-from ..batch import Batch, ManifestError, Report, Result, default_jobs
+from ..batch import Batch, ManifestError, Report, Result, default_jobs, start_workers_early
 from ..dataset import Pair, find_pairs, shard_from_environment, shard_pairs
 from ..errors import DatasetError, RetinaPrepError, printable
 from ..figures import contact_sheet
@@ -171,6 +171,8 @@ def batch_options(f, *, inputs_only: bool = False):
         if values.get("jobs", 1) is None:
             values["jobs"] = default_jobs()
         kwargs["batch"] = BatchOptions(**values)
+        if not values.get("dry_run"):
+            start_workers_early(values.get("jobs", 1))
         return f(*args, **kwargs)
 
     wrapper = functools.update_wrapper(wrapper, f)
