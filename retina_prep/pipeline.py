@@ -22,6 +22,7 @@ from .evaluate import METHODS as METHODS_EVALUATED
 from .evaluate import evaluate_image
 from .figures import PANEL_WIDTH, panel, thumbnail
 from .fov import LOW_CONFIDENCE, erode_mask, feather_mask, fov_diameter, fov_estimate, trim_rim
+from .geometry import fov_bounds, fov_transform, warp
 from .io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -53,6 +54,8 @@ __all__ = [
     "normalize_pair", "mask_pair", "resolve_erode", "parse_erode", "resolve_order",
     "AUTO_ERODE_FRACTION", "RIM_CHOICES",
     "trim_mask",
+    "GeometrySettings",
+    "apply_geometry",
     "FilterSettings",
     "filter_array",
     "filter_pair",
@@ -115,6 +118,40 @@ class OutputSettings:
     def encode(self, image) -> bytes:
         """``image`` encoded in this format."""
         return encode_image(image, self.format, png_level=self.png_level)
+
+
+@dataclass(frozen=True)
+class GeometrySettings:
+    """The geometry of the outputs, for learning pipelines (see :mod:`~retina_prep.geometry`):
+    processing runs at native resolution (windows keep their physical size), then the
+    result is cropped to the FOV's bounding square (``crop``) and/or resized to ``resize`` x
+    ``resize``; the mask (``write_mask``) and label images (``labels``: ``"auto"`` by
+    dataset conventions, or a folder) are cut the same way and written alongside."""
+
+    crop: bool = False
+    resize: int | None = None
+    write_mask: bool = False
+    labels: str | Path | None = None
+
+    def __post_init__(self):
+        if self.resize is not None and (isinstance(self.resize, bool) or int(self.resize) != self.resize
+                                        or self.resize < 1):
+            raise ValueError(f"resize must be a number of pixels >= 1, got {self.resize!r}")
+
+    @property
+    def transforms(self) -> bool:
+        """Whether outputs are cut or resized."""
+        return self.crop or self.resize is not None
+
+    def outputs(self, image_out: Path) -> list[Path]:
+        """The extra files beside an output image ``OUT/<rel>.<ext>``: ``<rel>_mask.png``,
+        ``<rel>_label.png``."""
+        extra = []
+        if self.write_mask:
+            extra.append(image_out.with_name(image_out.stem + "_mask.png"))
+        if self.labels is not None:
+            extra.append(image_out.with_name(image_out.stem + "_label.png"))
+        return extra
 
 
 @dataclass(frozen=True)
@@ -393,12 +430,54 @@ def normalize_loaded(image, mask, settings: NormalizeSettings = NormalizeSetting
 
 
 def normalize_outputs(pair: Pair, outdir, output: OutputSettings = OutputSettings(),
-                      panels_dir=None) -> list[Path]:
-    """The files :func:`normalize_pair` writes: the image, and the panel with ``panels_dir``."""
+                      panels_dir=None, geometry: GeometrySettings = GeometrySettings()
+                      ) -> list[Path]:
+    """The files :func:`normalize_pair` writes: the image, the mask and label images that
+    ``geometry`` asks for, and the panel with ``panels_dir``."""
     outs = [output_path(outdir, pair, output.format)]
+    outs += geometry.outputs(outs[0])
     if panels_dir is not None:
         outs.append(output_path(panels_dir, pair, "png"))
     return outs
+
+
+def apply_geometry(pair: Pair, result, fov, mask, geometry: GeometrySettings, *,
+                   fill: float = 0.0, max_pixels=DEFAULT_MAX_PIXELS):
+    """Cut ``result`` (and the mask and labels ``geometry`` asks for) as it says.
+
+    ``fov`` is the untrimmed field of view (its bounding square is the crop), ``mask`` the
+    trimmed mask the result was computed with (written with ``write_mask``). Returns
+    ``(result, extras, info)``: ``extras`` the arrays of :meth:`GeometrySettings.outputs`
+    in order, ``info`` the record for the manifest (None when nothing was cut or resized).
+    """
+    info = None
+    transform = None
+    if geometry.transforms:
+        transform = fov_transform(fov, crop=geometry.crop, size=geometry.resize)
+        x, y, w, h = fov_bounds(fov)
+        info = {**transform.to_dict(), "fov_centre": [x + (w - 1) / 2, y + (h - 1) / 2],
+                "fov_radius": max(w, h) / 2, "fov_bounds": [x, y, x + w, y + h]}
+        result = warp(result, transform, interpolation="area", fill=fill)
+    extras = []
+    if geometry.write_mask:
+        m = mask > 0
+        extras.append((warp(m, transform) if transform else m).view(np.uint8) * np.uint8(255))
+    if geometry.labels is not None:
+        label_path = (find_label(pair.image) if geometry.labels == "auto"
+                      else _label_in(geometry.labels, pair.image))
+        if label_path is None:
+            where = "by dataset conventions" if geometry.labels == "auto" else f"in {geometry.labels}"
+            raise RetinaPrepError(f"no label image found {where}", pair.image)
+        labels = read_image(label_path, max_pixels=max_pixels)
+        if labels.ndim == 3 and (labels == labels[..., :1]).all():
+            labels = np.ascontiguousarray(labels[..., 0])  # gray stored as RGB (DRIVE's GIFs)
+        if labels.shape[:2] != fov.shape:
+            raise MaskError(f"labels are {labels.shape[1]}x{labels.shape[0]} px but the image is"
+                            f" {fov.shape[1]}x{fov.shape[0]} px", label_path)
+        extras.append(warp(labels, transform, interpolation="nearest") if transform else labels)
+        if info is not None:
+            info["labels"] = str(label_path)
+    return result, extras, info
 
 
 def normalize_pair(
@@ -411,6 +490,7 @@ def normalize_pair(
     panels_compare: bool = False,
     output: OutputSettings = OutputSettings(),
     panel_width: int | None = PANEL_WIDTH,
+    geometry: GeometrySettings = GeometrySettings(),
 ) -> Result:
     """Normalize one image and write ``OUTDIR/<rel>.<format>``.
 
@@ -420,11 +500,16 @@ def normalize_pair(
     of an image are written together or not at all; ``output`` says the
     format and what happens to outputs that exist.
     """
-    outs = normalize_outputs(pair, outdir, output, panels_dir)
+    outs = normalize_outputs(pair, outdir, output, panels_dir, geometry)
     _check_outputs(outs, pair, output)
-    image, mask, info = load_pair(pair, mask_settings)
+    image, fov, mask, info = _load(pair, mask_settings)
     result, kernel, order = normalize_loaded(image, mask, settings, info, pair.image)
-    items = [(outs[0], lambda: output.encode(result))]
+    cut, extras, ginfo = apply_geometry(pair, result, fov, mask, geometry, fill=settings.fill,
+                                        max_pixels=mask_settings.max_pixels)
+    items = [(outs[0], lambda: output.encode(cut))]
+    items += [(o, lambda a=a: encode_image(a, "png")) for o, a in zip(outs[1:], extras)]
+    if ginfo is not None:
+        info["geometry"] = ginfo
     if panels_dir is not None:
         def panel_bytes():
             if panels_compare:
@@ -436,7 +521,7 @@ def normalize_pair(
                         ("IN without mask" if settings.ignore_mask else "IN with mask", result)]
             return encode_image(panel(cols, mask=mask > 0, inset="auto", profile=True,
                                       max_width=panel_width), "png")
-        items.append((outs[1], panel_bytes))
+        items.append((outs[-1], panel_bytes))
     outputs = _write(items, output)
     info.update(window=kernel.shape[0], kernel=kernel.name, order=order)
     return Result(pair, "done", outputs=outputs, warnings=info.pop("warnings"), info=info)

@@ -12,6 +12,7 @@ from ..batch import Result, run_one
 from ..core import DEFAULT_RIDGE
 from ..normalize import AUTO_WINDOW_FRACTION, DEFAULT_SCALE, DEFAULT_TARGET, KERNELS, METHODS
 from ..pipeline import (
+    GeometrySettings,
     MaskSettings,
     NormalizeSettings,
     OutputSettings,
@@ -24,11 +25,12 @@ from .options import (
     RangeType,
     WindowType,
     format_opt,
+    geometry_options,
     mask_options,
     output_opt,
     panel_width_opt,
 )
-from .runner import cli_wording, collect_pairs, execute, run_options
+from .runner import BoundsFile, cli_wording, collect_pairs, execute, run_options
 
 
 @click.command(
@@ -143,14 +145,14 @@ Examples:
     " without IN | IN without mask | IN with mask.",
 )
 @panel_width_opt
+@geometry_options
 @format_opt
 @run_options
 @click.pass_context
 def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
               window, kernel, sigma, method, scale, target, fill, order, ridge, value_range, ignore_mask,
-              panels_dir,
-              panels_compare, panel_width, fmt, png_level, overwrite, max_pixels, batch,
-              quiet):
+              panels_dir, panels_compare, panel_width, crop, resize, write_mask, labels, bounds,
+              fmt, png_level, overwrite, max_pixels, batch, quiet):
     """Flatten uneven illumination: I - masked local mean + I0, per channel.
 
     INPUT may be image files, a DRIVE root (training/, test/), a split folder
@@ -169,6 +171,7 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
                                      max_pixels=max_pixels)
         output = OutputSettings(format=fmt, overwrite=overwrite, png_level=png_level,
                                 keep_existing=batch.skip_existing and not overwrite)
+        geometry = geometry_settings(crop, resize, write_mask, labels, bounds)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if panels_compare and panels_dir is None:
@@ -183,11 +186,27 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
     step = functools.partial(normalize_pair, outdir=outdir, settings=settings,
                              mask_settings=mask_settings, panels_dir=panels_dir,
                              panels_compare=panels_compare, output=output,
-                             panel_width=panel_width)
-    report = execute("normalize", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
-                     expected_outputs=lambda p: normalize_outputs(p, outdir, output, panels_dir),
-                     params=dict(ctx.params))
+                             panel_width=panel_width, geometry=geometry)
+    rows = BoundsFile(None if batch.dry_run else bounds)
+    try:
+        report = execute("normalize", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
+                         expected_outputs=lambda p: normalize_outputs(p, outdir, output, panels_dir,
+                                                                      geometry),
+                         params=dict(ctx.params), on_result=rows)
+    finally:
+        rows.close()
     ctx.exit(report.exit_code)
+
+
+def geometry_settings(crop, resize, write_mask, labels, bounds) -> GeometrySettings:
+    """The geometry options checked together (ValueError: a usage error)."""
+    if labels is not None and labels != "auto" and not Path(labels).is_dir():
+        raise ValueError(f"--with-labels: {labels} is not a folder (or 'auto')")
+    geometry = GeometrySettings(crop=crop == "fov", resize=resize, write_mask=write_mask,
+                                labels=labels)
+    if bounds is not None and not geometry.transforms:
+        raise ValueError("--bounds records the crop and resize: give --crop fov or --resize N")
+    return geometry
 
 
 def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, batch, output):

@@ -358,3 +358,34 @@ def stderr_is_terminal() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def geometry_options(f):
+    """--crop, --resize, --write-mask, --with-labels, --bounds (outputs for learning pipelines)."""
+    return _apply(f, [
+        click.option(
+            "--crop", type=click.Choice(["none", "fov"]), default="none", show_default=True,
+            help="fov: cut the output to the FOV's bounding square (padded with --fill where the"
+            " disc is cut by the frame), after processing at native resolution.",
+        ),
+        click.option(
+            "--resize", type=click.IntRange(min=1), default=None, metavar="N",
+            help="Resize the output to N x N pixels (area averaging when shrinking; masks and"
+            " labels nearest neighbour), after --crop.",
+        ),
+        click.option(
+            "--write-mask", is_flag=True, default=False,
+            help="Also write the mask used, cut like the image: OUTDIR/<stem>_mask.png (0/255).",
+        ),
+        click.option(
+            "--with-labels", "labels", default=None, metavar="DIR|auto",
+            help="Also write each image's label image (e.g. DRIVE 1st_manual), cut like the image"
+            " (nearest neighbour): OUTDIR/<stem>_label.png. DIR holds files named by the image's"
+            " stem; 'auto' finds them by dataset conventions.",
+        ),
+        click.option(
+            "--bounds", type=click.Path(dir_okay=False, path_type=Path), default=None,
+            help="Append one CSV row per image: original size, FOV centre, radius and bounds,"
+            " the crop and the 2x3 affine original -> output (needs --crop fov or --resize).",
+        ),
+    ])

@@ -3,6 +3,7 @@ progress, per-file errors, resume, manifest and the summary line."""
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import functools
 import logging
@@ -386,3 +387,47 @@ def execute(
         extra = f", {report.skipped} skipped (exist)" if batch.skip_existing else ""
         log(f"{command}: {report.done} done, {report.failed} failed{extra}; outputs in {outdir}")
     return report
+
+
+#: Columns of the --bounds CSV.
+BOUNDS_COLUMNS = ("image", "output", "original_width", "original_height", "output_width",
+                  "output_height", "fov_centre_x", "fov_centre_y", "fov_radius", "fov_x0",
+                  "fov_y0", "fov_x1", "fov_y1", "crop_x0", "crop_y0", "crop_side",
+                  "m00", "m01", "m02", "m10", "m11", "m12")
+
+
+class BoundsFile:
+    """The --bounds CSV: one row per image that ran, appended as results come in (a header
+    when the file is new), so an interrupted or resumed run keeps every row it made."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._fh = None
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            new = not path.exists() or path.stat().st_size == 0
+            self._fh = open(path, "a", newline="", encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(f"{path}: {exc.strerror or exc}", param_hint="--bounds") from None
+        self._writer = csv.writer(self._fh)
+        if new:
+            self._writer.writerow(BOUNDS_COLUMNS)
+            self._fh.flush()
+
+    def __call__(self, result: Result) -> None:
+        g = result.info.get("geometry") if result.status == "done" else None
+        if self._fh is None or g is None:
+            return
+        crop = g.get("crop") or ["", "", ""]
+        (m00, m01, m02), (m10, m11, m12) = g["matrix"]
+        self._writer.writerow([
+            str(result.pair.image), str(result.outputs[0]), *g["original_size"],
+            *g["output_size"], *(round(v, 3) for v in g["fov_centre"]), g["fov_radius"],
+            *g["fov_bounds"], *crop, *(repr(float(v)) for v in (m00, m01, m02, m10, m11, m12))])
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
