@@ -88,8 +88,9 @@ class Transform:
         if m.shape != (2, 3) or not np.all(np.isfinite(m)) or len(orig) != 2 or len(out) != 2:
             raise ValueError("a geometry record needs a 2x3 matrix and two (width, height) sizes")
         crop = d.get("crop")
-        return cls(matrix=_rows(m), original_size=orig, output_size=out,  # type: ignore[arg-type]
-                   crop=None if crop is None else tuple(int(v) for v in crop))  # type: ignore[arg-type]
+        box = None if crop is None else (int(crop[0]), int(crop[1]), int(crop[2]))
+        return cls(matrix=_rows(m), original_size=(orig[0], orig[1]),
+                   output_size=(out[0], out[1]), crop=box)
 
 
 def _rows(m: np.ndarray):

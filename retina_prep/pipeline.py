@@ -6,6 +6,7 @@ These glue :mod:`io`, :mod:`fov` and the array functions together for one
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections import OrderedDict
@@ -507,7 +508,7 @@ def normalize_pair(
     cut, extras, ginfo = apply_geometry(pair, result, fov, mask, geometry, fill=settings.fill,
                                         max_pixels=mask_settings.max_pixels)
     items = [(outs[0], lambda: output.encode(cut))]
-    items += [(o, lambda a=a: encode_image(a, "png")) for o, a in zip(outs[1:], extras)]
+    items += [(o, functools.partial(encode_image, a, "png")) for o, a in zip(outs[1:], extras)]
     if ginfo is not None:
         info["geometry"] = ginfo
     if panels_dir is not None:
