@@ -174,6 +174,8 @@ def warp(array, transform: Transform, *, interpolation: str = "area", fill=0) ->
     flag = INTERPOLATIONS[interpolation]
     if interpolation == "area" and not shrinking:
         flag = cv2.INTER_LINEAR
+    if flag == cv2.INTER_NEAREST:  # OpenCV's plain nearest is not centre-aligned
+        flag = cv2.INTER_NEAREST_EXACT
     res = cv2.resize(np.ascontiguousarray(src), (out_w, out_h), interpolation=flag)
     return res.reshape((out_h, out_w) + a.shape[2:])
 

@@ -7,6 +7,7 @@ These glue :mod:`io`, :mod:`fov` and the array functions together for one
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 from collections import OrderedDict
@@ -23,7 +24,7 @@ from .evaluate import METHODS as METHODS_EVALUATED
 from .evaluate import evaluate_image
 from .figures import PANEL_WIDTH, panel, thumbnail
 from .fov import LOW_CONFIDENCE, erode_mask, feather_mask, fov_diameter, fov_estimate, trim_rim
-from .geometry import fov_bounds, fov_transform, warp
+from .geometry import Transform, fov_bounds, fov_transform, to_original, warp
 from .io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -57,6 +58,10 @@ __all__ = [
     "trim_mask",
     "GeometrySettings",
     "apply_geometry",
+    "read_transforms",
+    "match_transform",
+    "restore_pair",
+    "restore_outputs",
     "FilterSettings",
     "filter_array",
     "filter_pair",
@@ -767,3 +772,77 @@ def _label_in(folder, image: Path):
                 return c
     return None
 
+
+
+def read_transforms(manifest) -> dict[str, dict]:
+    """The geometry records of a manifest (``normalize --crop/--resize``), by output file stem:
+    ``{stem: {"geometry": ..., "input": ..., "output": ...}}`` (a later run's record wins).
+
+    Raises :class:`RetinaPrepError` naming the file if it cannot be read or holds no record
+    with a geometry.
+    """
+    path = Path(manifest)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RetinaPrepError(f"cannot read the manifest ({getattr(exc, 'strerror', None) or exc})",
+                              path) from None
+    found: dict[str, dict] = {}
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by an interrupted run
+        if not isinstance(rec, dict) or rec.get("type") != "image" or rec.get("status") != "done":
+            continue
+        g = (rec.get("params") or {}).get("geometry")
+        outs = rec.get("outputs") or []
+        if g and outs:
+            found[Path(outs[0]).stem] = {"geometry": g, "input": rec.get("input"),
+                                         "output": outs[0]}
+    if not found:
+        raise RetinaPrepError("the manifest records no cropped or resized image (run normalize"
+                              " with --crop fov or --resize N)", path)
+    return found
+
+
+def match_transform(pred: Path, transforms: dict[str, dict]):
+    """The record of the output a prediction file belongs to: the output whose stem is the
+    prediction's stem, or begins it followed by ``_``, ``-`` or ``.`` (the longest such);
+    None if there is none."""
+    stem = Path(pred).stem
+    best = None
+    for out_stem in transforms:
+        if stem == out_stem or (stem.startswith(out_stem) and stem[len(out_stem)] in "_-."):
+            if best is None or len(out_stem) > len(best):
+                best = out_stem
+    return None if best is None else transforms[best]
+
+
+def restore_outputs(pair: Pair, outdir, output: OutputSettings = OutputSettings()) -> list[Path]:
+    """The file :func:`restore_pair` writes: ``OUTDIR/<rel>.<format>``."""
+    return [output_path(outdir, pair, output.format)]
+
+
+def restore_pair(pair: Pair, outdir, transforms: dict[str, dict], *,
+                 interpolation: str = "linear", output: OutputSettings = OutputSettings(),
+                 max_pixels=DEFAULT_MAX_PIXELS) -> Result:
+    """Map the prediction ``pair.image`` (made on a cut output) back onto its original
+    photograph's pixel grid, and write ``OUTDIR/<rel>.<format>``."""
+    outs = restore_outputs(pair, outdir, output)
+    _check_outputs(outs, pair, output)
+    rec = match_transform(pair.image, transforms)
+    if rec is None:
+        raise RetinaPrepError("no output in the manifest is named like this prediction (its"
+                              " name must start with the output's name)", pair.image)
+    transform = Transform.from_dict(rec["geometry"])
+    pred = read_image(pair.image, max_pixels=max_pixels)
+    w, h = transform.output_size
+    if pred.shape[:2] != (h, w):
+        raise RetinaPrepError(f"prediction is {pred.shape[1]}x{pred.shape[0]} px but its output"
+                              f" {Path(rec['output']).name} was {w}x{h} px", pair.image)
+    back = to_original(pred, transform, interpolation=interpolation)
+    outputs = _write([(outs[0], lambda: output.encode(back))], output)
+    info = {"original": rec["input"], "output_of": rec["output"], "interpolation": interpolation,
+            "size": list(transform.original_size)}
+    return Result(pair, "done", outputs=outputs, info=info)

@@ -91,7 +91,7 @@ def test_label_round_trip_differs_only_at_edges(seed, size):
     small = warp(labels, t)
     assert small.dtype == np.bool_ and small.shape == (size, size)
     back = to_original(small, t)
-    reach = int(np.ceil(1 / t.scale)) + 1
+    reach = int(np.ceil(0.5 / t.scale + 0.5))  # nearest there and back: within this of the pixel
     k = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
     edge = cv2.dilate(labels.view(np.uint8), k) != cv2.erode(labels.view(np.uint8), k)
     x0, y0, side = t.crop
@@ -123,3 +123,17 @@ def test_record_round_trip_and_errors():
         warp(np.zeros((10, 10)), t)
     with pytest.raises(ValueError, match="output is"):
         to_original(np.zeros((10, 10)), t)
+
+
+@pytest.mark.parametrize("size", [17, 50, 61, 150])
+def test_nearest_samples_the_pixel_under_each_output_centre(size):
+    """Nearest neighbour is centre-aligned: output pixel j shows the original pixel under its
+    centre, x = (j + 0.5) / s - 0.5 rounded half up (OpenCV's plain INTER_NEAREST is not)."""
+    rng = np.random.default_rng(size)
+    m = np.ones((47, 53), bool)
+    labels = rng.integers(0, 7, (47, 53)).astype(np.uint8)
+    t = fov_transform(m, crop=False, size=size)
+    got = warp(labels, t, interpolation="nearest")
+    ys = np.floor((np.arange(size) + 0.5) * 47 / size).astype(int)
+    xs = np.floor((np.arange(size) + 0.5) * 53 / size).astype(int)
+    np.testing.assert_array_equal(got, labels[np.ix_(ys, xs)])

@@ -22,6 +22,7 @@ COMMANDS = {
     "pairs": ("pairs", "pairs"),
     "bench": ("bench", "bench"),
     "evaluate": ("evaluate", "evaluate"),
+    "restore": ("restore", "restore"),
 }
 
 

@@ -128,7 +128,7 @@ def input_options(f):
     return batch_options(f, inputs_only=True)
 
 
-def batch_options(f, *, inputs_only: bool = False):
+def batch_options(f, *, inputs_only: bool = False, without: tuple[str, ...] = ()):
     """--jobs, --skip-existing, --manifest, --files-from, -0, --print-outputs, --dry-run, --shard.
 
     The command receives them as one ``batch`` argument (a :class:`BatchOptions`).
@@ -166,6 +166,9 @@ def batch_options(f, *, inputs_only: bool = False):
     if inputs_only:
         decorators = [d for d, n in zip(decorators, _OPTION_NAMES) if n in input_names]
     names = [n for n in _OPTION_NAMES if not inputs_only or n in input_names]
+    if without:  # options a command uses for something else (restore's --manifest)
+        decorators = [d for d, n in zip(decorators, names) if n not in without]
+        names = [n for n in names if n not in without]
 
     def wrapper(*args, **kwargs):
         values = {n: kwargs.pop(n) for n in names}
@@ -182,12 +185,16 @@ def batch_options(f, *, inputs_only: bool = False):
     return wrapper
 
 
-def run_options(f):
+def run_options(f=None, *, without: tuple[str, ...] = ()):
     """The options every writing command ends with: --overwrite, --max-pixels, the batch
-    options, -q and --config (eager, so it is read before the others)."""
-    for d in (config_opt, verbose_opt, quiet_opt, batch_options, max_pixels_opt, overwrite_opt):
-        f = d(f)
-    return f
+    options (less those named in ``without``), -q and --config (eager, so it is read before
+    the others). Use as ``@run_options`` or ``@run_options(without=("manifest",))``."""
+    def apply(f):
+        batch = functools.partial(batch_options, without=without)
+        for d in (config_opt, verbose_opt, quiet_opt, batch, max_pixels_opt, overwrite_opt):
+            f = d(f)
+        return f
+    return apply if f is None else apply(f)
 
 
 # ------------------------------------------------------------------ inputs

@@ -1,0 +1,65 @@
+"""retina-prep restore: map predictions made on cut outputs back onto the original photographs."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from ..errors import RetinaPrepError
+from ..pipeline import OutputSettings, read_transforms, restore_outputs, restore_pair
+from .options import format_opt, output_opt
+from .runner import collect_pairs, execute, run_options
+
+
+@click.command(
+    "restore",
+    epilog="""\b
+Examples:
+  retina-prep normalize DRIVE -o prep --crop fov --resize 512
+  (your model writes prep/test/01_test_vessels.png, ... into preds/)
+  retina-prep restore preds --manifest prep/manifest.jsonl -o restored
+  retina-prep restore preds --manifest prep/manifest.jsonl -o restored --interpolation nearest
+""",
+)
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=str))
+@output_opt
+@click.option("--manifest", "source", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="The manifest of the normalize run that cut the images (--crop/--resize).")
+@click.option("--interpolation", type=click.Choice(["linear", "nearest", "cubic"]),
+              default="linear", show_default=True,
+              help="linear for probability maps and images; nearest for label maps (values kept).")
+@format_opt
+@run_options(without=("manifest",))  # --manifest names the run whose outputs were cut
+@click.pass_context
+def restore(ctx, inputs, outdir, source, interpolation, fmt, png_level, overwrite, max_pixels,
+            batch, quiet):
+    """Map predictions (probability or label maps) made on cropped/resized outputs back onto
+    the pixel grid of the original photographs.
+
+    The provenance log of this run goes to OUTDIR/manifest.jsonl.
+
+    Each PRED file is matched to the output it was made from by name: its name is the
+    output's name, or starts with it followed by _ - or . (01_test_vessels.png belongs to
+    01_test.png). Writes OUTDIR/<pred name>, at the original size; pixels the cut output
+    did not cover are 0.
+    """
+    try:
+        transforms = read_transforms(source)
+    except RetinaPrepError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        output = OutputSettings(format=fmt, overwrite=overwrite, png_level=png_level,
+                                keep_existing=batch.skip_existing and not overwrite)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    pairs = collect_pairs(inputs, mask=None, mask_dir=None, mask_pattern=None, outdir=outdir,
+                          batch=batch)
+    step = functools.partial(restore_pair, outdir=outdir, transforms=transforms,
+                             interpolation=interpolation, output=output, max_pixels=max_pixels)
+    report = execute("restore", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
+                     expected_outputs=lambda p: restore_outputs(p, outdir, output),
+                     params=dict(ctx.params))
+    ctx.exit(report.exit_code)
