@@ -447,6 +447,12 @@ def normalize_outputs(pair: Pair, outdir, output: OutputSettings = OutputSetting
     return outs
 
 
+def _value_limits(dtype) -> tuple[float, float]:
+    if np.issubdtype(dtype, np.integer):
+        return float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
+    return -np.inf, np.inf
+
+
 def apply_geometry(pair: Pair, result, fov, mask, geometry: GeometrySettings, *,
                    fill: float = 0.0, max_pixels=DEFAULT_MAX_PIXELS):
     """Cut ``result`` (and the mask and labels ``geometry`` asks for) as it says.
@@ -463,11 +469,20 @@ def apply_geometry(pair: Pair, result, fov, mask, geometry: GeometrySettings, *,
         x, y, w, h = fov_bounds(fov)
         info = {**transform.to_dict(), "fov_centre": [x + (w - 1) / 2, y + (h - 1) / 2],
                 "fov_radius": max(w, h) / 2, "fov_bounds": [x, y, x + w, y + h]}
-        result = warp(result, transform, interpolation="area", fill=fill)
+        # fill is in 8-bit units, as normalize's: scaled to the result's dtype
+        integer = np.issubdtype(result.dtype, np.integer)
+        level = fill * (np.iinfo(result.dtype).max / 255 if integer else 1 / 255)
+        level = float(np.clip(round(level) if integer else level, *_value_limits(result.dtype)))
+        result = warp(result, transform, interpolation="area", fill=level)
+    cut_mask = mask > 0
+    if transform is not None:
+        # the cut mask (nearest) decides what is inside: area averaging blends the margin's
+        # outermost pixels with the fill, and those are set to the fill, as outside the FOV
+        cut_mask = warp(cut_mask, transform)
+        result[~cut_mask] = level
     extras = []
     if geometry.write_mask:
-        m = mask > 0
-        extras.append((warp(m, transform) if transform else m).view(np.uint8) * np.uint8(255))
+        extras.append(cut_mask.view(np.uint8) * np.uint8(255))
     if geometry.labels is not None:
         label_path = (find_label(pair.image) if geometry.labels == "auto"
                       else _label_in(geometry.labels, pair.image))
