@@ -176,12 +176,47 @@ def _refuse_large(path, data: bytes, max_pixels) -> None:
         _check_count(path, n, max_pixels)
 
 
-def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+#: File endings whose EXIF orientation is honoured (phone-based fundus adapters write it).
+ORIENTED_EXTENSIONS = (".jpg", ".jpeg", ".tif", ".tiff", ".png", ".webp")
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) of an encoded image; 1 (as stored) when it has none."""
+    try:
+        from PIL import Image  # only the header is parsed
+
+        with Image.open(_io.BytesIO(data)) as im:
+            value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # no EXIF, or a header Pillow cannot parse: as stored
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """``arr`` turned from its stored orientation into the displayed one (EXIF 1-8)."""
+    ops = {
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],  # mirrored left-right
+        3: lambda a: a[::-1, ::-1],  # rotated 180
+        4: lambda a: a[::-1],  # mirrored top-bottom
+        5: lambda a: a.swapaxes(0, 1),  # transposed
+        6: lambda a: np.rot90(a, -1),  # stored rotated: turn 90 clockwise
+        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),  # transversed
+        8: lambda a: np.rot90(a, 1),  # turn 90 counter-clockwise
+    }
+    return np.ascontiguousarray(ops[orientation](arr))
+
+
+def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, orientation: bool = True,
+               meta: dict | None = None) -> np.ndarray:
     """Read an image file as ``(H, W)`` or ``(H, W, 3)`` RGB.
 
     uint8 and uint16 are kept; other integer types are kept as they are;
     an alpha channel is dropped (use a mask file for the field of view); a
-    multi-frame file gives its first frame.
+    multi-frame file gives its first frame. With ``orientation`` (the
+    default), an EXIF orientation (JPEG, TIFF, PNG, WebP) turns the pixels as
+    viewers show them. ``meta``, a dict, receives what was read beside the
+    pixels: ``orientation`` (when not 1), and for DICOM files ``pixel_spacing``.
 
     Raises
     ------
@@ -192,6 +227,12 @@ def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarr
     data = _read_bytes(path)
     _refuse_large(path, data, max_pixels)  # before decoding (decompression bombs)
     arr = _decode(path, data)
+    turn = exif_orientation(data) if orientation and path.suffix.lower() in ORIENTED_EXTENSIONS \
+        else 1
+    if turn != 1:
+        arr = apply_orientation(arr, turn)
+        if meta is not None:
+            meta["orientation"] = turn
     if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] > 4):
         arr = arr[0]  # first frame
     if arr.ndim == 3:
@@ -211,7 +252,8 @@ def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarr
     return np.ascontiguousarray(arr)
 
 
-def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+              orientation: bool = True) -> np.ndarray:
     """Read a field-of-view mask file as a boolean ``(H, W)`` array.
 
     GIF (palette, RGB or with a frame axis), TIFF, PNG, JPEG and the other
@@ -227,7 +269,10 @@ def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarra
     try:
         data = _read_bytes(path)
         _refuse_large(path, data, max_pixels)
-        mask = binarize_mask(_decode(path, data), path=path)
+        raw = _decode(path, data)
+        if orientation and path.suffix.lower() in ORIENTED_EXTENSIONS:
+            raw = apply_orientation(raw, exif_orientation(data))
+        mask = binarize_mask(raw, path=path)
         _check_pixels(path, mask.shape, max_pixels)  # formats whose header Pillow cannot read
     except ImageReadError as exc:
         raise MaskError(f"mask {exc.message}", path) from None

@@ -94,6 +94,7 @@ class MaskSettings:
     rim: str = "default"  # "auto", "none", or "default": auto for estimated masks only
     feather: float = 0.0  # pixels of soft margin (0: binary mask)
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    ignore_orientation: bool = False  # pixels as stored, not turned by the EXIF orientation
 
     def __post_init__(self):
         parse_erode(self.erode)
@@ -278,14 +279,16 @@ def _mask_key(pair: Pair, settings: MaskSettings):
 
 def _load(pair: Pair, settings: MaskSettings):
     """Image, untrimmed FOV, trimmed mask and info (see :func:`load_pair`)."""
-    image = read_image(pair.image, max_pixels=settings.max_pixels)
+    meta: dict = {}
+    image = read_image(pair.image, max_pixels=settings.max_pixels,
+                       orientation=not settings.ignore_orientation, meta=meta)
     key = _mask_key(pair, settings)
     hit = None if key is None else _MASKS.get(key)
     if hit is not None:
         fov, mask, info, uses = hit
         _check_mask_shape(fov, image, pair)
         uses[0] += 1
-        return image, fov, mask, {**info, "warnings": []}
+        return image, fov, mask, {**info, **meta, "warnings": []}
     fov, source, warnings, est = read_fov(pair, image, settings, return_estimate=True)
     mask, info = trim_mask(image, fov, settings, source=source, path=pair.mask or pair.image)
     info = {"mask_source": source, **info}
@@ -295,7 +298,7 @@ def _load(pair: Pair, settings: MaskSettings):
         for a in (fov, mask):
             a.setflags(write=False)  # shared by the images of this mask: read-only
         _MASKS.put(key, (fov, mask, dict(info), [0]))
-    return image, fov, mask, {**info, "warnings": warnings}
+    return image, fov, mask, {**info, **meta, "warnings": warnings}
 
 
 def _check_mask_shape(mask, image, pair: Pair) -> None:
@@ -323,7 +326,8 @@ def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings(), *,
     warnings = []
     est = None
     if pair.mask is not None and not settings.auto_mask:
-        mask = read_mask(pair.mask, max_pixels=settings.max_pixels)
+        mask = read_mask(pair.mask, max_pixels=settings.max_pixels,
+                         orientation=not settings.ignore_orientation)
         _check_mask_shape(mask, image, pair)
         source = pair.mask_source
     else:

@@ -285,3 +285,32 @@ def test_crop_resize_labels_bounds_and_restore(tmp_path):
     assert len(list((tmp_path / "back2").glob("*_vessels.png"))) == 4
     r = invoke("normalize", root, "-o", tmp_path / "x", "--bounds", tmp_path / "b.csv")
     assert r.exit_code == 2 and "--crop fov or --resize" in r.output
+
+
+def test_exif_rotated_photo_with_mask_in_displayed_orientation(tmp_path):
+    """A phone adapter's JPEG stored sideways (EXIF orientation 6) and a mask drawn on the
+    photo as shown: normalize turns the photo, the mask fits, the manifest records it;
+    --ignore-orientation uses the stored pixels, so the mask no longer fits."""
+    import json
+
+    from PIL import Image
+
+    from retina_prep.synthetic import synthetic_fundus
+
+    s = synthetic_fundus((90, 60), seed=3)  # displayed: 60 wide, 90 high
+    stored = np.ascontiguousarray(np.rot90(s.image, 1))  # what the sensor wrote
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "eye.jpg", quality=95, exif=exif.tobytes())
+    Image.fromarray(s.mask.astype(np.uint8) * 255).save(tmp_path / "eye_mask.png")
+    for j in (1, 2):
+        out = tmp_path / f"out{j}"
+        r = invoke("normalize", tmp_path / "eye.jpg", tmp_path / "eye.jpg", "--mask",
+                   tmp_path / "eye_mask.png", "-o", out, "--window", 9, "-j", j)
+        assert r.exit_code == 0, r.output
+        assert read_image(out / "eye.png").shape == (90, 60, 3)
+        recs = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+        assert [x["params"]["orientation"] for x in recs if x["type"] == "image"] == [6]
+    r = invoke("normalize", tmp_path / "eye.jpg", "--mask", tmp_path / "eye_mask.png", "-o",
+               tmp_path / "raw", "--ignore-orientation")
+    assert r.exit_code == 1 and "60x90 px but the image is 90x60 px" in r.output

@@ -116,3 +116,32 @@ def test_write_refuses_existing_and_is_atomic(tmp_path):
     with pytest.raises(ValueError, match="tif"):
         write_image(tmp_path / "f.png", np.zeros((4, 4), np.float32))
     assert not (tmp_path / "f.png").exists()
+
+
+def _jpeg_with_orientation(path, rgb, orientation):
+    from PIL import Image
+
+    im = Image.fromarray(rgb)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    im.save(path, quality=95, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_honoured_like_pillow(tmp_path, orientation):
+    """Pixels come turned as viewers show them: the same as Pillow's exif_transpose."""
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(orientation)
+    rgb = np.kron(rng.integers(0, 255, (6, 9, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    path = tmp_path / "eye.jpg"
+    _jpeg_with_orientation(path, rgb, orientation)
+    meta = {}
+    got = read_image(path, meta=meta)
+    with Image.open(path) as im:
+        ref = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    assert got.shape == ref.shape
+    assert np.abs(got.astype(int) - ref).mean() < 2  # the same decoded JPEG, turned alike
+    assert meta.get("orientation", 1) == orientation
+    stored = read_image(path, orientation=False)
+    assert stored.shape == (48, 72, 3)

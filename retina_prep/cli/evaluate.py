@@ -108,7 +108,7 @@ Examples:
 @run_options
 @click.pass_context
 def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
-             labels, window, kernel, target, order, overwrite, max_pixels, batch, quiet):
+             labels, window, kernel, target, order, overwrite, max_pixels, ignore_orientation, batch, quiet):
     """Measure what the mask buys, on your own data.
 
     Runs the same images through: none, IN without mask, IN with mask (order
@@ -131,7 +131,8 @@ def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode
         raise click.BadParameter(f"{labels_arg}: not a folder (or 'auto', 'none')",
                                  param_hint="--labels")
     mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
-                                 max_pixels=max_pixels)
+                                 max_pixels=max_pixels,
+                                     ignore_orientation=ignore_orientation)
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
                           outdir=outdir, batch=batch)
     evaluations = []

@@ -61,7 +61,7 @@ Examples:
 @click.pass_context
 def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
                kernel_spec, window, sigma, mode, ignore_mask, offset, fill, dtype, write_weights, fmt,
-               png_level, overwrite, max_pixels, batch, quiet):
+               png_level, overwrite, max_pixels, ignore_orientation, batch, quiet):
     """Filter images with a kernel, counting only pixels inside the field of view.
 
     Same inputs, mask options, outputs and error handling as normalize.
@@ -72,7 +72,8 @@ def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, ero
                                   ignore_mask=ignore_mask, offset=offset, fill=fill, dtype=dtype,
                                   write_weights=write_weights)
         mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
-                                     max_pixels=max_pixels)
+                                     max_pixels=max_pixels,
+                                     ignore_orientation=ignore_orientation)
         output = OutputSettings(format=fmt, overwrite=overwrite, png_level=png_level,
                                 keep_existing=batch.skip_existing and not overwrite)
         settings.check_output(output)

@@ -36,7 +36,7 @@ Examples:
 )
 @run_options
 @click.pass_context
-def mask(ctx, inputs, outdir, erode, rim, sheet, overwrite, max_pixels, batch, quiet):
+def mask(ctx, inputs, outdir, erode, rim, sheet, overwrite, max_pixels, ignore_orientation, batch, quiet):
     """Estimate the field of view of each image and write OUTDIR/<stem>_mask.png (0/255).
 
     Takes the same INPUTs as normalize (files, DRIVE roots, split or plain
@@ -46,7 +46,8 @@ def mask(ctx, inputs, outdir, erode, rim, sheet, overwrite, max_pixels, batch, q
     if rim == "default":
         rim = "none"
     try:
-        settings = MaskSettings(erode=erode, rim=rim, max_pixels=max_pixels)
+        settings = MaskSettings(erode=erode, rim=rim, max_pixels=max_pixels,
+                                     ignore_orientation=ignore_orientation)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     contact = ContactSheet(sheet, overwrite=overwrite)

@@ -152,7 +152,7 @@ Examples:
 def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
               window, kernel, sigma, method, scale, target, fill, order, ridge, value_range, ignore_mask,
               panels_dir, panels_compare, panel_width, crop, resize, write_mask, labels, bounds,
-              fmt, png_level, overwrite, max_pixels, batch, quiet):
+              fmt, png_level, overwrite, max_pixels, ignore_orientation, batch, quiet):
     """Flatten uneven illumination: I - masked local mean + I0, per channel.
 
     INPUT may be image files, a DRIVE root (training/, test/), a split folder
@@ -168,7 +168,8 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
             order=order if order == "auto" else int(order), ridge=ridge,
         )
         mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
-                                     max_pixels=max_pixels)
+                                     max_pixels=max_pixels,
+                                     ignore_orientation=ignore_orientation)
         output = OutputSettings(format=fmt, overwrite=overwrite, png_level=png_level,
                                 keep_existing=batch.skip_existing and not overwrite)
         geometry = geometry_settings(crop, resize, write_mask, labels, bounds)

@@ -268,7 +268,19 @@ def format_opt(f):
     """--format and --png-level."""
     return _format_opt(_png_level_opt(f))
 
-max_pixels_opt = click.option(
+_ignore_orientation_opt = click.option(
+    "--ignore-orientation", is_flag=True, default=False,
+    help="Use pixels as stored, ignoring the EXIF orientation of JPEG/TIFF/PNG files [default:"
+    " images (and mask files) are turned as the orientation says, as viewers show them].",
+)
+
+
+def max_pixels_opt(f):
+    """--max-pixels and --ignore-orientation: how image files are read."""
+    return _max_pixels_opt(_ignore_orientation_opt(f))
+
+
+_max_pixels_opt = click.option(
     "--max-pixels",
     type=click.IntRange(min=1),
     default=DEFAULT_MAX_PIXELS,

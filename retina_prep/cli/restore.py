@@ -35,7 +35,7 @@ Examples:
 @run_options(without=("manifest",))  # --manifest names the run whose outputs were cut
 @click.pass_context
 def restore(ctx, inputs, outdir, source, interpolation, fmt, png_level, overwrite, max_pixels,
-            batch, quiet):
+            ignore_orientation, batch, quiet):
     """Map predictions (probability or label maps) made on cropped/resized outputs back onto
     the pixel grid of the original photographs.
 
