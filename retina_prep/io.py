@@ -41,7 +41,11 @@ __all__ = [
 #: File endings recognised as images (case-insensitive).
 IMAGE_EXTENSIONS = (
     ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".ppm", ".pgm", ".pnm", ".webp", ".jp2",
+    ".dcm", ".dicom",
 )
+
+#: The optional extra that reads DICOM (pydicom with JPEG and JPEG 2000 decoders).
+DICOM_EXTRA = "pip install 'retina-prep[dicom]'"
 
 #: Output formats: name -> file ending.
 OUTPUT_FORMATS = {"png": ".png", "tif": ".tif"}
@@ -226,7 +230,10 @@ def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, orientation
     path = Path(path)
     data = _read_bytes(path)
     _refuse_large(path, data, max_pixels)  # before decoding (decompression bombs)
-    arr = _decode(path, data)
+    if is_dicom(path, data):
+        arr = _decode_dicom(path, data, meta, max_pixels)
+    else:
+        arr = _decode(path, data)
     turn = exif_orientation(data) if orientation and path.suffix.lower() in ORIENTED_EXTENSIONS \
         else 1
     if turn != 1:
@@ -250,6 +257,43 @@ def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, orientation
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ImageReadError(f"unsupported pixel type {arr.dtype}", path)
     return np.ascontiguousarray(arr)
+
+
+def is_dicom(path: Path, data: bytes) -> bool:
+    """A DICOM file: named .dcm/.dicom, or with the 'DICM' marker after its 128-byte preamble."""
+    return Path(path).suffix.lower() in (".dcm", ".dicom") or data[128:132] == b"DICM"
+
+
+def _decode_dicom(path: Path, data: bytes, meta: dict | None, max_pixels) -> np.ndarray:
+    """The pixels of a DICOM file (with the :data:`DICOM_EXTRA` installed): colour images in
+    RGB (YBR converted), a multi-frame file's first frame; ``meta`` gets ``pixel_spacing``
+    (mm per pixel, row then column) where the header has it, and ``frames``."""
+    try:
+        import pydicom
+    except ImportError:
+        raise ImageReadError(f"is a DICOM file; reading DICOM needs the optional extra:"
+                             f" {DICOM_EXTRA}", path) from None
+    try:
+        ds = pydicom.dcmread(_io.BytesIO(data), force=True)
+        if "PixelData" not in ds:
+            raise ImageReadError("DICOM file holds no image (no pixel data)", path)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        _check_count(path, rows * cols, max_pixels)
+        arr = np.asarray(ds.pixel_array)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # pydicom and its decoder plugins raise many types
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageReadError(f"cannot decode the DICOM pixel data ({reason[:160]})", path) from None
+    if frames > 1:
+        arr = arr[0]  # the first frame (documented); the count goes into the manifest
+    if meta is not None:
+        spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+        if spacing is not None and len(spacing) == 2:
+            meta["pixel_spacing"] = [float(spacing[0]), float(spacing[1])]
+        meta["frames"] = frames
+    return arr
 
 
 def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
