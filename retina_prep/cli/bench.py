@@ -55,8 +55,12 @@ def bench(drive, quick, threads):
     log("bench: masked vs unmasked IN ...")
     rows = B.in_rows(sizes, repeat=3 if quick else 5, threads=threads)
     click.echo("Masked vs unmasked IN (median ms per image, RGB uint8):\n")
-    click.echo(_table(rows, [("size", "size"), ("kernel", "kernel"), ("unmasked IN", "unmasked_ms"),
-                             ("masked IN", "masked_ms"), ("masked / unmasked", "ratio"),
+    click.echo(_table(rows, [("size", "size"), ("kernel", "kernel"),
+                             ("OpenCV unmasked IN", "unmasked_ms"),
+                             ("--ignore-mask IN", "ignore_ms"), ("masked IN", "masked_ms"),
+                             ("masked ms/Mpx", "ms_per_mpx"),
+                             ("masked / OpenCV unmasked", "ratio"),
+                             ("masked / --ignore-mask", "own_ratio"),
                              ("masked via filter2D", "filter2d_ms")]))
     log("bench: first order vs zero order ...")
     click.echo("\nMasked IN, order 1 (local plane) vs order 0 (local mean), median ms per image;"
