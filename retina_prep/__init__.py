@@ -13,29 +13,63 @@ layer over it.
 
 __version__ = "0.1.0"
 
-from .core import (
-    Kernel,
-    as_kernel,
-    as_mask,
-    box_kernel,
-    convolve,
-    gaussian_kernel,
-    mask_weights,
-    masked_convolve,
-    masked_filter,
-)
-from .dataset import Pair, find_mask, find_pairs
-from .errors import DatasetError, ImageReadError, MaskError, OutputExistsError, RetinaPrepError
-from .fov import binarize_mask, erode_mask, estimate_fov, fov_diameter
-from .io import read_image, read_mask, write_image
-from .normalize import (
-    PreparedMask,
-    image_range,
-    make_kernel,
-    normalize_illumination,
-    prepare_mask,
-    resolve_window,
-)
+from typing import TYPE_CHECKING
+
+#: Where each public name lives: the package imports a module on first use of one of its
+#: names, so `import retina_prep` (and the command line's start-up) stays light.
+_LAZY = {
+    "core": ("Kernel", "as_kernel", "as_mask", "box_kernel", "convolve", "gaussian_kernel",
+             "mask_weights", "masked_convolve", "masked_filter"),
+    "dataset": ("Pair", "find_mask", "find_pairs"),
+    "errors": ("DatasetError", "ImageReadError", "MaskError", "OutputExistsError",
+               "RetinaPrepError"),
+    "fov": ("binarize_mask", "erode_mask", "estimate_fov", "fov_diameter"),
+    "io": ("read_image", "read_mask", "write_image"),
+    "normalize": ("PreparedMask", "image_range", "make_kernel", "normalize_illumination",
+                  "prepare_mask", "resolve_window"),
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'retina_prep' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later uses skip this function
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_WHERE))
+
+
+if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from .core import (
+        Kernel,
+        as_kernel,
+        as_mask,
+        box_kernel,
+        convolve,
+        gaussian_kernel,
+        mask_weights,
+        masked_convolve,
+        masked_filter,
+    )
+    from .dataset import Pair, find_mask, find_pairs
+    from .errors import DatasetError, ImageReadError, MaskError, OutputExistsError, RetinaPrepError
+    from .fov import binarize_mask, erode_mask, estimate_fov, fov_diameter
+    from .io import read_image, read_mask, write_image
+    from .normalize import (
+        PreparedMask,
+        image_range,
+        make_kernel,
+        normalize_illumination,
+        prepare_mask,
+        resolve_window,
+    )
 
 __all__ = [
     "__version__",

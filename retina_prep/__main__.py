@@ -1,6 +1,6 @@
 """``python -m retina_prep`` runs the command line."""
 
-from .cli.main import cli
+from .cli.entry import main
 
 if __name__ == "__main__":  # pragma: no cover
-    cli(prog_name="retina-prep")
+    main()

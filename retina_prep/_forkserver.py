@@ -1,5 +1,5 @@
 """Imported by the worker fork server at start: it exits when the main process dies."""
 
-from .batch import _forkserver_init
+from ._workers import _forkserver_init
 
 _forkserver_init()

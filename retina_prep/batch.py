@@ -7,12 +7,9 @@ failure of one image is recorded and the batch goes on.
 
 from __future__ import annotations
 
-import ctypes
 import json
-import multiprocessing
 import os
 import signal
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
@@ -22,6 +19,7 @@ from pathlib import Path
 
 import cv2
 
+from ._workers import default_jobs, mp_context, start_helpers
 from .dataset import Pair
 from .errors import RetinaPrepError, printable
 from .io import remove_stale_temporaries
@@ -96,28 +94,6 @@ def run_one(step: Callable[[Pair], Result], pair: Pair) -> Result:
     return result
 
 
-def default_jobs() -> int:
-    """The number of cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _die_with_parent() -> None:
-    """Linux: get SIGTERM when the parent process dies (a kill -9 of the main process), and
-    exit at once if it died already (before the request took effect)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # pragma: no cover - no prctl
-        return
-    if os.getppid() == 1:
-        os._exit(1)
-
-
 def _worker_init():
     # one OpenCV thread per worker process: the pool already uses every core
     cv2.setNumThreads(1)
@@ -143,54 +119,12 @@ def _run_in_worker(step, pair) -> Result:
         os._exit(exc.code if isinstance(exc.code, int) else 1)
 
 
-def _forkserver_init():  # pragma: no cover - runs in the fork server
-    _die_with_parent()  # (exits if the main process died while the server was importing)
-    # every process the server forks dies with the server, from its first instruction on
-    # (a worker still starting up when the main process is killed would otherwise be orphaned)
-    os.register_at_fork(after_in_child=_die_with_parent)
-    # a worker that cannot start because the run is being stopped (its queues are gone) would
-    # print a traceback; the main process reports any real failure to start (a broken pool)
-    sys.excepthook = _quiet_excepthook
-
-
-def _quiet_excepthook(exc_type, exc, tb):  # pragma: no cover - runs in forked workers
-    pass
-
-
-def _mp_context():
-    """forkserver on Linux: never fork a process whose OpenCV thread pool is running (that can
-    deadlock); the server preloads the heavy modules, so workers still start quickly."""
-    if sys.platform.startswith("linux"):
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["numpy", "cv2", "retina_prep.pipeline", "retina_prep._forkserver"])
-        return ctx
-    return multiprocessing.get_context("spawn")
-
-
-def _start_helpers(ctx) -> None:
-    """Start the fork server (and resource tracker) with SIGINT ignored: they inherit that
-    while they import, so a Ctrl-C to the process group then prints no traceback from them."""
-    if ctx.get_start_method() != "forkserver":
-        return
-    from multiprocessing import forkserver
-
-    try:
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread: leave the signals alone
-        old = None
-    try:
-        forkserver.ensure_running()
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
-
-
 def start_workers_early(jobs: int) -> None:
     """With ``jobs > 1``, start the worker fork server now, so that its imports (a few tenths
     of a second) overlap with whatever the caller does before :func:`run_batch` (finding
     the images, checking outputs) instead of delaying the first result."""
     if jobs > 1:
-        _start_helpers(_mp_context())
+        start_helpers(mp_context())
 
 
 def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: int = 1,
@@ -211,8 +145,8 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
         for pair in pairs:
             yield run_one(step, pair)
         return
-    ctx = _mp_context()
-    _start_helpers(ctx)
+    ctx = mp_context()
+    start_helpers(ctx)
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(pairs)), mp_context=ctx,
                                initializer=_worker_init)
     try:

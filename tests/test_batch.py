@@ -270,3 +270,28 @@ def test_python_user_runs_and_resumes_a_batch_without_click(tmp_path):
 
     code = "import sys, retina_prep.batch, retina_prep.pipeline; assert 'click' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # the library has no Click
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["normalize", "in", "-o", "out", "-j", "3"], 3), (["normalize", "-j2"], 2),
+    (["filter", "--jobs=4"], 4), (["mask", "--jobs", "1"], 1), (["normalize", "in"], None),
+    (["normalize", "-j", "x"], None),
+])
+def test_jobs_read_from_the_command_line(argv, expected):
+    from retina_prep._workers import _jobs_in
+
+    assert _jobs_in(argv) == expected
+
+
+def test_fork_server_starts_early_only_for_batch_runs_with_workers(monkeypatch):
+    import retina_prep._workers as w
+
+    started = []
+    monkeypatch.setattr(w, "start_helpers", lambda ctx: started.append(ctx))
+    monkeypatch.setattr(w, "default_jobs", lambda: 2)
+    assert w.start_early(["normalize", "in", "-o", "out"]) and len(started) == 1
+    for argv in (["normalize", "in", "-j", "1"], ["normalize", "--help"], ["pairs", "in"],
+                 ["normalize", "in", "--dry-run"], [], ["bench"]):
+        assert not w.start_early(argv)
+    monkeypatch.setattr(w, "default_jobs", lambda: 1)
+    assert not w.start_early(["normalize", "in"]) and len(started) == 1

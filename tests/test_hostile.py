@@ -311,8 +311,10 @@ def test_no_process_of_a_run_survives(tmp_path, how):
                                 start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while len(_run_processes(marker)) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)  # the pool is up
+        manifest = tmp_path / "out" / "manifest.jsonl"
+        while ((len(_run_processes(marker)) < 3 or not manifest.exists()
+                or manifest.stat().st_size == 0) and time.monotonic() < deadline):
+            time.sleep(0.05)  # the pool is up and the run has begun (its first manifest line)
         time.sleep(0.3)
         if how == "kill9-main":
             proc.kill()

@@ -1,0 +1,120 @@
+"""Starting worker processes: light on imports (no NumPy, no OpenCV), so the command line can
+start the worker fork server before its own heavy imports, and both import side by side."""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+
+__all__ = ["default_jobs", "mp_context", "start_helpers", "start_early"]
+
+#: Modules the fork server imports once, so that every worker it forks has them.
+PRELOAD = ["numpy", "cv2", "retina_prep.pipeline", "retina_prep._forkserver"]
+
+
+def default_jobs() -> int:
+    """The number of cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the parent process dies (a kill -9 of the main process), and
+    exit at once if it died already (before the request took effect)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no prctl
+        return
+    if os.getppid() == 1:
+        os._exit(1)
+
+
+def _forkserver_init():  # pragma: no cover - runs in the fork server
+    _die_with_parent()  # (exits if the main process died while the server was importing)
+    # every process the server forks dies with the server, from its first instruction on
+    # (a worker still starting up when the main process is killed would otherwise be orphaned)
+    os.register_at_fork(after_in_child=_die_with_parent)
+    # a worker that cannot start because the run is being stopped (its queues are gone) would
+    # print a traceback; the main process reports any real failure to start (a broken pool)
+    sys.excepthook = _quiet_excepthook
+
+
+def _quiet_excepthook(exc_type, exc, tb):  # pragma: no cover - runs in forked workers
+    pass
+
+
+def mp_context():
+    """forkserver on Linux: never fork a process whose OpenCV thread pool is running (that can
+    deadlock); the server preloads the heavy modules, so workers still start quickly."""
+    if sys.platform.startswith("linux"):
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def start_helpers(ctx) -> None:
+    """Start the fork server (and resource tracker) with SIGINT ignored: they inherit that
+    while they import, so a Ctrl-C to the process group then prints no traceback from them."""
+    if ctx.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: leave the signals alone
+        old = None
+    try:
+        forkserver.ensure_running()
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+
+
+
+
+#: Commands that may run images in worker processes.
+BATCH_COMMANDS = ("normalize", "filter", "mask", "compare", "evaluate", "restore")
+
+
+def _jobs_in(argv: list[str]) -> int | None:
+    """The -j/--jobs value given on a command line, None when not given or unreadable."""
+    for i, a in enumerate(argv):
+        value = None
+        if a in ("-j", "--jobs") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith("--jobs="):
+            value = a.split("=", 1)[1]
+        elif a.startswith("-j") and len(a) > 2 and not a.startswith("--"):
+            value = a[2:]
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def start_early(argv: list[str]) -> bool:
+    """Start the worker fork server now when the command line ``argv`` (without the program
+    name) will likely run images in worker processes: a batch command, not --help or
+    --dry-run, and more than one job (given, or the default: the cores). Its imports then
+    overlap with the main process's own. A guess that is wrong costs a process that exits
+    with the main one. Returns whether it started one."""
+    if not argv or argv[0] not in BATCH_COMMANDS or not sys.platform.startswith("linux"):
+        return False
+    if any(a in ("-h", "--help", "--dry-run") for a in argv):
+        return False
+    jobs = _jobs_in(argv)
+    if (jobs if jobs is not None else default_jobs()) <= 1:
+        return False
+    start_helpers(mp_context())
+    return True
