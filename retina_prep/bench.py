@@ -244,6 +244,59 @@ def gaussian_vs_box_row(shape=(2336, 3504), sigma: float = 80.0, box: int = 161,
             "gaussian_ms": 1000 * tg, "box_ms": 1000 * tb, "ratio": tg / tb}
 
 
+def parallel_row(drive_root: Path | None = None, n_generated: int = 40, repeat: int = 3):
+    """Wall time of the whole ``retina-prep normalize`` command (start-up included) with -j 1
+    and -j 2, in fresh processes, alternating, best of ``repeat``."""
+    with tempfile.TemporaryDirectory() as tmpname:
+        tmp = Path(tmpname)
+        if drive_root is not None and (drive_root / "training" / "images").is_dir():
+            source, folder = f"DRIVE ({drive_root})", drive_root
+        else:
+            folder = tmp / "gen"
+            for i in range(n_generated):
+                im, mk = _fundus((584, 565), seed=i)
+                write_image(folder / "images" / f"{i:02d}.png", im)
+                write_image(folder / "mask" / f"{i:02d}_mask.png", mk.astype(np.uint8) * 255)
+            source = f"{n_generated} generated DRIVE-size images"
+        n = len(find_pairs([folder]))
+        best = {1: float("inf"), 2: float("inf")}
+        for k in range(repeat):
+            for jobs in (1, 2):
+                out = tmp / f"out{k}{jobs}"
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "retina_prep", "normalize", str(folder),
+                                "-o", str(out), "-j", str(jobs), "-q"], check=True)
+                best[jobs] = min(best[jobs], time.perf_counter() - t0)
+        start = min(_startup_seconds() for _ in range(repeat))
+        # the images alone: run_batch in this process, the worker pool's start included
+        import functools
+
+        from .batch import run_batch
+
+        pairs = find_pairs([folder])
+        step = functools.partial(normalize_pair, outdir=tmp / "inproc",
+                                 output=OutputSettings(overwrite=True))
+        inproc = {1: float("inf"), 2: float("inf")}
+        for _ in range(repeat):
+            for jobs in (1, 2):
+                t0 = time.perf_counter()
+                for _r in run_batch(pairs, step, jobs=jobs):
+                    pass
+                inproc[jobs] = min(inproc[jobs], time.perf_counter() - t0)
+    return {"source": source, "images": n, "j1_s": best[1], "j2_s": best[2],
+            "speedup": best[1] / best[2], "startup_s": start,
+            "batch_j1_s": inproc[1], "batch_j2_s": inproc[2],
+            "batch_speedup": inproc[1] / inproc[2]}
+
+
+def _startup_seconds() -> float:
+    """Wall time of a command that starts, parses and exits (`normalize --help`)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "retina_prep", "normalize", "--help"], check=True,
+                   capture_output=True)
+    return time.perf_counter() - t0
+
+
 def memory_row(size: int = 4000, mask_file: bool = True):
     """Peak RSS (MB) of `retina-prep normalize` on one size x size RGB image, in a fresh
     process: with its mask file, or with the field of view estimated from the image."""

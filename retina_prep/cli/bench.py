@@ -20,7 +20,7 @@ def _table(rows, columns):
             v = r.get(key, "")
             if not isinstance(v, float):
                 cells.append(str(v))
-            elif key in ("ratio", "speedup") or key.endswith("ratio") or key.endswith("_vs_own"):
+            elif key.endswith(("ratio", "speedup", "_vs_own")):
                 cells.append(f"{v:.2f}×")
             elif key.endswith("_s"):
                 cells.append(f"{v:.2f}")
@@ -106,6 +106,17 @@ def bench(drive, quick, threads):
     click.echo(_table([b], [("images", "source"), ("n", "images"), ("floor img/s", "floor_img_s"),
                             ("normalize img/s", "normalize_img_s"), ("time / floor", "ratio")]))
     if not quick:
+        log("bench: -j 2 against -j 1 ...")
+        p = B.parallel_row(drive)
+        click.echo("\nWorker processes: the whole normalize command with -j 1 and -j 2, and the"
+                   " images alone (the batch runner in one process, pool start included); seconds,"
+                   " best of 3; start-up: `normalize --help`:\n")
+        click.echo(_table([p], [("images", "source"), ("n", "images"), ("-j 1 s", "j1_s"),
+                                ("-j 2 s", "j2_s"), ("-j 1 / -j 2", "speedup"),
+                                ("start-up s", "startup_s"),
+                                ("images only: -j 1 s", "batch_j1_s"),
+                                ("images only: -j 2 s", "batch_j2_s"),
+                                ("images only: -j 1 / -j 2", "batch_speedup")]))
         log("bench: peak memory ...")
         mrows = [B.memory_row(), B.memory_row(mask_file=False)]
         click.echo("\nPeak memory (fresh process):\n")
