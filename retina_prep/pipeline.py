@@ -639,25 +639,37 @@ def filter_array(image, mask, settings: FilterSettings):
 
 
 def filter_outputs(pair: Pair, outdir, settings: FilterSettings,
-                   output: OutputSettings = OutputSettings()) -> list[Path]:
-    """The files :func:`filter_pair` writes: the image, and ``<rel>_weights`` on request."""
+                   output: OutputSettings = OutputSettings(),
+                   geometry: GeometrySettings = GeometrySettings()) -> list[Path]:
+    """The files :func:`filter_pair` writes: the image, ``<rel>_weights`` on request, and the
+    mask and label images ``geometry`` asks for."""
     out = output_path(outdir, pair, output.format)
+    outs = [out]
     if settings.write_weights:
-        return [out, out.with_name(out.stem + "_weights" + out.suffix)]
-    return [out]
+        outs.append(out.with_name(out.stem + "_weights" + out.suffix))
+    return outs + geometry.outputs(out)
 
 
 def filter_pair(pair: Pair, outdir, settings: FilterSettings,
                 mask_settings: MaskSettings = MaskSettings(), *,
-                output: OutputSettings = OutputSettings()) -> Result:
+                output: OutputSettings = OutputSettings(),
+                geometry: GeometrySettings = GeometrySettings()) -> Result:
     """Filter one image; write ``OUTDIR/<rel>.<format>`` and, on request, ``<rel>_weights``
-    (together or not at all; ``output`` as in :func:`normalize_pair`)."""
+    (together or not at all; ``output`` as in :func:`normalize_pair`); ``geometry`` as there
+    (the weights are cut with linear interpolation)."""
     settings.check_output(output)
-    outs = filter_outputs(pair, outdir, settings, output)
+    outs = filter_outputs(pair, outdir, settings, output, geometry)
     _check_outputs(outs, pair, output)
-    image, mask, info = load_pair(pair, mask_settings)
+    image, fov, mask, info = _load(pair, mask_settings)
     result, validity, kernel = filter_array(image, mask, settings)
+    result, extras, ginfo = apply_geometry(pair, result, fov, mask, geometry, fill=settings.fill,
+                                           max_pixels=mask_settings.max_pixels)
+    if ginfo is not None:
+        info["geometry"] = ginfo
+        validity = warp(validity, Transform.from_dict(ginfo), interpolation="linear")
+    n = 2 if settings.write_weights else 1
     items = [(outs[0], lambda: output.encode(result))]
+    items += [(o, functools.partial(encode_image, a, "png")) for o, a in zip(outs[n:], extras)]
     if settings.write_weights:
         def weights_bytes():
             if output.format == "tif":

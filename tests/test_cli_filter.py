@@ -181,3 +181,29 @@ def test_standardize_matches_brute_force(rng):
     ref = np.clip(np.rint(128 + 32 * (image - mu) / np.maximum(sd, 2.0)), 0, 255)
     ref[~mask] = 0
     assert np.abs(out.astype(int) - ref).max() <= 1
+
+
+def test_filter_crop_resize_with_weights_mask_and_bounds(tmp_path):
+    """filter cuts like normalize: image, weights, mask all N x N, the mask's outside at the
+    fill; the bounds file gets a row per image (-j 2)."""
+    import csv
+
+    from retina_prep.io import read_image, read_mask
+
+    from .helpers import make_drive
+
+    root = make_drive(tmp_path / "DRIVE", 2, 1)
+    r = CliRunner().invoke(cli, ["filter", str(root), "-o", str(tmp_path / "out"), "--kernel",
+                                 "gaussian", "--sigma", "2", "--crop", "fov", "--resize", "48",
+                                 "--write-weights", "--write-mask", "--bounds",
+                                 str(tmp_path / "b.csv"), "-j", "2"])
+    assert r.exit_code == 0, r.output
+    images = [p for p in (tmp_path / "out").rglob("*.png")
+              if not p.stem.endswith(("_mask", "_weights"))]
+    assert len(images) == 3
+    for im in images:
+        m = read_mask(im.with_name(im.stem + "_mask.png"))
+        w = read_image(im.with_name(im.stem + "_weights.png"))
+        assert read_image(im).shape[:2] == m.shape == w.shape == (48, 48)
+        assert (read_image(im)[~m] == 0).all()
+    assert len(list(csv.DictReader(open(tmp_path / "b.csv")))) == 3

@@ -13,10 +13,12 @@ from .options import (
     KernelSpec,
     WindowType,
     format_opt,
+    geometry_options,
+    geometry_settings,
     mask_options,
     output_opt,
 )
-from .runner import collect_pairs, execute, run_options
+from .runner import BoundsFile, collect_pairs, execute, run_options
 
 
 @click.command(
@@ -56,12 +58,14 @@ Examples:
               help="Output pixel type: the input's (clipped), or float32 (needs --format tif).")
 @click.option("--write-weights", is_flag=True, default=False,
               help="Also write the validity map <stem>_weights (16-bit PNG, or float32 TIFF).")
+@geometry_options
 @format_opt
 @run_options
 @click.pass_context
 def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
-               kernel_spec, window, sigma, mode, ignore_mask, offset, fill, dtype, write_weights, fmt,
-               png_level, overwrite, max_pixels, ignore_orientation, batch, quiet):
+               kernel_spec, window, sigma, mode, ignore_mask, offset, fill, dtype, write_weights,
+               crop, resize, write_mask, labels, bounds, fmt, png_level, overwrite, max_pixels,
+               ignore_orientation, batch, quiet):
     """Filter images with a kernel, counting only pixels inside the field of view.
 
     Same inputs, mask options, outputs and error handling as normalize.
@@ -77,14 +81,20 @@ def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, ero
         output = OutputSettings(format=fmt, overwrite=overwrite, png_level=png_level,
                                 keep_existing=batch.skip_existing and not overwrite)
         settings.check_output(output)
+        geometry = geometry_settings(crop, resize, write_mask, labels, bounds)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
                           outdir=outdir, batch=batch)
     step = functools.partial(filter_pair, outdir=outdir, settings=settings,
-                             mask_settings=mask_settings, output=output)
-    report = execute("filter", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
-                     expected_outputs=lambda p: filter_outputs(p, outdir, settings, output),
-                     params={**ctx.params, "kernel": kernel_spec if isinstance(kernel_spec, str)
-                             else kernel_spec.name})
+                             mask_settings=mask_settings, output=output, geometry=geometry)
+    rows = BoundsFile(None if batch.dry_run else bounds)
+    try:
+        report = execute("filter", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
+                         expected_outputs=lambda p: filter_outputs(p, outdir, settings, output,
+                                                                   geometry),
+                         params={**ctx.params, "kernel": kernel_spec if isinstance(kernel_spec, str)
+                                 else kernel_spec.name}, on_result=rows)
+    finally:
+        rows.close()
     ctx.exit(report.exit_code)

@@ -12,7 +12,6 @@ from ..batch import Result, run_one
 from ..core import DEFAULT_RIDGE
 from ..normalize import AUTO_WINDOW_FRACTION, DEFAULT_SCALE, DEFAULT_TARGET, KERNELS, METHODS
 from ..pipeline import (
-    GeometrySettings,
     MaskSettings,
     NormalizeSettings,
     OutputSettings,
@@ -26,6 +25,7 @@ from .options import (
     WindowType,
     format_opt,
     geometry_options,
+    geometry_settings,
     mask_options,
     output_opt,
     panel_width_opt,
@@ -197,17 +197,6 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
     finally:
         rows.close()
     ctx.exit(report.exit_code)
-
-
-def geometry_settings(crop, resize, write_mask, labels, bounds) -> GeometrySettings:
-    """The geometry options checked together (ValueError: a usage error)."""
-    if labels is not None and labels != "auto" and not Path(labels).is_dir():
-        raise ValueError(f"--with-labels: {labels} is not a folder (or 'auto')")
-    geometry = GeometrySettings(crop=crop == "fov", resize=resize, write_mask=write_mask,
-                                labels=labels)
-    if bounds is not None and not geometry.transforms:
-        raise ValueError("--bounds records the crop and resize: give --crop fov or --resize N")
-    return geometry
 
 
 def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, batch, output):

@@ -21,7 +21,7 @@ from ..errors import RetinaPrepError
 from ..figures import PANEL_WIDTH
 from ..io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, load_kernel
 from ..normalize import check_kernel_args, parse_value_range, resolve_window
-from ..pipeline import AUTO_ERODE_FRACTION, RIM_CHOICES, parse_erode
+from ..pipeline import AUTO_ERODE_FRACTION, RIM_CHOICES, GeometrySettings, parse_erode
 
 
 class WindowType(click.ParamType):
@@ -401,3 +401,14 @@ def geometry_options(f):
             " the crop and the 2x3 affine original -> output (needs --crop fov or --resize).",
         ),
     ])
+
+
+def geometry_settings(crop, resize, write_mask, labels, bounds) -> GeometrySettings:
+    """The geometry options checked together (ValueError: a usage error)."""
+    if labels is not None and labels != "auto" and not Path(labels).is_dir():
+        raise ValueError(f"--with-labels: {labels} is not a folder (or 'auto')")
+    geometry = GeometrySettings(crop=crop == "fov", resize=resize, write_mask=write_mask,
+                                labels=labels)
+    if bounds is not None and not geometry.transforms:
+        raise ValueError("--bounds records the crop and resize: give --crop fov or --resize N")
+    return geometry
