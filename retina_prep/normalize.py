@@ -227,8 +227,7 @@ class PreparedMask:
     kernel: Kernel
     order: int
     ridge: float
-    weights: np.ndarray = field(repr=False)  # (M conv K) / sum(K)
-    inverse: np.ndarray = field(repr=False)  # 1 / (M conv K), the local mean's divisor
+    inverse: np.ndarray = field(repr=False)  # sum(K) / (M conv K): the local mean's divisor
     plane: PlaneGeometry | None = field(repr=False)
 
     @property
@@ -266,8 +265,8 @@ def prepare_mask(mask, *, window=None, kernel: Kernel | None = None, order: int 
     inverse = cv2.max(den, DEFAULT_MIN_WEIGHT * raw)
     cv2.divide(k.total, inverse, dst=inverse)
     plane = plane_geometry(m, k, weights, ridge=ridge, where=m > 0) if order == 1 else None
-    return PreparedMask(mask=m, kernel=k, order=order, ridge=float(ridge), weights=weights,
-                        inverse=inverse, plane=plane)
+    return PreparedMask(mask=m, kernel=k, order=order, ridge=float(ridge), inverse=inverse,
+                        plane=plane)
 
 
 def _prepared_num(image: np.ndarray, prepared: PreparedMask) -> np.ndarray:
@@ -427,8 +426,8 @@ def normalize_illumination(
     if finite is not None:
         inside = finite if inside is None else inside & finite
     if prepared is not None and finite is None and not ignore_mask:
-        parts, weights = _MeanParts(_prepared_num(img, prepared), inverse=prepared.inverse), \
-            prepared.weights
+        parts = _MeanParts(_prepared_num(img, prepared), inverse=prepared.inverse)
+        weights = None  # the plane was prepared, or plane_geometry computes them
     else:
         prepared = None
         src, m = _drop_nonfinite(img, None if ignore_mask else mask)

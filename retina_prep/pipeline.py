@@ -260,8 +260,9 @@ class _Cache:
 #: Mask files read and trimmed, by the file's identity (path, device, inode, size, mtime) and
 #: the mask settings: images that share one mask file (one mask per camera) read it once.
 _MASKS = _Cache(8)
-#: Prepared masks (:func:`~retina_prep.normalize.prepare_mask`) of masks met more than once.
-_PREPARED = _Cache(2)
+#: Prepared masks (:func:`~retina_prep.normalize.prepare_mask`) of masks met more than once
+#: (one: about 8 bytes per pixel, plus the margin band's plane coefficients).
+_PREPARED = _Cache(1)
 
 
 def _mask_key(pair: Pair, settings: MaskSettings):
