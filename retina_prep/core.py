@@ -1037,10 +1037,18 @@ def _band_blocks(band: np.ndarray, ry: int, rx: int):
     """Rectangles ``(y0, y1, x0, x1)`` that together cover every True pixel of ``band``: one
     strip of rows at a time, split at column gaps wider than the kernel and capped in width
     (so block-local coordinates stay small), each cut to the rows it needs."""
-    h, _ = band.shape
+    h, w = band.shape
+    rows: np.ndarray = np.asarray(band.any(axis=1))
+    if max(h, w) <= max(1024, 8 * max(rx, ry)):
+        # a small image: one block, the band's bounding box (fewer, larger operations win, and
+        # block-local coordinates stay within +-512 px or 4 radii)
+        cols = np.flatnonzero(band.any(axis=0))
+        used = np.flatnonzero(rows)
+        if used.size:
+            yield int(used[0]), int(used[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        return
     step = max(16, 4 * ry)
     cap = max(32, 8 * rx)
-    rows: np.ndarray = np.asarray(band.any(axis=1))
     for y0 in range(0, h, step):
         y1 = min(y0 + step, h)
         if not rows[y0:y1].any():
@@ -1117,34 +1125,33 @@ def plane_geometry(mask, kernel, weights=None, *, ridge: float = DEFAULT_RIDGE,
         xs, ys = _block_coords(X0, X1, np.float64), _block_coords(Y0, Y1, np.float64)
         mb = (np.ones((Y1 - Y0, X1 - X0)) if m is None
               else np.asarray(m[Y0:Y1, X0:X1], np.float64))
-        mx_w, my_w = mb * xs[None, :], mb * ys[:, None]
-        first = cv2.merge([mb, mx_w, my_w])  # M, x M, y M
-        second = cv2.merge([mx_w * xs[None, :], mx_w * ys[:, None], my_w * ys[:, None]])
         inner = (slice(y0 - Y0, y1 - Y0), slice(x0 - X0, x1 - X0))
-        idx = np.flatnonzero(band[y0:y1, x0:x1])
-        f1 = _filter(first, k, path, cv2.CV_64F)[inner].reshape(-1, 3)[idx]
-        f2 = _filter(second, k, path, cv2.CV_64F)[inner].reshape(-1, 3)[idx]
-        m0 = f1[:, 0]
-        mx = f1[:, 1] / m0  # the window's centroid
-        my = f1[:, 2] / m0
-        cxx = f2[:, 0] / m0 - mx * mx + ridge * s2x
-        cxy = f2[:, 1] / m0 - mx * my
-        cyy = f2[:, 2] / m0 - my * my + ridge * s2y
+        sub = band[y0:y1, x0:x1]
+
+        def moment(a, inner=inner, sub=sub):  # the window sums at the block's band pixels
+            return _filter(a, k, path, cv2.CV_64F, raw=True)[inner][sub]
+
+        mx_w, my_w = mb * xs[None, :], mb * ys[:, None]
+        m0 = moment(mb)
+        mx = moment(mx_w) / m0  # the window's centroid
+        my = moment(my_w) / m0
+        cxx = moment(mx_w * xs[None, :]) / m0 - mx * mx + ridge * s2x
+        cxy = moment(mx_w * ys[:, None]) / m0 - mx * my
+        cyy = moment(my_w * ys[:, None]) / m0 - my * my + ridge * s2y
         det = cxx * cyy - cxy * cxy
         singular = det <= 1e-6 * max(s2x, 1.0) * max(s2y, 1.0)
         inv = np.where(singular, 0.0, 1.0 / np.where(singular, 1.0, det))
-        py, px = np.divmod(idx, x1 - x0)
+        py, px = np.nonzero(sub)
         dx = xs[px + (x0 - X0)] - mx  # from the window's centroid to the pixel
         dy = ys[py + (y0 - Y0)] - my
         p = (cyy * dx - cxy * dy) * inv
         q = (cxx * dy - cxy * dx) * inv
-        # plane = mean + p * (Sx/m0 - mx mean) + q * (Sy/m0 - my mean), with Sx = B(x I M)
+        # plane = mean + p * (Sx/m0 - mx mean) + q * (Sy/m0 - my mean), with Sx = B(x I M):
         # dense maps over the block (identity where the pixel is not in the band)
-        coef = np.zeros((3, (y1 - y0) * (x1 - x0)), np.float32)
+        coef = np.zeros((3, y1 - y0, x1 - x0), np.float32)
         coef[0] = 1.0
-        coef[:, idx] = np.stack([1.0 - p * mx - q * my, p / m0, q / m0])
-        blocks.append(((y0, y1, x0, x1), (Y0, Y1, X0, X1), len(idx),
-                       coef.reshape(3, y1 - y0, x1 - x0, 1)))
+        coef[:, sub] = np.stack([1.0 - p * mx - q * my, p / m0, q / m0])
+        blocks.append(((y0, y1, x0, x1), (Y0, Y1, X0, X1), len(px), coef))
     return PlaneGeometry(kernel=k, ridge=float(ridge), blocks=tuple(blocks))
 
 
@@ -1168,17 +1175,18 @@ def apply_plane(image, mask, mean: np.ndarray, geometry: PlaneGeometry) -> np.nd
         else:  # I M, in the image's own dtype for a binary mask
             ib = _masked_input(ib, m[Y0:Y1, X0:X1],
                                None if binary is None else np.ascontiguousarray(binary[Y0:Y1, X0:X1]))
-        bh, bw = Y1 - Y0, X1 - X0
         xs, ys = _block_coords(X0, X1, np.float32), _block_coords(Y0, Y1, np.float32)
         inner = (slice(y0 - Y0, y1 - Y0), slice(x0 - X0, x1 - X0))
-        flat = ib.reshape(bh, bw * c).astype(np.float32)
-        sx = _filter((flat * np.repeat(xs, c)).reshape(bh, bw, c), k, path)[inner]
-        flat *= ys[:, None]
-        sy = _filter(flat.reshape(bh, bw, c), k, path)[inner]
-        sx *= coef[1]
-        sy *= coef[2]
-        sx += sy
-        blk = mean[y0:y1, x0:x1]
-        blk *= coef[0]
-        blk += sx
+        c0, cx, cy = coef[0], coef[1], coef[2]
+        # channel by channel on 2-D planes: row-wise products and OpenCV arithmetic stay fast
+        planes = cv2.split(ib) if 1 < c <= 4 else [np.ascontiguousarray(ib[..., i]) for i in range(c)]
+        for i, plane in enumerate(planes):
+            p = plane.astype(np.float32)
+            sx = _filter(p * xs[None, :], k, path, raw=True)[inner]  # raw: as the geometry's
+            p *= ys[:, None]
+            sy = _filter(p, k, path, raw=True)[inner]
+            res = cv2.multiply(np.ascontiguousarray(mean[y0:y1, x0:x1, i]), c0)
+            res = cv2.add(res, cv2.multiply(np.ascontiguousarray(sx), cx))
+            res = cv2.add(res, cv2.multiply(np.ascontiguousarray(sy), cy))
+            mean[y0:y1, x0:x1, i] = res
     return mean
