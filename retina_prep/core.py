@@ -1042,10 +1042,10 @@ def _band_blocks(band: np.ndarray, ry: int, rx: int):
     if max(h, w) <= max(1024, 8 * max(rx, ry)):
         # a small image: one block, the band's bounding box (fewer, larger operations win, and
         # block-local coordinates stay within +-512 px or 4 radii)
-        cols = np.flatnonzero(band.any(axis=0))
-        used = np.flatnonzero(rows)
-        if used.size:
-            yield int(used[0]), int(used[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        xs_used = np.flatnonzero(band.any(axis=0))
+        ys_used = np.flatnonzero(rows)
+        if ys_used.size:
+            yield int(ys_used[0]), int(ys_used[-1]) + 1, int(xs_used[0]), int(xs_used[-1]) + 1
         return
     step = max(16, 4 * ry)
     cap = max(32, 8 * rx)
