@@ -1033,13 +1033,17 @@ def _check_plane_args(k: Kernel, ridge: float) -> None:
 _COMPLETE = 1.0 - 1e-6
 
 
-def _band_blocks(band: np.ndarray, ry: int, rx: int):
+#: Images up to this size (px, either side) get one block (see :func:`_band_blocks`).
+_ONE_BLOCK = 1024
+
+
+def _band_blocks(band: np.ndarray, ry: int, rx: int, one_block: int | None = None):
     """Rectangles ``(y0, y1, x0, x1)`` that together cover every True pixel of ``band``: one
     strip of rows at a time, split at column gaps wider than the kernel and capped in width
     (so block-local coordinates stay small), each cut to the rows it needs."""
     h, w = band.shape
     rows: np.ndarray = np.asarray(band.any(axis=1))
-    if max(h, w) <= max(1024, 8 * max(rx, ry)):
+    if max(h, w) <= max(_ONE_BLOCK if one_block is None else one_block, 8 * max(rx, ry)):
         # a small image: one block, the band's bounding box (fewer, larger operations win, and
         # block-local coordinates stay within +-512 px or 4 radii)
         xs_used = np.flatnonzero(band.any(axis=0))
