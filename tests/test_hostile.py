@@ -300,7 +300,7 @@ def test_no_process_of_a_run_survives(tmp_path, how):
     from retina_prep.io import write_image
     from retina_prep.synthetic import synthetic_fundus
 
-    for i in range(12):
+    for i in range(24):  # enough work that the run is still going when the signal comes
         write_image(tmp_path / "in" / f"{i:02d}.png", synthetic_fundus((700, 760), seed=i).image)
     marker = f"RP_TEST_{uuid.uuid4().hex}"
     env = {**os.environ, marker: "1"}
@@ -315,7 +315,7 @@ def test_no_process_of_a_run_survives(tmp_path, how):
         while ((len(_run_processes(marker)) < 3 or not manifest.exists()
                 or manifest.stat().st_size == 0) and time.monotonic() < deadline):
             time.sleep(0.05)  # the pool is up and the run has begun (its first manifest line)
-        time.sleep(0.3)
+        time.sleep(0.1)
         if how == "kill9-main":
             proc.kill()
         else:  # a group signal, as a terminal's Ctrl-C or a scheduler's SIGTERM sends
