@@ -122,3 +122,39 @@ def test_dicom_folder_normalizes_like_pngs(tmp_path, fundus):
     recs = [json.loads(x) for x in (tmp_path / "out_dcm" / "manifest.jsonl").read_text().splitlines()]
     spacings = [x["params"].get("pixel_spacing") for x in recs if x["type"] == "image"]
     assert spacings == [[0.0125, 0.0125]] * 4
+
+
+def test_jpeg2000_dicom_reads_losslessly(tmp_path, fundus):
+    """JPEG 2000 (as many clinical exports hold), compressed here with pydicom's pylibjpeg
+    encoder and decoded by the extra's OpenJPEG plugin."""
+    from pydicom.uid import JPEG2000Lossless
+
+    ds = pydicom.dcmread(write_dicom(tmp_path / "raw.dcm", fundus.image))
+    try:
+        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+    except Exception as exc:  # pragma: no cover - the encoder plugin is part of the test extra
+        pytest.skip(f"no JPEG 2000 encoder here: {exc}")
+    ds.save_as(tmp_path / "j2k.dcm")
+    np.testing.assert_array_equal(read_image(tmp_path / "j2k.dcm"), fundus.image)
+
+
+def test_grayscale_dicom(tmp_path, fundus):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    gray = fundus.image[..., 1]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = gray.shape
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 8, 8, 7
+    ds.PixelRepresentation, ds.PhotometricInterpretation = 0, "MONOCHROME2"
+    ds.PixelData = gray.tobytes()
+    ds.save_as(tmp_path / "gray.dcm", enforce_file_format=True)
+    meta_out = {}
+    np.testing.assert_array_equal(read_image(tmp_path / "gray.dcm", meta=meta_out), gray)
+    assert "pixel_spacing" not in meta_out  # none in the header: none recorded
