@@ -45,7 +45,7 @@ IMAGE_EXTENSIONS = (
 )
 
 #: The optional extra that reads DICOM (pydicom with JPEG and JPEG 2000 decoders).
-DICOM_EXTRA = "pip install 'retina-prep[dicom]'"
+DICOM_EXTRA = "retina-prep[dicom] (pip install '.[dicom]' in the repository)"
 
 #: Output formats: name -> file ending.
 OUTPUT_FORMATS = {"png": ".png", "tif": ".tif"}
