@@ -31,19 +31,26 @@ _LAZY = {
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 
+#: Submodules reachable as attributes (``rp.geometry.to_original``) without importing them first.
+_SUBMODULES = ("core", "normalize", "fov", "io", "dataset", "geometry", "pipeline", "batch",
+               "evaluate", "figures", "metrics", "synthetic", "errors")
+
+
 def __getattr__(name):
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'retina_prep' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # later uses skip this function
     return value
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_WHERE))
+    return sorted(set(globals()) | set(_WHERE) | set(_SUBMODULES))
 
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly

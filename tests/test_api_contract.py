@@ -128,3 +128,18 @@ def test_nonfinite_pixels_are_invalid_not_spread(points, bad_value):
     norm = rp.normalize_illumination(img, mask, window=5)
     assert np.isfinite(norm).all()
     assert (norm[bad] == 0).all()  # fill, like outside the field of view
+
+
+def test_lazy_package_gives_every_public_name_and_submodule():
+    """`import retina_prep` imports no NumPy-heavy module until a name is used; every name in
+    __all__ and the submodules (rp.geometry, ...) are reachable; unknown names raise."""
+    import subprocess
+    import sys
+
+    code = ("import sys, retina_prep as rp; assert 'cv2' not in sys.modules; "
+            "[getattr(rp, n) for n in rp.__all__]; rp.geometry.to_original; "
+            "from retina_prep import *; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    with pytest.raises(AttributeError, match="no attribute"):
+        rp.no_such_name  # noqa: B018
