@@ -474,10 +474,15 @@ def apply_geometry(pair: Pair, result, fov, mask, geometry: GeometrySettings, *,
         x, y, w, h = fov_bounds(fov)
         info = {**transform.to_dict(), "fov_centre": [x + (w - 1) / 2, y + (h - 1) / 2],
                 "fov_radius": max(w, h) / 2, "fov_bounds": [x, y, x + w, y + h]}
-        # fill is in 8-bit units, as normalize's: scaled to the result's dtype
-        integer = np.issubdtype(result.dtype, np.integer)
-        level = fill * (np.iinfo(result.dtype).max / 255 if integer else 1 / 255)
-        level = float(np.clip(round(level) if integer else level, *_value_limits(result.dtype)))
+        # the padding gets the value the result already has outside the FOV (the fill, in the
+        # result's own units and range); with no outside pixel, fill (8-bit units) scaled
+        outside = ~(mask > 0)
+        if outside.any():
+            level = float(np.asarray(result[outside][0]).ravel()[0])
+        else:
+            integer = np.issubdtype(result.dtype, np.integer)
+            level = fill * (np.iinfo(result.dtype).max / 255 if integer else 1 / 255)
+            level = float(np.clip(round(level) if integer else level, *_value_limits(result.dtype)))
         result = warp(result, transform, interpolation="area", fill=level)
     cut_mask = mask > 0
     if transform is not None:

@@ -207,3 +207,22 @@ def test_filter_crop_resize_with_weights_mask_and_bounds(tmp_path):
         assert read_image(im).shape[:2] == m.shape == w.shape == (48, 48)
         assert (read_image(im)[~m] == 0).all()
     assert len(list(csv.DictReader(open(tmp_path / "b.csv")))) == 3
+
+
+def test_cut_float_output_pads_with_the_fill_it_already_has(tmp_path):
+    """A float32 filter output keeps its units (8-bit values): the padding where the frame cuts
+    the disc and the outside of the cut mask hold the same fill as the uncut output."""
+    from retina_prep.io import read_image, read_mask
+
+    s = synthetic_fundus((90, 120), seed=2, radius=0.6)  # the frame cuts the disc
+    write_image(tmp_path / "eye.png", s.image)
+    write_image(tmp_path / "eye_mask.png", s.mask.astype(np.uint8) * 255)
+    r = CliRunner().invoke(cli, ["filter", str(tmp_path / "eye.png"), "--mask",
+                                 str(tmp_path / "eye_mask.png"), "-o", str(tmp_path / "out"),
+                                 "--kernel", "mean", "--window", "5", "--fill", "40", "--dtype",
+                                 "float32", "--format", "tif", "--crop", "fov", "--write-mask"])
+    assert r.exit_code == 0, r.output
+    out = read_image(tmp_path / "out" / "eye.tif")
+    m = read_mask(tmp_path / "out" / "eye_mask.png")
+    assert out.shape[:2] == m.shape and out.shape[0] == out.shape[1] > 90
+    assert np.allclose(out[~m], 40.0)
