@@ -107,6 +107,11 @@ def _read_bytes(path: Path) -> bytes:
 
 def _decode(path: Path, data: bytes) -> np.ndarray:
     """Decode with OpenCV, falling back to imageio (GIF and other formats)."""
+    return _decode_by(path, data)[0]
+
+
+def _decode_by(path: Path, data: bytes) -> tuple[np.ndarray, str]:
+    """:func:`_decode`, and which decoder did it: ``"opencv"`` or ``"imageio"``."""
     arr = None
     if path.suffix.lower() != ".gif":
         buf = np.frombuffer(data, np.uint8)
@@ -135,7 +140,8 @@ def _decode(path: Path, data: bytes) -> np.ndarray:
                 f"cannot decode as an image (truncated, damaged or unsupported format: {reason})",
                 path,
             ) from None
-    return np.asarray(arr)
+        return np.asarray(arr), "imageio"
+    return np.asarray(arr), "opencv"
 
 
 def _check_count(path, n: int, max_pixels) -> None:
@@ -196,6 +202,28 @@ def exif_orientation(data: bytes) -> int:
     return value if 1 <= value <= 8 else 1
 
 
+#: The inverse of each EXIF orientation's turn.
+_UNDO = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}
+
+
+def _orient(path: Path, data: bytes, arr: np.ndarray, decoder: str, honour: bool,
+            meta: dict | None) -> np.ndarray:
+    """Turn decoded pixels as the file's EXIF orientation says (``honour``), or keep them as
+    stored. OpenCV's TIFF decoder always applies a TIFF's orientation itself (no flag stops
+    it), so there the turn is undone instead when the orientation is to be ignored."""
+    if path.suffix.lower() not in ORIENTED_EXTENSIONS:
+        return arr
+    turn = exif_orientation(data)
+    if turn == 1:
+        return arr
+    turned_by_opencv = decoder == "opencv" and path.suffix.lower() in (".tif", ".tiff")
+    if honour:
+        if meta is not None:
+            meta["orientation"] = turn
+        return arr if turned_by_opencv else apply_orientation(arr, turn)
+    return apply_orientation(arr, _UNDO[turn]) if turned_by_opencv else arr
+
+
 def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     """``arr`` turned from its stored orientation into the displayed one (EXIF 1-8)."""
     ops = {
@@ -233,13 +261,8 @@ def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, orientation
     if is_dicom(path, data):
         arr = _decode_dicom(path, data, meta, max_pixels)
     else:
-        arr = _decode(path, data)
-    turn = exif_orientation(data) if orientation and path.suffix.lower() in ORIENTED_EXTENSIONS \
-        else 1
-    if turn != 1:
-        arr = apply_orientation(arr, turn)
-        if meta is not None:
-            meta["orientation"] = turn
+        arr, decoder = _decode_by(path, data)
+        arr = _orient(path, data, arr, decoder, orientation, meta)
     if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] > 4):
         arr = arr[0]  # first frame
     if arr.ndim == 3:
@@ -313,9 +336,8 @@ def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     try:
         data = _read_bytes(path)
         _refuse_large(path, data, max_pixels)
-        raw = _decode(path, data)
-        if orientation and path.suffix.lower() in ORIENTED_EXTENSIONS:
-            raw = apply_orientation(raw, exif_orientation(data))
+        raw, decoder = _decode_by(path, data)
+        raw = _orient(path, data, raw, decoder, orientation, None)
         mask = binarize_mask(raw, path=path)
         _check_pixels(path, mask.shape, max_pixels)  # formats whose header Pillow cannot read
     except ImageReadError as exc:
