@@ -812,8 +812,8 @@ def _label_in(folder, image: Path):
 
 
 def read_transforms(manifest) -> dict[str, dict]:
-    """The geometry records of a manifest (``normalize --crop/--resize``), by output file stem:
-    ``{stem: {"geometry": ..., "input": ..., "output": ...}}`` (a later run's record wins).
+    """The geometry records of a manifest (``normalize --crop/--resize``), by output path:
+    ``{output: {"geometry": ..., "input": ..., "output": ...}}`` (a later run's record wins).
 
     Raises :class:`RetinaPrepError` naming the file if it cannot be read or holds no record
     with a geometry.
@@ -835,25 +835,41 @@ def read_transforms(manifest) -> dict[str, dict]:
         g = (rec.get("params") or {}).get("geometry")
         outs = rec.get("outputs") or []
         if g and outs:
-            found[Path(outs[0]).stem] = {"geometry": g, "input": rec.get("input"),
-                                         "output": outs[0]}
+            found[str(outs[0])] = {"geometry": g, "input": rec.get("input"), "output": outs[0]}
     if not found:
         raise RetinaPrepError("the manifest records no cropped or resized image (run normalize"
                               " with --crop fov or --resize N)", path)
     return found
 
 
-def match_transform(pred: Path, transforms: dict[str, dict]):
-    """The record of the output a prediction file belongs to: the output whose stem is the
-    prediction's stem, or begins it followed by ``_``, ``-`` or ``.`` (the longest such);
-    None if there is none."""
+def match_transform(pred: Path, transforms: dict[str, dict], rel=None):
+    """The record of the output a prediction file belongs to, or None.
+
+    The output's name (without ending) is the prediction's, or begins it followed by ``_``,
+    ``-`` or ``.``; the longest such name wins. Where outputs in different folders share that
+    name, the one whose folders end like the prediction's ``rel`` (its path under the folder
+    given) wins; if that still leaves several, :class:`RetinaPrepError` says so.
+    """
     stem = Path(pred).stem
-    best = None
-    for out_stem in transforms:
+    best: list[str] = []
+    best_len = -1
+    for key in transforms:
+        out_stem = Path(key).stem
         if stem == out_stem or (stem.startswith(out_stem) and stem[len(out_stem)] in "_-."):
-            if best is None or len(out_stem) > len(best):
-                best = out_stem
-    return None if best is None else transforms[best]
+            if len(out_stem) > best_len:
+                best, best_len = [key], len(out_stem)
+            elif len(out_stem) == best_len:
+                best.append(key)
+    if len(best) > 1 and rel is not None:
+        parents = Path(rel).parent.parts
+        if parents:
+            best = [k for k in best if Path(k).parent.parts[-len(parents):] == parents] or best
+    if len(best) > 1:
+        raise RetinaPrepError(f"several outputs in the manifest are named like this prediction"
+                              f" ({', '.join(sorted(Path(k).name for k in best)[:3])} in different"
+                              " folders); keep the outputs' folders when giving predictions",
+                              pred)
+    return transforms[best[0]] if best else None
 
 
 def restore_outputs(pair: Pair, outdir, output: OutputSettings = OutputSettings()) -> list[Path]:
@@ -868,7 +884,7 @@ def restore_pair(pair: Pair, outdir, transforms: dict[str, dict], *,
     photograph's pixel grid, and write ``OUTDIR/<rel>.<format>``."""
     outs = restore_outputs(pair, outdir, output)
     _check_outputs(outs, pair, output)
-    rec = match_transform(pair.image, transforms)
+    rec = match_transform(pair.image, transforms, pair.rel)
     if rec is None:
         raise RetinaPrepError("no output in the manifest is named like this prediction (its"
                               " name must start with the output's name)", pair.image)

@@ -84,3 +84,24 @@ def test_rim_auto_masks_are_not_cached(tmp_path):
     pairs, _ = _camera(tmp_path, 2)
     pl.load_pair(pairs[0], pl.MaskSettings(rim="auto"))
     assert not pl._MASKS.items
+
+
+def test_predictions_match_outputs_by_name_and_folder():
+    from retina_prep.errors import RetinaPrepError
+
+    rec = {"geometry": {}, "input": "x"}
+    transforms = {"prep/test/01.png": {**rec, "output": "prep/test/01.png"},
+                  "prep/train/01.png": {**rec, "output": "prep/train/01.png"},
+                  "prep/test/01_a.png": {**rec, "output": "prep/test/01_a.png"},
+                  "prep/test/02.png": {**rec, "output": "prep/test/02.png"}}
+    m = pl.match_transform
+    assert m(Path("p/02_vessels.png"), transforms)["output"] == "prep/test/02.png"
+    assert m(Path("p/01_a_vessels.png"), transforms)["output"] == "prep/test/01_a.png"  # longest
+    assert m(Path("p/test/01_vessels.png"), transforms, PurePath("test/01_vessels"))["output"] \
+        == "prep/test/01.png"
+    assert m(Path("p/train/01.png"), transforms, PurePath("train/01"))["output"] \
+        == "prep/train/01.png"
+    assert m(Path("p/03.png"), transforms) is None
+    assert m(Path("p/02x.png"), transforms) is None  # 02 followed by a letter: another name
+    with pytest.raises(RetinaPrepError, match="several outputs"):
+        m(Path("p/01_vessels.png"), transforms, PurePath("01_vessels"))
