@@ -119,14 +119,6 @@ def _run_in_worker(step, pair) -> Result:
         os._exit(exc.code if isinstance(exc.code, int) else 1)
 
 
-def start_workers_early(jobs: int) -> None:
-    """With ``jobs > 1``, start the worker fork server now, so that its imports (a few tenths
-    of a second) overlap with whatever the caller does before :func:`run_batch` (finding
-    the images, checking outputs) instead of delaying the first result."""
-    if jobs > 1:
-        start_helpers(mp_context())
-
-
 def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: int = 1,
               finished_on_stop: list | None = None) -> Generator[Result, None, None]:
     """Run ``step`` on every pair, yielding a :class:`Result` for each, in input order.

@@ -6,6 +6,7 @@ Nothing here is used by the processing code.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import statistics
@@ -13,16 +14,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from .batch import run_batch
 from .core import box_kernel, gaussian_kernel, masked_convolve
-from .dataset import find_pairs
+from .dataset import Pair, find_pairs
 from .io import encode_image, read_image, read_mask, write_image
-from .normalize import normalize_illumination, prepare_mask
-from .pipeline import NormalizeSettings, OutputSettings, normalize_pair
+from .normalize import kernel_for, normalize_illumination, prepare_mask
+from .pipeline import MaskSettings, NormalizeSettings, OutputSettings, clear_caches, normalize_pair
 from .synthetic import synthetic_fundus
 
 __all__ = [
@@ -149,19 +152,25 @@ def reference_row(crop: int = 96, window: int = 15):
             "library_ms": 1000 * t_lib, "speedup": t_ref / t_lib, "max_abs_diff": float(err)}
 
 
+def _drive_folder(drive_root: Path | None, tmp: Path, n_generated: int) -> tuple[str, Path]:
+    """The DRIVE folder to time on (its name for the table), or ``n_generated`` DRIVE-size
+    synthetic images with masks written under ``tmp``."""
+    if drive_root is not None and (drive_root / "training" / "images").is_dir():
+        return f"DRIVE ({drive_root})", drive_root
+    folder = tmp / "gen"
+    for i in range(n_generated):
+        im, mk = _fundus((584, 565), seed=i)
+        write_image(folder / "images" / f"{i:02d}.png", im)
+        write_image(folder / "mask" / f"{i:02d}_mask.png", mk.astype(np.uint8) * 255)
+    return f"{n_generated} generated DRIVE-size images", folder
+
+
 def batch_row(drive_root: Path | None = None, n_generated: int = 40):
     """Images/s of normalize over a DRIVE folder against the decode + encode floor (one process)."""
     with tempfile.TemporaryDirectory() as tmpname:
         tmp = Path(tmpname)
-        if drive_root is not None and (drive_root / "training" / "images").is_dir():
-            source, pairs = f"DRIVE ({drive_root})", find_pairs([drive_root])
-        else:
-            folder = tmp / "gen"
-            for i in range(n_generated):
-                im, mk = _fundus((584, 565), seed=i)
-                write_image(folder / "images" / f"{i:02d}.png", im)
-                write_image(folder / "mask" / f"{i:02d}_mask.png", mk.astype(np.uint8) * 255)
-            source, pairs = f"{n_generated} generated DRIVE-size images", find_pairs([folder])
+        source, folder = _drive_folder(drive_root, tmp, n_generated)
+        pairs = find_pairs([folder])
 
         def floor():
             for p in pairs:
@@ -186,11 +195,6 @@ def batch_row(drive_root: Path | None = None, n_generated: int = 40):
 def end_to_end_rows(shape=(2336, 3504), repeat: int = 3):
     """One HRF-size photograph (JPEG) and its mask file through ``normalize_pair`` in this
     process (read, mask, IN, write), per output format, against the decode + encode floor."""
-    from dataclasses import replace as _replace
-
-    from .dataset import Pair
-    from .pipeline import _MASKS, _PREPARED, MaskSettings
-
     rows = []
     with tempfile.TemporaryDirectory() as tmpname:
         tmp = Path(tmpname)
@@ -209,14 +213,13 @@ def end_to_end_rows(shape=(2336, 3504), repeat: int = 3):
         t_floor = time_call(floor, repeat)
         base = OutputSettings(overwrite=True)
         for label, output in [("png (default)", base),
-                              ("png --png-level 0", _replace(base, png_level=0)),
-                              ("png --png-level 6", _replace(base, png_level=6)),
-                              ("tif", _replace(base, format="tif"))]:
+                              ("png --png-level 0", replace(base, png_level=0)),
+                              ("png --png-level 6", replace(base, png_level=6)),
+                              ("tif", replace(base, format="tif"))]:
             for shared in (False, True):
                 def run(output=output, shared=shared):
                     if not shared:
-                        _MASKS.items.clear()
-                        _PREPARED.items.clear()
+                        clear_caches()
                     normalize_pair(pair, tmp / "out", NormalizeSettings(window=101), MaskSettings(),
                                    output=output)
 
@@ -233,8 +236,6 @@ def end_to_end_rows(shape=(2336, 3504), repeat: int = 3):
 def gaussian_vs_box_row(shape=(2336, 3504), sigma: float = 80.0, box: int = 161, repeat: int = 3):
     """The kernels ``normalize --kernel gaussian --sigma S`` and ``--window B`` run (one rule,
     :func:`~retina_prep.normalize.kernel_for`), through normalize_illumination on one image."""
-    from .normalize import kernel_for
-
     img, mask = _fundus(shape)
     g = kernel_for("gaussian", None, sigma, mask)
     b = kernel_for("mean", box, None, mask)
@@ -249,16 +250,8 @@ def parallel_row(drive_root: Path | None = None, n_generated: int = 40, repeat: 
     and -j 2, in fresh processes, alternating, best of ``repeat``."""
     with tempfile.TemporaryDirectory() as tmpname:
         tmp = Path(tmpname)
-        if drive_root is not None and (drive_root / "training" / "images").is_dir():
-            source, folder = f"DRIVE ({drive_root})", drive_root
-        else:
-            folder = tmp / "gen"
-            for i in range(n_generated):
-                im, mk = _fundus((584, 565), seed=i)
-                write_image(folder / "images" / f"{i:02d}.png", im)
-                write_image(folder / "mask" / f"{i:02d}_mask.png", mk.astype(np.uint8) * 255)
-            source = f"{n_generated} generated DRIVE-size images"
-        n = len(find_pairs([folder]))
+        source, folder = _drive_folder(drive_root, tmp, n_generated)
+        pairs = find_pairs([folder])
         best = {1: float("inf"), 2: float("inf")}
         for k in range(repeat):
             for jobs in (1, 2):
@@ -269,11 +262,6 @@ def parallel_row(drive_root: Path | None = None, n_generated: int = 40, repeat: 
                 best[jobs] = min(best[jobs], time.perf_counter() - t0)
         start = min(_startup_seconds() for _ in range(repeat))
         # the images alone: run_batch in this process, the worker pool's start included
-        import functools
-
-        from .batch import run_batch
-
-        pairs = find_pairs([folder])
         step = functools.partial(normalize_pair, outdir=tmp / "inproc",
                                  output=OutputSettings(overwrite=True))
         inproc = {1: float("inf"), 2: float("inf")}
@@ -283,7 +271,7 @@ def parallel_row(drive_root: Path | None = None, n_generated: int = 40, repeat: 
                 for _r in run_batch(pairs, step, jobs=jobs):
                     pass
                 inproc[jobs] = min(inproc[jobs], time.perf_counter() - t0)
-    return {"source": source, "images": n, "j1_s": best[1], "j2_s": best[2],
+    return {"source": source, "images": len(pairs), "j1_s": best[1], "j2_s": best[2],
             "speedup": best[1] / best[2], "startup_s": start,
             "batch_j1_s": inproc[1], "batch_j2_s": inproc[2],
             "batch_speedup": inproc[1] / inproc[2]}

@@ -542,13 +542,11 @@ def _strips(h: int, w: int):
         yield slice(y0, min(h, y0 + rows))
 
 
-def _reciprocal(weights: np.ndarray, scale: float, min_weight: float):
-    """``(scale / max(weights, min_weight), undefined)`` with ``undefined = weights <
-    min_weight`` (there the quotient is meaningless and must be filled by the caller)."""
-    undefined = weights < min_weight
-    inv = np.maximum(weights, np.float32(min_weight if min_weight > 0 else 1e-30))
-    cv2.divide(float(scale), inv, dst=inv)  # one channel: scale / w, in place
-    return inv, undefined
+def _reciprocal(den: np.ndarray, scale: float, floor: float) -> np.ndarray:
+    """``scale / max(den, floor)`` (a new single-channel array), with OpenCV."""
+    inv = cv2.max(den, float(floor) if floor > 0 else 1e-30)
+    cv2.divide(float(scale), inv, dst=inv)
+    return inv
 
 
 def _scale_rows(num: np.ndarray, inv: np.ndarray) -> None:
@@ -566,24 +564,6 @@ def _scale_rows(num: np.ndarray, inv: np.ndarray) -> None:
         num *= inv[..., None]
 
 
-def _scale_by(num: np.ndarray, inv: np.ndarray) -> np.ndarray:
-    """``num * inv`` per channel (``inv`` (H, W)), in place, strip by strip."""
-    for rows in _strips(*num.shape[:2]):
-        _scale_rows(num[rows], inv[rows])
-    return num
-
-
-def _divide_by(num: np.ndarray, weights: np.ndarray, scale: float, min_weight: float):
-    """``num * scale / max(weights, min_weight)`` per channel, in place, strip by strip:
-    (result, undefined) with ``undefined = weights < min_weight``."""
-    floor = float(min_weight if min_weight > 0 else 1e-30)
-    for rows in _strips(*num.shape[:2]):
-        inv = cv2.max(weights[rows], floor)
-        cv2.divide(float(scale), inv, dst=inv)
-        _scale_rows(num[rows], inv)
-    return num, weights < min_weight
-
-
 class _MeanParts:
     """A local mean kept as its parts until needed, so that the division runs strip by strip
     together with whatever uses the mean (see :meth:`rows`): ``num * scale / max(den,
@@ -595,19 +575,26 @@ class _MeanParts:
         self.den = den
         self.inverse = inverse
         self.scale = float(scale)
-        self.floor = float(floor) if floor > 0 else 1e-30
+        self.floor = float(floor)
 
-    def rows(self, rows: slice) -> np.ndarray:
-        """The mean on ``rows`` (dividing ``num`` there, in place; once per row)."""
+    def pending(self, rows: slice) -> tuple[np.ndarray, float]:
+        """``(part, factor)`` with the mean on ``rows`` equal to ``part * factor``: divided in
+        place where a divisor is held (factor 1), else ``num`` and its constant ``scale``, for
+        a caller that can apply the factor in a pass it makes anyway. Once per row."""
         n = self.num[rows]
         if self.inverse is not None:
             _scale_rows(n, self.inverse[rows])
         elif self.den is not None:
-            inv = cv2.max(self.den[rows], self.floor)
-            cv2.divide(self.scale, inv, dst=inv)
-            _scale_rows(n, inv)
-        elif self.scale != 1.0:
-            n *= np.float32(self.scale)
+            _scale_rows(n, _reciprocal(self.den[rows], self.scale, self.floor))
+        else:
+            return n, self.scale
+        return n, 1.0
+
+    def rows(self, rows: slice) -> np.ndarray:
+        """The mean on ``rows`` (dividing ``num`` there, in place; once per row)."""
+        n, factor = self.pending(rows)
+        if factor != 1.0:
+            n *= np.float32(factor)
         return n
 
     def mean(self) -> np.ndarray:
@@ -665,16 +652,17 @@ def _rect_parts(img: np.ndarray, k: Kernel, path: str):
 
 
 def _mean_parts(image, mask, k: Kernel, *, min_weight: float = DEFAULT_MIN_WEIGHT,
-                rect_fast: bool = True, want_weights: bool = False):
+                rect_fast: bool = True, want_weights: bool = False, inverse=None):
     """The masked local mean of ``image`` as :class:`_MeanParts` (the mean is ``sum(K)`` times
     the weighted mean, as :func:`masked_convolve` has it), and with ``want_weights`` the
     certainty ``(M conv K) / sum(K)``. ``image`` finite (see :func:`_drop_nonfinite`), ``mask``
     checked (:func:`as_mask`) or None; ``k`` non-negative. Box sums are plain sums, so the
     mean of 8- and 16-bit data (and of floats holding integers) is the same ratio of exact
-    integers, rounded once."""
+    integers, rounded once. ``inverse`` (from :func:`_mean_divisor` for this mask) skips the
+    mask's filter."""
     path = _pick_path(k, "auto")
     img = _as_image(image)
-    if mask is None and rect_fast and not want_weights:
+    if mask is None and rect_fast and not want_weights and inverse is None:
         parts = _rect_parts(img, k, path)
         if parts is not None:
             return parts, None
@@ -685,12 +673,24 @@ def _mean_parts(image, mask, k: Kernel, *, min_weight: float = DEFAULT_MIN_WEIGH
         binary = _binary_u8(mask)
         m = binary if binary is not None else _as_weights(mask, img.shape[:2])
         weighted = _masked_input(img, m, binary)
+    num = _filter(weighted, k, path, raw=True)
+    if inverse is not None:
+        return _MeanParts(num, inverse=inverse), None
+    den, raw = _filter(m, k, path, raw=True), _raw_total(k, path)
+    parts = _MeanParts(num, den, scale=k.total, floor=min_weight * raw)
+    return parts, (den * np.float32(1.0 / raw) if want_weights else None)
+
+
+def _mean_divisor(mask, k: Kernel, *, min_weight: float = DEFAULT_MIN_WEIGHT):
+    """What :func:`_mean_parts` divides by for ``mask`` (checked, see :func:`as_mask`) and a
+    non-negative ``k``, computed once: ``(inverse, weights)`` -- pass ``inverse`` back to
+    :func:`_mean_parts` for images with this mask; ``weights`` is the certainty
+    ``(M conv K) / sum(K)``."""
+    path = _pick_path(k, "auto")
+    binary = _binary_u8(mask)
+    den = _filter(binary if binary is not None else _as_weights(mask, None), k, path, raw=True)
     raw = _raw_total(k, path)
-    den = _filter(m, k, path, raw=True)
-    parts = _MeanParts(_filter(weighted, k, path, raw=True), den, scale=k.total,
-                       floor=min_weight * raw)
-    weights = den * np.float32(1.0 / raw) if want_weights else None
-    return parts, weights
+    return _reciprocal(den, k.total, min_weight * raw), den * np.float32(1.0 / raw)
 
 
 def _masked_input(image: np.ndarray, m: np.ndarray, binary: np.ndarray | None) -> np.ndarray:
@@ -707,9 +707,9 @@ def _masked_input(image: np.ndarray, m: np.ndarray, binary: np.ndarray | None) -
 def _normalized_mean(weighted, m, k: Kernel, path: str, min_weight: float):
     """Weighted mean of valid pixels under ``k`` (>= 0): (mean, weights, undefined)."""
     weights = _weights(m, k, path)
-    num = _filter(weighted, k, path)
-    mean, undefined = _divide_by(num, weights, 1.0 / k.total, min_weight)
-    return mean, weights, undefined
+    mean = _MeanParts(_filter(weighted, k, path), weights, scale=1.0 / k.total,
+                      floor=min_weight).mean()
+    return mean, weights, weights < min_weight
 
 
 def set_where(arr: np.ndarray, where: np.ndarray, value) -> np.ndarray:

@@ -147,11 +147,8 @@ def warp(array, transform: Transform, *, interpolation: str = "area", fill=0) ->
     says; outside the original: ``fill``. A boolean array is warped with nearest neighbour and
     stays boolean. ``"area"`` averages pixel areas when shrinking (the usual choice for
     images) and interpolates linearly when enlarging."""
-    a = np.asarray(array)
+    a = _sized(array, transform.original_size, "the transform is for")
     w, h = transform.original_size
-    if a.shape[:2] != (h, w):
-        raise ValueError(f"array is {a.shape[1]}x{a.shape[0]} px but the transform is for"
-                         f" {w}x{h} px")
     if a.dtype == np.bool_:
         return warp(a.view(np.uint8), transform, interpolation="nearest", fill=int(bool(fill))) > 0
     if interpolation not in INTERPOLATIONS:
@@ -180,6 +177,15 @@ def warp(array, transform: Transform, *, interpolation: str = "area", fill=0) ->
     return res.reshape((out_h, out_w) + a.shape[2:])
 
 
+def _sized(array, size: tuple[int, int], what: str) -> np.ndarray:
+    """``array`` as an ndarray, checked to be ``size`` (width, height)."""
+    a = np.asarray(array)
+    w, h = size
+    if a.shape[:2] != (h, w):
+        raise ValueError(f"array is {a.shape[1]}x{a.shape[0]} px but {what} {w}x{h} px")
+    return a
+
+
 def _border_value(a: np.ndarray, fill):
     c = 1 if a.ndim == 2 else a.shape[2]
     return (float(fill),) * min(c, 4)
@@ -191,11 +197,7 @@ def to_original(array, transform: Transform, size: tuple[int, int] | None = None
     ``interpolation="nearest"``) back onto the original pixel grid: the inverse of
     :func:`warp`. ``size`` ``(width, height)`` defaults to the transform's original size;
     pixels the output does not cover get ``fill``. A boolean array stays boolean (nearest)."""
-    a = np.asarray(array)
-    out_w, out_h = transform.output_size
-    if a.shape[:2] != (out_h, out_w):
-        raise ValueError(f"array is {a.shape[1]}x{a.shape[0]} px but the transform's output is"
-                         f" {out_w}x{out_h} px")
+    a = _sized(array, transform.output_size, "the transform's output is")
     if a.dtype == np.bool_:
         return to_original(a.view(np.uint8), transform, size, interpolation="nearest",
                            fill=int(bool(fill))) > 0

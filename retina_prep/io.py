@@ -155,8 +155,9 @@ def _check_pixels(path, shape, max_pixels):
     _check_count(path, int(shape[0]) * int(shape[1]), max_pixels)
 
 
-def _header_pixels(data: bytes) -> int | None:
-    """Width x height from the file header, without decoding pixels (None if unknown).
+def _header(data: bytes) -> tuple[int | None, int]:
+    """``(width x height, EXIF orientation)`` from the file header, without decoding pixels
+    (one Pillow parse; pixels None and orientation 1 where unknown).
 
     Pillow refuses headers above twice its own limit with ``DecompressionBombError``;
     the size it names is taken from the message.
@@ -169,51 +170,43 @@ def _header_pixels(data: bytes) -> int | None:
             warnings.simplefilter("ignore")
             with Image.open(_io.BytesIO(data)) as im:
                 w, h = im.size
-        return int(w) * int(h)
+                try:
+                    turn = int(im.getexif().get(0x0112, 1))
+                except Exception:  # a damaged EXIF block: as stored
+                    turn = 1
+        return int(w) * int(h), turn if 1 <= turn <= 8 else 1
     except Image.DecompressionBombError as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))
-        return int(found.group(1)) if found else 2**62
+        return (int(found.group(1)) if found else 2**62), 1
     except Exception:  # unknown or damaged header: the decoder will tell
-        return None
+        return None, 1
 
 
-def _refuse_large(path, data: bytes, max_pixels) -> None:
-    """Refuse a file whose header declares more than ``max_pixels`` pixels (before decoding)."""
-    if max_pixels is None:
-        return
-    n = _header_pixels(data)
-    if n is not None:
-        _check_count(path, n, max_pixels)
+def _probe(path: Path, data: bytes, max_pixels) -> int:
+    """Refuse a file whose header declares more than ``max_pixels`` pixels (before decoding,
+    against decompression bombs); its EXIF orientation (1 for formats without one)."""
+    oriented = path.suffix.lower() in ORIENTED_EXTENSIONS
+    if max_pixels is None and not oriented:
+        return 1
+    pixels, turn = _header(data)
+    if max_pixels is not None and pixels is not None:
+        _check_count(path, pixels, max_pixels)
+    return turn if oriented else 1
 
 
 #: File endings whose EXIF orientation is honoured (phone-based fundus adapters write it).
 ORIENTED_EXTENSIONS = (".jpg", ".jpeg", ".tif", ".tiff", ".png", ".webp")
 
 
-def exif_orientation(data: bytes) -> int:
-    """The EXIF orientation (1-8) of an encoded image; 1 (as stored) when it has none."""
-    try:
-        from PIL import Image  # only the header is parsed
-
-        with Image.open(_io.BytesIO(data)) as im:
-            value = int(im.getexif().get(0x0112, 1))
-    except Exception:  # no EXIF, or a header Pillow cannot parse: as stored
-        return 1
-    return value if 1 <= value <= 8 else 1
-
-
 #: The inverse of each EXIF orientation's turn.
 _UNDO = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}
 
 
-def _orient(path: Path, data: bytes, arr: np.ndarray, decoder: str, honour: bool,
+def _orient(path: Path, turn: int, arr: np.ndarray, decoder: str, honour: bool,
             meta: dict | None) -> np.ndarray:
-    """Turn decoded pixels as the file's EXIF orientation says (``honour``), or keep them as
-    stored. OpenCV's TIFF decoder always applies a TIFF's orientation itself (no flag stops
+    """Turn decoded pixels as the file's EXIF orientation ``turn`` says (``honour``), or keep
+    them as stored. OpenCV's TIFF decoder applies a TIFF's orientation itself (no flag stops
     it), so there the turn is undone instead when the orientation is to be ignored."""
-    if path.suffix.lower() not in ORIENTED_EXTENSIONS:
-        return arr
-    turn = exif_orientation(data)
     if turn == 1:
         return arr
     turned_by_opencv = decoder == "opencv" and path.suffix.lower() in (".tif", ".tiff")
@@ -257,12 +250,12 @@ def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, orientation
     """
     path = Path(path)
     data = _read_bytes(path)
-    _refuse_large(path, data, max_pixels)  # before decoding (decompression bombs)
+    turn = _probe(path, data, max_pixels)  # before decoding (decompression bombs)
     if is_dicom(path, data):
         arr = _decode_dicom(path, data, meta, max_pixels)
     else:
         arr, decoder = _decode_by(path, data)
-        arr = _orient(path, data, arr, decoder, orientation, meta)
+        arr = _orient(path, turn, arr, decoder, orientation, meta)
     if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] > 4):
         arr = arr[0]  # first frame
     if arr.ndim == 3:
@@ -335,9 +328,9 @@ def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     path = Path(path)
     try:
         data = _read_bytes(path)
-        _refuse_large(path, data, max_pixels)
+        turn = _probe(path, data, max_pixels)
         raw, decoder = _decode_by(path, data)
-        raw = _orient(path, data, raw, decoder, orientation, None)
+        raw = _orient(path, turn, raw, decoder, orientation, None)
         mask = binarize_mask(raw, path=path)
         _check_pixels(path, mask.shape, max_pixels)  # formats whose header Pillow cannot read
     except ImageReadError as exc:
@@ -381,6 +374,12 @@ def load_kernel(path):
 PNG_LEVELS = tuple(range(10))
 
 
+def check_png_level(level) -> None:
+    """Raise ``ValueError`` unless ``level`` is a PNG compression level (0-9) or None."""
+    if level is not None and (isinstance(level, bool) or level not in PNG_LEVELS):
+        raise ValueError(f"png_level must be 0..9 or None, got {level!r}")
+
+
 def encode_image(image, fmt: str = "png", *, png_level: int | None = None) -> bytes:
     """Encode ``(H, W)`` or ``(H, W, 3)`` RGB uint8/uint16 (or float32 for tif) as bytes.
 
@@ -390,8 +389,7 @@ def encode_image(image, fmt: str = "png", *, png_level: int | None = None) -> by
     """
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown format {fmt!r}; valid formats: {', '.join(OUTPUT_FORMATS)}")
-    if png_level is not None and png_level not in PNG_LEVELS:
-        raise ValueError(f"png_level must be 0..9 or None, got {png_level!r}")
+    check_png_level(png_level)
     arr = np.asarray(image)
     if fmt == "png" and arr.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"PNG holds 8- or 16-bit images, not {arr.dtype}; write TIFF (format 'tif')")

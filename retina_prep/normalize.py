@@ -6,6 +6,7 @@ mean taken over field-of-view pixels only (masked convolution).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -13,23 +14,18 @@ import cv2
 import numpy as np
 
 from .core import (
-    DEFAULT_MIN_WEIGHT,
     DEFAULT_RIDGE,
     Kernel,
     PlaneGeometry,
-    _as_image,
-    _binary_u8,
     _drop_nonfinite,
-    _filter,
-    _masked_input,
+    _mean_divisor,
     _mean_parts,
     _MeanParts,
-    _pick_path,
-    _raw_total,
     _strips,
     apply_plane,
     as_kernel,
     as_mask,
+    check_layout,
     finite_pixels,
     masked_convolve,
     named_kernel,
@@ -255,28 +251,10 @@ def prepare_mask(mask, *, window=None, kernel: Kernel | None = None, order: int 
     k = kernel_for("mean", window, None, m) if kernel is None else as_kernel(kernel)
     if not k.is_nonnegative:
         raise ValueError("a prepared mask needs a non-negative local-mean kernel")
-    path = _pick_path(k, "auto")
-    binary = _binary_u8(m)
-    den = _filter(binary if binary is not None else m.astype(np.float32, copy=False), k, path,
-                  raw=True)
-    raw = _raw_total(k, path)
-    weights = den * np.float32(1.0 / raw)
-    # exactly what _MeanParts.rows computes for the same mask
-    inverse = cv2.max(den, DEFAULT_MIN_WEIGHT * raw)
-    cv2.divide(k.total, inverse, dst=inverse)
+    inverse, weights = _mean_divisor(m, k)
     plane = plane_geometry(m, k, weights, ridge=ridge, where=m > 0) if order == 1 else None
     return PreparedMask(mask=m, kernel=k, order=order, ridge=float(ridge), inverse=inverse,
                         plane=plane)
-
-
-def _prepared_num(image: np.ndarray, prepared: PreparedMask) -> np.ndarray:
-    """The numerator of the masked local mean of ``image`` (finite, no singleton channel axis),
-    ``(I M) conv K``; the prepared mask's ``inverse`` divides it."""
-    k = prepared.kernel
-    m = prepared.mask
-    binary = _binary_u8(m)
-    weighted = _masked_input(_as_image(image), binary if binary is not None else m, binary)
-    return _filter(weighted, k, _pick_path(k, "auto"), raw=True)
 
 
 def local_mean(image, mask, *, kernel: Kernel, ignore_mask: bool = False,
@@ -375,25 +353,23 @@ def normalize_illumination(
     Integer outputs are rounded to the nearest integer.
     """
     img = np.asarray(image)
-    if img.ndim == 3 and img.shape[2] == 4:  # RGBA: alpha is not image data
-        rgb = normalize_illumination(
-            img[..., :3], mask, window=window, kernel=kernel, target=target, fill=fill,
-            ignore_mask=ignore_mask, value_range=value_range, output_dtype=output_dtype,
-            method=method, scale=scale, std_floor=std_floor, order=order, ridge=ridge)
+    if img.ndim == 3 and img.shape[2] in (1, 4):
+        again = functools.partial(
+            normalize_illumination, mask=mask, window=window, kernel=kernel, target=target,
+            fill=fill, ignore_mask=ignore_mask, value_range=value_range,
+            output_dtype=output_dtype, method=method, scale=scale, std_floor=std_floor,
+            order=order, ridge=ridge)
+        if img.shape[2] == 1:  # OpenCV drops singleton channels: 2-D and back
+            return again(img[..., 0])[..., None]
+        rgb = again(img[..., :3])  # RGBA: alpha is not image data
         return np.dstack([rgb, img[..., 3:].astype(rgb.dtype, copy=False)])
-    if img.ndim == 3 and img.shape[2] == 1:  # OpenCV drops singleton channels: 2-D and back
-        return normalize_illumination(
-            img[..., 0], mask, window=window, kernel=kernel, target=target, fill=fill,
-            ignore_mask=ignore_mask, value_range=value_range, output_dtype=output_dtype,
-            method=method, scale=scale, std_floor=std_floor, order=order, ridge=ridge)[..., None]
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     if order not in ORDERS:
         raise ValueError(f"order must be 0 or 1, got {order!r}")
     if order == 1 and method != "mean":
         raise ValueError("order 1 applies to method 'mean' only")
-    if img.ndim not in (2, 3) or img.size == 0:
-        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {img.shape}")
+    check_layout(img)
     prepared = None
     if isinstance(mask, PreparedMask):
         prepared, mask = mask, mask.mask
@@ -425,16 +401,15 @@ def normalize_illumination(
     inside = None if mask is None else (mask if mask.dtype == np.bool_ else mask > 0)
     if finite is not None:
         inside = finite if inside is None else inside & finite
+    src, m = _drop_nonfinite(img, None if ignore_mask else mask)
     if prepared is not None and finite is None and not ignore_mask:
-        parts = _MeanParts(_prepared_num(img, prepared), inverse=prepared.inverse)
+        parts, _ = _mean_parts(src, m, prepared.kernel, inverse=prepared.inverse)
         weights = None  # the plane was prepared, or plane_geometry computes them
     else:
         prepared = None
-        src, m = _drop_nonfinite(img, None if ignore_mask else mask)
         parts, weights = _mean_parts(src, m, as_kernel(kernel), want_weights=order == 1)
     if order == 1:  # the plane differs from the mean in the margin band only; outside is filled
         mean = parts.mean()
-        src, m = _drop_nonfinite(img, None if ignore_mask else mask)
         squeeze = mean.ndim == 2
         if prepared is not None and prepared.plane is not None and prepared.ridge == ridge:
             geometry = prepared.plane
@@ -453,13 +428,9 @@ def normalize_illumination(
         depth = cv2.CV_8U if img.dtype == np.uint8 else cv2.CV_16U
         value = float(np.clip(round(fill * out_scale), out_lo, out_hi))
         keep = None if inside is None else inside.view(np.uint8)
-        plain = parts.den is None and parts.inverse is None  # the mean is num * scale
         for rows in _strips(*img.shape[:2]):
-            if plain:
-                o = cv2.addWeighted(img[rows], 1.0, parts.num[rows], -parts.scale, level,
-                                    dtype=depth)
-            else:
-                o = cv2.addWeighted(img[rows], 1.0, parts.rows(rows), -1.0, level, dtype=depth)
+            part, factor = parts.pending(rows)  # mean = part * factor, applied by addWeighted
+            o = cv2.addWeighted(img[rows], 1.0, part, -factor, level, dtype=depth)
             if keep is not None:  # the outside gets the fill value
                 o = cv2.bitwise_and(o, o, mask=keep[rows])
                 if value != 0:

@@ -29,7 +29,7 @@ from .io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     OUTPUT_FORMATS,
-    PNG_LEVELS,
+    check_png_level,
     encode_image,
     read_image,
     read_mask,
@@ -59,6 +59,7 @@ __all__ = [
     "GeometrySettings",
     "apply_geometry",
     "read_transforms",
+    "clear_caches",
     "match_transform",
     "restore_pair",
     "restore_outputs",
@@ -119,8 +120,7 @@ class OutputSettings:
                 f"unknown format {self.format!r}; valid formats: {', '.join(OUTPUT_FORMATS)}")
         if self.overwrite and self.keep_existing:
             raise ValueError("overwrite and keep_existing exclude each other")
-        if self.png_level is not None and self.png_level not in PNG_LEVELS:
-            raise ValueError(f"png_level must be 0..9, got {self.png_level!r}")
+        check_png_level(self.png_level)
 
     def encode(self, image) -> bytes:
         """``image`` encoded in this format."""
@@ -263,6 +263,12 @@ _MASKS = _Cache(8)
 #: Prepared masks (:func:`~retina_prep.normalize.prepare_mask`) of masks met more than once
 #: (one: about 8 bytes per pixel, plus the margin band's plane coefficients).
 _PREPARED = _Cache(1)
+
+
+def clear_caches() -> None:
+    """Forget the masks kept for images that share one mask file (this process)."""
+    _MASKS.items.clear()
+    _PREPARED.items.clear()
 
 
 def _mask_key(pair: Pair, settings: MaskSettings):
@@ -452,20 +458,15 @@ def normalize_outputs(pair: Pair, outdir, output: OutputSettings = OutputSetting
     return outs
 
 
-def _value_limits(dtype) -> tuple[float, float]:
-    if np.issubdtype(dtype, np.integer):
-        return float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
-    return -np.inf, np.inf
-
-
 def apply_geometry(pair: Pair, result, fov, mask, geometry: GeometrySettings, *,
                    fill: float = 0.0, max_pixels=DEFAULT_MAX_PIXELS):
     """Cut ``result`` (and the mask and labels ``geometry`` asks for) as it says.
 
     ``fov`` is the untrimmed field of view (its bounding square is the crop), ``mask`` the
     trimmed mask the result was computed with (written with ``write_mask``). Returns
-    ``(result, extras, info)``: ``extras`` the arrays of :meth:`GeometrySettings.outputs`
-    in order, ``info`` the record for the manifest (None when nothing was cut or resized).
+    ``(result, extras, transform, info)``: ``extras`` the arrays of
+    :meth:`GeometrySettings.outputs` in order; ``transform`` (for other arrays of the image)
+    and ``info``, the record for the manifest, are None when nothing was cut or resized.
     """
     info = None
     transform = None
@@ -480,9 +481,10 @@ def apply_geometry(pair: Pair, result, fov, mask, geometry: GeometrySettings, *,
         if outside.any():
             level = float(np.asarray(result[outside][0]).ravel()[0])
         else:
-            integer = np.issubdtype(result.dtype, np.integer)
-            level = fill * (np.iinfo(result.dtype).max / 255 if integer else 1 / 255)
-            level = float(np.clip(round(level) if integer else level, *_value_limits(result.dtype)))
+            level = fill * dtype_scale(result.dtype)
+            if np.issubdtype(result.dtype, np.integer):
+                limits = np.iinfo(result.dtype)
+                level = float(np.clip(round(level), limits.min, limits.max))
         result = warp(result, transform, interpolation="area", fill=level)
     cut_mask = mask > 0
     if transform is not None:
@@ -508,7 +510,7 @@ def apply_geometry(pair: Pair, result, fov, mask, geometry: GeometrySettings, *,
         extras.append(warp(labels, transform, interpolation="nearest") if transform else labels)
         if info is not None:
             info["labels"] = str(label_path)
-    return result, extras, info
+    return result, extras, transform, info
 
 
 def normalize_pair(
@@ -535,8 +537,8 @@ def normalize_pair(
     _check_outputs(outs, pair, output)
     image, fov, mask, info = _load(pair, mask_settings)
     result, kernel, order = normalize_loaded(image, mask, settings, info, pair.image)
-    cut, extras, ginfo = apply_geometry(pair, result, fov, mask, geometry, fill=settings.fill,
-                                        max_pixels=mask_settings.max_pixels)
+    cut, extras, _, ginfo = apply_geometry(pair, result, fov, mask, geometry, fill=settings.fill,
+                                           max_pixels=mask_settings.max_pixels)
     items = [(outs[0], lambda: output.encode(cut))]
     items += [(o, functools.partial(encode_image, a, "png")) for o, a in zip(outs[1:], extras)]
     if ginfo is not None:
@@ -668,11 +670,11 @@ def filter_pair(pair: Pair, outdir, settings: FilterSettings,
     _check_outputs(outs, pair, output)
     image, fov, mask, info = _load(pair, mask_settings)
     result, validity, kernel = filter_array(image, mask, settings)
-    result, extras, ginfo = apply_geometry(pair, result, fov, mask, geometry, fill=settings.fill,
-                                           max_pixels=mask_settings.max_pixels)
-    if ginfo is not None:
+    result, extras, transform, ginfo = apply_geometry(
+        pair, result, fov, mask, geometry, fill=settings.fill, max_pixels=mask_settings.max_pixels)
+    if transform is not None:
         info["geometry"] = ginfo
-        validity = warp(validity, Transform.from_dict(ginfo), interpolation="linear")
+        validity = warp(validity, transform, interpolation="linear")
     n = 2 if settings.write_weights else 1
     items = [(outs[0], lambda: output.encode(result))]
     items += [(o, functools.partial(encode_image, a, "png")) for o, a in zip(outs[n:], extras)]

@@ -15,11 +15,9 @@ from retina_prep.synthetic import synthetic_fundus
 
 @pytest.fixture(autouse=True)
 def _empty_caches():
-    pl._MASKS.items.clear()
-    pl._PREPARED.items.clear()
+    pl.clear_caches()
     yield
-    pl._MASKS.items.clear()
-    pl._PREPARED.items.clear()
+    pl.clear_caches()
 
 
 def _camera(tmp_path, n=3):
@@ -50,7 +48,7 @@ def test_shared_mask_read_once_and_outputs_unchanged(tmp_path, monkeypatch, orde
     assert len(pl._PREPARED.items) == 1  # prepared once it was seen to be shared
     for p in pairs:  # the reference: every image on its own, no cache
         image, mask, _ = pl.load_pair(p, mask_settings)
-        pl._MASKS.items.clear()
+        pl.clear_caches()
         want = normalize_illumination(image, mask, window=15, order=order)
         np.testing.assert_array_equal(read_image(tmp_path / "out" / f"{p.rel}.png"), want)
 

@@ -88,13 +88,10 @@ def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, ero
                           outdir=outdir, batch=batch)
     step = functools.partial(filter_pair, outdir=outdir, settings=settings,
                              mask_settings=mask_settings, output=output, geometry=geometry)
-    rows = BoundsFile(None if batch.dry_run else bounds)
-    try:
+    with BoundsFile(None if batch.dry_run else bounds) as rows:
         report = execute("filter", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
                          expected_outputs=lambda p: filter_outputs(p, outdir, settings, output,
                                                                    geometry),
                          params={**ctx.params, "kernel": kernel_spec if isinstance(kernel_spec, str)
                                  else kernel_spec.name}, on_result=rows)
-    finally:
-        rows.close()
     ctx.exit(report.exit_code)

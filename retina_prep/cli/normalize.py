@@ -188,14 +188,11 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
                              mask_settings=mask_settings, panels_dir=panels_dir,
                              panels_compare=panels_compare, output=output,
                              panel_width=panel_width, geometry=geometry)
-    rows = BoundsFile(None if batch.dry_run else bounds)
-    try:
+    with BoundsFile(None if batch.dry_run else bounds) as rows:
         report = execute("normalize", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
                          expected_outputs=lambda p: normalize_outputs(p, outdir, output, panels_dir,
                                                                       geometry),
                          params=dict(ctx.params), on_result=rows)
-    finally:
-        rows.close()
     ctx.exit(report.exit_code)
 
 

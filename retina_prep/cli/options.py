@@ -19,7 +19,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from ..core import KERNEL_NAMES, as_kernel
 from ..errors import RetinaPrepError
 from ..figures import PANEL_WIDTH
-from ..io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, load_kernel
+from ..io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, PNG_LEVELS, load_kernel
 from ..normalize import check_kernel_args, parse_value_range, resolve_window
 from ..pipeline import AUTO_ERODE_FRACTION, RIM_CHOICES, GeometrySettings, parse_erode
 
@@ -257,7 +257,7 @@ _format_opt = click.option(
 
 _png_level_opt = click.option(
     "--png-level",
-    type=click.IntRange(0, 9),
+    type=click.IntRange(min(PNG_LEVELS), max(PNG_LEVELS)),
     default=None,
     help="PNG compression level, 0 (store) to 9 (smallest) [default: OpenCV's own setting,"
     " which is faster and smaller than any level on fundus images; see docs/performance.md].",

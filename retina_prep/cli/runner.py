@@ -19,7 +19,7 @@ import click
 from tqdm import tqdm
 
 from .. import __version__
-from ..batch import Batch, ManifestError, Report, Result, default_jobs, start_workers_early
+from ..batch import Batch, ManifestError, Report, Result, default_jobs
 from ..dataset import Pair, find_pairs, shard_from_environment, shard_pairs
 from ..errors import DatasetError, RetinaPrepError, printable
 from ..figures import contact_sheet
@@ -175,8 +175,6 @@ def batch_options(f, *, inputs_only: bool = False, without: tuple[str, ...] = ()
         if values.get("jobs", 1) is None:
             values["jobs"] = default_jobs()
         kwargs["batch"] = BatchOptions(**values)
-        if not values.get("dry_run"):
-            start_workers_early(values.get("jobs", 1))
         return f(*args, **kwargs)
 
     wrapper = functools.update_wrapper(wrapper, f)
@@ -438,3 +436,9 @@ class BoundsFile:
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
+
+    def __enter__(self) -> BoundsFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
