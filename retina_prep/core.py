@@ -991,14 +991,16 @@ def masked_plane_mean(
     correction ``b * (x_p - x_c) + c * (y_p - y_c)`` (``x_c, y_c`` the
     window's centroid), which is zero wherever the window is complete. The
     correction is computed only in the margin band (pixels whose window is
-    incomplete; with a weight mask, every pixel), on blocks of rows that
-    cover it, padded by the kernel's radius: the moments ``M, x M, y M,
-    x^2 M, x y M, y^2 M`` (float64, block-local coordinates, so the window
-    covariances are exact) and ``x I M, y I M`` per channel (float32; the
-    block-local coordinates stay within a few kernel radii, so the error is
-    far below a gray level -- tested against a float64 fit at the far
-    corner of a 4000 px image). See :func:`prepare_mask` to compute the
-    mask's part once for many images.
+    incomplete; with a weight mask, every pixel), on small blocks of rows
+    that cover it, padded by the kernel's radius, with block-local integer
+    coordinates: the moments ``x M, y M, x^2 M, x y M, y^2 M`` and, per
+    channel, ``x I M, y I M``. With a box kernel and a binary mask the
+    mask's window sums are exact int32 sums, and so are the image's for
+    8-bit data (while they fit in int32); otherwise float32 (the mask terms in float64 when ``ridge < 0.01``, so
+    that collinear windows are told from thin ones). The covariances are
+    formed at the band's pixels only. The error is far below a gray level --
+    tested against a float64 fit at the far corner of a 4000 px image. See
+    :func:`prepare_mask` to compute the mask's part once for many images.
     """
     k = as_kernel(kernel)
     _check_plane_args(k, ridge)
@@ -1033,26 +1035,27 @@ def _check_plane_args(k: Kernel, ridge: float) -> None:
 _COMPLETE = 1.0 - 1e-6
 
 
-#: Images up to this size (px, either side) get one block (see :func:`_band_blocks`).
-_ONE_BLOCK = 1024
+#: Blocks of the margin band: strips of ``_STEP`` kernel radii of rows, at most ``_CAP`` radii
+#: wide. Small blocks keep every array of a block in the CPU cache, which matters more than
+#: the padding they add (measured: one block for a whole DRIVE image ran 3x slower).
+_STEP, _CAP = 4, 8
 
 
-def _band_blocks(band: np.ndarray, ry: int, rx: int, one_block: int | None = None):
+def _band_blocks(band: np.ndarray, ry: int, rx: int, one_block: bool = False):
     """Rectangles ``(y0, y1, x0, x1)`` that together cover every True pixel of ``band``: one
     strip of rows at a time, split at column gaps wider than the kernel and capped in width
-    (so block-local coordinates stay small), each cut to the rows it needs."""
+    (so block-local coordinates stay small), each cut to the rows it needs; or with
+    ``one_block`` (or an image within a few kernel radii) the band's bounding box."""
     h, w = band.shape
     rows: np.ndarray = np.asarray(band.any(axis=1))
-    if max(h, w) <= max(_ONE_BLOCK if one_block is None else one_block, 8 * max(rx, ry)):
-        # a small image: one block, the band's bounding box (fewer, larger operations win, and
-        # block-local coordinates stay within +-512 px or 4 radii)
+    if one_block or max(h, w) <= 8 * max(rx, ry):
         xs_used = np.flatnonzero(band.any(axis=0))
         ys_used = np.flatnonzero(rows)
         if ys_used.size:
             yield int(ys_used[0]), int(ys_used[-1]) + 1, int(xs_used[0]), int(xs_used[-1]) + 1
         return
-    step = max(16, 4 * ry)
-    cap = max(32, 8 * rx)
+    step = max(16, _STEP * ry)
+    cap = max(32, _CAP * rx)
     for y0 in range(0, h, step):
         y1 = min(y0 + step, h)
         if not rows[y0:y1].any():
@@ -1109,11 +1112,11 @@ def plane_geometry(mask, kernel, weights=None, *, ridge: float = DEFAULT_RIDGE,
     else:
         m = as_mask(mask)
         shape = m.shape
+    binary = None if m is None else _binary_u8(m)
     if weights is None:
         if m is None:
             weights = _weights(np.ones(shape, np.uint8), k, path)
         else:
-            binary = _binary_u8(m)
             weights = _weights(m if binary is None else binary, k, path)
     band = weights >= min_weight
     if m is None or m.dtype == np.bool_:
@@ -1122,46 +1125,95 @@ def plane_geometry(mask, kernel, weights=None, *, ridge: float = DEFAULT_RIDGE,
         band &= where
     ry, rx = k.shape[0] // 2, k.shape[1] // 2
     s2x, s2y = _axis_variances(k)
+    # float32 keeps the window covariances to about 1e-7 of the squared block coordinates: far
+    # below the ridge's floor (ridge * s2); without a ridge, singular windows must be told
+    # from merely thin ones, which takes float64
+    ftype = np.float32 if ridge >= _FLOAT32_RIDGE else np.float64
+    depth = cv2.CV_64F if ftype == np.float64 else cv2.CV_32F
+    raw = _raw_total(k, path)
     h, w = shape
     blocks = []
     for y0, y1, x0, x1 in _band_blocks(band, ry, rx):
         Y0, Y1, X0, X1 = max(y0 - ry, 0), min(y1 + ry, h), max(x0 - rx, 0), min(x1 + rx, w)
-        xs, ys = _block_coords(X0, X1, np.float64), _block_coords(Y0, Y1, np.float64)
-        mb = (np.ones((Y1 - Y0, X1 - X0)) if m is None
-              else np.asarray(m[Y0:Y1, X0:X1], np.float64))
         inner = (slice(y0 - Y0, y1 - Y0), slice(x0 - X0, x1 - X0))
+        xs, ys = _block_coords(X0, X1), _block_coords(Y0, Y1)
+        if m is None:
+            mb = np.ones((Y1 - Y0, X1 - X0), np.uint8)
+        else:
+            mb = (binary if binary is not None else m)[Y0:Y1, X0:X1]
+        # window sums of x^a y^b M: exact integers for a binary mask and a box kernel
+        exact = (path == "box" and (m is None or binary is not None)
+                 and _fits_int32(max(abs(xs[0]), abs(ys[0]), 1) ** 2 * raw))
+        ctype = np.int32 if exact else ftype
         sub = band[y0:y1, x0:x1]
 
         def moment(a, inner=inner, sub=sub):  # the window sums at the block's band pixels
-            return _filter(a, k, path, cv2.CV_64F, raw=True)[inner][sub]
+            return _filter(a, k, path, depth, raw=True)[inner][sub].astype(ftype, copy=False)
 
-        mx_w, my_w = mb * xs[None, :], mb * ys[:, None]
-        m0 = moment(mb)
-        mx = moment(mx_w) / m0  # the window's centroid
-        my = moment(my_w) / m0
-        cxx = moment(mx_w * xs[None, :]) / m0 - mx * mx + ridge * s2x
-        cxy = moment(mx_w * ys[:, None]) / m0 - mx * my
-        cyy = moment(my_w * ys[:, None]) / m0 - my * my + ridge * s2y
+        xr, yc = xs.astype(ctype)[None, :], ys.astype(ctype)[:, None]
+        xm, ym = np.multiply(mb, xr, dtype=ctype), np.multiply(mb, yc, dtype=ctype)
+        if ftype == np.float32:  # the certainty map has it, to float32 rounding
+            m0 = weights[y0:y1, x0:x1][sub] * ftype(raw)
+        else:  # summed like the other moments, so that a one-pixel window is exactly singular
+            m0 = moment(mb.astype(ctype))
+        sx, sy = moment(xm), moment(ym)
+        sxx, sxy, syy = moment(xm * xr), moment(xm * yc), moment(ym * yc)
+        mx, my = sx / m0, sy / m0  # the window's centroid
+        cxx = sxx / m0 - mx * mx + ftype(ridge * s2x)
+        cxy = sxy / m0 - mx * my
+        cyy = syy / m0 - my * my + ftype(ridge * s2y)
         det = cxx * cyy - cxy * cxy
         singular = det <= 1e-6 * max(s2x, 1.0) * max(s2y, 1.0)
-        inv = np.where(singular, 0.0, 1.0 / np.where(singular, 1.0, det))
+        inv = np.where(singular, 0, 1 / np.where(singular, 1, det)).astype(ftype, copy=False)
         py, px = np.nonzero(sub)
-        dx = xs[px + (x0 - X0)] - mx  # from the window's centroid to the pixel
-        dy = ys[py + (y0 - Y0)] - my
+        dx = xs[px + (x0 - X0)].astype(ftype) - mx  # from the window's centroid to the pixel
+        dy = ys[py + (y0 - Y0)].astype(ftype) - my
         p = (cyy * dx - cxy * dy) * inv
         q = (cxx * dy - cxy * dx) * inv
         # plane = mean + p * (Sx/m0 - mx mean) + q * (Sy/m0 - my mean), with Sx = B(x I M):
         # dense maps over the block (identity where the pixel is not in the band)
         coef = np.zeros((3, y1 - y0, x1 - x0), np.float32)
         coef[0] = 1.0
-        coef[:, sub] = np.stack([1.0 - p * mx - q * my, p / m0, q / m0])
+        coef[0][sub] = 1 - p * mx - q * my
+        coef[1][sub] = p / m0
+        coef[2][sub] = q / m0
         blocks.append(((y0, y1, x0, x1), (Y0, Y1, X0, X1), len(px), coef))
     return PlaneGeometry(kernel=k, ridge=float(ridge), blocks=tuple(blocks))
 
 
-def _block_coords(lo: int, hi: int, dtype) -> np.ndarray:
-    """Coordinates of pixels ``lo..hi-1`` measured from the block's centre."""
-    return np.arange(lo, hi, dtype=dtype) - dtype((lo + hi - 1) / 2)
+#: From this ridge on, :func:`plane_geometry` computes the window covariances in float32.
+_FLOAT32_RIDGE = 1e-2
+
+_INT32_MAX = 2**31 - 1
+
+
+def _fits_int32(bound) -> bool:
+    return bound < _INT32_MAX
+
+
+def _block_coords(lo: int, hi: int) -> np.ndarray:
+    """Integer coordinates of pixels ``lo..hi-1`` measured from the block's middle pixel."""
+    return np.arange(lo, hi, dtype=np.int64) - (lo + (hi - lo) // 2)
+
+
+def _row(xs: np.ndarray, shape: tuple[int, int], dtype) -> np.ndarray:
+    """``xs`` repeated down ``shape[0]`` rows: a contiguous map of ``dtype``."""
+    return np.ascontiguousarray(np.broadcast_to(xs.astype(dtype), shape))
+
+
+def _col(ys: np.ndarray, shape: tuple[int, int], dtype) -> np.ndarray:
+    """``ys`` repeated along ``shape[1]`` columns."""
+    return np.ascontiguousarray(np.broadcast_to(ys.astype(dtype)[:, None], shape))
+
+
+def _replicate(a: np.ndarray, c: int) -> np.ndarray | None:
+    """A single-channel map as ``c`` channels for OpenCV arithmetic (``a`` itself for one);
+    None beyond 4 channels."""
+    if c == 1:
+        return a
+    if c in (3, 4):  # one SIMD pass
+        return cv2.cvtColor(a, cv2.COLOR_GRAY2BGR if c == 3 else cv2.COLOR_GRAY2BGRA)
+    return cv2.merge([a, a]) if c == 2 else None
 
 
 def apply_plane(image, mask, mean: np.ndarray, geometry: PlaneGeometry) -> np.ndarray:
@@ -1169,28 +1221,40 @@ def apply_plane(image, mask, mean: np.ndarray, geometry: PlaneGeometry) -> np.nd
     image with non-finite pixels already dropped) into the first-order one, in place."""
     k = geometry.kernel
     path = _pick_path(k, "auto")
+    raw = _raw_total(k, path)
     c = image.shape[2]
     m = None if mask is None else as_mask(mask)
     binary = _binary_u8(m) if m is not None else None
+    integral = image.dtype in (np.uint8, np.uint16)
+    vmax = 255 if image.dtype == np.uint8 else 65535
     for (y0, y1, x0, x1), (Y0, Y1, X0, X1), _, coef in geometry.blocks:
+        inner = (slice(y0 - Y0, y1 - Y0), slice(x0 - X0, x1 - X0))
+        xs, ys = _block_coords(X0, X1), _block_coords(Y0, Y1)
         ib = image[Y0:Y1, X0:X1]
-        if m is None:
-            ib = np.ascontiguousarray(ib)
-        else:  # I M, in the image's own dtype for a binary mask
+        if m is not None:  # I M, in the image's own dtype for a binary mask
             ib = _masked_input(ib, m[Y0:Y1, X0:X1],
                                None if binary is None else np.ascontiguousarray(binary[Y0:Y1, X0:X1]))
-        xs, ys = _block_coords(X0, X1, np.float32), _block_coords(Y0, Y1, np.float32)
-        inner = (slice(y0 - Y0, y1 - Y0), slice(x0 - X0, x1 - X0))
-        c0, cx, cy = coef[0], coef[1], coef[2]
-        # channel by channel on 2-D planes: row-wise products and OpenCV arithmetic stay fast
-        planes = cv2.split(ib) if 1 < c <= 4 else [np.ascontiguousarray(ib[..., i]) for i in range(c)]
-        for i, plane in enumerate(planes):
-            p = plane.astype(np.float32)
-            sx = _filter(p * xs[None, :], k, path, raw=True)[inner]  # raw: as the geometry's
-            p *= ys[:, None]
-            sy = _filter(p, k, path, raw=True)[inner]
-            res = cv2.multiply(np.ascontiguousarray(mean[y0:y1, x0:x1, i]), c0)
-            res = cv2.add(res, cv2.multiply(np.ascontiguousarray(sx), cx))
-            res = cv2.add(res, cv2.multiply(np.ascontiguousarray(sy), cy))
-            mean[y0:y1, x0:x1, i] = res
+        # x I M and y I M, all channels at once on the (rows, columns * channels) layout; their
+        # window sums are exact int32 sums for 8/16-bit data while they fit
+        exact = (path == "box" and integral and ib.dtype == image.dtype
+                 and _fits_int32(vmax * max(abs(xs[0]), abs(ys[0]), 1) * raw))
+        ctype = np.int32 if exact else np.float32
+        flat = np.ascontiguousarray(ib).reshape(Y1 - Y0, (X1 - X0) * c)
+        sx = np.multiply(flat, np.repeat(xs, c).astype(ctype)[None, :], dtype=ctype)
+        sy = np.multiply(flat, ys.astype(ctype)[:, None], dtype=ctype)
+        shape = (Y1 - Y0, X1 - X0, c)
+        sx = _filter(sx.reshape(shape), k, path, raw=True)[inner]
+        sy = _filter(sy.reshape(shape), k, path, raw=True)[inner]
+        view = mean[y0:y1, x0:x1]
+        coefs = [_replicate(a, c) for a in coef]
+        if coefs[0] is None:  # many channels: one by one
+            for i in range(c):
+                view[..., i] = view[..., i] * coef[0] + sx[..., i] * coef[1] + sy[..., i] * coef[2]
+            continue
+        if c == 1:
+            view, sx, sy = view[..., 0], sx[..., 0], sy[..., 0]
+        res = cv2.multiply(view, coefs[0])
+        cv2.accumulateProduct(sx, coefs[1], res)
+        cv2.accumulateProduct(sy, coefs[2], res)
+        view[...] = res.reshape(view.shape)
     return mean

@@ -181,12 +181,13 @@ def test_band_blocks_cover_every_band_pixel_once(seed, density, ry, rx):
 
     rng = np.random.default_rng(seed)
     band = rng.random((rng.integers(1, 90), rng.integers(1, 90))) < density
-    hits = np.zeros(band.shape, int)
-    for y0, y1, x0, x1 in _band_blocks(band, ry, rx, one_block=0):  # the strip logic
-        assert 0 <= y0 < y1 <= band.shape[0] and 0 <= x0 < x1 <= band.shape[1]
-        hits[y0:y1, x0:x1] += 1
-    assert (hits[band] == 1).all()  # covered, and by one block only (no pixel corrected twice)
-    assert hits.max() <= 1
+    for one_block in (False, True):
+        hits = np.zeros(band.shape, int)
+        for y0, y1, x0, x1 in _band_blocks(band, ry, rx, one_block):
+            assert 0 <= y0 < y1 <= band.shape[0] and 0 <= x0 < x1 <= band.shape[1]
+            hits[y0:y1, x0:x1] += 1
+        assert (hits[band] == 1).all()  # covered, by one block only (no pixel corrected twice)
+        assert hits.max() <= 1
 
 
 @pytest.mark.parametrize("kernel", [box_kernel(9), gaussian_kernel(2.0, 9)], ids=["box", "gauss"])
@@ -247,14 +248,25 @@ def test_prepared_mask_rules():
 
 
 def test_strip_blocks_and_one_block_agree(monkeypatch):
-    """Large images run the band in strips of blocks, small ones in one block: the same result
-    (to float32 rounding) on one image both ways."""
+    """The band runs in strips of blocks, or (images within a few kernel radii) in one block;
+    8-bit images take exact int32 window sums, floats float32 ones: the same plane (to float32
+    rounding) all four ways."""
+    import functools
+
     import retina_prep.core as core
 
     s = synthetic_fundus((700, 760), seed=6, vignette=0.6)
     k = box_kernel(61)
-    one = masked_plane_mean(s.image, s.mask, k)
-    monkeypatch.setattr(core, "_ONE_BLOCK", 0)
-    strips = masked_plane_mean(s.image, s.mask, k)
-    # float32 image moments with block-local coordinates: within 0.02 gray levels either way
-    np.testing.assert_allclose(strips, one, atol=2e-2)
+    weights = core.mask_weights(s.mask, k)
+    zero = masked_convolve(s.image.astype(np.float32), s.mask, k, fill=None)
+
+    def plane(img):
+        g = core.plane_geometry(s.mask, k, weights, where=s.mask)
+        return core.apply_plane(img, s.mask, zero.copy(), g)[s.mask]
+
+    strips = [plane(s.image), plane(s.image.astype(np.float32))]
+    monkeypatch.setattr(core, "_band_blocks", functools.partial(core._band_blocks, one_block=True))
+    one = [plane(s.image), plane(s.image.astype(np.float32))]
+    for got in strips[1:] + one:
+        np.testing.assert_allclose(got, strips[0], atol=2e-2)
+    assert np.abs(strips[0] - zero[s.mask]).max() > 1  # the plane is not the mean there
