@@ -65,7 +65,8 @@ def bench(drive, quick, threads):
     log("bench: first order vs zero order ...")
     click.echo("\nMasked IN, order 1 (local plane) vs order 0 (local mean), median ms per image;"
                " own mask per image, and one mask shared by many images (computed once):\n")
-    click.echo(_table(B.order_rows(sizes, repeat=3 if quick else 5),
+    click.echo(_table(B.order_rows(B.ORDER_SIZES[:1] if quick else B.ORDER_SIZES,
+                                   repeat=3 if quick else 7),
                       [("size", "size"), ("kernel", "kernel"), ("order 0", "order0_ms"),
                        ("order 1", "order1_ms"), ("order 1 / order 0", "ratio"),
                        ("shared: order 0", "shared0_ms"), ("shared: order 1", "shared1_ms"),
