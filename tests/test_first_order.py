@@ -270,3 +270,27 @@ def test_strip_blocks_and_one_block_agree(monkeypatch):
     for got in strips[1:] + one:
         np.testing.assert_allclose(got, strips[0], atol=2e-2)
     assert np.abs(strips[0] - zero[s.mask]).max() > 1  # the plane is not the mean there
+
+
+def test_large_blocks_leave_int32_for_float_without_overflow(monkeypatch):
+    """Window sums of x I M overflow int32 on large blocks (coordinates up to 1200 px, box
+    101: 255 * 1200 * 101^2 > 2^31): there the float path runs, and its plane matches the
+    small blocks' exact integer one."""
+    import functools
+
+    import retina_prep.core as core
+
+    s = synthetic_fundus((1200, 2400), seed=8, vignette=0.6)
+    k = box_kernel(101)
+    weights = core.mask_weights(s.mask, k)
+    zero = masked_convolve(s.image.astype(np.float32), s.mask, k, fill=None)
+
+    def plane():
+        g = core.plane_geometry(s.mask, k, weights, where=s.mask)
+        return core.apply_plane(s.image, s.mask, zero.copy(), g)[s.mask]
+
+    small = plane()
+    monkeypatch.setattr(core, "_band_blocks", functools.partial(core._band_blocks, one_block=True))
+    large = plane()
+    np.testing.assert_allclose(large, small, atol=5e-2)
+    assert np.abs(small - zero[s.mask]).max() > 1
