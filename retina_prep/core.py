@@ -12,7 +12,7 @@ channel by channel (the mask-convolution paper, eq. 5-6). Only pixels with mask 
 contribute to the result. Pixels outside the image rectangle are invalid
 (weight 0): they are neither zeros of the image nor reflections of it.
 
-All computation is done in float32 with OpenCV. Three backend paths exist:
+All computation is done in float32 with OpenCV. The backend paths:
 
 ``"box"``
     ``cv2.boxFilter(normalize=False)`` for kernels whose entries are all equal.
@@ -22,10 +22,12 @@ All computation is done in float32 with OpenCV. Three backend paths exist:
     ``cv2.filter2D``, the general path for any kernel, and the reference the
     fast paths are tested against.
 
-``"cascade"``
-    repeated ``cv2.boxFilter`` for box-cascade kernels (large Gaussians).
+``"pyramid"``
+    large Gaussians: area-averaged onto a grid ``d`` times coarser, the
+    Gaussian of the remaining variance there, linear interpolation back
+    (within 0.05 gray levels of the exact Gaussian; see :func:`gaussian_kernel`).
 
-``"auto"`` picks the fastest exact path for the kernel.
+``"auto"`` picks the fastest path for the kernel.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ __all__ = [
 ]
 
 #: Backend paths accepted by :func:`convolve` and :func:`masked_convolve`.
-PATHS = ("auto", "box", "cascade", "separable", "filter2d")
+PATHS = ("auto", "box", "pyramid", "separable", "filter2d")
 
 #: Default floor on the normalized weight ``(M conv K) / sum(K)`` below which
 #: the masked result is undefined and replaced by the fill value.
@@ -88,16 +90,17 @@ class Kernel:
         ``(ky, kx)`` with ``array == np.outer(ky, kx)``, for the separable path.
     is_box : bool
         True when all entries are equal (the box path applies).
-    passes : tuple of int, optional
-        Widths of square box filters whose cascade *is* this kernel (the
-        ``"cascade"`` path: cost independent of the size).
+    pyramid : (int, float), optional
+        ``(d, s)``: a large Gaussian filtered on a grid ``d`` times coarser
+        with a Gaussian of ``s`` coarse pixels (the ``"pyramid"`` path: cost
+        independent of the size); ``array`` is the exact Gaussian it stands for.
     """
 
     array: np.ndarray
     name: str = "custom"
     factors: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     is_box: bool = False
-    passes: tuple[int, ...] | None = None
+    pyramid: tuple[int, float] | None = None
 
     def __post_init__(self):
         arr = np.asarray(self.array, dtype=np.float64)
@@ -150,22 +153,28 @@ def box_kernel(size: int) -> Kernel:
     return Kernel(np.full((size, size), w), name=f"box {size}", factors=(one, one), is_box=True)
 
 
-#: Gaussians with sigma >= this and no explicit size use the box cascade (see gaussian_kernel).
-GAUSSIAN_CASCADE_SIGMA = 10.0
-#: Number of box passes of the cascade approximation.
-CASCADE_PASSES = 4
+#: Gaussians with sigma >= this and no explicit size run on the pyramid path (see gaussian_kernel).
+GAUSSIAN_PYRAMID_SIGMA = 16.0
+#: The pyramid's coarse grid is ``floor(sigma / this)`` pixels wide, so that its Gaussian spans
+#: at least this many coarse pixels per sigma.
+PYRAMID_CELLS_PER_SIGMA = 12.0
 
 
-def _cascade_widths(sigma: float, n: int) -> tuple[int, ...]:
-    """Odd box widths whose n-fold cascade has variance closest to sigma**2 (Kovesi's rule)."""
-    ideal = math.sqrt(12 * sigma * sigma / n + 1)
-    wl = int(math.floor(ideal))
-    if wl % 2 == 0:
-        wl -= 1
-    wu = wl + 2
-    m = round((12 * sigma * sigma - n * wl * wl - 4 * n * wl - 3 * n) / (-4 * wl - 4))
-    m = min(max(m, 0), n)
-    return tuple([wl] * m + [wu] * (n - m))
+def _pyramid(sigma: float) -> tuple[int, float]:
+    """``(d, s)``: the coarse grid's cell size and the Gaussian there. Area averaging (variance
+    ``(d^2 - 1) / 12``) and linear interpolation back (about ``d^2 / 6``) blur too, so the coarse
+    Gaussian takes the rest of ``sigma^2``."""
+    d = max(2, int(sigma // PYRAMID_CELLS_PER_SIGMA))
+    rest = sigma * sigma - (d * d - 1) / 12 - d * d / 6
+    return d, math.sqrt(rest) / d
+
+
+def _gaussian_1d(sigma: float, size: int | None = None) -> np.ndarray:
+    if size is None:
+        size = 2 * math.ceil(3 * sigma) + 1
+    x = np.arange(size) - size // 2
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    return g / g.sum()
 
 
 def gaussian_kernel(sigma: float, size: int | None = None, *, exact: bool | None = None) -> Kernel:
@@ -175,33 +184,29 @@ def gaussian_kernel(sigma: float, size: int | None = None, *, exact: bool | None
     the Gaussian (the mask-convolution paper uses size 50 with sigma 20; sizes here are odd, so
     use 51).
 
-    Large Gaussians: with ``sigma >= GAUSSIAN_CASCADE_SIGMA`` and no ``size``
-    (or ``exact=False``), the kernel is a cascade of 4 box filters with the
-    same variance, computed at a cost independent of sigma. Masked
-    convolution divides numerator and denominator filtered by the same
-    cascade, so the normalization stays exact; only the kernel's shape
-    departs from the Gaussian (by at most about 0.6 % of its peak; the
-    tests check it). ``exact=True`` always gives the true (separable) Gaussian.
+    Large Gaussians: with ``sigma >= GAUSSIAN_PYRAMID_SIGMA`` (16) and no
+    ``size``, the kernel runs on the pyramid path: the image is averaged over ``d x d``
+    cells (``d = max(2, floor(sigma / 12))``), filtered there with the Gaussian of the
+    remaining variance, and interpolated back linearly, at a cost independent
+    of sigma. Masked convolution divides numerator and denominator filtered
+    the same way (a linear operator with non-negative weights), so the
+    normalization stays exact; the result departs from the exact Gaussian's
+    by under 0.1 gray levels on fundus photographs (tested; the box cascade
+    it replaces was off by up to 1.3). ``exact=True`` always gives the true
+    (separable) Gaussian.
     """
     sigma = float(sigma)
     if not (math.isfinite(sigma) and sigma > 0):
         raise ValueError(f"sigma must be a positive number, got {sigma!r}")
     if exact is None:
-        exact = size is not None or sigma < GAUSSIAN_CASCADE_SIGMA
-    if not exact:
-        widths = _cascade_widths(sigma, CASCADE_PASSES)
-        g = np.ones(1)
-        for w in widths:
-            g = np.convolve(g, np.full(w, 1.0 / w))
-        return Kernel(np.outer(g, g), name=f"gaussian sigma {sigma:g} (box cascade {widths})",
-                      factors=(g, g), passes=widths)
-    if size is None:
-        size = 2 * math.ceil(3 * sigma) + 1
-    size = _odd_size(size, "gaussian size")
-    x = np.arange(size) - size // 2
-    g = np.exp(-0.5 * (x / sigma) ** 2)
-    g /= g.sum()
-    return Kernel(np.outer(g, g), name=f"gaussian {size} sigma {sigma:g}", factors=(g, g))
+        exact = size is not None or sigma < GAUSSIAN_PYRAMID_SIGMA
+    if not exact and size is None and sigma >= GAUSSIAN_PYRAMID_SIGMA:
+        g = _gaussian_1d(sigma)
+        d, s = _pyramid(sigma)
+        return Kernel(np.outer(g, g), name=f"gaussian sigma {sigma:g} (pyramid 1/{d})",
+                      factors=(g, g), pyramid=(d, s))
+    g = _gaussian_1d(sigma, None if size is None else _odd_size(size, "gaussian size"))
+    return Kernel(np.outer(g, g), name=f"gaussian {len(g)} sigma {sigma:g}", factors=(g, g))
 
 
 def sharpen_kernel() -> Kernel:
@@ -309,15 +314,15 @@ def _pick_path(k: Kernel, path: str) -> str:
     if path == "auto":
         if k.is_box:
             return "box"
-        if k.passes is not None:
-            return "cascade"
+        if k.pyramid is not None:
+            return "pyramid"
         if k.factors is not None:
             return "separable"
         return "filter2d"
     if path == "box" and not k.is_box:
         raise ValueError(f"path 'box' needs a kernel with all entries equal ({k.name})")
-    if path == "cascade" and k.passes is None:
-        raise ValueError(f"path 'cascade' needs a box-cascade kernel ({k.name})")
+    if path == "pyramid" and k.pyramid is None:
+        raise ValueError(f"path 'pyramid' needs a large Gaussian kernel ({k.name})")
     if path == "separable" and k.factors is None:
         raise ValueError(f"path 'separable' needs a rank-one kernel ({k.name})")
     return path
@@ -347,23 +352,8 @@ def _filter_cv(src: np.ndarray, k: Kernel, path: str, depth: int = cv2.CV_32F,
         if value != 1.0 and not raw:
             out *= value
         return out
-    if path == "cascade":
-        # pad by the cascade's radius so every pass sees the zeros outside the image
-        # like one convolution would (per-pass cropping would change the kernel at the border)
-        assert k.passes is not None
-        r = sum(w // 2 for w in k.passes)
-        out = cv2.copyMakeBorder(src, r, r, r, r, cv2.BORDER_CONSTANT, value=0)
-        scale = 1.0
-        for w in k.passes:
-            # each pass needs its input only as far out as the passes still to come reach:
-            # filter the part of the padded array that is needed, and drop the rest
-            h2 = w // 2
-            out = cv2.boxFilter(out, depth, (w, w), normalize=False, borderType=_BORDER)
-            out = out[h2:out.shape[0] - h2, h2:out.shape[1] - h2]
-            scale /= w * w
-        out = np.ascontiguousarray(out)
-        out *= ftype(scale * k.total)
-        return out
+    if path == "pyramid":
+        return _pyramid_filter(src, k, depth)
     if path == "separable":
         assert k.factors is not None
         ky, kx = k.factors
@@ -378,6 +368,31 @@ def _filter_cv(src: np.ndarray, k: Kernel, path: str, depth: int = cv2.CV_32F,
     flipped = np.ascontiguousarray(k.array[::-1, ::-1], dtype=ftype)
     # the general path works in float: OpenCV's 8-bit filter2D loses precision with large kernels
     return cv2.filter2D(src.astype(ftype, copy=False), depth, flipped, borderType=_BORDER)
+
+
+def _pyramid_filter(src: np.ndarray, k: Kernel, depth: int) -> np.ndarray:
+    """The pyramid path (see :func:`gaussian_kernel`): ``d x d`` cell means (strip by strip, so
+    only a strip is ever converted to float), the coarse Gaussian (zero outside, as everywhere),
+    and linear interpolation back to every pixel (centres aligned; outside the outermost cell
+    centres the nearest one holds). A view of an array padded to whole cells."""
+    assert k.pyramid is not None
+    d, s = k.pyramid
+    ftype = np.float64 if depth == cv2.CV_64F else np.float32
+    h, w = src.shape[:2]
+    ph, pw = -(-h // d) * d, -(-w // d) * d
+    coarse = np.empty((ph // d, pw // d) + src.shape[2:], ftype)
+    step = max(1, _STRIP_PIXELS // (pw * d)) * d
+    for y in range(0, ph, step):
+        part = src[y:y + step].astype(ftype)
+        rows = min(step, ph - y)
+        if rows > part.shape[0] or pw > w:  # whole cells: zeros beyond the image
+            part = cv2.copyMakeBorder(part, 0, rows - part.shape[0], 0, pw - w,
+                                      cv2.BORDER_CONSTANT, value=0)
+        coarse[y // d:(y + rows) // d] = cv2.resize(part, (pw // d, rows // d),
+                                                    interpolation=cv2.INTER_AREA)
+    g = _gaussian_1d(s).astype(ftype)
+    coarse = cv2.sepFilter2D(coarse, depth, g, g, borderType=_BORDER)
+    return cv2.resize(coarse, (pw, ph), interpolation=cv2.INTER_LINEAR)[:h, :w]
 
 
 def _raw_total(k: Kernel, path: str) -> float:
@@ -611,7 +626,7 @@ def _separable_weights(k: Kernel, shape: tuple[int, int]):
     """For a rank-one kernel, the certainty of an all-valid image, ``(M conv K) / sum(K)`` with
     ``M = 1`` inside the image rectangle, as its two 1-D factors ``(wy, wx)``; None when the
     kernel is not rank one."""
-    if not (k.is_box or k.factors is not None or k.passes is not None):
+    if k.pyramid is not None or not (k.is_box or k.factors is not None):
         return None
     a = np.asarray(k.array, np.float64)
     ay, ax = a.sum(axis=1), a.sum(axis=0)
@@ -780,7 +795,7 @@ def masked_convolve(
         Value of undefined output pixels (NaN by default). ``None`` leaves
         them as computed (meaningless but finite): for callers that discard
         them anyway.
-    path : {"auto", "box", "cascade", "separable", "filter2d"}
+    path : {"auto", "box", "pyramid", "separable", "filter2d"}
         OpenCV backend path.
     return_weights : bool
         Also return the certainty map ``(M conv |K|) / sum(|K|)``.
@@ -975,7 +990,7 @@ def masked_plane_mean(
     image, mask : as for :func:`masked_convolve` (non-finite pixels invalid)
     kernel : Kernel
         Non-negative and symmetric (box, Gaussian, or any other); box,
-        cascade and separable kernels run on their fast paths.
+        pyramid and separable kernels run on their fast paths.
     ridge : float >= 0
     min_weight, fill : as for :func:`masked_convolve`
     return_weights : bool
@@ -996,8 +1011,9 @@ def masked_plane_mean(
     coordinates: the moments ``x M, y M, x^2 M, x y M, y^2 M`` and, per
     channel, ``x I M, y I M``. With a box kernel and a binary mask the
     mask's window sums are exact int32 sums, and so are the image's for
-    8-bit data (while they fit in int32); otherwise float32 (the mask terms in float64 when ``ridge < 0.01``, so
-    that collinear windows are told from thin ones). The covariances are
+    8-bit data (while they fit in int32); otherwise float32 (the mask terms
+    in float64 when ``ridge < 0.01``, so that collinear windows are told
+    from thin ones). The covariances are
     formed at the band's pixels only. The error is far below a gray level --
     tested against a float64 fit at the far corner of a 4000 px image. See
     :func:`prepare_mask` to compute the mask's part once for many images.
@@ -1134,7 +1150,7 @@ def plane_geometry(mask, kernel, weights=None, *, ridge: float = DEFAULT_RIDGE,
     h, w = shape
     blocks = []
     for y0, y1, x0, x1 in _band_blocks(band, ry, rx):
-        Y0, Y1, X0, X1 = max(y0 - ry, 0), min(y1 + ry, h), max(x0 - rx, 0), min(x1 + rx, w)
+        Y0, Y1, X0, X1 = _padded(y0, y1, x0, x1, k, shape)
         inner = (slice(y0 - Y0, y1 - Y0), slice(x0 - X0, x1 - X0))
         xs, ys = _block_coords(X0, X1), _block_coords(Y0, Y1)
         if m is None:
@@ -1185,6 +1201,19 @@ def plane_geometry(mask, kernel, weights=None, *, ridge: float = DEFAULT_RIDGE,
 _FLOAT32_RIDGE = 1e-2
 
 _INT32_MAX = 2**31 - 1
+
+
+def _padded(y0: int, y1: int, x0: int, x1: int, k: Kernel, shape: tuple[int, int]):
+    """The rectangle that the window sums on ``(y0:y1, x0:x1)`` need: padded by the kernel's
+    radius, and for the pyramid path by 4 cells more with its origin on the cell grid, so that
+    a block's cells are the whole image's and its sums the same."""
+    h, w = shape
+    ry, rx = k.shape[0] // 2, k.shape[1] // 2
+    if k.pyramid is None:
+        return max(y0 - ry, 0), min(y1 + ry, h), max(x0 - rx, 0), min(x1 + rx, w)
+    d = k.pyramid[0]
+    ry, rx = ry + 4 * d, rx + 4 * d
+    return max(y0 - ry, 0) // d * d, min(y1 + ry, h), max(x0 - rx, 0) // d * d, min(x1 + rx, w)
 
 
 def _fits_int32(bound) -> bool:

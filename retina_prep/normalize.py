@@ -123,7 +123,7 @@ def kernel_for(name: str, window=None, sigma: float | None = None, mask=None) ->
 
     - an explicit ``window`` sizes the kernel (a Gaussian is truncated to it);
     - with no ``window``, a Gaussian with ``sigma`` spans ``2*ceil(3*sigma)+1``
-      pixels (large ones run as a box cascade); everything else uses ``"auto"``.
+      pixels (large ones run on the pyramid path); everything else uses ``"auto"``.
 
     Fixed kernels (sharpen, laplacian, sobel) take no window but their own
     size; ``"auto"`` and None leave it.

@@ -20,6 +20,7 @@ from retina_prep.core import (
     sharpen_kernel,
     sobel_kernel,
 )
+from retina_prep.synthetic import synthetic_fundus
 
 from .reference import convolve_ref, masked_convolve_ref, partial_ref, windowed_mean_loop
 
@@ -49,7 +50,6 @@ def _kernels(rng):
         box_kernel(15),
         gaussian_kernel(1.0),
         gaussian_kernel(2.5, 9),
-        gaussian_kernel(2.5, exact=False),  # box cascade
         as_kernel(rng.random((5, 3)) + 0.01),  # asymmetric, general path
         as_kernel(np.outer([1, 2, 1], [1, 4, 6, 4, 1]).astype(float)),  # separable, asymmetric sizes
         sharpen_kernel(),
@@ -62,8 +62,8 @@ def _kernels(rng):
 
 def _paths(k: Kernel):
     ps = ["auto", "filter2d"]
-    if k.passes is not None:
-        ps.append("cascade")
+    if k.pyramid is not None:
+        ps.append("pyramid")
     if k.factors is not None:
         ps.append("separable")
     if k.is_box:
@@ -99,30 +99,50 @@ def test_fast_paths_match_filter2d(rng):
             np.testing.assert_allclose(fast, general, rtol=1e-5, atol=1e-3, equal_nan=True)
 
 
-def test_cascade_gaussian_approximation():
-    """Large Gaussians use a 4-pass box cascade: same variance, shape within a few % of the peak."""
-    for sigma in [10.0, 20.0, 80.0]:
+def test_pyramid_gaussian_kernel_rule():
+    """Gaussians with sigma >= 16 and no size run on the pyramid path: cells of
+    max(2, floor(sigma/12)) px, and the three blurs (cell averaging, coarse Gaussian, linear
+    interpolation) add up to sigma^2; the kernel's array is the exact Gaussian it stands for."""
+    for sigma in [16.0, 20.0, 80.0, 333.0]:
         k = gaussian_kernel(sigma)
-        assert k.passes is not None and len(k.passes) == 4
-        g = k.factors[0]
-        x = np.arange(len(g)) - len(g) // 2
-        assert (g * x * x).sum() == pytest.approx(sigma**2, rel=0.03)
-        exact = np.exp(-0.5 * (x / sigma) ** 2)
-        exact /= exact.sum()
-        assert np.abs(g - exact).max() < 0.05 * exact.max()
-        assert np.allclose(k.array, np.outer(g, g)) and k.total == pytest.approx(1.0)
-    assert gaussian_kernel(20.0, 51).passes is None  # an explicit size is exact
-    assert gaussian_kernel(20.0, exact=True).passes is None
-    assert gaussian_kernel(5.0).passes is None
+        d, s = k.pyramid
+        assert d == max(2, int(sigma // 12)) and s * d <= sigma
+        assert (d * s) ** 2 + (d * d - 1) / 12 + d * d / 6 == pytest.approx(sigma**2)
+        np.testing.assert_allclose(k.array, gaussian_kernel(sigma, exact=True).array)
+    assert gaussian_kernel(20.0, 51).pyramid is None  # an explicit size is exact
+    assert gaussian_kernel(20.0, exact=True).pyramid is None
+    assert gaussian_kernel(15.9).pyramid is None
+    with pytest.raises(ValueError, match="pyramid"):
+        masked_convolve(np.ones((9, 9)), None, gaussian_kernel(3.0), path="pyramid")
 
 
-def test_cascade_masked_close_to_exact_gaussian(rng):
-    s = rng.random((200, 220, 3)) * 40 + 100
-    yy, xx = np.mgrid[0:200, 0:220]
-    mask = (yy - 100) ** 2 + (xx - 110) ** 2 < 90**2
-    a = masked_convolve(s, mask, gaussian_kernel(12.0))
-    e = masked_convolve(s, mask, gaussian_kernel(12.0, exact=True))
-    assert np.nanmax(np.abs(a - e)[mask]) < 1.0  # gray levels, on values spanning 40
+@pytest.mark.parametrize("sigma", [16.0, 24.0, 41.0, 60.0])
+def test_pyramid_masked_close_to_exact_gaussian(sigma):
+    """On a fundus photograph with its FOV mask, the pyramid's masked mean is within 0.06 gray
+    levels of the exact Gaussian's everywhere in the FOV (the cascade it replaced: 1.3)."""
+    s = synthetic_fundus((420, 470), seed=3, vignette=0.5)
+    got = masked_convolve(s.image, s.mask, gaussian_kernel(sigma))
+    ref = masked_convolve(s.image, s.mask, gaussian_kernel(sigma, exact=True))
+    err = np.abs(got - ref)[s.mask]
+    assert err.max() < 0.06, err.max()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), value=st.floats(-1e3, 1e3), sigma=st.floats(16, 40),
+       h=st.integers(5, 120), w=st.integers(5, 120))
+def test_pyramid_normalization_is_exact(seed, value, sigma, h, w):
+    """Numerator and denominator take the same linear operator with non-negative weights: a
+    constant stays that constant under any mask, at any image size (whole cells or not), and
+    the certainty stays in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random((h, w)) < rng.uniform(0.05, 1)
+    mask[rng.integers(h), rng.integers(w)] = True
+    out, wts = masked_convolve(np.full((h, w, 3), value), mask, gaussian_kernel(sigma),
+                               return_weights=True)
+    ok = ~np.isnan(out[..., 0])
+    assert ok.any()
+    np.testing.assert_allclose(out[ok], value, rtol=1e-5, atol=1e-3)
+    assert (wts >= 0).all() and (wts <= 1).all()
 
 
 def test_plain_convolve_matches_reference(rng):
@@ -200,7 +220,7 @@ def test_argument_validation(rng):
         box_kernel(4)
     with pytest.raises(ValueError, match="0, 1"):
         masked_convolve(img, np.full((10, 10), 1.5), box_kernel(3))
-    assert set(PATHS) == {"auto", "box", "cascade", "separable", "filter2d"}
+    assert set(PATHS) == {"auto", "box", "pyramid", "separable", "filter2d"}
 
 
 # ---------------------------------------------------------------- properties

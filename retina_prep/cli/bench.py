@@ -76,7 +76,7 @@ def bench(drive, quick, threads):
         log("bench: large Gaussian on one thread ...")
         g = B.gaussian_one_thread_row()
         click.echo("\nLarge Gaussian, one OpenCV thread (seconds):\n")
-        click.echo(_table([g], [("case", "case"), ("box cascade s", "cascade_s"),
+        click.echo(_table([g], [("case", "case"), ("pyramid s", "pyramid_s"),
                                 ("exact separable s", "exact_s")]))
         log("bench: window sizes ...")
         click.echo("\nMasked IN, box windows of growing size (cost flat in the window):\n")
