@@ -12,7 +12,7 @@ import sys
 __all__ = ["default_jobs", "mp_context", "start_helpers", "start_early"]
 
 #: Modules the fork server imports once, so that every worker it forks has them.
-PRELOAD = ["numpy", "cv2", "retina_prep.pipeline", "retina_prep._forkserver"]
+PRELOAD = ["numpy", "cv2", "PIL.Image", "retina_prep.pipeline", "retina_prep._forkserver"]
 
 
 def default_jobs() -> int:

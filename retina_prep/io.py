@@ -110,10 +110,33 @@ def _decode(path: Path, data: bytes) -> np.ndarray:
     return _decode_by(path, data)[0]
 
 
+def _decode_gif(data: bytes) -> np.ndarray | None:
+    """A GIF's first frame with Pillow, as imageio gives it (a palette in its palette's mode,
+    RGB); None where Pillow cannot (imageio then tries, and words the error). Pillow is loaded
+    anyway for headers; imageio costs start-up time."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(_io.BytesIO(data), formats=["GIF"]) as im:
+                im.seek(0)
+                if im.mode == "P":
+                    im = im.convert(im.palette.mode)
+                return np.asarray(im)
+    except Exception:
+        return None
+
+
 def _decode_by(path: Path, data: bytes) -> tuple[np.ndarray, str]:
-    """:func:`_decode`, and which decoder did it: ``"opencv"`` or ``"imageio"``."""
+    """:func:`_decode`, and which decoder did it: ``"opencv"``, ``"pillow"`` (GIF) or
+    ``"imageio"``."""
     arr = None
-    if path.suffix.lower() != ".gif":
+    if path.suffix.lower() == ".gif":
+        gif = _decode_gif(data)
+        if gif is not None:
+            return gif, "pillow"
+    else:
         buf = np.frombuffer(data, np.uint8)
         try:
             arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
@@ -155,9 +178,34 @@ def _check_pixels(path, shape, max_pixels):
     _check_count(path, int(shape[0]) * int(shape[1]), max_pixels)
 
 
-def _header(data: bytes) -> tuple[int | None, int]:
+#: Pillow plugins (module, format) by file ending: opening with the one plugin skips Pillow's
+#: loading of all its plugins (about 60 ms per process, on the first TIFF).
+_PIL_FORMATS = {".tif": ("TiffImagePlugin", "TIFF"), ".tiff": ("TiffImagePlugin", "TIFF"),
+                ".jpg": ("JpegImagePlugin", "JPEG"), ".jpeg": ("JpegImagePlugin", "JPEG"),
+                ".png": ("PngImagePlugin", "PNG"), ".webp": ("WebPImagePlugin", "WEBP")}
+
+
+def _open_pil(data: bytes, suffix: str):
+    """``PIL.Image.open`` of ``data``, trying the plugin its ending names first (a file whose
+    content does not match its ending is then opened by every plugin)."""
+    import importlib
+
+    from PIL import Image, UnidentifiedImageError
+
+    plugin = _PIL_FORMATS.get(suffix.lower())
+    if plugin is not None:
+        try:
+            importlib.import_module(f"PIL.{plugin[0]}")
+            return Image.open(_io.BytesIO(data), formats=[plugin[1]])
+        except (ImportError, UnidentifiedImageError):
+            pass
+    return Image.open(_io.BytesIO(data))
+
+
+def _header(data: bytes, suffix: str = "") -> tuple[int | None, int]:
     """``(width x height, EXIF orientation)`` from the file header, without decoding pixels
-    (one Pillow parse; pixels None and orientation 1 where unknown).
+    (one Pillow parse; pixels None and orientation 1 where unknown). ``suffix``, the file's
+    ending, picks the Pillow plugin to try first.
 
     Pillow refuses headers above twice its own limit with ``DecompressionBombError``;
     the size it names is taken from the message.
@@ -168,7 +216,7 @@ def _header(data: bytes) -> tuple[int | None, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(_io.BytesIO(data)) as im:
+            with _open_pil(data, suffix) as im:
                 w, h = im.size
                 try:
                     turn = int(im.getexif().get(0x0112, 1))
@@ -188,7 +236,7 @@ def _probe(path: Path, data: bytes, max_pixels) -> int:
     oriented = path.suffix.lower() in ORIENTED_EXTENSIONS
     if max_pixels is None and not oriented:
         return 1
-    pixels, turn = _header(data)
+    pixels, turn = _header(data, path.suffix)
     if max_pixels is not None and pixels is not None:
         _check_count(path, pixels, max_pixels)
     return turn if oriented else 1

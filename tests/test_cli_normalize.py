@@ -314,3 +314,23 @@ def test_exif_rotated_photo_with_mask_in_displayed_orientation(tmp_path):
     r = invoke("normalize", tmp_path / "eye.jpg", "--mask", tmp_path / "eye_mask.png", "-o",
                tmp_path / "raw", "--ignore-orientation")
     assert r.exit_code == 1 and "60x90 px but the image is 90x60 px" in r.output
+
+
+def test_progress_bar_on_a_terminal_and_lines_above_it(tmp_path, monkeypatch):
+    """On a terminal the batch shows a tqdm bar on stderr (tqdm is imported only then) and an
+    error line is printed on its own line; off a terminal there is no bar."""
+    import retina_prep.cli.runner as runner
+
+    root = make_drive(tmp_path / "DRIVE")
+    (root / "test" / "images" / "99_test.tif").write_bytes(b"not an image")
+    for terminal in (True, False):
+        monkeypatch.setattr(runner, "stderr_is_terminal", lambda t=terminal: t)
+        r = CliRunner().invoke(cli, ["normalize", str(root / "test"), "-o",
+                                     str(tmp_path / f"o{terminal}"), "--window", "15"])
+        assert r.exit_code == 1
+        err = r.stderr
+        # the error line starts a line of its own (after the bar's carriage return)
+        segments = err.replace("\r", "\n").splitlines()
+        assert any(x.startswith("error: ") and "99_test.tif" in x for x in segments), err
+        assert "normalize: 2 done, 1 failed" in err
+        assert ("img/s" in err) == terminal, err

@@ -30,6 +30,34 @@ def test_read_gif_masks(tmp_path, kind):
     assert np.array_equal(read_mask(path), m)
 
 
+@pytest.mark.parametrize("kind", ["gray", "palette", "transparent", "animated"])
+def test_gif_decoded_by_pillow_as_imageio_gives_it(tmp_path, kind, rng):
+    """GIFs are decoded with Pillow (imageio costs start-up time): the first frame, a palette in
+    its palette's mode, exactly as imageio reads it."""
+    from PIL import Image
+
+    from retina_prep.io import _decode_by
+
+    a = rng.integers(0, 256, (30, 40), dtype=np.uint8)
+    path = tmp_path / "x.gif"
+    if kind == "gray":
+        Image.fromarray(a, mode="L").save(path)
+    elif kind == "palette":
+        Image.fromarray(np.dstack([a, 255 - a, a // 2])).convert("P").save(path)
+    elif kind == "transparent":
+        Image.fromarray(a, mode="L").convert("P").save(path, transparency=0)
+    else:
+        frames = [Image.fromarray(np.roll(a, i, axis=1), mode="L") for i in range(3)]
+        frames[0].save(path, save_all=True, append_images=frames[1:])
+    data = path.read_bytes()
+    got, decoder = _decode_by(path, data)
+    ref = np.asarray(iio.imread(data, extension=".gif"))
+    if ref.ndim == 4 or (ref.ndim == 3 and ref.shape[-1] > 4):
+        ref = ref[0]
+    assert decoder == "pillow" and got.dtype == ref.dtype
+    np.testing.assert_array_equal(got, ref)
+
+
 @pytest.mark.parametrize("ext", [".png", ".tif", ".jpg"])
 def test_read_masks_other_formats(tmp_path, ext):
     m = disc((40, 50), 15)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-from tqdm import tqdm
 
 try:  # Python 3.11+
     import tomllib
@@ -213,7 +212,12 @@ class _StderrLines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage().replace("\n", "\\n").replace("\r", "\\r")
-        tqdm.write(msg, file=sys.stderr)
+        bars = sys.modules.get("tqdm")  # imported only when a progress bar runs
+        if bars is not None:
+            bars.tqdm.write(msg, file=sys.stderr)
+        else:
+            sys.stderr.write(msg + "\n")
+            sys.stderr.flush()
 
 
 def setup_logging() -> None:

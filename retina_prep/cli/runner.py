@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from .. import __version__
 from ..batch import Batch, ManifestError, Report, Result, default_jobs
@@ -289,6 +288,29 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, old)
 
 
+class _NoBar:
+    """What the batch calls on a progress bar, doing nothing."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@contextmanager
+def _progress_bar(total: int, show: bool, command: str):
+    """A tqdm bar on stderr when ``show``; else a stand-in, and tqdm is not even imported (it
+    costs start-up time)."""
+    if not show:
+        yield _NoBar()
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, file=sys.stderr, unit="img", desc=command, dynamic_ncols=True) as bar:
+        yield bar
+
+
 def _manifest_path(outdir: Path, batch: BatchOptions) -> Path:
     if batch.manifest is not None:
         return batch.manifest
@@ -369,8 +391,7 @@ def execute(
 
     results = iter(run)
     show_bar = not quiet and len(run.todo) > 1 and stderr_is_terminal()
-    with _sigterm_as_interrupt(), tqdm(total=len(run.todo), disable=not show_bar, file=sys.stderr,
-                                       unit="img", desc=command, dynamic_ncols=True) as bar:
+    with _sigterm_as_interrupt(), _progress_bar(len(run.todo), show_bar, command) as bar:
         try:
             for i, result in enumerate(results):
                 handle(result)
