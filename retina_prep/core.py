@@ -585,7 +585,9 @@ class _MeanParts:
     floor)``, or ``num * inverse`` with ``inverse`` precomputed, or ``num * scale`` without
     ``den``. Once divided, ``num`` is the mean."""
 
-    def __init__(self, num, den=None, *, inverse=None, scale: float = 1.0, floor: float = 0.0):
+    def __init__(self, num, den=None, *, inverse=None, scale: float = 1.0, floor: float = 0.0,
+                 weighted=None):
+        self.weighted = weighted  # I M, when the caller asked to keep it (first order)
         self.num = num
         self.den = den
         self.inverse = inverse
@@ -667,14 +669,16 @@ def _rect_parts(img: np.ndarray, k: Kernel, path: str):
 
 
 def _mean_parts(image, mask, k: Kernel, *, min_weight: float = DEFAULT_MIN_WEIGHT,
-                rect_fast: bool = True, want_weights: bool = False, inverse=None):
+                rect_fast: bool = True, want_weights: bool = False, inverse=None,
+                keep_weighted: bool = False):
     """The masked local mean of ``image`` as :class:`_MeanParts` (the mean is ``sum(K)`` times
     the weighted mean, as :func:`masked_convolve` has it), and with ``want_weights`` the
     certainty ``(M conv K) / sum(K)``. ``image`` finite (see :func:`_drop_nonfinite`), ``mask``
     checked (:func:`as_mask`) or None; ``k`` non-negative. Box sums are plain sums, so the
     mean of 8- and 16-bit data (and of floats holding integers) is the same ratio of exact
     integers, rounded once. ``inverse`` (from :func:`_mean_divisor` for this mask) skips the
-    mask's filter."""
+    mask's filter. ``keep_weighted`` keeps ``I M`` on the parts (``.weighted``) where it is
+    in the image's own 8- or 16-bit dtype (a binary mask), for :func:`apply_plane`."""
     path = _pick_path(k, "auto")
     img = _as_image(image)
     if mask is None and rect_fast and not want_weights and inverse is None:
@@ -689,10 +693,11 @@ def _mean_parts(image, mask, k: Kernel, *, min_weight: float = DEFAULT_MIN_WEIGH
         m = binary if binary is not None else _as_weights(mask, img.shape[:2])
         weighted = _masked_input(img, m, binary)
     num = _filter(weighted, k, path, raw=True)
+    keep = weighted if keep_weighted and weighted.dtype in (np.uint8, np.uint16) else None
     if inverse is not None:
-        return _MeanParts(num, inverse=inverse), None
+        return _MeanParts(num, inverse=inverse, weighted=keep), None
     den, raw = _filter(m, k, path, raw=True), _raw_total(k, path)
-    parts = _MeanParts(num, den, scale=k.total, floor=min_weight * raw)
+    parts = _MeanParts(num, den, scale=k.total, floor=min_weight * raw, weighted=keep)
     return parts, (den * np.float32(1.0 / raw) if want_weights else None)
 
 
@@ -1101,11 +1106,27 @@ class PlaneGeometry:
     kernel: Kernel
     ridge: float
     blocks: tuple = field(repr=False)
+    # the coefficients replicated to C channels, per C, for a geometry applied to many images
+    _replicas: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def pixels(self) -> int:
         """How many pixels get a first-order correction."""
         return sum(b[2] for b in self.blocks)
+
+    def coefficients(self, c: int) -> list:
+        """Per block, its ``(c0, cx, cy)`` as C-channel maps for OpenCV (None beyond 4
+        channels); kept for the next image when they take at most :data:`_REPLICA_BYTES`."""
+        if c in self._replicas:
+            return self._replicas[c]
+        reps = [[_replicate(a, c) for a in b[3]] for b in self.blocks]
+        if c > 1 and sum(b[3].nbytes for b in self.blocks) * c <= _REPLICA_BYTES:
+            self._replicas[c] = reps
+        return reps
+
+
+#: The largest replicated coefficients a PlaneGeometry keeps (a prepared mask's, reused).
+_REPLICA_BYTES = 32 << 20
 
 
 def plane_geometry(mask, kernel, weights=None, *, ridge: float = DEFAULT_RIDGE,
@@ -1245,24 +1266,33 @@ def _replicate(a: np.ndarray, c: int) -> np.ndarray | None:
     return cv2.merge([a, a]) if c == 2 else None
 
 
-def apply_plane(image, mask, mean: np.ndarray, geometry: PlaneGeometry) -> np.ndarray:
+def apply_plane(image, mask, mean: np.ndarray, geometry: PlaneGeometry,
+                weighted: np.ndarray | None = None) -> np.ndarray:
     """Turn the zero-order masked ``mean`` of ``image`` (both (H, W, C); the mean float32, the
-    image with non-finite pixels already dropped) into the first-order one, in place."""
+    image with non-finite pixels already dropped) into the first-order one, in place.
+    ``weighted``, ``I M`` for a binary mask when the caller has it, saves computing it again."""
     k = geometry.kernel
     path = _pick_path(k, "auto")
     raw = _raw_total(k, path)
     c = image.shape[2]
     m = None if mask is None else as_mask(mask)
     binary = _binary_u8(m) if m is not None else None
+    if weighted is not None and (binary is None or weighted.shape != image.shape):
+        weighted = None
     integral = image.dtype in (np.uint8, np.uint16)
     vmax = 255 if image.dtype == np.uint8 else 65535
-    for (y0, y1, x0, x1), (Y0, Y1, X0, X1), _, coef in geometry.blocks:
+    coefficients = geometry.coefficients(c)
+    for ((y0, y1, x0, x1), (Y0, Y1, X0, X1), _, coef), coefs in zip(geometry.blocks,
+                                                                  coefficients):
         inner = (slice(y0 - Y0, y1 - Y0), slice(x0 - X0, x1 - X0))
         xs, ys = _block_coords(X0, X1), _block_coords(Y0, Y1)
-        ib = image[Y0:Y1, X0:X1]
-        if m is not None:  # I M, in the image's own dtype for a binary mask
-            ib = _masked_input(ib, m[Y0:Y1, X0:X1],
-                               None if binary is None else np.ascontiguousarray(binary[Y0:Y1, X0:X1]))
+        if weighted is not None:
+            ib = weighted[Y0:Y1, X0:X1]
+        elif m is not None:  # I M, in the image's own dtype for a binary mask
+            ib = _masked_input(image[Y0:Y1, X0:X1], m[Y0:Y1, X0:X1], None if binary is None
+                               else np.ascontiguousarray(binary[Y0:Y1, X0:X1]))
+        else:
+            ib = image[Y0:Y1, X0:X1]
         # x I M and y I M, all channels at once on the (rows, columns * channels) layout; their
         # window sums are exact int32 sums for 8/16-bit data while they fit
         exact = (path == "box" and integral and ib.dtype == image.dtype
@@ -1275,15 +1305,13 @@ def apply_plane(image, mask, mean: np.ndarray, geometry: PlaneGeometry) -> np.nd
         sx = _filter(sx.reshape(shape), k, path, raw=True)[inner]
         sy = _filter(sy.reshape(shape), k, path, raw=True)[inner]
         view = mean[y0:y1, x0:x1]
-        coefs = [_replicate(a, c) for a in coef]
         if coefs[0] is None:  # many channels: one by one
             for i in range(c):
                 view[..., i] = view[..., i] * coef[0] + sx[..., i] * coef[1] + sy[..., i] * coef[2]
             continue
         if c == 1:
             view, sx, sy = view[..., 0], sx[..., 0], sy[..., 0]
-        res = cv2.multiply(view, coefs[0])
-        cv2.accumulateProduct(sx, coefs[1], res)
-        cv2.accumulateProduct(sy, coefs[2], res)
-        view[...] = res.reshape(view.shape)
+        cv2.multiply(view, coefs[0], dst=view)  # in place, on the mean's own rows
+        cv2.accumulateProduct(sx, coefs[1], view)
+        cv2.accumulateProduct(sy, coefs[2], view)
     return mean

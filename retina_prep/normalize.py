@@ -403,11 +403,13 @@ def normalize_illumination(
         inside = finite if inside is None else inside & finite
     src, m = _drop_nonfinite(img, None if ignore_mask else mask)
     if prepared is not None and finite is None and not ignore_mask:
-        parts, _ = _mean_parts(src, m, prepared.kernel, inverse=prepared.inverse)
+        parts, _ = _mean_parts(src, m, prepared.kernel, inverse=prepared.inverse,
+                               keep_weighted=order == 1)
         weights = None  # the plane was prepared, or plane_geometry computes them
     else:
         prepared = None
-        parts, weights = _mean_parts(src, m, as_kernel(kernel), want_weights=order == 1)
+        parts, weights = _mean_parts(src, m, as_kernel(kernel), want_weights=order == 1,
+                                     keep_weighted=order == 1)
     if order == 1:  # the plane differs from the mean in the margin band only; outside is filled
         mean = parts.mean()
         squeeze = mean.ndim == 2
@@ -415,8 +417,10 @@ def normalize_illumination(
             geometry = prepared.plane
         else:
             geometry = plane_geometry(m, kernel, weights, ridge=ridge, where=inside)
+        weighted = parts.weighted
         apply_plane(src[..., None] if squeeze else src, m,
-                    mean[..., None] if squeeze else mean, geometry)
+                    mean[..., None] if squeeze else mean, geometry,
+                    None if weighted is None else weighted[..., None] if squeeze else weighted)
         parts = _MeanParts(mean)
     natural = (in_lo, in_hi) == _dtype_range(img.dtype)
     if (method == "mean" and out_dtype == img.dtype and img.dtype in (np.uint8, np.uint16)

@@ -224,6 +224,8 @@ def test_prepared_mask_gives_the_same_output(order, dtype, channels):
     direct = rp.normalize_illumination(img, m, window=21, order=order)
     again = rp.normalize_illumination(img, prepared, order=order)
     np.testing.assert_array_equal(again, direct)
+    # a second image with the same prepared mask (its replicated coefficients now kept)
+    np.testing.assert_array_equal(rp.normalize_illumination(img, prepared, order=order), direct)
     assert again.dtype == direct.dtype and again.shape == direct.shape
 
 
