@@ -557,26 +557,37 @@ def _strips(h: int, w: int):
         yield slice(y0, min(h, y0 + rows))
 
 
+#: OpenCV's Python binding may take an array of up to this many elements for a scalar.
+_TINY = 4
+
+
 def _reciprocal(den: np.ndarray, scale: float, floor: float) -> np.ndarray:
-    """``scale / max(den, floor)`` (a new single-channel array), with OpenCV."""
-    inv = cv2.max(den, float(floor) if floor > 0 else 1e-30)
+    """``scale / max(den, floor)`` (a new single-channel float32 array), with OpenCV."""
+    floor = float(floor) if floor > 0 else 1e-30
+    if den.size <= _TINY:
+        return (np.float32(scale) / np.maximum(den, np.float32(floor))).astype(np.float32)
+    inv = cv2.max(den, floor)
     cv2.divide(float(scale), inv, dst=inv)
     return inv
 
 
 def _scale_rows(num: np.ndarray, inv: np.ndarray) -> None:
     """``num *= inv`` per channel, in place (``num`` contiguous (h, w[, c]); ``inv`` (h, w))."""
-    if num.ndim == 2:
-        cv2.multiply(num, inv, dst=num)
-        return
-    c = num.shape[2]
-    if c in (3, 4):  # replicate 1 -> c channels in one SIMD pass, multiply in place
-        rep = cv2.cvtColor(inv, cv2.COLOR_GRAY2BGR if c == 3 else cv2.COLOR_GRAY2BGRA)
+    rep = None if inv.size <= _TINY else _replicate(inv, 1 if num.ndim == 2 else num.shape[2])
+    if rep is None:
+        num *= inv[..., None] if num.ndim == 3 else inv
+    else:  # one SIMD pass, in place
         cv2.multiply(num, rep, dst=num)
-    elif c == 2:
-        cv2.multiply(num, cv2.merge([inv, inv]), dst=num)
-    else:
-        num *= inv[..., None]
+
+
+def _replicate(a: np.ndarray, c: int) -> np.ndarray | None:
+    """A single-channel map as ``c`` channels for OpenCV arithmetic (``a`` itself for one);
+    None beyond 4 channels. (Not ``GRAY2BGRA``: it sets the fourth channel to 1, not to ``a``.)"""
+    if c == 1:
+        return a
+    if c == 3:
+        return cv2.cvtColor(a, cv2.COLOR_GRAY2BGR)
+    return cv2.merge([a] * c) if c in (2, 4) else None
 
 
 class _MeanParts:
@@ -1254,16 +1265,6 @@ def _row(xs: np.ndarray, shape: tuple[int, int], dtype) -> np.ndarray:
 def _col(ys: np.ndarray, shape: tuple[int, int], dtype) -> np.ndarray:
     """``ys`` repeated along ``shape[1]`` columns."""
     return np.ascontiguousarray(np.broadcast_to(ys.astype(dtype)[:, None], shape))
-
-
-def _replicate(a: np.ndarray, c: int) -> np.ndarray | None:
-    """A single-channel map as ``c`` channels for OpenCV arithmetic (``a`` itself for one);
-    None beyond 4 channels."""
-    if c == 1:
-        return a
-    if c in (3, 4):  # one SIMD pass
-        return cv2.cvtColor(a, cv2.COLOR_GRAY2BGR if c == 3 else cv2.COLOR_GRAY2BGRA)
-    return cv2.merge([a, a]) if c == 2 else None
 
 
 def apply_plane(image, mask, mean: np.ndarray, geometry: PlaneGeometry,
