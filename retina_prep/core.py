@@ -1117,8 +1117,10 @@ class PlaneGeometry:
     kernel: Kernel
     ridge: float
     blocks: tuple = field(repr=False)
-    # the coefficients replicated to C channels, per C, for a geometry applied to many images
+    # the coefficients replicated to C channels, per C, and the blocks' coordinates per C and
+    # dtype: for a geometry applied to many images
     _replicas: dict = field(default_factory=dict, repr=False, compare=False)
+    _coords: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def pixels(self) -> int:
@@ -1134,6 +1136,19 @@ class PlaneGeometry:
         if c > 1 and sum(b[3].nbytes for b in self.blocks) * c <= _REPLICA_BYTES:
             self._replicas[c] = reps
         return reps
+
+
+    def coordinates(self, i: int, c: int, ctype) -> tuple[np.ndarray, np.ndarray]:
+        """Block ``i``'s x offsets repeated for ``c`` channels (a row, for the ``(rows, columns
+        * channels)`` layout) and y offsets (a column), as ``ctype``."""
+        key = (i, c, np.dtype(ctype).char)
+        got = self._coords.get(key)
+        if got is None:
+            _, (Y0, Y1, X0, X1), _, _ = self.blocks[i]
+            got = (np.repeat(_block_coords(X0, X1), c).astype(ctype)[None, :],
+                   _block_coords(Y0, Y1).astype(ctype)[:, None])
+            self._coords[key] = got
+        return got
 
 
 #: The largest replicated coefficients a PlaneGeometry keeps (a prepared mask's, reused).
@@ -1283,10 +1298,9 @@ def apply_plane(image, mask, mean: np.ndarray, geometry: PlaneGeometry,
     integral = image.dtype in (np.uint8, np.uint16)
     vmax = 255 if image.dtype == np.uint8 else 65535
     coefficients = geometry.coefficients(c)
-    for ((y0, y1, x0, x1), (Y0, Y1, X0, X1), _, coef), coefs in zip(geometry.blocks,
-                                                                  coefficients):
+    for i, ((y0, y1, x0, x1), (Y0, Y1, X0, X1), _, coef) in enumerate(geometry.blocks):
+        coefs = coefficients[i]
         inner = (slice(y0 - Y0, y1 - Y0), slice(x0 - X0, x1 - X0))
-        xs, ys = _block_coords(X0, X1), _block_coords(Y0, Y1)
         if weighted is not None:
             ib = weighted[Y0:Y1, X0:X1]
         elif m is not None:  # I M, in the image's own dtype for a binary mask
@@ -1296,12 +1310,14 @@ def apply_plane(image, mask, mean: np.ndarray, geometry: PlaneGeometry,
             ib = image[Y0:Y1, X0:X1]
         # x I M and y I M, all channels at once on the (rows, columns * channels) layout; their
         # window sums are exact int32 sums for 8/16-bit data while they fit
+        reach = max((X1 - X0) // 2, (Y1 - Y0) // 2, 1)  # the largest |block coordinate|
         exact = (path == "box" and integral and ib.dtype == image.dtype
-                 and _fits_int32(vmax * max(abs(xs[0]), abs(ys[0]), 1) * raw))
+                 and _fits_int32(vmax * reach * raw))
         ctype = np.int32 if exact else np.float32
-        flat = np.ascontiguousarray(ib).reshape(Y1 - Y0, (X1 - X0) * c)
-        sx = np.multiply(flat, np.repeat(xs, c).astype(ctype)[None, :], dtype=ctype)
-        sy = np.multiply(flat, ys.astype(ctype)[:, None], dtype=ctype)
+        xrow, ycol = geometry.coordinates(i, c, ctype)
+        flat = ib.reshape(Y1 - Y0, (X1 - X0) * c)  # a view: each row's pixels are contiguous
+        sx = np.multiply(flat, xrow, dtype=ctype)
+        sy = np.multiply(flat, ycol, dtype=ctype)
         shape = (Y1 - Y0, X1 - X0, c)
         sx = _filter(sx.reshape(shape), k, path, raw=True)[inner]
         sy = _filter(sy.reshape(shape), k, path, raw=True)[inner]
