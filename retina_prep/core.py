@@ -200,6 +200,12 @@ def gaussian_kernel(sigma: float, size: int | None = None, *, exact: bool | None
         raise ValueError(f"sigma must be a positive number, got {sigma!r}")
     if exact is None:
         exact = size is not None or sigma < GAUSSIAN_PYRAMID_SIGMA
+    if size is None:
+        needed = 2 * math.ceil(3 * sigma) + 1
+        if needed > MAX_KERNEL_SIZE:
+            raise ValueError(f"sigma {sigma:g} needs a kernel of {needed} px, above the largest,"
+                             f" {MAX_KERNEL_SIZE} px (sigma at most"
+                             f" {(MAX_KERNEL_SIZE - 1) // 6})")
     if not exact and size is None and sigma >= GAUSSIAN_PYRAMID_SIGMA:
         g = _gaussian_1d(sigma)
         d, s = _pyramid(sigma)
@@ -299,12 +305,22 @@ def _rank_one_factors(arr: np.ndarray):
     return ky, kx
 
 
+#: The largest side of a box or Gaussian kernel, in pixels. A kernel is held as a 2-D array:
+#: a mistyped window (30001 for 3001) would otherwise take 14 GB and half a minute to build;
+#: 4001 px (a 128 MB array) is wider than the field of view of any fundus camera.
+MAX_KERNEL_SIZE = 4001
+
+
 def _odd_size(size, what: str) -> int:
     if isinstance(size, bool) or int(size) != size:
         raise ValueError(f"{what} must be an odd whole number of pixels, got {size!r}")
     size = int(size)
     if size < 1 or size % 2 == 0:
         raise ValueError(f"{what} must be an odd number >= 1, got {size}")
+    if size > MAX_KERNEL_SIZE:
+        raise ValueError(f"{what} {size} is above the largest kernel, {MAX_KERNEL_SIZE} px (wider"
+                         " than any field of view: a window as wide as the image averages over"
+                         " all of it)")
     return size
 
 

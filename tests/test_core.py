@@ -100,6 +100,17 @@ def test_fast_paths_match_filter2d(rng):
             np.testing.assert_allclose(fast, general, rtol=1e-5, atol=1e-3, equal_nan=True)
 
 
+def test_kernel_size_cap():
+    """Box and Gaussian kernels are held as 2-D arrays: sides above 4001 px are refused with a
+    message naming the size, before any large allocation."""
+    assert box_kernel(4001).shape == (4001, 4001)
+    assert gaussian_kernel(666.0).shape == (3997, 3997)
+    for make in (lambda: box_kernel(4003), lambda: gaussian_kernel(667.0),
+                 lambda: gaussian_kernel(5.0, 4003), lambda: gaussian_kernel(1e6)):
+        with pytest.raises(ValueError, match="4001 px"):
+            make()
+
+
 def test_pyramid_gaussian_kernel_rule():
     """Gaussians with sigma >= 16 and no size run on the pyramid path: cells of
     max(2, floor(sigma/12)) px, and the three blurs (cell averaging, coarse Gaussian, linear

@@ -406,3 +406,24 @@ def test_unwritable_output_folder_even_as_root(tmp_path, monkeypatch):
     r = invoke("normalize", tmp_path / "x.png", "-o", ro, "--auto-mask")
     assert r.exit_code == 1 and "not writable" in r.output
     assert list(ro.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["--window", "30001"], ["--kernel", "gaussian", "--sigma", "5000"],
+                                  ["--kernel", "gaussian", "--window", "4003"]])
+def test_a_mistyped_huge_window_is_refused_at_once(tmp_path, args):
+    """A window of 30001 (for 3001) would build a 30001 x 30001 kernel: 14 GB and half a
+    minute. Kernels are capped at 4001 px: a usage error naming the size, before any image is
+    read, and nothing written."""
+    import time
+
+    from retina_prep.io import write_image
+    from retina_prep.synthetic import synthetic_fundus
+
+    write_image(tmp_path / "in" / "a.png", synthetic_fundus((60, 64), seed=1).image)
+    t0 = time.perf_counter()
+    r = CliRunner().invoke(cli, ["normalize", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                                 "--auto-mask", *args])
+    assert time.perf_counter() - t0 < 5
+    assert r.exit_code == 2
+    assert "4001 px" in r.output and r.output.count("Error:") == 1
+    assert not (tmp_path / "out").exists()
