@@ -390,7 +390,8 @@ def _pyramid_filter(src: np.ndarray, k: Kernel, depth: int) -> np.ndarray:
     """The pyramid path (see :func:`gaussian_kernel`): ``d x d`` cell means (strip by strip, so
     only a strip is ever converted to float), the coarse Gaussian (zero outside, as everywhere),
     and linear interpolation back to every pixel (centres aligned; outside the outermost cell
-    centres the nearest one holds). A view of an array padded to whole cells."""
+    centres the nearest one holds). A view of an array padded to whole cells (one resize of the
+    whole grid: strips cost 20 % more): public functions hand out contiguous copies."""
     assert k.pyramid is not None
     d, s = k.pyramid
     ftype = np.float64 if depth == cv2.CV_64F else np.float32
@@ -539,7 +540,7 @@ def convolve(image, kernel, *, path: str = "auto") -> np.ndarray:
     k = as_kernel(kernel)
     path = _pick_path(k, path)
     img = _as_float_image(image)
-    return _filter(img, k, path)
+    return np.ascontiguousarray(_filter(img, k, path))  # the pyramid path gives a view
 
 
 def mask_weights(mask, kernel, *, path: str = "auto") -> np.ndarray:
@@ -551,7 +552,7 @@ def mask_weights(mask, kernel, *, path: str = "auto") -> np.ndarray:
     k = as_kernel(kernel)
     m = _as_weights(mask, None)
     a = k.absolute()
-    return _weights(m, a, _pick_path(a, path))
+    return np.ascontiguousarray(_weights(m, a, _pick_path(a, path)))
 
 
 def _weights(m: np.ndarray, k: Kernel, path: str) -> np.ndarray:
@@ -753,9 +754,9 @@ def _masked_input(image: np.ndarray, m: np.ndarray, binary: np.ndarray | None) -
 
 def _normalized_mean(weighted, m, k: Kernel, path: str, min_weight: float):
     """Weighted mean of valid pixels under ``k`` (>= 0): (mean, weights, undefined)."""
-    weights = _weights(m, k, path)
-    mean = _MeanParts(_filter(weighted, k, path), weights, scale=1.0 / k.total,
-                      floor=min_weight).mean()
+    weights = np.ascontiguousarray(_weights(m, k, path))
+    mean = np.ascontiguousarray(_MeanParts(_filter(weighted, k, path), weights,
+                                           scale=1.0 / k.total, floor=min_weight).mean())
     return mean, weights, weights < min_weight
 
 
@@ -865,7 +866,7 @@ def masked_convolve(
     if k.is_nonnegative and path == "auto":
         parts, weights = _mean_parts(img, mask, k, min_weight=min_weight,
                                      want_weights=return_weights or fill is not None)
-        mean = parts.mean()
+        mean = np.ascontiguousarray(parts.mean())  # the pyramid path gives a view
         if weights is not None:
             mean = set_where(mean, weights < min_weight, fill)
             np.clip(weights, 0.0, 1.0, out=weights)
@@ -962,7 +963,7 @@ def masked_filter(
     if mode == "partial":
         m = (m > 0).astype(np.float32)
     weighted = img * (m[..., None] if img.ndim == 3 else m)
-    num = _filter(weighted, k, _pick_path(k, path))
+    num = np.ascontiguousarray(_filter(weighted, k, _pick_path(k, path)))
     window = Kernel(np.ones(k.shape), name="window", is_box=True,
                     factors=(np.ones(k.shape[0]), np.ones(k.shape[1])))
     ratio = _weights(m, window, "box")  # sum(M) / sum(1), in [0, 1]

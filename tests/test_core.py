@@ -128,6 +128,35 @@ def test_pyramid_gaussian_kernel_rule():
         masked_convolve(np.ones((9, 9)), None, gaussian_kernel(3.0), path="pyramid")
 
 
+@pytest.mark.parametrize("shape,sigma", [((101, 103, 3), 20.0), ((1200, 1300, 3), 80.0),
+                                         ((700, 530), 40.0), ((5, 7, 4), 30.0), ((1, 1), 16.0)])
+def test_pyramid_path_as_written_out(shape, sigma):
+    """The pyramid path, bit for bit as written out by hand (cell means taken strip by strip,
+    partial cells, 1 px images); the public functions hand out contiguous arrays."""
+    import cv2
+
+    from retina_prep.core import _gaussian_1d, _pyramid_filter
+
+    src = np.random.default_rng(0).random(shape).astype(np.float32) * 255
+    k = gaussian_kernel(sigma)
+    got = _pyramid_filter(src, k, cv2.CV_32F)
+    d, s = k.pyramid
+    h, w = shape[:2]
+    ph, pw = -(-h // d) * d, -(-w // d) * d
+    padded = cv2.copyMakeBorder(src, 0, ph - h, 0, pw - w, cv2.BORDER_CONSTANT, value=0)
+    coarse = cv2.resize(padded, (pw // d, ph // d), interpolation=cv2.INTER_AREA)
+    g = _gaussian_1d(s).astype(np.float32)
+    coarse = cv2.sepFilter2D(coarse, cv2.CV_32F, g, g, borderType=cv2.BORDER_CONSTANT)
+    ref = cv2.resize(coarse, (pw, ph), interpolation=cv2.INTER_LINEAR)[:h, :w]
+    assert got.shape == src.shape
+    np.testing.assert_array_equal(got, ref.reshape(got.shape))
+    mask = np.ones(shape[:2], bool)
+    for out in (convolve(src, k), masked_convolve(src, mask, k), mask_weights(mask, k),
+                *masked_convolve(src, mask, k, return_weights=True),
+                *masked_filter(src, mask, k, mode="partial")):
+        assert out.flags["C_CONTIGUOUS"]
+
+
 @pytest.mark.parametrize("sigma", [16.0, 24.0, 41.0, 60.0])
 def test_pyramid_masked_close_to_exact_gaussian(sigma):
     """On a fundus photograph with its FOV mask, the pyramid's masked mean is within 0.06 gray
