@@ -1144,15 +1144,16 @@ class PlaneGeometry:
         """How many pixels get a first-order correction."""
         return sum(b[2] for b in self.blocks)
 
-    def coefficients(self, c: int) -> list:
-        """Per block, its ``(c0, cx, cy)`` as C-channel maps for OpenCV (None beyond 4
-        channels); kept for the next image when they take at most :data:`_REPLICA_BYTES`."""
-        if c in self._replicas:
-            return self._replicas[c]
-        reps = [[_replicate(a, c) for a in b[3]] for b in self.blocks]
-        if c > 1 and sum(b[3].nbytes for b in self.blocks) * c <= _REPLICA_BYTES:
-            self._replicas[c] = reps
-        return reps
+    def coefficients(self, i: int, c: int) -> list:
+        """Block ``i``'s ``(c0, cx, cy)`` as C-channel maps for OpenCV (None beyond 4
+        channels). All blocks' are kept for the next image when they take at most
+        :data:`_REPLICA_BYTES`; else each block's are made when asked (one block's at a time)."""
+        kept = self._replicas.get(c)
+        if kept is None and c > 1 and sum(b[3].nbytes for b in self.blocks) * c <= _REPLICA_BYTES:
+            kept = self._replicas[c] = [[_replicate(a, c) for a in b[3]] for b in self.blocks]
+        if kept is not None:
+            return kept[i]
+        return [_replicate(a, c) for a in self.blocks[i][3]]
 
 
     def coordinates(self, i: int, c: int, ctype) -> tuple[np.ndarray, np.ndarray]:
@@ -1314,9 +1315,8 @@ def apply_plane(image, mask, mean: np.ndarray, geometry: PlaneGeometry,
         weighted = None
     integral = image.dtype in (np.uint8, np.uint16)
     vmax = 255 if image.dtype == np.uint8 else 65535
-    coefficients = geometry.coefficients(c)
     for i, ((y0, y1, x0, x1), (Y0, Y1, X0, X1), _, coef) in enumerate(geometry.blocks):
-        coefs = coefficients[i]
+        coefs = geometry.coefficients(i, c)
         inner = (slice(y0 - Y0, y1 - Y0), slice(x0 - X0, x1 - X0))
         if weighted is not None:
             ib = weighted[Y0:Y1, X0:X1]
