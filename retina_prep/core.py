@@ -1155,12 +1155,11 @@ class PlaneGeometry:
         """Block ``i``'s ``(c0, cx, cy)`` as C-channel maps for OpenCV (None beyond 4
         channels). All blocks' are kept for the next image when they take at most
         :data:`_REPLICA_BYTES`; else each block's are made when asked (one block's at a time)."""
-        kept = self._replicas.get(c)
-        if kept is None and c > 1 and sum(b[3].nbytes for b in self.blocks) * c <= _REPLICA_BYTES:
-            kept = self._replicas[c] = [[_replicate(a, c) for a in b[3]] for b in self.blocks]
-        if kept is not None:
-            return kept[i]
-        return [_replicate(a, c) for a in self.blocks[i][3]]
+        if c not in self._replicas:  # decided once per channel count: kept, or False
+            small = c > 1 and sum(b[3].nbytes for b in self.blocks) * c <= _REPLICA_BYTES
+            self._replicas[c] = small and [[_replicate(a, c) for a in b[3]] for b in self.blocks]
+        kept = self._replicas[c]
+        return kept[i] if kept else [_replicate(a, c) for a in self.blocks[i][3]]
 
 
     def coordinates(self, i: int, c: int, ctype) -> tuple[np.ndarray, np.ndarray]:

@@ -320,3 +320,19 @@ def test_pyramid_gaussian_plane_blocks_match_whole_image(monkeypatch):
     np.testing.assert_allclose(strips[inside], one[inside], atol=2e-2)
     assert np.abs(strips - exact)[inside].max() < 0.1
     assert np.abs(strips - zero)[inside].max() > 1  # the plane is not the mean there
+
+
+def test_prepared_plane_with_and_without_kept_coefficients(monkeypatch):
+    """A prepared geometry keeps its coefficients replicated to the image's channels when they
+    are small, else makes them block by block: the same output either way, image after image."""
+    import retina_prep.core as core
+
+    s = synthetic_fundus((300, 320), seed=12, vignette=0.5)
+    direct = rp.normalize_illumination(s.image, s.mask, window=31, order=1)
+    for budget in (0, 1 << 30):
+        monkeypatch.setattr(core, "_REPLICA_BYTES", budget)
+        prepared = rp.prepare_mask(s.mask, window=31, order=1)
+        for _ in range(2):
+            np.testing.assert_array_equal(rp.normalize_illumination(s.image, prepared, order=1),
+                                          direct)
+        assert bool(prepared.plane._replicas[3]) == (budget > 0)
