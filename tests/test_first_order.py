@@ -336,3 +336,16 @@ def test_prepared_plane_with_and_without_kept_coefficients(monkeypatch):
             np.testing.assert_array_equal(rp.normalize_illumination(s.image, prepared, order=1),
                                           direct)
         assert bool(prepared.plane._replicas[3]) == (budget > 0)
+
+
+def test_prepared_mask_with_a_pyramid_gaussian():
+    """A large Gaussian (the pyramid path) prepared once gives the outputs of the direct run, in
+    both orders (the prepared plane's blocks sit on the same cell grid)."""
+    s = synthetic_fundus((600, 640), seed=3, vignette=0.5)
+    k = gaussian_kernel(24.0)
+    assert k.pyramid is not None
+    for order in (0, 1):
+        prepared = rp.prepare_mask(s.mask, kernel=k, order=order)
+        np.testing.assert_array_equal(rp.normalize_illumination(s.image, prepared, order=order),
+                                      rp.normalize_illumination(s.image, s.mask, kernel=k,
+                                                                order=order))
