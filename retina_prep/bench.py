@@ -46,17 +46,6 @@ def machine() -> str:
             f" Python {platform.python_version()}, OpenCV {cv2.__version__}, NumPy {np.__version__}")
 
 
-def time_call(fn, repeat: int = 5) -> float:
-    """Median wall time of ``fn()`` in seconds, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def time_calls(fns: dict, repeat: int = 5) -> dict:
     """Median wall time in seconds of each ``fns[name]()``, the calls taken in turn (one round
     of warm-up), so that the machine's drifts touch every one alike."""
@@ -68,6 +57,11 @@ def time_calls(fns: dict, repeat: int = 5) -> dict:
             if i:
                 times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def time_call(fn, repeat: int = 5) -> float:
+    """Median wall time of ``fn()`` in seconds, after one warm-up call."""
+    return time_calls({"": fn}, repeat)[""]
 
 
 #: (name, (height, width), box window) for :func:`order_rows`: DRIVE, and HRF at the window

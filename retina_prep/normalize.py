@@ -17,7 +17,7 @@ from .core import (
     DEFAULT_RIDGE,
     Kernel,
     PlaneGeometry,
-    _drop_nonfinite,
+    _drop_pixels,
     _mean_divisor,
     _mean_parts,
     _MeanParts,
@@ -401,7 +401,7 @@ def normalize_illumination(
     inside = None if mask is None else (mask if mask.dtype == np.bool_ else mask > 0)
     if finite is not None:
         inside = finite if inside is None else inside & finite
-    src, m = _drop_nonfinite(img, None if ignore_mask else mask)
+    src, m = _drop_pixels(img, None if ignore_mask else mask, finite)
     if prepared is not None and finite is None and not ignore_mask:
         parts, _ = _mean_parts(src, m, prepared.kernel, inverse=prepared.inverse,
                                keep_weighted=order == 1)
@@ -412,15 +412,11 @@ def normalize_illumination(
                                      keep_weighted=order == 1)
     if order == 1:  # the plane differs from the mean in the margin band only; outside is filled
         mean = parts.mean()
-        squeeze = mean.ndim == 2
         if prepared is not None and prepared.plane is not None and prepared.ridge == ridge:
             geometry = prepared.plane
         else:
             geometry = plane_geometry(m, kernel, weights, ridge=ridge, where=inside)
-        weighted = parts.weighted
-        apply_plane(src[..., None] if squeeze else src, m,
-                    mean[..., None] if squeeze else mean, geometry,
-                    None if weighted is None else weighted[..., None] if squeeze else weighted)
+        apply_plane(src, m, mean, geometry, parts.weighted)
         parts = _MeanParts(mean)
     natural = (in_lo, in_hi) == _dtype_range(img.dtype)
     if (method == "mean" and out_dtype == img.dtype and img.dtype in (np.uint8, np.uint16)
