@@ -105,11 +105,6 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def _decode(path: Path, data: bytes) -> np.ndarray:
-    """Decode with OpenCV, falling back to imageio (GIF and other formats)."""
-    return _decode_by(path, data)[0]
-
-
 def _decode_gif(data: bytes) -> np.ndarray | None:
     """A GIF's first frame with Pillow, as imageio gives it (a palette in its palette's mode,
     RGB); None where Pillow cannot (imageio then tries, and words the error). Pillow is loaded
@@ -129,8 +124,8 @@ def _decode_gif(data: bytes) -> np.ndarray | None:
 
 
 def _decode_by(path: Path, data: bytes) -> tuple[np.ndarray, str]:
-    """:func:`_decode`, and which decoder did it: ``"opencv"``, ``"pillow"`` (GIF) or
-    ``"imageio"``."""
+    """Decode with OpenCV (GIF with Pillow), falling back to imageio; and which decoder did it:
+    ``"opencv"``, ``"pillow"`` or ``"imageio"``."""
     arr = None
     if path.suffix.lower() == ".gif":
         gif = _decode_gif(data)
@@ -298,12 +293,10 @@ def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, orientation
     """
     path = Path(path)
     data = _read_bytes(path)
-    turn = _probe(path, data, max_pixels)  # before decoding (decompression bombs)
     if is_dicom(path, data):
         arr = _decode_dicom(path, data, meta, max_pixels)
     else:
-        arr, decoder = _decode_by(path, data)
-        arr = _orient(path, turn, arr, decoder, orientation, meta)
+        arr = _decode_file(path, data, max_pixels, orientation, meta)
     if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] > 4):
         arr = arr[0]  # first frame
     if arr.ndim == 3:
@@ -321,6 +314,15 @@ def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, orientation
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ImageReadError(f"unsupported pixel type {arr.dtype}", path)
     return np.ascontiguousarray(arr)
+
+
+def _decode_file(path: Path, data: bytes, max_pixels, orientation: bool,
+                 meta: dict | None) -> np.ndarray:
+    """The pixels of an image file's bytes, as viewers show them (``orientation``) or as
+    stored: its header checked against ``max_pixels`` before decoding (decompression bombs)."""
+    turn = _probe(path, data, max_pixels)
+    arr, decoder = _decode_by(path, data)
+    return _orient(path, turn, arr, decoder, orientation, meta)
 
 
 def is_dicom(path: Path, data: bytes) -> bool:
@@ -375,10 +377,7 @@ def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     """
     path = Path(path)
     try:
-        data = _read_bytes(path)
-        turn = _probe(path, data, max_pixels)
-        raw, decoder = _decode_by(path, data)
-        raw = _orient(path, turn, raw, decoder, orientation, None)
+        raw = _decode_file(path, _read_bytes(path), max_pixels, orientation, None)
         mask = binarize_mask(raw, path=path)
         _check_pixels(path, mask.shape, max_pixels)  # formats whose header Pillow cannot read
     except ImageReadError as exc:

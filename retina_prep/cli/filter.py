@@ -8,7 +8,7 @@ import click
 
 from ..core import KERNEL_NAMES, MODES
 from ..normalize import AUTO_WINDOW_FRACTION
-from ..pipeline import FilterSettings, MaskSettings, OutputSettings, filter_outputs, filter_pair
+from ..pipeline import FilterSettings, MaskSettings, filter_outputs, filter_pair
 from .options import (
     KernelSpec,
     WindowType,
@@ -78,8 +78,7 @@ def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, ero
         mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
                                      max_pixels=max_pixels,
                                      ignore_orientation=ignore_orientation)
-        output = OutputSettings(format=fmt, overwrite=overwrite, png_level=png_level,
-                                keep_existing=batch.skip_existing and not overwrite)
+        output = batch.output_settings(fmt, png_level, overwrite)
         settings.check_output(output)
         geometry = geometry_settings(crop, resize, write_mask, labels, bounds)
     except ValueError as exc:

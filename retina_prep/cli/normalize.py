@@ -14,7 +14,6 @@ from ..normalize import AUTO_WINDOW_FRACTION, DEFAULT_SCALE, DEFAULT_TARGET, KER
 from ..pipeline import (
     MaskSettings,
     NormalizeSettings,
-    OutputSettings,
     load_pair,
     normalize_loaded,
     normalize_outputs,
@@ -170,8 +169,7 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
         mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
                                      max_pixels=max_pixels,
                                      ignore_orientation=ignore_orientation)
-        output = OutputSettings(format=fmt, overwrite=overwrite, png_level=png_level,
-                                keep_existing=batch.skip_existing and not overwrite)
+        output = batch.output_settings(fmt, png_level, overwrite)
         geometry = geometry_settings(crop, resize, write_mask, labels, bounds)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import RetinaPrepError
-from ..pipeline import OutputSettings, read_transforms, restore_outputs, restore_pair
+from ..pipeline import read_transforms, restore_outputs, restore_pair
 from .options import format_opt, output_opt
 from .runner import collect_pairs, execute, run_options
 
@@ -51,8 +51,7 @@ def restore(ctx, inputs, outdir, source, interpolation, fmt, png_level, overwrit
     except RetinaPrepError as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        output = OutputSettings(format=fmt, overwrite=overwrite, png_level=png_level,
-                                keep_existing=batch.skip_existing and not overwrite)
+        output = batch.output_settings(fmt, png_level, overwrite)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     pairs = collect_pairs(inputs, mask=None, mask_dir=None, mask_pattern=None, outdir=outdir,

@@ -117,6 +117,14 @@ class BatchOptions:  # noqa: D101 - fields as the options below
     print0: bool = False
     base: str | None = None
 
+    def output_settings(self, fmt: str, png_level, overwrite: bool):
+        """A command's :class:`~retina_prep.pipeline.OutputSettings`: ``--skip-existing`` keeps
+        existing outputs unless ``--overwrite``."""
+        from ..pipeline import OutputSettings
+
+        return OutputSettings(format=fmt, overwrite=overwrite, png_level=png_level,
+                              keep_existing=self.skip_existing and not overwrite)
+
 
 _OPTION_NAMES = ("jobs", "skip_existing", "manifest", "files_from", "null", "print_outputs",
                  "dry_run", "shard", "print0", "base")
