@@ -182,27 +182,29 @@ def _drive_folder(drive_root: Path | None, tmp: Path, n_generated: int) -> tuple
     return f"{n_generated} generated DRIVE-size images", folder
 
 
+def _decode_encode(pairs, tmp: Path) -> None:
+    """The floor the batch rows compare with: read each image and its mask file, encode the
+    image as PNG into ``tmp``; no processing."""
+    for p in pairs:
+        im = read_image(p.image)
+        if p.mask is not None:
+            read_mask(p.mask)
+        (tmp / "floor.png").write_bytes(encode_image(im))
+
+
 def batch_row(drive_root: Path | None = None, n_generated: int = 40):
     """Images/s of normalize over a DRIVE folder against the decode + encode floor (one process)."""
     with tempfile.TemporaryDirectory() as tmpname:
         tmp = Path(tmpname)
         source, folder = _drive_folder(drive_root, tmp, n_generated)
         pairs = find_pairs([folder])
-
-        def floor():
-            for p in pairs:
-                im = read_image(p.image)
-                if p.mask is not None:
-                    read_mask(p.mask)
-                (tmp / "floor.png").write_bytes(encode_image(im))
-
         settings = NormalizeSettings(window=51)
 
         def full():
             for p in pairs:
                 normalize_pair(p, tmp / "out", settings, output=OutputSettings(overwrite=True))
 
-        t_floor = time_call(floor, 2)
+        t_floor = time_call(lambda: _decode_encode(pairs, tmp), 2)
         t_full = time_call(full, 2)
     n = len(pairs)
     return {"source": source, "images": n, "floor_img_s": n / t_floor, "normalize_img_s": n / t_full,
@@ -221,13 +223,7 @@ def end_to_end_rows(shape=(2336, 3504), repeat: int = 3):
         write_image(tmp / "im_mask.png", mask.astype(np.uint8) * 255)
         pair = Pair(tmp / "im.jpg", tmp / "im_mask.png", "given", Path("im"))
         del img, mask
-
-        def floor():
-            im = read_image(pair.image)
-            read_mask(pair.mask)
-            (tmp / "floor.png").write_bytes(encode_image(im))
-
-        t_floor = time_call(floor, repeat)
+        t_floor = time_call(lambda: _decode_encode([pair], tmp), repeat)
         base = OutputSettings(overwrite=True)
         for label, output in [("png (default)", base),
                               ("png --png-level 0", replace(base, png_level=0)),
