@@ -119,7 +119,8 @@ def in_rows(sizes=SIZES, repeat: int = 5, threads: int | None = None):
 def order_rows(sizes=ORDER_SIZES, repeat: int = 5):
     """Masked IN of order 1 (local plane) against order 0 (local mean), same image and kernel,
     timed in turn: each image with its own mask, and with a mask shared by many images (its
-    part prepared once, as the batch does from a mask's second use)."""
+    part prepared once, as the batch does from a mask's second use); and the floor of the own
+    mask's order 1 in the present design (:func:`_window_sums_only`)."""
     rows = []
     for name, shape, box in sizes:
         img, mask = _fundus(shape)
@@ -131,13 +132,44 @@ def order_rows(sizes=ORDER_SIZES, repeat: int = 5):
             "own1": lambda: normalize_illumination(img, mask, kernel=kernel, order=1),
             "shared0": lambda: normalize_illumination(img, p0, order=0),
             "shared1": lambda: normalize_illumination(img, p1, order=1),
+            "floor": _window_sums_only(img, mask, kernel),
         }, repeat)
         rows.append({"size": name, "kernel": f"box {box}", "order0_ms": 1000 * t["own0"],
                      "order1_ms": 1000 * t["own1"], "ratio": t["own1"] / t["own0"],
                      "shared0_ms": 1000 * t["shared0"], "shared1_ms": 1000 * t["shared1"],
                      "shared_ratio": t["shared1"] / t["shared0"],
-                     "shared_vs_own": t["shared1"] / t["own0"]})
+                     "shared_vs_own": t["shared1"] / t["own0"],
+                     "floor_ratio": t["floor"] / t["own0"]})
     return rows
+
+
+def _window_sums_only(img, mask, kernel):
+    """Order 0 plus nothing but the window sums that order 1 adds with a mask per image -- the
+    mask's five moments and the image's two per channel, as box filters over the margin band's
+    padded blocks (inputs made beforehand; no products, no solve, no gathers): a floor for
+    ``order1_ms`` that no arithmetic saving can go under."""
+    from .core import _padded, plane_geometry
+
+    m = mask > 0
+    geometry = plane_geometry(m, kernel, where=m)
+    w = kernel.shape[0]
+    blocks = []
+    for _, (Y0, Y1, X0, X1), _, _ in geometry.blocks:
+        blocks.append((m[Y0:Y1, X0:X1].astype(np.int32),
+                       np.ascontiguousarray(img[Y0:Y1, X0:X1], np.int32)))
+    assert all(_padded(*b[0], kernel, m.shape) == b[1] for b in geometry.blocks)
+
+    def run():
+        normalize_illumination(img, mask, kernel=kernel, order=0)
+        for mb, ib in blocks:
+            for _ in range(5):
+                cv2.boxFilter(mb, cv2.CV_32F, (w, w), normalize=False,
+                              borderType=cv2.BORDER_CONSTANT)
+            for _ in range(2):
+                cv2.boxFilter(ib, cv2.CV_32F, (w, w), normalize=False,
+                              borderType=cv2.BORDER_CONSTANT)
+
+    return run
 
 
 def reference_row(crop: int = 96, window: int = 15):

@@ -71,7 +71,8 @@ def bench(drive, quick, threads):
                        ("order 1", "order1_ms"), ("order 1 / order 0", "ratio"),
                        ("shared: order 0", "shared0_ms"), ("shared: order 1", "shared1_ms"),
                        ("shared: 1 / 0", "shared_ratio"),
-                       ("shared order 1 / own order 0", "shared_vs_own")]))
+                       ("shared order 1 / own order 0", "shared_vs_own"),
+                       ("floor: window sums only / order 0", "floor_ratio")]))
     if not quick:
         log("bench: large Gaussian on one thread ...")
         g = B.gaussian_one_thread_row()
