@@ -8,6 +8,7 @@ interrupted write never leaves a partial output.
 
 from __future__ import annotations
 
+import contextlib
 import io as _io
 import os
 import re
@@ -15,7 +16,9 @@ import secrets
 import stat as _stat
 import tempfile
 import time
+import typing
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -123,10 +126,66 @@ def _decode_gif(data: bytes) -> np.ndarray | None:
         return None
 
 
+#: Set (to 1) by the command line, in the environment so that its worker processes have it too:
+#: what native decoders print on the process's stderr during a decode (libpng, libjpeg) is
+#: captured and reported with the file's name instead. Off for the library: it redirects file
+#: descriptor 2 for the whole process, which a program with threads of its own may not expect.
+CAPTURE_ENV = "RETINA_PREP_CAPTURE_DECODER_MESSAGES"
+
+_sink: tuple[int, typing.IO[bytes]] | None = None  # (pid, temporary file) the messages go to
+
+
+@contextlib.contextmanager
+def _decoder_messages() -> Iterator[list[str]]:
+    """Collect, into the list it yields, the lines written to file descriptor 2 inside the
+    block (when :data:`CAPTURE_ENV` is set; else nothing is redirected and the list stays
+    empty)."""
+    said: list[str] = []
+    if os.environ.get(CAPTURE_ENV) != "1":
+        yield said
+        return
+    global _sink
+    if _sink is None or _sink[0] != os.getpid():  # one per process: forks must not share it
+        try:
+            _sink = (os.getpid(), tempfile.TemporaryFile())
+        except OSError:  # no writable temporary folder: the decoders' lines show as they are
+            yield said
+            return
+    sink = _sink[1]
+    sink.seek(0)
+    sink.truncate()
+    saved = os.dup(2)
+    os.dup2(sink.fileno(), 2)
+    try:
+        yield said
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        sink.seek(0)
+        text = sink.read(8192).decode("utf-8", "replace")
+        said.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _damage(said: list[str]) -> str | None:
+    """The first of a decoder's messages that says the pixels it returned are not all the
+    file's (a truncated or corrupt JPEG: libjpeg fills in gray and carries on); None when
+    there is none. Messages about metadata or bytes after the image (libpng's warnings,
+    libjpeg's 'extraneous bytes', 'bad ICC marker', an unknown JFIF revision) are not damage."""
+    for line in said:
+        low = line.lower()
+        if "premature end of jpeg file" in low or (
+                low.startswith("corrupt jpeg data") and "extraneous bytes" not in low
+                and "icc" not in low):
+            return line
+    return None
+
+
 def _decode_by(path: Path, data: bytes) -> tuple[np.ndarray, str]:
     """Decode with OpenCV (GIF with Pillow), falling back to imageio; and which decoder did it:
-    ``"opencv"``, ``"pillow"`` or ``"imageio"``."""
+    ``"opencv"``, ``"pillow"`` or ``"imageio"``. Pixels a decoder reports as damaged (see
+    :func:`_damage`) are refused, not returned."""
     arr = None
+    said: list[str] = []
     if path.suffix.lower() == ".gif":
         gif = _decode_gif(data)
         if gif is not None:
@@ -134,10 +193,14 @@ def _decode_by(path: Path, data: bytes) -> tuple[np.ndarray, str]:
     else:
         buf = np.frombuffer(data, np.uint8)
         try:
-            arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+            with _decoder_messages() as said:
+                arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
         except cv2.error:
             raise ImageReadError("cannot decode as an image (too large or damaged for OpenCV)",
                                  path) from None
+        damage = _damage(said) if arr is not None else None
+        if damage is not None:
+            raise ImageReadError(f"damaged image data: the decoder says {damage!r}", path)
         if arr is not None and arr.ndim == 3:
             if arr.shape[2] == 3:
                 arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
@@ -154,6 +217,8 @@ def _decode_by(path: Path, data: bytes) -> tuple[np.ndarray, str]:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if "backend" in reason or len(reason) > 120:
                 reason = "no decoder recognises its content"
+            if said:  # OpenCV's decoder said why it failed (e.g. libpng's 'bad adaptive filter')
+                reason = said[0][:160]
             raise ImageReadError(
                 f"cannot decode as an image (truncated, damaged or unsupported format: {reason})",
                 path,

@@ -262,14 +262,54 @@ def test_library_noise_is_silenced_one_line_per_file(tmp_path):
     good = make_image(tmp_path / "in" / "ok.png")
     data = cv2.imencode(".tif", (good * 200).astype(np.uint8))[1].tobytes()
     (tmp_path / "in" / "w.tif").write_bytes(data[:300])
-    (tmp_path / "in" / "t.png").write_bytes((tmp_path / "in" / "ok.png").read_bytes()[:3000])
+    png = (tmp_path / "in" / "ok.png").read_bytes()
+    (tmp_path / "in" / "t.png").write_bytes(png[:3000])
+    # cut in the pixel data, libpng itself prints 'libpng error: ...' on file descriptor 2
+    (tmp_path / "in" / "half.png").write_bytes(png[: len(png) // 2])
+    # bytes changed in the middle of the scan: libjpeg prints 'Corrupt JPEG data: ...' and
+    # returns an image with a gray or garbled part, which must not be taken for the photograph
+    jpg = bytearray(cv2.imencode(".jpg", (good * 200).astype(np.uint8))[1].tobytes())
+    for i in range(len(jpg) // 3, len(jpg) // 3 + 200):
+        jpg[i] ^= 0x5A
+    (tmp_path / "in" / "c.jpg").write_bytes(bytes(jpg))
     proc = subprocess.run([sys.executable, "-m", "retina_prep", "normalize", str(tmp_path / "in"),
                            "-o", str(tmp_path / "out"), "--auto-mask", "-j", "2"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     lines = proc.stderr.splitlines()
-    assert len(error_lines(proc.stderr)) == 2, proc.stderr
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 4, proc.stderr
     assert all(line.startswith(("error:", "normalize:")) for line in lines), proc.stderr
+    assert any("c.jpg: damaged image data" in e and "Corrupt JPEG data" in e for e in errors)
+    assert any("half.png" in e and "libpng error" in e for e in errors)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["ok.png"]
+
+
+def test_decoder_messages_captured_only_when_asked(tmp_path, monkeypatch, capfd):
+    """The library leaves file descriptor 2 alone unless the command line's switch is set; with
+    it, a JPEG that libjpeg reports as corrupt is refused, naming the file."""
+    import cv2
+
+    from retina_prep.io import CAPTURE_ENV
+
+    img = (np.arange(64 * 64 * 3) % 251).astype(np.uint8).reshape(64, 64, 3)
+    jpg = bytearray(cv2.imencode(".jpg", img)[1].tobytes())
+    for i in range(len(jpg) // 3, len(jpg) // 3 + 100):
+        jpg[i] ^= 0x5A
+    path = tmp_path / "c.jpg"
+    path.write_bytes(bytes(jpg))
+    monkeypatch.delenv(CAPTURE_ENV, raising=False)
+    assert read_image(path).shape == (64, 64, 3)  # libjpeg's own line goes where it goes
+    monkeypatch.setenv(CAPTURE_ENV, "1")
+    capfd.readouterr()
+    with pytest.raises(ImageReadError, match="c.jpg.*damaged image data.*Corrupt JPEG data"):
+        read_image(path)
+    assert capfd.readouterr().err == ""  # captured, not printed
+    good = tmp_path / "g.png"
+    cv2.imwrite(str(good), img)
+    assert read_image(good).shape == (64, 64, 3)  # and file descriptor 2 is back
+    os.write(2, b"still here\n")
+    assert capfd.readouterr().err == "still here\n"
 
 
 def _run_processes(marker: str) -> list[int]:

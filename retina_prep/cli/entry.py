@@ -11,6 +11,7 @@ def main() -> None:
     # what the command line silences, set before any worker process exists (they inherit it)
     os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    os.environ.setdefault("RETINA_PREP_CAPTURE_DECODER_MESSAGES", "1")  # io.CAPTURE_ENV
     from .._workers import start_early
 
     start_early(sys.argv[1:])

@@ -59,6 +59,7 @@ def _silence_libraries() -> None:
     (the error they lead to is). Worker processes inherit it through the environment."""
     os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    os.environ.setdefault("RETINA_PREP_CAPTURE_DECODER_MESSAGES", "1")  # io.CAPTURE_ENV
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     warnings.simplefilter("ignore")
 
