@@ -135,6 +135,30 @@ def _frame_is_bright(v: np.ndarray) -> bool:
     return few_dark and float(np.median(frame)) > 0.75 * float(np.median(v))
 
 
+#: A frame at least this much one colour is padding, not a crop of the retina (whose frame
+#: has texture and vignetting: at most 35 % one colour in DRIVE crops).
+UNIFORM_FRAME = 0.6
+
+
+def _from_padding(img: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``v`` (the brightest channel), or, when the image is padded with a colour that is not
+    dark (a grey or white border: most of the frame within 2.5 % of the range of one colour),
+    each pixel's distance from that colour (largest over the channels): the disc then stands
+    out from a dark background as the rest of the estimate expects."""
+    lo, hi = np.percentile(v, [0.1, 99.9])
+    if not hi > lo:
+        return v
+    chans = img.reshape(img.shape[0], img.shape[1], -1).astype(np.float32)
+    if not np.isfinite(chans).all():
+        chans = np.nan_to_num(chans, nan=0.0, posinf=0.0, neginf=0.0)
+    frame = np.stack([_frame(chans[..., c]) for c in range(chans.shape[2])], axis=-1)
+    colour = np.median(frame, axis=0)
+    one_colour = np.abs(frame - colour).max(axis=-1) <= 0.025 * (hi - lo)
+    if np.mean(one_colour) < UNIFORM_FRAME or colour.max() <= 0.2 * hi:
+        return v  # no padding, or a dark one (as :func:`_frame_is_bright` counts dark)
+    return np.abs(chans - colour).max(axis=-1)
+
+
 def _frame_segments(v: np.ndarray, per_side: int = 8) -> list[np.ndarray]:
     """The image's outer frame (2 % of the rows and columns) cut into ``per_side`` pieces a side."""
     h, w = v.shape
@@ -383,6 +407,8 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
     v = v.astype(np.float32)
     if not np.isfinite(v).all():
         v = np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)
+    if threshold is None:
+        v = _from_padding(img, v)
     h, w = v.shape
     s = min(h, w)
     v = cv2.GaussianBlur(v, (0, 0), max(0.7, s / 800))

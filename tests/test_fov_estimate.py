@@ -77,6 +77,35 @@ def test_crop_inside_the_fov_is_all_fov():
     assert estimate_fov(crop).all()
 
 
+# gray images only with light padding: the green channel of a fundus spans about 40-130
+@pytest.mark.parametrize("colour, gray", [(90, False), (128, False), (200, False), (255, False),
+                                          (200, True), (255, True)])
+def test_padding_that_is_not_dark_is_background(colour, gray):
+    """A disc padded with grey or white (exports, scans, preprocessed sets): once taken for a crop
+    inside the FOV (the whole image, with full confidence). The padding is background, and so
+    is its JPEG-noisy version; with a crossing of the border too."""
+    from retina_prep.fov import fov_estimate
+
+    for kw in ({}, dict(center=(0.5, 0.6), radius=0.5)):
+        s = synthetic_fundus((480, 640), seed=3, background=0, **kw)
+        img = s.image.copy()
+        img[~s.mask] = colour
+        img = cv2.imdecode(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])[1],
+                           cv2.IMREAD_UNCHANGED)
+        if gray:
+            img = img[..., 1]
+        est = fov_estimate(img)
+        assert not est.whole_image
+        assert iou(est.mask, s.mask) >= 0.98, (colour, gray, kw, iou(est.mask, s.mask))
+
+
+def test_textured_crop_is_not_padding():
+    """Crops inside the FOV keep the whole image: their frame is not one colour."""
+    s = synthetic_fundus((600, 600), seed=4, background=0)
+    assert estimate_fov(s.image[200:400, 200:400]).all()
+    assert estimate_fov(s.image[200:400, 200:400, 1]).all()
+
+
 # ---------------------------------------------------------------- real cameras (issue: dark
 # sectors, discs crossing borders, rims that are not there)
 
