@@ -201,11 +201,8 @@ def _decode_by(path: Path, data: bytes) -> tuple[np.ndarray, str]:
         damage = _damage(said) if arr is not None else None
         if damage is not None:
             raise ImageReadError(f"damaged image data: the decoder says {damage!r}", path)
-        if arr is not None and arr.ndim == 3:
-            if arr.shape[2] == 3:
-                arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
-            elif arr.shape[2] == 4:
-                arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
+        if arr is not None:
+            arr = _swap_red_blue(arr)
     if arr is None:
         try:
             import imageio.v3 as iio  # imported on first use: it costs start-up time
@@ -225,6 +222,15 @@ def _decode_by(path: Path, data: bytes) -> tuple[np.ndarray, str]:
             ) from None
         return np.asarray(arr), "imageio"
     return np.asarray(arr), "opencv"
+
+
+def _swap_red_blue(arr: np.ndarray) -> np.ndarray:
+    """OpenCV's BGR(A) as RGB(A), or back (the same swap); other layouts as they are."""
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        return arr
+    if arr.dtype in (np.uint8, np.uint16, np.float32):  # the depths cvtColor takes: fastest
+        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB if arr.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+    return np.ascontiguousarray(arr[..., [2, 1, 0, 3][:arr.shape[2]]])  # float64, int32 TIFFs
 
 
 def _check_count(path, n: int, max_pixels) -> None:
@@ -506,7 +512,7 @@ def encode_image(image, fmt: str = "png", *, png_level: int | None = None) -> by
     if fmt == "png" and arr.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"PNG holds 8- or 16-bit images, not {arr.dtype}; write TIFF (format 'tif')")
     if arr.ndim == 3 and arr.shape[2] == 3:
-        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+        arr = _swap_red_blue(arr)
     params = [cv2.IMWRITE_PNG_COMPRESSION, png_level] if fmt == "png" and png_level is not None \
         else []
     ok, buf = cv2.imencode(OUTPUT_FORMATS[fmt], arr, params)

@@ -94,6 +94,42 @@ def test_roundtrip_rgb_and_16bit(tmp_path, rng):
     assert oct(os.stat(tmp_path / "a.png").st_mode & 0o777) != oct(0o600)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_tiff_rgb_roundtrip(tmp_path, rng, dtype):
+    """float64 RGB TIFFs crashed in OpenCV's colour conversion (it takes 8/16-bit and float32)."""
+    import cv2
+
+    rgb = rng.random((10, 12, 3)).astype(dtype)
+    write_image(tmp_path / "a.tif", rgb)
+    back = read_image(tmp_path / "a.tif")
+    assert back.dtype == dtype and np.array_equal(back, rgb)
+    cv2.imwrite(str(tmp_path / "b.tif"), rgb[..., ::-1])  # OpenCV stores BGR: read as RGB
+    assert np.array_equal(read_image(tmp_path / "b.tif"), rgb)
+
+
+def test_float64_tiff_through_normalize(tmp_path):
+    """A float64 RGB TIFF in, float64 out, as the library computes it (two images, -j 2)."""
+    from click.testing import CliRunner
+
+    from retina_prep.cli.main import cli
+    from retina_prep.normalize import normalize_illumination
+    from retina_prep.synthetic import synthetic_fundus
+
+    s = synthetic_fundus((90, 100), seed=1, background=5)
+    img = s.image.astype(np.float64) / 255
+    for name in ("a", "b"):
+        write_image(tmp_path / "in" / f"{name}.tif", img[:, ::-1] if name == "b" else img)
+    write_image(tmp_path / "fov.png", s.mask.astype(np.uint8) * 255)
+    r = CliRunner().invoke(cli, ["normalize", str(tmp_path / "in"), "--mask",
+                                 str(tmp_path / "fov.png"), "-o", str(tmp_path / "out"),
+                                 "--format", "tif", "--window", "9", "--order", "0", "-j", "2"])
+    assert r.exit_code == 0, r.output
+    out = read_image(tmp_path / "out" / "a.tif")
+    assert out.dtype == np.float64 and out.shape == img.shape
+    assert np.allclose(out, normalize_illumination(img, s.mask, window=9, order=0))
+    assert read_image(tmp_path / "out" / "b.tif").shape == img.shape
+
+
 def test_rgba_drops_alpha(tmp_path, rng):
     rgba = rng.integers(0, 256, (10, 12, 4)).astype(np.uint8)
     iio.imwrite(tmp_path / "a.png", rgba)
