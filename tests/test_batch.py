@@ -103,6 +103,12 @@ def test_stdout_single_image(tmp_path):
     assert np.array_equal(img[..., ::-1], read_image(tmp_path / "o" / "eye.png"))
     r = invoke("normalize", tmp_path, "-o", "-")
     assert r.exit_code == 2
+    # without a mask file: its warning on stderr, or with -q nothing there (it ignored -q)
+    (tmp_path / "eye_mask.png").unlink()
+    r = CliRunner().invoke(cli, ["normalize", str(tmp_path / "eye.png"), "-o", "-"])
+    assert r.exit_code == 0 and r.stderr.startswith("warning:") and "estimated" in r.stderr
+    r = CliRunner().invoke(cli, ["normalize", str(tmp_path / "eye.png"), "-o", "-", "-q"])
+    assert r.exit_code == 0 and r.stderr == "" and r.stdout_bytes[:4] == b"\x89PNG"
 
 
 def test_dry_run_writes_nothing(tmp_path):

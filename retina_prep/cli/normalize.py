@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from .options import (
     output_opt,
     panel_width_opt,
 )
-from .runner import BoundsFile, cli_wording, collect_pairs, execute, run_options
+from .runner import BoundsFile, cli_warning, cli_wording, collect_pairs, execute, log, run_options
 
 
 @click.command(
@@ -210,8 +211,8 @@ def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, ba
     res = run_one(step, pairs[0])
     if res.status != "done":
         raise click.ClickException(cli_wording(res))
-    for w in res.warnings:
-        click.echo(f"warning: {w}", err=True)
+    for w in res.warnings:  # one image: each warning in full (-q hides them, as everywhere)
+        log(f"warning: {cli_warning(w)}", logging.WARNING)
     out = sys.stdout.buffer
     out.write(res.info["data"])
     out.flush()

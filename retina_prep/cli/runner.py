@@ -50,7 +50,7 @@ _HINTS = {
 _WARNING_FLAGS = (("trim the rim (rim 'auto') or erode the mask", "add --rim auto or --erode"),)
 
 
-def _cli_warning(text: str) -> str:
+def cli_warning(text: str) -> str:
     for library, flags in _WARNING_FLAGS:
         text = text.replace(library, flags)
     return text
@@ -377,7 +377,7 @@ def execute(
         if on_result is not None:
             on_result(result)
         for w in result.warnings:
-            log(f"warning: {_cli_warning(w)}", logging.DEBUG)
+            log(f"warning: {cli_warning(w)}", logging.DEBUG)
             kind = _warning_kind(w, result.pair)
             warned[kind] = warned.get(kind, 0) + 1
         if result.status == "failed":
@@ -416,7 +416,7 @@ def execute(
     verbose = LOG.getEffectiveLevel() <= logging.DEBUG
     hint = "" if verbose else " (listed in the manifest; -v shows each)"
     for kind, n in warned.items():
-        log(f"warning: {n} of {len(run.todo)} images: {_cli_warning(kind)}{hint}", logging.WARNING)
+        log(f"warning: {n} of {len(run.todo)} images: {cli_warning(kind)}{hint}", logging.WARNING)
     if not quiet:
         extra = f", {report.skipped} skipped (exist)" if batch.skip_existing else ""
         log(f"{command}: {report.done} done, {report.failed} failed{extra}; outputs in {outdir}")
