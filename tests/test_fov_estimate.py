@@ -99,6 +99,43 @@ def test_padding_that_is_not_dark_is_background(colour, gray):
         assert iou(est.mask, s.mask) >= 0.98, (colour, gray, kw, iou(est.mask, s.mask))
 
 
+@pytest.mark.parametrize("shape", [(600, 800), (1600, 2000)])
+def test_crisp_disc_is_found_exactly(shape):
+    """The edge is placed on the blurred image, up to about the blur's width out; on a crisp disc
+    that put a ring of pure background (up to 2.6 px wide at 4000 px) inside the mask. Pixels
+    at the background's own level are not FOV: a crisp disc comes out exactly."""
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    truth = np.hypot(xx - w / 2 + 0.3, yy - h / 2 - 0.2) <= 0.45 * min(h, w)
+    img = np.zeros((h, w, 3), np.uint8)
+    img[truth] = (200, 100, 40)
+    est = estimate_fov(img)
+    assert np.array_equal(est, truth), ((est & ~truth).sum(), (truth & ~est).sum())
+
+
+def test_crisp_disc_normalizes_flat_with_an_estimated_mask(tmp_path):
+    """Known truth end to end: a constant disc without a mask file is 128 everywhere inside, for
+    both orders (a background pixel in the mask left a halo of up to 43 gray levels)."""
+    from click.testing import CliRunner
+
+    from retina_prep.cli.main import cli
+    from retina_prep.io import write_image
+
+    h, w = 600, 800
+    yy, xx = np.mgrid[:h, :w]
+    truth = np.hypot(xx - 400, yy - 300) <= 280
+    img = np.zeros((h, w, 3), np.uint8)
+    img[truth] = (250, 125, 62)
+    write_image(tmp_path / "in" / "a.png", img)
+    write_image(tmp_path / "in" / "b.png", img[::-1])
+    for order in ("0", "1"):
+        r = CliRunner().invoke(cli, ["normalize", str(tmp_path / "in"), "-o",
+                                     str(tmp_path / order), "--order", order, "-j", "2"])
+        assert r.exit_code == 0, r.output
+        out = read_image(tmp_path / order / "a.png")
+        assert (out[truth] == 128).all() and (out[~truth] == 0).all(), order
+
+
 def test_textured_crop_is_not_padding():
     """Crops inside the FOV keep the whole image: their frame is not one colour."""
     s = synthetic_fundus((600, 600), seed=4, background=0)
