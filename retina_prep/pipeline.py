@@ -432,6 +432,13 @@ def normalize_loaded(image, mask, settings: NormalizeSettings = NormalizeSetting
     about image ``name`` (see :func:`resolve_order`)."""
     kernel = kernel_for(settings.kernel, settings.window, settings.sigma, mask)
     order = resolve_order(settings.order if settings.method == "mean" else 0, mask_info, name)
+    if mask_info is not None and settings.value_range is None:
+        few = _few_bits(image)
+        if few:
+            mask_info.setdefault("warnings", []).append(
+                f"{name}: 16-bit image with {few}-bit values: I0 and the output use the whole"
+                f" 16-bit range, so the result is nearly flat gray; if the data is {few}-bit,"
+                f" give value range 0,{2 ** few - 1}")
     if (settings.method == "mean" and not settings.ignore_mask and mask is not None
             and _shared(mask)):
         # a mask shared with earlier images: its filters and plane geometry are computed once
@@ -444,6 +451,16 @@ def normalize_loaded(image, mask, settings: NormalizeSettings = NormalizeSetting
     else:
         result = _run_normalize(image, mask, kernel, settings, settings.ignore_mask, order)
     return result, kernel, order
+
+
+def _few_bits(image) -> int | None:
+    """For a uint16 image whose values all fit in at most 14 bits (10-, 12- and 14-bit sensor
+    data stored in 16-bit files), that bit count; else None."""
+    if image.dtype != np.uint16:
+        return None
+    top = int(image.max())
+    bits = max(8, top.bit_length())
+    return bits if bits <= 14 else None
 
 
 def normalize_outputs(pair: Pair, outdir, output: OutputSettings = OutputSettings(),

@@ -334,3 +334,28 @@ def test_progress_bar_on_a_terminal_and_lines_above_it(tmp_path, monkeypatch):
         assert any(x.startswith("error: ") and "99_test.tif" in x for x in segments), err
         assert "normalize: 2 done, 1 failed" in err
         assert ("img/s" in err) == terminal, err
+
+
+def test_sensor_bits_in_16_bit_files_get_a_warning(tmp_path):
+    """12-bit data in a 16-bit PNG, without --value-range: I0 is 32896 and the deviations stay at
+    the data's scale, a nearly flat gray result. One warning names the flag and the range; with
+    the range, or with data using the 16-bit range, none."""
+    from retina_prep.io import write_image
+    from retina_prep.synthetic import synthetic_fundus
+
+    s = synthetic_fundus((120, 150), seed=1, background=2)
+    for name, scale in (("raw12", 16), ("full", 257)):
+        write_image(tmp_path / "in" / f"{name}.png", s.image.astype(np.uint16) * scale)
+        write_image(tmp_path / "in" / f"{name}_mask.png", s.mask.astype(np.uint8) * 255)
+    r = CliRunner().invoke(cli, ["normalize", str(tmp_path / "in"), "-o", str(tmp_path / "o"),
+                                 "-j", "2"])
+    assert r.exit_code == 0, r.output
+    warned = [line for line in r.stderr.splitlines() if "12-bit values" in line]
+    assert len(warned) == 1 and "1 of 2 images" in warned[0]
+    assert "--value-range 0,4095" in warned[0]
+    r = CliRunner().invoke(cli, ["normalize", str(tmp_path / "in" / "raw12.png"), "-o",
+                                 str(tmp_path / "o2"), "--value-range", "0,4095"])
+    assert r.exit_code == 0 and "bit values" not in r.stderr
+    out = read_image(tmp_path / "o2" / "raw12.png")
+    inside = s.mask
+    assert abs(float(np.median(out[inside])) - 2048) < 40  # I0 on the 12-bit scale

@@ -47,7 +47,8 @@ _HINTS = {
 
 
 #: Library warnings worded with the command's flags.
-_WARNING_FLAGS = (("trim the rim (rim 'auto') or erode the mask", "add --rim auto or --erode"),)
+_WARNING_FLAGS = (("trim the rim (rim 'auto') or erode the mask", "add --rim auto or --erode"),
+                  ("give value range ", "add --value-range "))
 
 
 def cli_warning(text: str) -> str:
