@@ -202,12 +202,17 @@ def _unit(image) -> float:
     return dtype_scale(np.asarray(image).dtype)
 
 
+#: The edge/interior ratio's smallest denominator, in gray levels (8-bit units).
+INTERIOR_FLOOR = 1.0
+
+
 def summarize(evaluations, methods=tuple(METHODS)) -> dict:
     """Pool per-image evaluations into bias tables, edge/interior ratios and AUCs.
 
     Returns a dict with ``bands`` (DRIVE-scale labels), ``bias`` (method ->
     band -> list of per-channel means, 8-bit units), ``edge_interior``
-    (method -> mean |bias| in the bands below 6 px over that beyond 50 px),
+    (method -> mean |bias| in the bands below 6 px over that beyond 50 px, the latter at least
+    :data:`INTERIOR_FLOOR`),
     ``auc`` (method -> response -> region -> AUC) and ``roc`` (curves).
     """
     evaluations = list(evaluations)
@@ -223,7 +228,10 @@ def summarize(evaluations, methods=tuple(METHODS)) -> dict:
         out["pixels"][method] = {b: int(c) for b, c in zip(labels, counts)}
         mag = np.abs(mean).mean(axis=1)
         edge = np.nanmean(mag[:2]) if np.isfinite(mag[:2]).any() else np.nan
-        out["edge_interior"][method] = float(edge / mag[-1]) if mag[-1] > 0 else float("nan")
+        # the interior floored at one gray level: a flat interior (|bias| near 0, as on a large
+        # image) would otherwise blow the ratio up to hundreds
+        out["edge_interior"][method] = (float(edge / max(mag[-1], INTERIOR_FLOOR))
+                                        if np.isfinite(mag[-1]) else float("nan"))
     with_labels = [e for e in evaluations if e.labels]
     for method in methods:
         out["auc"][method], out["roc"][method] = {}, {}

@@ -88,3 +88,21 @@ def test_drive_claim(drive, tmp_path):
     for response in ("inverted green", "black top-hat"):
         assert (report["auc"]["IN with mask"][response]["margin band"]
                 > report["auc"]["IN without mask"][response]["margin band"])
+
+
+def test_edge_interior_ratio_floors_a_flat_interior():
+    """mean |bias| below 6 px over that beyond 50 px; the interior counts as at least one gray
+    level (a flat interior, as on large images, made the ratio run to hundreds)."""
+    from types import SimpleNamespace
+
+    from retina_prep.evaluate import BANDS
+
+    def ev(interior):
+        sums = np.zeros((len(BANDS), 3))
+        sums[0], sums[1], sums[-1] = 6.0, -3.0, interior  # one pixel per band
+        return SimpleNamespace(bias_sums={"none": sums},
+                               bias_counts={"none": np.ones(len(BANDS))}, labels=None)
+
+    assert summarize([ev(2.0)], methods=("none",))["edge_interior"]["none"] == pytest.approx(2.25)
+    assert summarize([ev(0.01)], methods=("none",))["edge_interior"]["none"] == pytest.approx(4.5)
+    assert summarize([ev(-1.0)], methods=("none",))["edge_interior"]["none"] == pytest.approx(4.5)
