@@ -32,6 +32,7 @@ All computation is done in float32 with OpenCV. The backend paths:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -123,14 +124,24 @@ class Kernel:
     def shape(self) -> tuple[int, int]:
         return self.array.shape
 
-    @property
+    # computed once per kernel (the array is read-only): a kernel at the size cap has 16 M entries
+    @functools.cached_property
     def total(self) -> float:
         """Sum of the kernel weights."""
         return float(self.array.sum())
 
-    @property
+    @functools.cached_property
     def is_nonnegative(self) -> bool:
         return bool(np.all(self.array >= 0))
+
+    @functools.cached_property
+    def is_symmetric(self) -> bool:
+        """Unchanged by a half turn (what first-order normalization needs)."""
+        if self.is_box:
+            return True
+        if self.factors is not None and all(np.allclose(f, f[::-1]) for f in self.factors):
+            return True
+        return bool(np.allclose(self.array, self.array[::-1, ::-1]))
 
     def positive(self) -> Kernel:
         """K+ = max(K, 0)."""
@@ -1085,7 +1096,7 @@ def masked_plane_mean(
 def _check_plane_args(k: Kernel, ridge: float) -> None:
     if not k.is_nonnegative:
         raise ValueError("first-order normalization needs a non-negative kernel")
-    if not np.allclose(k.array, k.array[::-1, ::-1]):
+    if not k.is_symmetric:
         raise ValueError(f"first-order normalization needs a symmetric kernel ({k.name})")
     if not (math.isfinite(ridge) and ridge >= 0):
         raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
