@@ -508,7 +508,7 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
             before = int(m.sum())
             m = _clean(m | add, open_r)
             filled = max(0, int(m.sum()) - before)
-    m = _peel_background(m, raw, low, blur, f)
+    m = _settle_edge(m, raw, low, blur, small, f)
     if m.sum() < 0.01 * h * w:
         raise MaskError("cannot estimate a field of view: no bright disc found")
     # confidence: contour points on the fitted circle, or with background right outside them
@@ -526,23 +526,50 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
     return FovEstimate(m, confidence, circle, residual, filled)
 
 
-def _peel_background(m: np.ndarray, raw: np.ndarray, low: np.ndarray, blur: float,
-                     f: float) -> np.ndarray:
-    """Drop the pixels near the mask's edge whose own level is background (at most ``low``,
-    the 'not background' level, measured on the copy scaled by ``f``). The edge is found on
-    the image blurred by ``blur`` px and placed at :data:`EDGE_FRACTION` of the way up, so a
-    sharp edge lands up to about ``blur`` px out: on a crisp disc of 4000 px that was a ring
-    2.6 px wide of pure background inside the mask, and a halo of tens of gray levels in
-    first-order normalization."""
+def _settle_edge(m: np.ndarray, raw: np.ndarray, low: np.ndarray, blur: float,
+                 small: np.ndarray, f: float) -> np.ndarray:
+    """Decide the pixels near the mask's edge by their own level. The edge was found on the
+    image blurred by ``blur`` px and placed at :data:`EDGE_FRACTION` of the way from the local
+    background to the disc's level some way inside: a sharp edge lands up to about ``blur`` px
+    out (a ring of pure background inside the mask: 2.6 px wide on a crisp disc of 4000 px, and
+    a halo of tens of gray levels in first-order normalization), and a disc dimmed steeply
+    towards its edge loses its last pixels. So, within ``2 * blur + 1`` px of the edge: pixels
+    inside at the background's level (at most ``low``, the 'not background' level) are
+    dropped, and pixels outside that touch the mask, above both ``low`` and half the edge's
+    own level (the brightest FOV pixel near it), are added, a pixel at a time (a pixel-centre
+    rule: half covered or more). ``low`` and ``small`` are the copies scaled by ``f``."""
     width = int(math.ceil(2 * blur)) + 1
-    edge = m & ~cv2.erode(m.astype(np.uint8), _disk(width), borderType=cv2.BORDER_REPLICATE
-                          ).astype(bool)
+    h, w = m.shape
     if f < 1:
-        low = cv2.resize(low, (m.shape[1], m.shape[0]), interpolation=cv2.INTER_LINEAR)
-    drop = edge & (raw <= low)
-    if not drop.any():
+        low = cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR)
+    u8 = m.astype(np.uint8)
+    square = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * width + 1, 2 * width + 1))
+    inner_edge = m & ~cv2.erode(u8, square, borderType=cv2.BORDER_REPLICATE).astype(bool)
+    drop = inner_edge & (raw <= low)
+    if drop.any():
+        m = fill_holes(_largest_component(m & ~drop))
+        u8 = m.astype(np.uint8)
+    # the edge's own level: the brightest FOV pixel near each pixel (on the scaled copy)
+    ms = (cv2.resize(u8, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA) > 0
+          if f < 1 else m)
+    reach = 2 * int(math.ceil(width * f)) + 1
+    level = cv2.dilate(np.where(ms, small, 0).astype(np.float32),
+                       cv2.getStructuringElement(cv2.MORPH_RECT, (reach, reach)))
+    if f < 1:
+        level = cv2.resize(level, (w, h), interpolation=cv2.INTER_NEAREST)
+    can = cv2.dilate(u8, square).astype(bool) & ~m & (raw > low) & (raw > 0.5 * level)
+    if not can.any():
         return m
-    return fill_holes(_largest_component(m & ~drop))
+    one = np.ones((3, 3), np.uint8)
+    grown = m
+    for _ in range(width):  # grown from the mask, so every added pixel is connected to it
+        add = can & cv2.dilate(u8, one).astype(bool)
+        add &= ~grown
+        if not add.any():
+            break
+        grown = grown | add
+        u8 = grown.astype(np.uint8)
+    return m if grown is m else fill_holes(grown)  # (what it grew may close a gap)
 
 
 def fov_diameter(mask) -> float:

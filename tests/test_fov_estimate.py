@@ -99,16 +99,24 @@ def test_padding_that_is_not_dark_is_background(colour, gray):
         assert iou(est.mask, s.mask) >= 0.98, (colour, gray, kw, iou(est.mask, s.mask))
 
 
-@pytest.mark.parametrize("shape", [(600, 800), (1600, 2000)])
-def test_crisp_disc_is_found_exactly(shape):
-    """The edge is placed on the blurred image, up to about the blur's width out; on a crisp disc
-    that put a ring of pure background (up to 2.6 px wide at 4000 px) inside the mask. Pixels
-    at the background's own level are not FOV: a crisp disc comes out exactly."""
+@pytest.mark.parametrize("shape", [(600, 800), (1600, 2000), (900, 1200)])
+@pytest.mark.parametrize("falloff", ["flat", "to 30 at the edge"])
+def test_crisp_disc_is_found_exactly(shape, falloff):
+    """The edge is placed on the blurred image at 0.3 of the way to the disc's level some way
+    inside: on a crisp disc that put a ring of pure background (up to 2.6 px wide at 4000 px)
+    inside the mask, and a disc dimmed steeply to its edge lost its last 1-2 px (and a digital
+    circle its four one-pixel tips to the opening). Each pixel near the edge is now decided by
+    its own level: a crisp disc comes out exactly, dim edge or not, centred on a pixel or not."""
     h, w = shape
     yy, xx = np.mgrid[:h, :w]
-    truth = np.hypot(xx - w / 2 + 0.3, yy - h / 2 - 0.2) <= 0.45 * min(h, w)
+    dy = 0 if shape == (900, 1200) else 0.2  # (900, 1200): centred on a pixel, integer radius
+    r = np.hypot(xx - w // 2 + 2 * dy, yy - h // 2 - dy)
+    radius = 0.45 * min(h, w) if dy else 420
+    truth = r <= radius
+    level = 1.0 if falloff == "flat" else (30 + 170 * (1 - (r / radius) ** 3)) / 200
     img = np.zeros((h, w, 3), np.uint8)
-    img[truth] = (200, 100, 40)
+    for c, k in enumerate((200, 100, 40)):
+        img[..., c] = np.where(truth, np.round(k * level), 0)
     est = estimate_fov(img)
     assert np.array_equal(est, truth), ((est & ~truth).sum(), (truth & ~est).sum())
 
