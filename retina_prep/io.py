@@ -155,8 +155,8 @@ def _decoder_messages() -> Iterator[list[str]]:
     sink.seek(0)
     sink.truncate()
     saved = os.dup(2)
-    os.dup2(sink.fileno(), 2)
-    try:
+    try:  # redirected inside the try: a signal's exception right after still restores it
+        os.dup2(sink.fileno(), 2)
         yield said
     finally:
         os.dup2(saved, 2)
