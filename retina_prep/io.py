@@ -363,11 +363,7 @@ def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, orientation
         Naming the file and the problem (missing, empty, undecodable, too large).
     """
     path = Path(path)
-    data = _read_bytes(path)
-    if is_dicom(path, data):
-        arr = _decode_dicom(path, data, meta, max_pixels)
-    else:
-        arr = _decode_file(path, data, max_pixels, orientation, meta)
+    arr = _decode_any(path, _read_bytes(path), max_pixels, orientation, meta)
     if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] > 4):
         arr = arr[0]  # first frame
     if arr.ndim == 3:
@@ -394,6 +390,14 @@ def _decode_file(path: Path, data: bytes, max_pixels, orientation: bool,
     turn = _probe(path, data, max_pixels)
     arr, decoder = _decode_by(path, data)
     return _orient(path, turn, arr, decoder, orientation, meta)
+
+
+def _decode_any(path: Path, data: bytes, max_pixels, orientation: bool,
+                meta: dict | None) -> np.ndarray:
+    """The pixels of an image or mask file: DICOM (see :func:`_decode_dicom`) or any other."""
+    if is_dicom(path, data):
+        return _decode_dicom(path, data, meta, max_pixels)
+    return _decode_file(path, data, max_pixels, orientation, meta)
 
 
 def is_dicom(path: Path, data: bytes) -> bool:
@@ -438,8 +442,8 @@ def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     """Read a field-of-view mask file as a boolean ``(H, W)`` array.
 
     GIF (palette, RGB or with a frame axis), TIFF, PNG, JPEG and the other
-    formats of :func:`read_image`. A pixel above half the mask's maximum is
-    inside.
+    formats of :func:`read_image`, DICOM included. A pixel above half the
+    mask's maximum is inside.
 
     Raises
     ------
@@ -448,7 +452,7 @@ def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     """
     path = Path(path)
     try:
-        raw = _decode_file(path, _read_bytes(path), max_pixels, orientation, None)
+        raw = _decode_any(path, _read_bytes(path), max_pixels, orientation, None)
         mask = binarize_mask(raw, path=path)
         _check_pixels(path, mask.shape, max_pixels)  # formats whose header Pillow cannot read
     except ImageReadError as exc:

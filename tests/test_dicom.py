@@ -138,11 +138,10 @@ def test_jpeg2000_dicom_reads_losslessly(tmp_path, fundus):
     np.testing.assert_array_equal(read_image(tmp_path / "j2k.dcm"), fundus.image)
 
 
-def test_grayscale_dicom(tmp_path, fundus):
+def write_gray_dicom(path, gray):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-    gray = fundus.image[..., 1]
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -154,7 +153,26 @@ def test_grayscale_dicom(tmp_path, fundus):
     ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 8, 8, 7
     ds.PixelRepresentation, ds.PhotometricInterpretation = 0, "MONOCHROME2"
     ds.PixelData = gray.tobytes()
-    ds.save_as(tmp_path / "gray.dcm", enforce_file_format=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_grayscale_dicom(tmp_path, fundus):
+    gray = fundus.image[..., 1]
+    write_gray_dicom(tmp_path / "gray.dcm", gray)
     meta_out = {}
     np.testing.assert_array_equal(read_image(tmp_path / "gray.dcm", meta=meta_out), gray)
     assert "pixel_spacing" not in meta_out  # none in the header: none recorded
+
+
+def test_dicom_mask_file(tmp_path, fundus):
+    """A mask exported as DICOM reads like a PNG one (it was decoded as an ordinary image file and
+    failed)."""
+    from retina_prep.io import read_mask
+
+    write_gray_dicom(tmp_path / "fov.dcm", fundus.mask.astype(np.uint8) * 255)
+    assert np.array_equal(read_mask(tmp_path / "fov.dcm"), fundus.mask)
+    write_image(tmp_path / "in" / "eye.png", fundus.image)
+    r = CliRunner().invoke(cli, ["normalize", str(tmp_path / "in"), "--mask",
+                                 str(tmp_path / "fov.dcm"), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert (read_image(tmp_path / "out" / "eye.png")[~fundus.mask] == 0).all()
