@@ -25,10 +25,12 @@ def binarize_mask(array, *, path=None) -> np.ndarray:
     """Turn a decoded mask image into a boolean ``(H, W)`` mask.
 
     Accepts what mask files decode to: ``(H, W)``, ``(H, W, C)`` (RGB or
-    RGBA, channels are combined by their maximum; alpha is ignored) and a
-    leading frame axis ``(1, H, W[, C])`` as GIF readers return (the first
-    frame is used). A pixel above half the mask's maximum is inside, so 0/1,
-    0/255 and 0/65535 masks all work.
+    RGBA, colour channels are combined by their maximum) and a leading frame
+    axis ``(1, H, W[, C])`` as GIF readers return (the first frame is used).
+    A pixel above half the mask's maximum is inside, so 0/1, 0/255 and
+    0/65535 masks all work. Where an alpha channel varies, transparent
+    pixels (alpha up to half its maximum) are outside; a mask of one colour
+    is then given by its alpha alone (a FOV saved as transparency).
 
     Raises
     ------
@@ -38,17 +40,30 @@ def binarize_mask(array, *, path=None) -> np.ndarray:
     m = np.asarray(array)
     if m.ndim == 4 or (m.ndim == 3 and m.shape[0] < m.shape[-1] and m.shape[-1] > 4):
         m = m[0]  # frame axis: (N, H, W[, C])
+    alpha = None
     if m.ndim == 3:
-        if m.shape[-1] in (2, 4):  # gray+alpha or RGBA: drop alpha
+        if m.shape[-1] in (2, 4):  # gray+alpha or RGBA
+            alpha = _above_half(m[..., -1]) if m[..., -1].min() != m[..., -1].max() else None
             m = m[..., :-1]
         m = m.max(axis=-1)
     if m.ndim != 2 or m.size == 0:
         raise MaskError(f"mask has unusable shape {np.shape(array)}", path)
+    if alpha is not None and m.min() == m.max():
+        inside = alpha  # the colour says nothing: the FOV is where the mask is opaque
+    else:
+        inside = _above_half(m)
+        if alpha is not None:  # transparent pixels are outside, whatever their colour
+            inside &= alpha
+    if not inside.any():
+        raise MaskError("mask is empty (no pixel inside the field of view)", path)
+    return inside
+
+
+def _above_half(m: np.ndarray) -> np.ndarray:
+    """``m`` above half its maximum (all False when the maximum is not above 0)."""
     m = m.astype(np.float64, copy=False) if m.dtype == np.bool_ else m
     top = float(np.max(m))
-    if not top > 0:
-        raise MaskError("mask is empty (no pixel inside the field of view)", path)
-    return m > top / 2
+    return m > top / 2 if top > 0 else np.zeros(m.shape, bool)
 
 
 def _disk(radius: int) -> np.ndarray:

@@ -25,7 +25,31 @@ def test_binarize_layouts():
     assert np.array_equal(binarize_mask(np.dstack([u, u, u])), m)  # RGB
     assert np.array_equal(binarize_mask(np.dstack([u, u, u])[None]), m)  # frames of RGB
     rgba = np.dstack([u, u, u, np.full_like(u, 255)])
-    assert np.array_equal(binarize_mask(rgba), m)  # alpha ignored
+    assert np.array_equal(binarize_mask(rgba), m)  # an opaque alpha changes nothing
+
+
+def test_binarize_transparency(tmp_path):
+    """A FOV saved as transparency: white (or black) everywhere, transparent outside. The colour
+    alone made it all FOV (or empty); transparent pixels are outside."""
+    from retina_prep.io import read_mask
+
+    m = disc((20, 30), 8)
+    a = m.astype(np.uint8) * 255
+    for colour in (255, 0):
+        rgba = np.dstack([np.full_like(a, colour)] * 3 + [a])
+        assert np.array_equal(binarize_mask(rgba), m), colour
+        la = np.dstack([np.full_like(a, colour), a])
+        assert np.array_equal(binarize_mask(la), m), colour
+    # colour and transparency together: inside only where both say so
+    half = m.copy()
+    half[:, :15] = False
+    rgba = np.dstack([a, a, a, half.astype(np.uint8) * 255])
+    assert np.array_equal(binarize_mask(rgba), m & half)
+    # through a PNG file, as an image editor writes it
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "fov.png"), np.dstack([np.full_like(a, 255)] * 3 + [a]))
+    assert np.array_equal(read_mask(tmp_path / "fov.png"), m)
 
 
 def test_binarize_empty():
