@@ -61,6 +61,7 @@ __all__ = [
     "DEFAULT_RIDGE",
     "as_mask",
     "check_layout",
+    "as_native",
     "finite_pixels",
     "MODES",
     "DEFAULT_MIN_WEIGHT",
@@ -459,9 +460,16 @@ def finite_pixels(img: np.ndarray) -> np.ndarray | None:
     return finite.all(axis=2) if img.ndim == 3 else finite
 
 
+def as_native(arr) -> np.ndarray:
+    """``arr`` as an array in the machine's byte order (a big-endian ``>u2`` image from a FITS or
+    raw reader is the same uint16 data; kept as it was, it would not count as uint16)."""
+    arr = np.asarray(arr)
+    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
+
+
 def _as_image(image) -> np.ndarray:
     """Validate; keep uint8, uint16 and float32 (OpenCV reads them directly), else float32."""
-    img = np.asarray(image)
+    img = as_native(image)
     check_layout(img)
     if img.dtype == np.bool_:
         img = img.astype(np.uint8)
@@ -485,7 +493,7 @@ def as_mask(mask, shape: tuple[int, int] | None = None) -> np.ndarray:
     ``ValueError`` saying what is wrong; so does a shape other than
     ``shape`` when it is given.
     """
-    m = np.asarray(mask)
+    m = as_native(mask)
     if m.ndim == 3 and m.shape[2] == 1:
         m = m[..., 0]
     if m.ndim != 2:

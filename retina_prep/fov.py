@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .core import check_layout, gaussian_kernel, masked_convolve
+from .core import as_native, check_layout, gaussian_kernel, masked_convolve
 from .errors import MaskError
 
 __all__ = [
@@ -414,7 +414,7 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
     MaskError
         If no field of view is found.
     """
-    img = np.asarray(image)
+    img = as_native(image)
     check_layout(img)
     if img.ndim == 3 and img.shape[-1] in (2, 4):
         img = img[..., :-1]

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .core import Kernel, as_kernel
+from .core import Kernel, as_kernel, as_native
 from .errors import ImageReadError, ImageTooLargeError, MaskError, OutputExistsError, RetinaPrepError
 from .fov import binarize_mask
 
@@ -512,7 +512,7 @@ def encode_image(image, fmt: str = "png", *, png_level: int | None = None) -> by
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown format {fmt!r}; valid formats: {', '.join(OUTPUT_FORMATS)}")
     check_png_level(png_level)
-    arr = np.asarray(image)
+    arr = as_native(image)
     if fmt == "png" and arr.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"PNG holds 8- or 16-bit images, not {arr.dtype}; write TIFF (format 'tif')")
     if arr.ndim == 3 and arr.shape[2] == 3:

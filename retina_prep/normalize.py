@@ -25,6 +25,7 @@ from .core import (
     apply_plane,
     as_kernel,
     as_mask,
+    as_native,
     check_layout,
     finite_pixels,
     masked_convolve,
@@ -185,7 +186,7 @@ def image_range(image, value_range=None) -> tuple[float, float]:
     its values are taken to span ``lo..hi`` (e.g. ``(0, 255)`` for a float
     image converted from 8 bits, ``(0, 4095)`` for 12-bit data in uint16).
     """
-    img = np.asarray(image)
+    img = as_native(image)
     dt = img.dtype
     if value_range is not None:
         return parse_value_range(value_range)
@@ -352,7 +353,7 @@ def normalize_illumination(
     Channels are normalized independently with the same kernel and mask.
     Integer outputs are rounded to the nearest integer.
     """
-    img = np.asarray(image)
+    img = as_native(image)
     if img.ndim == 3 and img.shape[2] in (1, 4):
         again = functools.partial(
             normalize_illumination, mask=mask, window=window, kernel=kernel, target=target,

@@ -43,6 +43,27 @@ def test_twelve_bit_data_in_uint16():
     assert int(out.max()) <= 4095
 
 
+def test_byte_order_and_memory_layout_do_not_matter(tmp_path):
+    """Big-endian arrays (FITS and raw readers give them) are the same data: a '>u2' image gives
+    a uint16 result (it came out float64), equal to the native one; Fortran order, negative
+    strides and read-only arrays too, and masks likewise."""
+    from retina_prep.fov import estimate_fov
+    from retina_prep.io import encode_image
+
+    img, mask = _scene()
+    deep = img.astype(np.uint16) * 257
+    want = rp.normalize_illumination(deep, mask, window=7)
+    got = rp.normalize_illumination(deep.astype(">u2"), mask.astype(">u2"), window=7)
+    assert got.dtype == np.uint16 and np.array_equal(got, want)
+    ro = np.asfortranarray(deep[::-1])
+    ro.setflags(write=False)
+    assert np.array_equal(rp.normalize_illumination(ro, mask[::-1], window=7), want[::-1])
+    f = deep.astype(">f8") / 65535
+    assert rp.normalize_illumination(f, mask, window=7).dtype == np.float64
+    assert np.array_equal(estimate_fov(deep.astype(">u2")), estimate_fov(deep))
+    assert encode_image(deep.astype(">u2")) == encode_image(deep)
+
+
 def test_other_integer_types_need_a_range():
     img, mask = _scene()
     with pytest.raises(ValueRangeError, match="int32"):
