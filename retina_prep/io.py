@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .core import Kernel, as_kernel, as_native
+from .core import MAX_KERNEL_SIZE, Kernel, as_kernel, as_native
 from .errors import ImageReadError, ImageTooLargeError, MaskError, OutputExistsError, RetinaPrepError
 from .fov import binarize_mask
 
@@ -460,6 +460,10 @@ def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     return mask
 
 
+#: The largest kernel file read (a float64 kernel at the size cap is 128 MB as .npy).
+MAX_KERNEL_FILE_BYTES = 256 << 20
+
+
 def load_kernel(path):
     """Read a kernel from ``.npy`` or a text matrix (whitespace or comma separated, ``#`` comments).
 
@@ -471,10 +475,16 @@ def load_kernel(path):
 
     path = Path(path)
     try:
+        data = _read_bytes(path)  # a regular file: a FIFO given as a kernel would block np.load
+    except ImageReadError as exc:
+        raise RetinaPrepError(f"kernel {exc.message}", path) from None
+    if len(data) > MAX_KERNEL_FILE_BYTES:
+        raise RetinaPrepError(f"kernel file is larger than {MAX_KERNEL_FILE_BYTES >> 20} MB", path)
+    try:
         if path.suffix.lower() == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            arr = np.load(_io.BytesIO(data), allow_pickle=False)
         else:
-            text = path.read_text()
+            text = data.decode("utf-8")
             rows = []
             for line in text.splitlines():
                 line = line.split("#", 1)[0].strip()
@@ -483,10 +493,11 @@ def load_kernel(path):
             if len({len(r) for r in rows}) > 1:
                 raise ValueError("rows have different lengths")
             arr = np.array(rows, dtype=np.float64)
+        if max(np.shape(arr), default=0) > MAX_KERNEL_SIZE:
+            raise ValueError(f"{'x'.join(map(str, np.shape(arr)))} is above the largest kernel,"
+                             f" {MAX_KERNEL_SIZE} px a side")
         k = as_kernel(np.atleast_2d(np.asarray(arr, dtype=np.float64)))
-    except FileNotFoundError:
-        raise RetinaPrepError("kernel file not found", path) from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise RetinaPrepError(f"not a valid kernel ({exc})", path) from None
     return Kernel(k.array, name=f"custom {path.name}", factors=k.factors, is_box=k.is_box)
 

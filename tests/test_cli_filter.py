@@ -99,6 +99,25 @@ def test_bad_kernel_files(tmp_path, content, message):
     assert r.exit_code == 2 and message in r.output and "k.txt" in r.output
 
 
+def test_kernel_files_that_are_too_big_or_special(tmp_path):
+    """A kernel file is input like an image: the size cap of the named kernels (4001 px a side),
+    no FIFO (np.load would wait on it forever), not a folder, not binary junk as text."""
+    import os
+
+    write_image(tmp_path / "x.png", np.full((20, 20, 3), 50, np.uint8))
+    np.save(tmp_path / "tall.npy", np.ones((4003, 1)))
+    (tmp_path / "wide.txt").write_text(" ".join(["1"] * 4003) + "\n")
+    os.mkfifo(tmp_path / "fifo.npy")
+    (tmp_path / "junk.txt").write_bytes(b"\xff\xfe\x00binary")
+    for name, msg in [("tall.npy", "4003x1 is above the largest kernel"),
+                      ("wide.txt", "1x4003 is above the largest kernel"),
+                      ("fifo.npy", "not a regular file"), ("junk.txt", "not a valid kernel")]:
+        r = invoke("filter", tmp_path / "x.png", "-o", tmp_path / "o", "--kernel",
+                   tmp_path / name, "--auto-mask")
+        assert r.exit_code == 2 and msg in r.output and name in r.output, (name, r.output)
+    assert not (tmp_path / "o").exists()
+
+
 def test_kernel_option_errors(tmp_path):
     write_image(tmp_path / "x.png", np.full((20, 20, 3), 50, np.uint8))
     for args, msg in [([], "Missing option '--kernel'"),
