@@ -144,6 +144,18 @@ def test_crisp_disc_normalizes_flat_with_an_estimated_mask(tmp_path):
         assert (out[truth] == 128).all() and (out[~truth] == 0).all(), order
 
 
+@pytest.mark.parametrize("black_level", [10, 20, 30])
+def test_dim_photograph_over_a_black_level_is_not_a_crop(black_level):
+    """A dim photograph (gain 0.34) whose camera adds a black level of 20 to every pixel: its
+    frame is not dark next to the dim disc, and the background fills most of the image, so the
+    frame was 'as bright as the image's median' and the whole image was taken as FOV (IoU 0.30,
+    confidence 1.0). The frame must also be near the image's brighter part (75th percentile)."""
+    s = synthetic_fundus((400, 600), seed=336, background=2, strength=0.75, noise=3.3,
+                         radius=0.41, gain=0.34, cut=0.77)
+    img = np.clip(s.image.astype(int) + black_level, 0, 255).astype(np.uint8)
+    assert iou(estimate_fov(img), s.mask) >= 0.99
+
+
 def test_textured_crop_is_not_padding():
     """Crops inside the FOV keep the whole image: their frame is not one colour."""
     s = synthetic_fundus((600, 600), seed=4, background=0)
