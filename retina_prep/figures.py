@@ -200,7 +200,8 @@ def panel(columns, *, mask=None, contour: bool = True, inset=None, profile: bool
     inset : (x, y, size) or "auto", optional
         A square stretch shown zoomed under every column (the same pixels
         in each); ``"auto"`` picks the stretch of FOV margin where the
-        columns differ most (needs ``mask``).
+        columns differ most (needs ``mask``; on images under 4 px a side,
+        no inset and no profile).
     profile : bool
         Add a strip plotting each column's gray level along a line across
         the FOV margin through the inset (needs ``mask`` and ``inset``).
@@ -227,6 +228,9 @@ def panel(columns, *, mask=None, contour: bool = True, inset=None, profile: bool
     if isinstance(inset, str):
         if inset != "auto" or mask is None:
             raise ValueError("inset 'auto' needs a mask")
+    if inset == "auto" and min(h, w) < 4:  # no room for a zoom: the columns alone
+        inset, profile = None, False
+    if isinstance(inset, str):
         inset = choose_inset([im for _, im in cols[1:]] if len(cols) > 2 else [im for _, im in cols],
                              mask, max(16, int(round(0.12 * min(h, w)))))
     if inset is not None:

@@ -159,3 +159,18 @@ def test_profile_axis_follows_the_data():
     strip = _profile_strip([g], ["dark"], (0, 25), (49, 25), np.ones((50, 50), bool), 400, 200)
     ink = np.nonzero((np.abs(strip.astype(int) - np.array(PALETTE[0])).sum(axis=2) < 40).any(axis=1))[0]
     assert ink.max() - ink.min() > 0.4 * 200  # the step from 20 to 30 fills much of the height
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (1, 40), (40, 2)])
+def test_auto_inset_on_images_too_small_for_a_zoom(tmp_path, shape):
+    """Under 4 px a side there is no room for an inset: the figure shows the columns alone (it
+    failed with an error about inset coordinates the user never gave)."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(40, 200, shape + (3,)).astype(np.uint8)
+    mask = np.ones(shape, bool)
+    out = panel([("a", img), ("b", img)], mask=mask, inset="auto", profile=True)
+    assert out.ndim == 3 and out.dtype == np.uint8
+    write_image(tmp_path / "in" / "eye.png", img)
+    r = invoke("compare", tmp_path / "in", "-o", tmp_path / "o", "-j", "2")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "o" / "eye.png").exists()
