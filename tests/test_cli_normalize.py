@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from retina_prep import __version__
 from retina_prep.cli.main import cli
-from retina_prep.io import read_image, read_mask
+from retina_prep.io import read_image, read_mask, write_image
 
 from .helpers import make_drive, make_image, make_mask
 from .reference import masked_convolve_ref
@@ -285,6 +285,18 @@ def test_crop_resize_labels_bounds_and_restore(tmp_path):
     assert len(list((tmp_path / "back2").glob("*_vessels.png"))) == 4
     r = invoke("normalize", root, "-o", tmp_path / "x", "--bounds", tmp_path / "b.csv")
     assert r.exit_code == 2 and "--crop fov or --resize" in r.output
+    # a float probability map: PNG cannot hold it, the error names the flag; TIFF keeps it
+    probs = tmp_path / "probs"
+    probs.mkdir()
+    write_image(probs / f"{images[0].stem}_prob.tif",
+                np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64))
+    r = invoke("restore", probs, "--manifest", out / "manifest.jsonl", "-o", tmp_path / "p1")
+    assert r.exit_code == 1 and "write TIFF (--format tif)" in r.output
+    r = invoke("restore", probs, "--manifest", out / "manifest.jsonl", "-o", tmp_path / "p2",
+               "--format", "tif")
+    assert r.exit_code == 0, r.output
+    back = read_image(tmp_path / "p2" / f"{images[0].stem}_prob.tif")
+    assert back.dtype == np.float32 and 0 <= back.min() and back.max() <= 1
 
 
 def test_exif_rotated_photo_with_mask_in_displayed_orientation(tmp_path):

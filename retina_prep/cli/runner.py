@@ -71,6 +71,7 @@ def cli_wording(result: Result) -> str:
     if result.error_kind == "ValueRangeError":
         return err.replace("value_range=(lo, hi)", "--value-range LO,HI").replace(
             "value_range=(0, 255)", "--value-range 0,255")
+    err = err.replace("write TIFF (format 'tif')", "write TIFF (--format tif)")
     hint = _HINTS.get(result.error_kind or "")
     return err + hint if hint else err
 
