@@ -214,6 +214,8 @@ def _decode_by(path: Path, data: bytes) -> tuple[np.ndarray, str]:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if "backend" in reason or len(reason) > 120:
                 reason = "no decoder recognises its content"
+            elif "Could not read index" in reason:  # imageio found no frame it could read
+                reason = "no image data could be read from it"
             if said:  # OpenCV's decoder said why it failed (e.g. libpng's 'bad adaptive filter')
                 reason = said[0][:160]
             raise ImageReadError(
