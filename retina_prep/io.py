@@ -14,10 +14,12 @@ import os
 import re
 import secrets
 import stat as _stat
+import struct
 import tempfile
 import time
 import typing
 import warnings
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -515,12 +517,14 @@ def check_png_level(level) -> None:
         raise ValueError(f"png_level must be 0..9 or None, got {level!r}")
 
 
-def encode_image(image, fmt: str = "png", *, png_level: int | None = None) -> bytes:
+def encode_image(image, fmt: str = "png", *, png_level: int | None = None,
+                 text: dict[str, str] | None = None) -> bytes:
     """Encode ``(H, W)`` or ``(H, W, 3)`` RGB uint8/uint16 (or float32 for tif) as bytes.
 
     ``png_level`` (0-9) sets zlib's compression level for PNG: 0 stores, 9
     compresses hardest; None keeps OpenCV's default (fast, with a filter and
-    strategy chosen for speed).
+    strategy chosen for speed). ``text`` (PNG only) adds Latin-1 ``tEXt``
+    entries, keyword to value.
     """
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown format {fmt!r}; valid formats: {', '.join(OUTPUT_FORMATS)}")
@@ -535,7 +539,43 @@ def encode_image(image, fmt: str = "png", *, png_level: int | None = None) -> by
     ok, buf = cv2.imencode(OUTPUT_FORMATS[fmt], arr, params)
     if not ok:
         raise ValueError(f"OpenCV cannot encode a {arr.dtype} {arr.shape} array as {fmt}")
-    return buf.tobytes()
+    data = buf.tobytes()
+    if text and fmt == "png":
+        chunks = b"".join(_png_chunk(b"tEXt", k.encode("latin-1") + b"\0" + v.encode("latin-1"))
+                          for k, v in text.items())
+        data = data[:_PNG_AFTER_IHDR] + chunks + data[_PNG_AFTER_IHDR:]
+    return data
+
+
+#: A PNG's signature (8 bytes) and IHDR chunk (4 + 4 + 13 + 4 bytes): chunks may follow.
+_PNG_AFTER_IHDR = 33
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_text(path) -> dict[str, str]:
+    """The ``tEXt`` entries before a PNG file's image data (reads at most its first 64 KB; {}
+    for other files or anything unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    if head[:8] != b"\x89PNG\r\n\x1a\n":
+        return out
+    pos = 8
+    while pos + 8 <= len(head):
+        size, kind = struct.unpack(">I", head[pos:pos + 4])[0], head[pos + 4:pos + 8]
+        if kind == b"IDAT" or pos + 12 + size > len(head):
+            break
+        if kind == b"tEXt":
+            key, _, value = head[pos + 8:pos + 8 + size].partition(b"\0")
+            out[key.decode("latin-1")] = value.decode("latin-1")
+        pos += 12 + size
+    return out
 
 
 def write_bytes(path, data: bytes, *, overwrite: bool = False) -> Path:
@@ -640,8 +680,10 @@ def _unlink_quietly(path) -> None:
         pass
 
 
-def write_image(path, image, *, fmt: str | None = None, overwrite: bool = False) -> Path:
-    """Encode ``image`` and write it atomically; the format follows the file ending by default."""
+def write_image(path, image, *, fmt: str | None = None, overwrite: bool = False,
+                text: dict[str, str] | None = None) -> Path:
+    """Encode ``image`` and write it atomically; the format follows the file ending by default.
+    ``text``: PNG ``tEXt`` entries (see :func:`encode_image`)."""
     path = Path(path)
     if fmt is None:
         ext = path.suffix.lower()
@@ -650,7 +692,7 @@ def write_image(path, image, *, fmt: str | None = None, overwrite: bool = False)
             raise ValueError(f"cannot tell the output format from {path.name!r}; use .png or .tif")
     if path.exists() and not overwrite:  # refuse before the work of encoding
         raise OutputExistsError("output exists", path)
-    return write_bytes(path, encode_image(image, fmt), overwrite=overwrite)
+    return write_bytes(path, encode_image(image, fmt, text=text), overwrite=overwrite)
 
 
 _TEMP_NAME = re.compile(r"^\.retina-prep-tmp-[A-Za-z0-9_]{8}\.(part|mode)$")

@@ -31,6 +31,7 @@ from .io import (
     OUTPUT_FORMATS,
     check_png_level,
     encode_image,
+    png_text,
     read_image,
     read_mask,
     write_image,
@@ -299,6 +300,9 @@ def _load(pair: Pair, settings: MaskSettings):
     fov, source, warnings, est = read_fov(pair, image, settings, return_estimate=True)
     mask, info = trim_mask(image, fov, settings, source=source, path=pair.mask or pair.image)
     info = {"mask_source": source, **info}
+    if est is None and pair.mask is not None and png_text(pair.mask).get(MASK_TEXT_KEY) == \
+            MASK_TRIMMED:
+        info["mask_trimmed"] = True  # written by `mask` with its rim trimmed (see mask_pair)
     if est is not None:
         info["fov_estimate"] = est.summary()
     if key is not None and not warnings:
@@ -400,13 +404,23 @@ def _write(items, output: OutputSettings) -> list[Path]:
     return write_outputs(items, overwrite=output.overwrite, keep_existing=output.keep_existing)
 
 
+#: The PNG text entry `mask` writes into a mask whose rim it trimmed (or eroded): read back as a
+#: mask file, it counts as trimmed, so order "auto" is the same as on the estimate itself.
+MASK_TEXT_KEY, MASK_TRIMMED = "retina-prep", "fov mask, rim trimmed"
+
+
+def _trimmed(info: dict) -> bool:
+    """Whether a mask's rim was removed: trimmed here, eroded, or by `mask` before (its file)."""
+    return info.get("rim") == "auto" or bool(info.get("erode")) or bool(info.get("mask_trimmed"))
+
+
 def resolve_order(order, mask_info: dict | None, name=None) -> int:
     """The order to run: ``"auto"`` is 1 when the mask was trimmed (rim trim or erosion, as
     ``mask_info`` from :func:`load_pair` says) and 0 otherwise. An explicit 1 on an untrimmed
     mask adds a warning about image ``name`` to ``mask_info["warnings"]``, since a plane
     extrapolates a dark rim inward."""
     info = mask_info or {}
-    trimmed = info.get("rim") == "auto" or bool(info.get("erode"))
+    trimmed = _trimmed(info)
     if order == "auto":
         return 1 if trimmed else 0
     if order == 1 and mask_info is not None and not trimmed:
@@ -593,7 +607,8 @@ def mask_pair(pair: Pair, outdir, mask_settings: MaskSettings = MaskSettings(), 
     (out,) = mask_outputs(pair, outdir)
     _check_output(out, pair, overwrite)
     image, _, mask, info = _load(pair, replace(mask_settings, auto_mask=True))
-    write_image(out, mask.astype(np.uint8) * 255, overwrite=overwrite)
+    write_image(out, mask.astype(np.uint8) * 255, overwrite=overwrite,
+                text={MASK_TEXT_KEY: MASK_TRIMMED} if _trimmed(info) else None)
     if thumb_width:
         low = info.get("fov_estimate", {}).get("confidence", 1.0) < LOW_CONFIDENCE
         info["thumb"] = thumbnail(image, mask, width=thumb_width, flag="LOW CONFIDENCE" if low else None)

@@ -127,6 +127,34 @@ def test_masks_the_tool_writes_are_masks_it_reads(tmp_path):
     images = [x for x in lines if x["type"] == "image"]
     assert len(images) == 3 and all(x["mask_source"] == "given" for x in images)
     assert all(x["mask"].endswith("_mask.png") for x in images)
+    # `mask` keeps the estimate as it is by default: read back, order "auto" is 0 as on any file
+    assert all(x["params"]["order"] == 0 for x in images)
+
+
+def test_a_trimmed_mask_says_so_in_its_file(tmp_path):
+    """`mask --rim auto` (or --erode) notes in the PNG that the rim is gone, so `normalize
+    --mask-dir` runs order "auto" as 1, as on the estimate itself, without a warning for an
+    explicit --order 1; the note is an ordinary PNG text entry that other tools show."""
+    import json
+
+    from PIL import Image
+
+    from retina_prep.io import write_image
+
+    s = synthetic_fundus((300, 300), seed=1, background=5)
+    write_image(tmp_path / "photos" / "eye.png", s.image)
+    for i, (args, order) in enumerate(((["--rim", "auto"], 1), (["--erode", "3"], 1), ([], 0))):
+        masks, out = tmp_path / f"m{i}", tmp_path / f"o{i}"
+        assert invoke("mask", tmp_path / "photos", "-o", masks, *args).exit_code == 0
+        text = Image.open(masks / "eye_mask.png").info
+        assert ("retina-prep" in text) == (order == 1)
+        r = invoke("normalize", tmp_path / "photos", "--mask-dir", masks, "-o", out, "-v")
+        assert r.exit_code == 0, r.output
+        rec = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()][-1]
+        assert rec["params"]["order"] == order, args
+        r = invoke("normalize", tmp_path / "photos", "--mask-dir", masks, "-o", out / "x",
+                   "--order", "1")
+        assert ("untrimmed" in r.output) == (order == 0), r.output
 
 
 def test_one_mask_for_a_camera(tmp_path):
