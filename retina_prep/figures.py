@@ -335,7 +335,8 @@ def thumbnail(image, mask=None, *, width: int = 240, flag: str | None = None) ->
 def contact_sheet(tiles, *, columns: int | None = None) -> np.ndarray:
     """A grid of labelled tiles (title, uint8 RGB image) for reviewing many images at once.
 
-    Tiles may differ in size; each cell is as large as the largest tile.
+    Tiles may differ in size; every cell is as wide as the widest tile and each row as high as
+    its highest (a tall tile does not leave gaps under the rows it is not in).
     ``columns`` defaults to about the square root of the count.
     """
     tiles = [(t, to_display(im)) for t, im in tiles]
@@ -343,16 +344,16 @@ def contact_sheet(tiles, *, columns: int | None = None) -> np.ndarray:
         raise ValueError("a contact sheet needs at least one tile")
     n = len(tiles)
     columns = columns or max(1, int(np.ceil(np.sqrt(n))))
-    rows = int(np.ceil(n / columns))
     cw = max(im.shape[1] for _, im in tiles)
-    ch = max(im.shape[0] for _, im in tiles)
     pad = max(2, int(round(THEME["pad_fraction"] * cw)))
     title_h = max(14, int(round(0.06 * cw)))
-    cell_w, cell_h = cw + pad, ch + title_h + pad
-    out = np.full((rows * cell_h + pad, columns * cell_w + pad, 3), THEME["background"], np.uint8)
+    heights = [max(im.shape[0] for _, im in tiles[i:i + columns]) for i in range(0, n, columns)]
+    tops = np.concatenate(([0], np.cumsum([h + title_h + pad for h in heights]))) + pad
+    cell_w = cw + pad
+    out = np.full((int(tops[-1]), columns * cell_w + pad, 3), THEME["background"], np.uint8)
     for i, (t, im) in enumerate(tiles):
         r, c = divmod(i, columns)
-        x0, y0 = pad + c * cell_w, pad + r * cell_h
+        x0, y0 = pad + c * cell_w, int(tops[r])
         out[y0:y0 + title_h, x0:x0 + cw] = _title(t, cw, title_h)
         out[y0 + title_h:y0 + title_h + im.shape[0], x0:x0 + im.shape[1]] = im
     return out

@@ -92,6 +92,12 @@ def test_contact_sheet_shape():
     tiles = [(str(i), np.zeros((30, 40, 3), np.uint8)) for i in range(5)]
     sheet = contact_sheet(tiles)
     assert sheet.shape[1] > 3 * 40 and sheet.shape[0] > 2 * 30
+    # one tall tile makes its own row tall, not every row
+    tall = tiles[:4] + [("tall", np.zeros((90, 40, 3), np.uint8))]
+    grown = contact_sheet(tall)
+    assert grown.shape[0] - sheet.shape[0] == 60
+    each_row_tall = contact_sheet([(t, np.zeros((90, 40, 3), np.uint8)) for t, _ in tall])
+    assert grown.shape[0] < each_row_tall.shape[0]
 
 
 def test_compare_end_to_end(tmp_path):
