@@ -10,6 +10,9 @@
   known, strongly uneven illumination field (retina_prep.synthetic), their
   true masks in mask/, vessel maps in vessels/ and illumination fields in truth/
   (16-bit PNG, field x 10000).
+* figures/fov_hard_cases.png: the FOV estimate (rim trimmed, as `retina-prep mask
+  --rim auto` does) on hard cases, as a contact sheet: synthetic discs and the
+  sample photograph with a dark quarter and cut to its right 60 %.
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ def _default_retina() -> Path:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--retina", type=Path, default=None, help="path to skimage's retina.jpg")
+    ap.add_argument("--figure-only", action="store_true",
+                    help="only figures/fov_hard_cases.png, from the shipped images/retina_cc0.png")
     args = ap.parse_args()
+    if args.figure_only:
+        photo = read_image(HERE / "images/retina_cc0.png")
+        write_image(HERE / "figures/fov_hard_cases.png", hard_cases_figure(photo), overwrite=True)
+        return
     for sub in ("images", "mask", "truth", "vessels"):
         (HERE / sub).mkdir(exist_ok=True)
 
@@ -55,6 +64,37 @@ def main():
                     overwrite=True)
         field = np.clip(np.rint(s.illumination * 10000), 0, 65535).astype(np.uint16)
         write_image(HERE / f"truth/synthetic_{i:02d}_illumination.png", field, overwrite=True)
+    write_image(HERE / "figures/fov_hard_cases.png", hard_cases_figure(small), overwrite=True)
+
+
+def hard_cases_figure(photo: np.ndarray) -> np.ndarray:
+    """The contact sheet of FOV estimates on hard cases (see the module docstring)."""
+    from retina_prep.figures import contact_sheet, thumbnail
+    from retina_prep.fov import trim_rim
+
+    shape = (584, 565)
+    cases = {
+        "crosses_3_borders": synthetic_fundus((1168, 1051), seed=3, center=(0.5, 0.167),
+                                              radius=0.706, noise=2.0).image,
+        "dark_quarter_7pct": synthetic_fundus(shape, seed=3, dark_sector=0.07, noise=2.0).image,
+        "dark_ring_4px": synthetic_fundus(shape, seed=3, rim=4, noise=2.0).image,
+        "flat_cuts_dark_quarter": synthetic_fundus((1168, 1752), seed=3, cut=0.8, radius=0.55,
+                                                   dark_sector=0.08, noise=2.0).image,
+        "notch": synthetic_fundus(shape, seed=3, notch="notch", noise=2.0).image,
+        "vignetting_to_edge": synthetic_fundus(shape, seed=3, vignette=0.6, noise=2.0).image,
+    }
+    dark = photo.astype(np.float32)
+    h, w = photo.shape[:2]
+    y, x = np.ogrid[0:h, 0:w]
+    ang = np.degrees(np.arctan2(y - h / 2, x - w / 2))
+    dark[(ang > 0) & (ang < 90)] *= 0.07  # the lower-right quarter at 7 %
+    cases["photo_dark_quarter"] = np.clip(dark, 0, 255).astype(np.uint8)
+    cases["photo_right_60pct"] = photo[:, int(0.4 * w):]
+    tiles = []
+    for name, image in sorted(cases.items()):
+        mask = trim_rim(image, estimate_fov(image))
+        tiles.append((name, thumbnail(image, mask, width=240)))
+    return contact_sheet(tiles, columns=3)
 
 
 if __name__ == "__main__":
