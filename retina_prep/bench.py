@@ -148,16 +148,13 @@ def _window_sums_only(img, mask, kernel):
     mask's five moments and the image's two per channel, as box filters over the margin band's
     padded blocks (inputs made beforehand; no products, no solve, no gathers): a floor for
     ``order1_ms`` that no arithmetic saving can go under."""
-    from .core import _padded, plane_geometry
+    from .core import plane_geometry
 
     m = mask > 0
     geometry = plane_geometry(m, kernel, where=m)
     w = kernel.shape[0]
-    blocks = []
-    for _, (Y0, Y1, X0, X1), _, _ in geometry.blocks:
-        blocks.append((m[Y0:Y1, X0:X1].astype(np.int32),
-                       np.ascontiguousarray(img[Y0:Y1, X0:X1], np.int32)))
-    assert all(_padded(*b[0], kernel, m.shape) == b[1] for b in geometry.blocks)
+    blocks = [(m[Y0:Y1, X0:X1].astype(np.int32), np.ascontiguousarray(img[Y0:Y1, X0:X1], np.int32))
+              for _, (Y0, Y1, X0, X1), _, _ in geometry.blocks]
 
     def run():
         normalize_illumination(img, mask, kernel=kernel, order=0)

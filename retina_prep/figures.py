@@ -228,11 +228,12 @@ def panel(columns, *, mask=None, contour: bool = True, inset=None, profile: bool
     if isinstance(inset, str):
         if inset != "auto" or mask is None:
             raise ValueError("inset 'auto' needs a mask")
-    if inset == "auto" and min(h, w) < 4:  # no room for a zoom: the columns alone
-        inset, profile = None, False
-    if isinstance(inset, str):
-        inset = choose_inset([im for _, im in cols[1:]] if len(cols) > 2 else [im for _, im in cols],
-                             mask, max(16, int(round(0.12 * min(h, w)))))
+        if min(h, w) < 4:  # no room for a zoom: the columns alone
+            inset, profile = None, False
+        else:
+            inset = choose_inset([im for _, im in cols[1:]] if len(cols) > 2
+                                 else [im for _, im in cols],
+                                 mask, max(16, int(round(0.12 * min(h, w)))))
     if inset is not None:
         ix, iy, isz = (int(v) for v in inset)
         if ix < 0 or iy < 0 or isz < 4 or ix + isz > w or iy + isz > h:

@@ -578,18 +578,8 @@ def _settle_edge(m: np.ndarray, raw: np.ndarray, low: np.ndarray, blur: float,
     own = raw[ys, xs]
     floor = _sample(low, ys, xs, (h, w), linear=True)
     drop = inside & (own <= floor)
-    one = np.ones((3, 3), np.uint8)
-    if drop.any():  # peeled from the outside in, a pixel at a time: no holes
-        can = np.zeros((h, w), bool)
-        can[ys[drop], xs[drop]] = True
-        out = (~m).view(np.uint8)
-        peeled = False
-        for _ in range(width):
-            peel = can & m & cv2.dilate(out, one).view(bool)
-            if not peel.any():
-                break
-            m, peeled = m & ~peel, True
-            out = (~m).view(np.uint8)
+    if drop.any():  # peeled from the outside in: no holes
+        m, peeled = _creep(m, ys[drop], xs[drop], width, grow=False)
         if peeled:  # bits of the edge cut off by peeled pixels (noise) go too
             m = _largest_component(m)
         u8 = m.astype(np.uint8)
@@ -603,17 +593,26 @@ def _settle_edge(m: np.ndarray, raw: np.ndarray, low: np.ndarray, blur: float,
     ok = ~inside & (own > floor) & (own > 0.5 * _sample(level, ys, xs, (h, w), linear=False))
     if not ok.any():
         return m
-    can = np.zeros((h, w), bool)
-    can[ys[ok], xs[ok]] = True
-    grown = m
-    for _ in range(width):  # grown from the mask, so every added pixel is connected to it
-        add = can & cv2.dilate(u8, one).astype(bool)
-        add &= ~grown
-        if not add.any():
+    # grown from the mask, so every added pixel is connected to it
+    grown, grew = _creep(m, ys[ok], xs[ok], width, grow=True)
+    return fill_holes(grown) if grew else m  # (what it grew may close a gap)
+
+
+def _creep(m: np.ndarray, ys: np.ndarray, xs: np.ndarray, steps: int, *, grow: bool):
+    """Move the mask's edge through the pixels ``ys, xs`` a pixel at a time, at most ``steps``
+    times: ``grow`` takes those that touch the mask, else those inside that touch the outside
+    are dropped. Returns the mask and whether it changed."""
+    can = np.zeros(m.shape, bool)
+    can[ys, xs] = True
+    one = np.ones((3, 3), np.uint8)
+    changed = False
+    for _ in range(steps):
+        side = m if grow else ~m  # the side the edge moves away from
+        step = can & ~side & cv2.dilate(side.view(np.uint8), one).view(bool)
+        if not step.any():
             break
-        grown = grown | add
-        u8 = grown.astype(np.uint8)
-    return m if grown is m else fill_holes(grown)  # (what it grew may close a gap)
+        m, changed = (m | step if grow else m & ~step), True
+    return m, changed
 
 
 def _sample(a: np.ndarray, ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int], *,

@@ -442,12 +442,13 @@ def _decode_dicom(path: Path, data: bytes, meta: dict | None, max_pixels) -> np.
 
 
 def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-              orientation: bool = True) -> np.ndarray:
+              orientation: bool = True, meta: dict | None = None) -> np.ndarray:
     """Read a field-of-view mask file as a boolean ``(H, W)`` array.
 
     GIF (palette, RGB or with a frame axis), TIFF, PNG, JPEG and the other
     formats of :func:`read_image`, DICOM included. A pixel above half the
-    mask's maximum is inside.
+    mask's maximum is inside. ``meta``, a dict, receives ``text``: a PNG's
+    text entries (as ``retina-prep mask`` writes them).
 
     Raises
     ------
@@ -456,8 +457,11 @@ def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     """
     path = Path(path)
     try:
-        raw = _decode_any(path, _read_bytes(path), max_pixels, orientation, None)
+        data = _read_bytes(path)
+        raw = _decode_any(path, data, max_pixels, orientation, None)
         mask = binarize_mask(raw, path=path)
+        if meta is not None:
+            meta["text"] = _png_text(data)
         _check_pixels(path, mask.shape, max_pixels)  # formats whose header Pillow cannot read
     except ImageReadError as exc:
         raise MaskError(f"mask {exc.message}", path) from None
@@ -555,24 +559,18 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def png_text(path) -> dict[str, str]:
-    """The ``tEXt`` entries before a PNG file's image data (reads at most its first 64 KB; {}
-    for other files or anything unreadable)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(1 << 16)
-    except OSError:
-        return {}
+def _png_text(data: bytes) -> dict[str, str]:
+    """The ``tEXt`` entries before a PNG's image data ({} for other formats)."""
     out: dict[str, str] = {}
-    if head[:8] != b"\x89PNG\r\n\x1a\n":
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
         return out
     pos = 8
-    while pos + 8 <= len(head):
-        size, kind = struct.unpack(">I", head[pos:pos + 4])[0], head[pos + 4:pos + 8]
-        if kind == b"IDAT" or pos + 12 + size > len(head):
+    while pos + 8 <= len(data):
+        size, kind = struct.unpack(">I", data[pos:pos + 4])[0], data[pos + 4:pos + 8]
+        if kind == b"IDAT" or pos + 12 + size > len(data):
             break
         if kind == b"tEXt":
-            key, _, value = head[pos + 8:pos + 8 + size].partition(b"\0")
+            key, _, value = data[pos + 8:pos + 8 + size].partition(b"\0")
             out[key.decode("latin-1")] = value.decode("latin-1")
         pos += 12 + size
     return out

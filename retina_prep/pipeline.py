@@ -31,7 +31,6 @@ from .io import (
     OUTPUT_FORMATS,
     check_png_level,
     encode_image,
-    png_text,
     read_image,
     read_mask,
     write_image,
@@ -297,11 +296,12 @@ def _load(pair: Pair, settings: MaskSettings):
         _check_mask_shape(fov, image, pair)
         uses[0] += 1
         return image, fov, mask, {**info, **meta, "warnings": []}
-    fov, source, warnings, est = read_fov(pair, image, settings, return_estimate=True)
+    file_meta: dict = {}
+    fov, source, warnings, est = read_fov(pair, image, settings, return_estimate=True,
+                                          meta=file_meta)
     mask, info = trim_mask(image, fov, settings, source=source, path=pair.mask or pair.image)
     info = {"mask_source": source, **info}
-    if est is None and pair.mask is not None and png_text(pair.mask).get(MASK_TEXT_KEY) == \
-            MASK_TRIMMED:
+    if file_meta.get("text", {}).get(MASK_TEXT_KEY) == MASK_TRIMMED:
         info["mask_trimmed"] = True  # written by `mask` with its rim trimmed (see mask_pair)
     if est is not None:
         info["fov_estimate"] = est.summary()
@@ -327,18 +327,19 @@ def _shared(mask) -> bool:
 
 
 def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings(), *,
-             return_estimate: bool = False):
+             return_estimate: bool = False, meta: dict | None = None):
     """The untrimmed FOV of ``pair``: from its mask file, else estimated.
 
     Returns (mask, source, warnings), and the :class:`~retina_prep.fov.FovEstimate`
     (None for mask files) with ``return_estimate``. An estimate of low
-    confidence adds a warning.
+    confidence adds a warning. ``meta`` receives what :func:`~retina_prep.io.read_mask`
+    read beside a mask file's pixels.
     """
     warnings = []
     est = None
     if pair.mask is not None and not settings.auto_mask:
         mask = read_mask(pair.mask, max_pixels=settings.max_pixels,
-                         orientation=not settings.ignore_orientation)
+                         orientation=not settings.ignore_orientation, meta=meta)
         _check_mask_shape(mask, image, pair)
         source = pair.mask_source
     else:

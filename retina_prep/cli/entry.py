@@ -6,12 +6,19 @@ from __future__ import annotations
 import os
 import sys
 
+#: The environment the command line sets, before any worker process exists (they inherit it):
+#: OpenCV's log lines and library warnings silenced, decoders' own lines captured (io.CAPTURE_ENV).
+QUIET_ENV = {"OPENCV_LOG_LEVEL": "SILENT", "PYTHONWARNINGS": "ignore",
+             "RETINA_PREP_CAPTURE_DECODER_MESSAGES": "1"}
+
+
+def set_quiet_env() -> None:
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+
 
 def main() -> None:
-    # what the command line silences, set before any worker process exists (they inherit it)
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    os.environ.setdefault("RETINA_PREP_CAPTURE_DECODER_MESSAGES", "1")  # io.CAPTURE_ENV
+    set_quiet_env()
     from .._workers import start_early
 
     start_early(sys.argv[1:])

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import importlib
-import os
 import warnings
 
 import click
 import cv2
 
 from .. import __version__
+from .entry import set_quiet_env
 from .options import setup_logging
 
 #: Command name -> (module, attribute). A command's module is imported only when it runs (or
@@ -57,9 +57,7 @@ def cli():
 def _silence_libraries() -> None:
     """One line per file: OpenCV's [WARN]/[ERROR] log lines and library warnings are not shown
     (the error they lead to is). Worker processes inherit it through the environment."""
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    os.environ.setdefault("RETINA_PREP_CAPTURE_DECODER_MESSAGES", "1")  # io.CAPTURE_ENV
+    set_quiet_env()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     warnings.simplefilter("ignore")
 

@@ -30,7 +30,7 @@ from .options import (
     output_opt,
     panel_width_opt,
 )
-from .runner import BoundsFile, cli_warning, cli_wording, collect_pairs, execute, log, run_options
+from .runner import BoundsFile, cli_wording, collect_pairs, execute, flag_wording, log, run_options
 
 
 @click.command(
@@ -212,7 +212,7 @@ def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, ba
     if res.status != "done":
         raise click.ClickException(cli_wording(res))
     for w in res.warnings:  # one image: each warning in full (-q hides them, as everywhere)
-        log(f"warning: {cli_warning(w)}", logging.WARNING)
+        log(f"warning: {flag_wording(w)}", logging.WARNING)
     out = sys.stdout.buffer
     out.write(res.info["data"])
     out.flush()

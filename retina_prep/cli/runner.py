@@ -39,20 +39,26 @@ def log(msg: str, level: int = logging.INFO) -> None:
     LOG.log(level, msg)
 
 
-#: Library errors worded with the command's flags (the library names no flags).
+#: Advice the command adds to library errors of these kinds.
 _HINTS = {
     "OutputExistsError": " (use --overwrite to replace it, or --skip-existing to keep it)",
-    "ImageTooLargeError": None,  # reworded below
 }
 
+#: Library phrases (the library names no flags) in the command's terms, for its errors and
+#: warnings alike.
+_FLAG_WORDING = (
+    ("trim the rim (rim 'auto') or erode the mask", "add --rim auto or --erode"),
+    ("give value range ", "add --value-range "),
+    ("(raise max_pixels if", "(raise it with --max-pixels if"),
+    ("value_range=(lo, hi)", "--value-range LO,HI"),
+    ("value_range=(0, 255)", "--value-range 0,255"),
+    ("write TIFF (format 'tif')", "write TIFF (--format tif)"),
+)
 
-#: Library warnings worded with the command's flags.
-_WARNING_FLAGS = (("trim the rim (rim 'auto') or erode the mask", "add --rim auto or --erode"),
-                  ("give value range ", "add --value-range "))
 
-
-def cli_warning(text: str) -> str:
-    for library, flags in _WARNING_FLAGS:
+def flag_wording(text: str) -> str:
+    """A library message worded with the command's flags."""
+    for library, flags in _FLAG_WORDING:
         text = text.replace(library, flags)
     return text
 
@@ -65,15 +71,7 @@ def _warning_kind(warning: str, pair: Pair) -> str:
 
 def cli_wording(result: Result) -> str:
     """The error line of a failed result, with advice in terms of the command's flags."""
-    err = result.error or ""
-    if result.error_kind == "ImageTooLargeError":
-        return err.replace("(raise max_pixels if", "(raise it with --max-pixels if")
-    if result.error_kind == "ValueRangeError":
-        return err.replace("value_range=(lo, hi)", "--value-range LO,HI").replace(
-            "value_range=(0, 255)", "--value-range 0,255")
-    err = err.replace("write TIFF (format 'tif')", "write TIFF (--format tif)")
-    hint = _HINTS.get(result.error_kind or "")
-    return err + hint if hint else err
+    return flag_wording(result.error or "") + _HINTS.get(result.error_kind or "", "")
 
 
 # ------------------------------------------------------------------ options
@@ -379,7 +377,7 @@ def execute(
         if on_result is not None:
             on_result(result)
         for w in result.warnings:
-            log(f"warning: {cli_warning(w)}", logging.DEBUG)
+            log(f"warning: {flag_wording(w)}", logging.DEBUG)
             kind = _warning_kind(w, result.pair)
             warned[kind] = warned.get(kind, 0) + 1
         if result.status == "failed":
@@ -418,7 +416,7 @@ def execute(
     verbose = LOG.getEffectiveLevel() <= logging.DEBUG
     hint = "" if verbose else " (listed in the manifest; -v shows each)"
     for kind, n in warned.items():
-        log(f"warning: {n} of {len(run.todo)} images: {cli_warning(kind)}{hint}", logging.WARNING)
+        log(f"warning: {n} of {len(run.todo)} images: {flag_wording(kind)}{hint}", logging.WARNING)
     if not quiet:
         extra = f", {report.skipped} skipped (exist)" if batch.skip_existing else ""
         log(f"{command}: {report.done} done, {report.failed} failed{extra}; outputs in {outdir}")
