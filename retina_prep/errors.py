@@ -13,6 +13,7 @@ __all__ = [
     "RetinaPrepError",
     "ImageReadError",
     "MaskError",
+    "NotAMaskError",
     "OutputExistsError",
     "DatasetError",
     "ImageTooLargeError",
@@ -56,6 +57,11 @@ class ImageReadError(RetinaPrepError):
 
 class MaskError(RetinaPrepError):
     """A field-of-view mask is unreadable, empty, or does not fit its image."""
+
+
+class NotAMaskError(MaskError):
+    """A mask file that does not look like a field-of-view mask of its image: a photograph,
+    an inverted mask, or one whose inside is mostly the image's dark background."""
 
 
 class OutputExistsError(RetinaPrepError):

@@ -6,18 +6,20 @@ True means inside the field of view. Nothing here reads files.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from .core import as_native, check_layout, gaussian_kernel, masked_convolve
-from .errors import MaskError
+from .errors import MaskError, NotAMaskError
 
 __all__ = [
     "binarize_mask", "erode_mask", "estimate_fov", "fov_estimate", "FovEstimate",
     "LOW_CONFIDENCE", "fov_diameter", "fill_holes",
-    "margin_distance", "trim_rim", "rim_depths", "feather_mask",
+    "margin_distance", "trim_rim", "rim_depths", "feather_mask", "check_fov_mask",
+    "mask_gray_fraction",
 ]
 
 
@@ -37,6 +39,21 @@ def binarize_mask(array, *, path=None) -> np.ndarray:
     MaskError
         If the mask is empty (no pixel inside) or has an unusable shape.
     """
+    m, alpha = _mask_plane(array, path)
+    if alpha is not None and m.min() == m.max():
+        inside = alpha  # the colour says nothing: the FOV is where the mask is opaque
+    else:
+        inside = _above_half(m)
+        if alpha is not None:  # transparent pixels are outside, whatever their colour
+            inside &= alpha
+    if not inside.any():
+        raise MaskError("mask is empty (no pixel inside the field of view)", path)
+    return inside
+
+
+def _mask_plane(array, path=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A decoded mask's ``(H, W)`` plane (colour channels combined by their maximum, the first
+    frame) and its alpha test (None where alpha does not vary)."""
     m = np.asarray(array)
     if m.ndim == 4 or (m.ndim == 3 and m.shape[0] < m.shape[-1] and m.shape[-1] > 4):
         m = m[0]  # frame axis: (N, H, W[, C])
@@ -48,15 +65,72 @@ def binarize_mask(array, *, path=None) -> np.ndarray:
         m = m.max(axis=-1)
     if m.ndim != 2 or m.size == 0:
         raise MaskError(f"mask has unusable shape {np.shape(array)}", path)
-    if alpha is not None and m.min() == m.max():
-        inside = alpha  # the colour says nothing: the FOV is where the mask is opaque
-    else:
-        inside = _above_half(m)
-        if alpha is not None:  # transparent pixels are outside, whatever their colour
-            inside &= alpha
-    if not inside.any():
-        raise MaskError("mask is empty (no pixel inside the field of view)", path)
-    return inside
+    return m, alpha
+
+
+def mask_gray_fraction(array) -> float:
+    """The fraction of a decoded mask's pixels that are neither dark nor bright: strictly
+    between 10 % and 90 % of its maximum (a 0/255 mask has none, a JPEG-saved or anti-aliased
+    one a thin line along its edge, a photograph most of its pixels). NaN pixels count as
+    dark."""
+    m, _ = _mask_plane(array)
+    m = np.nan_to_num(m.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(m.max())
+    if top <= 0:
+        return 0.0
+    return float(np.count_nonzero((m > 0.1 * top) & (m < 0.9 * top)) / m.size)
+
+
+#: check_fov_mask: a mask file with more of its pixels between dark and bright is a photograph.
+MASK_GRAY_LIMIT = 0.25
+#: check_fov_mask: a mask with more of its inside at the image's background level is not its FOV.
+MASK_BACKGROUND_LIMIT = 0.5
+
+
+def check_fov_mask(mask, image, *, gray_fraction: float | None = None) -> None:
+    """Refuse a mask that is not a field-of-view mask of ``image``.
+
+    Three tests, each failing with :class:`~retina_prep.errors.NotAMaskError`:
+
+    * ``gray_fraction`` (from :func:`mask_gray_fraction` of the mask file's
+      pixels) above :data:`MASK_GRAY_LIMIT`: a photograph or another gray
+      image, not a mask;
+    * the image darker inside the mask than outside it (median of the
+      brightest channel below half the outside's): an inverted mask;
+    * more than :data:`MASK_BACKGROUND_LIMIT` of the pixels inside at the
+      image's background level (at most 15 % of its 99th percentile, in
+      its brightest channel).
+
+    Parameters
+    ----------
+    mask : (H, W) bool array_like
+    image : (H, W) or (H, W, C) array_like
+    gray_fraction : float, optional
+    """
+    if gray_fraction is not None and gray_fraction > MASK_GRAY_LIMIT:
+        raise NotAMaskError(f"not a field-of-view mask: {gray_fraction:.0%} of its pixels are"
+                            " gray levels between dark and bright (a photograph?)")
+    m = np.asarray(mask, dtype=bool)
+    img = np.asarray(image)
+    v = img.max(axis=-1) if img.ndim == 3 else img
+    if v.dtype.kind == "f":
+        v = np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)
+    step = max(1, int(math.sqrt(v.size / 250_000)))  # a quarter million pixels decide
+    vs, ms = v[::step, ::step], m[::step, ::step]
+    inside, outside = vs[ms], vs[~ms]
+    if inside.size == 0:
+        return
+    top = float(np.percentile(vs, 99))
+    if top <= 0:
+        return
+    med_in = float(np.median(inside))
+    if outside.size >= 0.01 * vs.size and med_in < 0.5 * float(np.median(outside)):
+        raise NotAMaskError("not the field of view of this image: the image is darker inside"
+                            " the mask than outside it (an inverted mask?)")
+    dark = float(np.count_nonzero(inside <= 0.15 * top)) / inside.size
+    if dark > MASK_BACKGROUND_LIMIT:
+        raise NotAMaskError(f"not the field of view of this image: {dark:.0%} of the pixels"
+                            " inside the mask are the image's dark background")
 
 
 def _above_half(m: np.ndarray) -> np.ndarray:
@@ -667,41 +741,78 @@ def margin_distance(mask) -> np.ndarray:
 
 #: trim_rim: the deepest rim trimmed, as a fraction of the FOV diameter (6 px on DRIVE).
 RIM_MAX_FRACTION = 0.011
-#: trim_rim: a ring is part of the rim when its brightness departs from the
-#: trend of the rings just inside by more than this fraction.
-RIM_TOLERANCE = 0.05
+#: trim_rim: a ring is off the retina's trend when its brightness departs from the line
+#: through the rings inside it by more than this many gray levels (8-bit units; scaled for
+#: 16-bit and float images) and more than 3 times the rings' own noise, in any channel.
+RIM_TOLERANCE = 2.5
+#: trim_rim: the line is fitted through at least this many rings (or the deepest rim, if more).
+RIM_TREND_RINGS = 14
+#: trim_rim: a depth is accepted when this many rings from it on are on their trend.
+RIM_CONFIRM = 3
 _RIM_SECTORS = 72
 
 
 def _group_medians(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
     """Median of ``values`` (n, C) within each group id in ``range(n_groups)``; NaN for empty groups."""
-    out = np.full((n_groups, values.shape[1]), np.nan, np.float64)
+    return _group_quantiles(group, values, n_groups, (0.5,))[0]
+
+
+def _group_quantiles(group: np.ndarray, values: np.ndarray, n_groups: int,
+                     qs: tuple[float, ...]) -> np.ndarray:
+    """``(len(qs), n_groups, C)``: quantiles of ``values`` (n, C) within each group id, as
+    ``np.quantile`` computes them (linear interpolation); NaN for empty groups."""
+    out = np.full((len(qs), n_groups, values.shape[1]), np.nan, np.float64)
     ids = np.arange(n_groups)
+    integral = values.dtype.kind in "ub" and values.dtype.itemsize <= 2
     for c in range(values.shape[1]):
-        order = np.lexsort((values[:, c], group))
-        g, v = group[order], values[order, c].astype(np.float64)
+        if integral:
+            # one sort of a combined key (group, value): 3-5x faster than a lexsort
+            bits = 8 * values.dtype.itemsize
+            key = np.sort((group.astype(np.int64) << bits) | values[:, c].astype(np.int64))
+            g, v = key >> bits, (key & ((1 << bits) - 1)).astype(np.float64)
+        else:
+            order = np.lexsort((values[:, c], group))
+            g, v = group[order], values[order, c].astype(np.float64)
         starts = np.searchsorted(g, ids, "left")
         counts = np.searchsorted(g, ids, "right") - starts
         has = counts > 0
-        lo = starts[has] + (counts[has] - 1) // 2
-        hi = starts[has] + counts[has] // 2
-        out[has, c] = (v[lo] + v[hi]) / 2
+        for k, q in enumerate(qs):
+            pos = q * (counts[has] - 1)
+            lo = np.floor(pos).astype(np.int64)
+            frac = pos - lo
+            hi = np.minimum(lo + 1, counts[has] - 1)
+            a, b = v[starts[has] + lo], v[starts[has] + hi]
+            out[k, has, c] = a + (b - a) * frac
     return out
 
 
-def rim_depths(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | None = None):
+def _unit(img: np.ndarray, value_range=None) -> float:
+    """One 8-bit gray level in the image's units: of ``value_range`` (lo, hi) when given, else
+    of the dtype's range (float images: 0..1)."""
+    if value_range is not None:
+        return (float(value_range[1]) - float(value_range[0])) / 255.0
+    return 257.0 if img.dtype == np.uint16 else (1 / 255 if img.dtype.kind == "f" else 1.0)
+
+
+def rim_depths(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | None = None,
+               value_range=None):
     """Depth (px) of the transition rim in each of 72 angular sectors around the FOV centroid.
 
     In each sector the median brightness (robust to vessels) of every 1-px
-    ring at distance ``d`` from the margin is taken, per channel. The rings
-    ``max_px`` to ``3 * max_px`` deep give the trend of the disc just inside
-    the rim (a least-squares line in ``d``), extrapolated outwards; a ring
-    shallower than ``max_px`` is rim when, in any channel, it departs from
-    that line by more than ``tolerance`` of it. A smooth fall-off
-    (vignetting) continues the trend and is kept; a dark or bright ring
-    that departs from it and ends is dropped. The depth is one past the
-    innermost departing ring; depths are smoothed along the boundary (a
-    circular median of 5 sectors).
+    ring at distance ``d`` from the margin is taken, per channel. The depth
+    is the smallest ``D`` such that rings ``D``, ``D + 1`` and ``D + 2`` lie
+    on the least-squares line through rings ``D .. D + W`` (``W`` =
+    :data:`RIM_TREND_RINGS`, or ``max_px`` if more) within ``tolerance`` gray
+    levels and 3 times the rings' own noise, in every channel: the retina's
+    trend there, which a first-order local mean follows. A dark transition
+    ring, a bright glow ring inside it, or chroma blur at a crisp edge break
+    the line and are rim; a smooth fall-off, a gradient or a crisp edge with
+    the retina's own values are on it and are kept (depth 0). Depths are
+    capped at ``max_px`` and smoothed along the boundary (the second largest
+    of 5 neighbouring sectors). ``value_range`` (lo, hi) says what the
+    image's values span when it is not its dtype's range (float: 0..1), so
+    that ``tolerance`` is in 8-bit units of that range. NaN pixels (outside
+    the field of view by the library's rule) are ignored.
 
     Returns
     -------
@@ -709,7 +820,7 @@ def rim_depths(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | N
         ``-pi + 2 pi i / 72`` around the centroid.
     """
     m = np.asarray(mask, dtype=bool)
-    return _rim_depths(image, m, margin_distance(m), _centroid(m), tolerance, max_px)
+    return _rim_depths(image, m, margin_distance(m), _centroid(m), tolerance, max_px, value_range)
 
 
 def _sector_position(ys, xs, centre) -> np.ndarray:
@@ -718,55 +829,68 @@ def _sector_position(ys, xs, centre) -> np.ndarray:
     return (np.arctan2(ys - cy, xs - cx) + np.pi) / (2 * np.pi) * _RIM_SECTORS
 
 
-def _rim_depths(image, m, d, centre, tolerance, max_px):
+def _on_trend(med: np.ndarray, max_px: int, width: int, limit: np.ndarray) -> np.ndarray:
+    """``(S, max_px + 1)`` bool: rings ``D .. D + RIM_CONFIRM - 1`` of each sector lie on the
+    least-squares line through rings ``D .. D + width - 1`` within ``limit`` ``(S, C)``, in
+    every channel. Rings with no pixels do not vote; a sector with fewer than 4 rings passes."""
+    S = med.shape[0]
+    on = np.ones((S, max_px + 1), bool)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for depth in range(max_px + 1):
+            seg = med[:, depth:depth + width, :]  # (S, rings, C)
+            r = np.arange(seg.shape[1], dtype=np.float64)[None, :, None]
+            ok = ~np.isnan(seg)
+            cnt = ok.sum(1)
+            mx = np.where(ok, r, 0.0).sum(1) / cnt
+            my = np.where(ok, seg, 0.0).sum(1) / cnt
+            dx = np.where(ok, r - mx[:, None], 0.0)
+            sxx = (dx * dx).sum(1)
+            slope = np.where(sxx > 0, (dx * np.where(ok, seg - my[:, None], 0.0)).sum(1) / sxx, 0.0)
+            fit = my[:, None] + slope[:, None] * (r[:, :RIM_CONFIRM] - mx[:, None])
+            resid = np.abs(seg[:, :RIM_CONFIRM, :] - fit)
+            good = ((resid <= limit[:, None, :]) | np.isnan(resid)).all(axis=1) | (cnt < 4)
+            on[:, depth] = good.all(axis=1)
+    return on
+
+
+def _rim_depths(image, m, d, centre, tolerance, max_px, value_range=None):
     img = np.asarray(image)
-    v = (img if img.ndim == 3 else img[..., None]).astype(np.float32)
-    unit = 257.0 if img.dtype == np.uint16 else (1 / 255 if img.dtype.kind == "f" else 1.0)
+    v = img if img.ndim == 3 else img[..., None]
+    unit = _unit(img, value_range)
     if max_px is None:
         max_px = max(2, int(round(RIM_MAX_FRACTION * fov_diameter(m))))
-    n_rings = 3 * max_px
+    width = max(RIM_TREND_RINGS, max_px)
+    n_rings = max_px + RIM_CONFIRM + width
     ys, xs = np.nonzero(m & (d < n_rings))
     if ys.size == 0:
         return np.zeros(_RIM_SECTORS, np.int64)
     sector = _sector_position(ys, xs, centre).astype(np.int64) % _RIM_SECTORS
     ring = d[ys, xs].astype(np.int64)
-    med = _group_medians(sector * n_rings + ring, v[ys, xs], _RIM_SECTORS * n_rings).reshape(
-        _RIM_SECTORS, n_rings, -1)  # (S, rings, C)
-    # trend of the disc just inside the rim zone: a least-squares line through rings
-    # max_px .. 3 max_px, extrapolated outwards (a smooth fall-off continues it)
-    r_in = np.arange(max_px, n_rings, dtype=np.float64)
-    inner = med[:, max_px:, :]
-    ok = ~np.isnan(inner)
-    cnt = ok.sum(axis=1)  # (S, C)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mx = np.where(ok, r_in[None, :, None], 0.0).sum(1) / cnt
-        level = np.where(ok, inner, 0.0).sum(1) / cnt
-        dx = np.where(ok, r_in[None, :, None] - mx[:, None, :], 0.0)
-        dy = np.where(ok, inner - level[:, None, :], 0.0)
-        sxx = (dx * dx).sum(1)
-        slope = np.where((cnt >= 5) & (sxx > 0), (dx * dy).sum(1) / sxx, np.nan)
-        level = np.where(cnt >= 5, level, np.nan)
-        rings = np.arange(max_px, dtype=np.float64)
-        trend = level[:, None, :] + slope[:, None, :] * (rings[None, :, None] - mx[:, None, :])
-        fitted = level[:, None, :] + slope[:, None, :] * (r_in[None, :, None] - mx[:, None, :])
-        sq = np.where(ok, (inner - fitted) ** 2, 0.0).sum(1)
-        scatter = np.where(cnt > 0, np.sqrt(sq / np.maximum(cnt, 1)), np.nan)
-        outer = med[:, :max_px, :]
-        # departure allowed: the tolerance, the rings' own noise, a pixel's worth of the slope
-        # (the margin's sub-pixel position) and 2 gray levels (8-bit units)
-        limit = np.maximum(np.maximum(tolerance * np.abs(trend), 3.0 * scatter[:, None, :]),
-                           2.0 * unit) + np.abs(slope)[:, None, :]
-        off = np.abs(outer - trend) > limit
-        # channels too dark to tell (blue in fundus photographs) do not vote
-        top = np.nanmax(np.where(np.isnan(level), -np.inf, level), axis=1, keepdims=True)
-        bright = level >= 0.35 * top  # (S, C)
-    valid = ~np.isnan(outer) & ~np.isnan(trend) & bright[:, None, :]
-    departing = np.any(off & valid, axis=2)  # (S, max_px)
-    any_bad = departing.any(axis=1)
-    last_bad = max_px - 1 - np.argmax(departing[:, ::-1], axis=1)
-    depth = np.where(any_bad, last_bad + 1, 0)
+    vals = v[ys, xs]
+    if vals.dtype.kind == "f":
+        vals = vals.astype(np.float64)
+        bad = ~np.isfinite(vals).all(axis=1)
+        if bad.any():  # NaN / inf pixels are outside the field of view: they vote for nothing
+            keep = ~bad
+            ys, xs, vals = ys[keep], xs[keep], vals[keep]
+            sector, ring = sector[keep], ring[keep]
+    med = _group_medians(sector * n_rings + ring, vals, _RIM_SECTORS * n_rings).reshape(
+        _RIM_SECTORS, n_rings, -1)  # (S, rings, C): robust to vessels
+    # the rings' own noise, per sector and channel, from the rings deep inside
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # sectors without rings (image border)
+        # second differences: a gradient across the rings is not noise
+        noise = 1.4826 / math.sqrt(6) * np.nanmedian(
+            np.abs(np.diff(med[:, max_px:, :], n=2, axis=1)), axis=1)
+    noise = np.where(np.isnan(noise), 0.0, noise)
+    limit = np.maximum(tolerance * unit, 3.0 * noise)
+    on = _on_trend(med, max_px, width, limit)
+    # the first depth from the margin whose rings are on the trend (max_px if none is)
+    depth = np.where(on.any(axis=1), np.argmax(on, axis=1), max_px)
+    # along the boundary: the second largest depth of 5 neighbouring sectors (one deep sector
+    # alone is noise, two are a rim; a plain median left rings of a rim between shallower ones)
     padded = np.concatenate([depth[-2:], depth, depth[:2]])
-    return np.array([int(np.median(padded[i:i + 5])) for i in range(_RIM_SECTORS)])
+    return np.sort(np.lib.stride_tricks.sliding_window_view(padded, 5), axis=1)[:, 3].astype(np.int64)
 
 
 def _centroid(m: np.ndarray) -> tuple[float, float]:
@@ -777,7 +901,7 @@ def _centroid(m: np.ndarray) -> tuple[float, float]:
 
 
 def trim_rim(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | None = None,
-             return_info: bool = False):
+             value_range=None, return_info: bool = False):
     """Drop the transition rim at the FOV margin where the image shows one.
 
     A real FOV may end in a ring a few pixels wide that is darker (and on
@@ -792,9 +916,12 @@ def trim_rim(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | Non
     image : (H, W) or (H, W, C) array_like
     mask : (H, W) bool array_like
     tolerance : float
-        Relative departure from the inner trend that marks a rim ring.
+        Departure, in gray levels (8-bit units), from the retina's trend that
+        marks a rim ring (see :func:`rim_depths`).
     max_px : int, optional
         Deepest rim trimmed; default ``RIM_MAX_FRACTION`` of the FOV diameter.
+    value_range : (lo, hi), optional
+        What the image's values span, if not its dtype's range (float: 0..1).
     return_info : bool
         Also return ``{"rim_dropped": pixels, "rim_depth_mean": px, "rim_depth_max": px}``.
 
@@ -804,7 +931,7 @@ def trim_rim(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | Non
     """
     m = np.asarray(mask, dtype=bool)
     d, centre = margin_distance(m), _centroid(m)
-    depth = _rim_depths(image, m, d, centre, tolerance, max_px)
+    depth = _rim_depths(image, m, d, centre, tolerance, max_px, value_range)
     out = m.copy()
     dmax = int(depth.max())
     if dmax > 0:

@@ -28,7 +28,7 @@ import numpy as np
 
 from .core import MAX_KERNEL_SIZE, Kernel, as_kernel, as_native
 from .errors import ImageReadError, ImageTooLargeError, MaskError, OutputExistsError, RetinaPrepError
-from .fov import binarize_mask
+from .fov import binarize_mask, mask_gray_fraction
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -448,7 +448,9 @@ def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     GIF (palette, RGB or with a frame axis), TIFF, PNG, JPEG and the other
     formats of :func:`read_image`, DICOM included. A pixel above half the
     mask's maximum is inside. ``meta``, a dict, receives ``text``: a PNG's
-    text entries (as ``retina-prep mask`` writes them).
+    text entries (as ``retina-prep mask`` writes them), and ``gray_fraction``
+    (:func:`~retina_prep.fov.mask_gray_fraction`: how much of the file is
+    neither dark nor bright, for :func:`~retina_prep.fov.check_fov_mask`).
 
     Raises
     ------
@@ -462,6 +464,7 @@ def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
         mask = binarize_mask(raw, path=path)
         if meta is not None:
             meta["text"] = _png_text(data)
+            meta["gray_fraction"] = mask_gray_fraction(raw)
         _check_pixels(path, mask.shape, max_pixels)  # formats whose header Pillow cannot read
     except ImageReadError as exc:
         raise MaskError(f"mask {exc.message}", path) from None

@@ -23,7 +23,15 @@ from .errors import MaskError, OutputExistsError, RetinaPrepError
 from .evaluate import METHODS as METHODS_EVALUATED
 from .evaluate import evaluate_image
 from .figures import PANEL_WIDTH, panel, thumbnail
-from .fov import LOW_CONFIDENCE, erode_mask, feather_mask, fov_diameter, fov_estimate, trim_rim
+from .fov import (
+    LOW_CONFIDENCE,
+    check_fov_mask,
+    erode_mask,
+    feather_mask,
+    fov_diameter,
+    fov_estimate,
+    trim_rim,
+)
 from .geometry import Transform, fov_bounds, fov_transform, to_original, warp
 from .io import (
     DEFAULT_MAX_PIXELS,
@@ -79,7 +87,8 @@ __all__ = [
 ]
 
 #: Rim handling: "auto" trims the transition rim (:func:`~retina_prep.fov.trim_rim`),
-#: "none" keeps it, "default" trims estimated masks only.
+#: "none" keeps it (the mask as given), "default" is "auto" for every mask except a mask file
+#: that `retina-prep mask` wrote with its rim already trimmed (used as given).
 RIM_CHOICES = ("default", "auto", "none")
 
 #: ``erode="auto"`` erodes by this fraction of the FOV diameter (6 px on DRIVE).
@@ -92,10 +101,11 @@ class MaskSettings:
 
     auto_mask: bool = False  # estimate the mask even when a mask file exists
     erode: float | str = 0  # pixels, or "auto"
-    rim: str = "default"  # "auto", "none", or "default": auto for estimated masks only
+    rim: str = "default"  # "auto", "none", or "default": auto unless the file is trimmed already
     feather: float = 0.0  # pixels of soft margin (0: binary mask)
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     ignore_orientation: bool = False  # pixels as stored, not turned by the EXIF orientation
+    check: bool = True  # refuse mask files that are not a FOV mask of their image (check_fov_mask)
 
     def __post_init__(self):
         parse_erode(self.erode)
@@ -222,8 +232,9 @@ def resolve_erode(erode, mask) -> int:
     return int(round(float(erode)))
 
 
-def load_pair(pair: Pair, settings: MaskSettings = MaskSettings()):
-    """Read the image and its mask (or estimate one) and erode it.
+def load_pair(pair: Pair, settings: MaskSettings = MaskSettings(), value_range=None):
+    """Read the image and its mask (or estimate one), trim its rim and erode it as
+    ``settings`` say (``value_range``: what the image's values span, if not its dtype's range).
 
     Returns
     -------
@@ -233,7 +244,7 @@ def load_pair(pair: Pair, settings: MaskSettings = MaskSettings()):
         ``mask_source`` ("given", "dataset", "estimated"), ``erode`` (px),
         and ``warnings`` (list of str).
     """
-    image, _, mask, info = _load(pair, settings)
+    image, _, mask, info = _load(pair, settings, value_range)
     return image, mask, info
 
 
@@ -273,9 +284,9 @@ def clear_caches() -> None:
 
 def _mask_key(pair: Pair, settings: MaskSettings):
     """The cache key of the trimmed mask of ``pair``, or None when it is not cacheable (no mask
-    file, or a rim trim that looks at the image)."""
-    if pair.mask is None or settings.auto_mask or settings.rim == "auto":
-        return None
+    file, or a rim trim that looks at the image: rim "auto", and "default")."""
+    if pair.mask is None or settings.auto_mask or settings.rim != "none":
+        return None  # rim "auto" and "default" trim each image's mask by looking at the image
     try:
         st = os.stat(pair.mask)
     except OSError:
@@ -284,8 +295,9 @@ def _mask_key(pair: Pair, settings: MaskSettings):
             pair.mask_source, settings)
 
 
-def _load(pair: Pair, settings: MaskSettings):
-    """Image, untrimmed FOV, trimmed mask and info (see :func:`load_pair`)."""
+def _load(pair: Pair, settings: MaskSettings, value_range=None):
+    """Image, untrimmed FOV, trimmed mask and info (see :func:`load_pair`); ``value_range`` is
+    what the image's values span, for the rim trim, when it is not the dtype's range."""
     meta: dict = {}
     image = read_image(pair.image, max_pixels=settings.max_pixels,
                        orientation=not settings.ignore_orientation, meta=meta)
@@ -294,15 +306,23 @@ def _load(pair: Pair, settings: MaskSettings):
     if hit is not None:
         fov, mask, info, uses = hit
         _check_mask_shape(fov, image, pair)
+        if settings.check:  # the file passed already; this image must fit it too
+            try:
+                check_fov_mask(fov, image)
+            except MaskError as exc:
+                raise type(exc)(exc.message, pair.mask) from None
         uses[0] += 1
         return image, fov, mask, {**info, **meta, "warnings": []}
     file_meta: dict = {}
     fov, source, warnings, est = read_fov(pair, image, settings, return_estimate=True,
                                           meta=file_meta)
-    mask, info = trim_mask(image, fov, settings, source=source, path=pair.mask or pair.image)
+    # a mask `mask` wrote with its rim trimmed (see mask_pair) is not trimmed twice by default
+    pre_trimmed = file_meta.get("text", {}).get(MASK_TEXT_KEY) == MASK_TRIMMED
+    mask, info = trim_mask(image, fov, settings, source=source, path=pair.mask or pair.image,
+                           trimmed=pre_trimmed, value_range=value_range)
     info = {"mask_source": source, **info}
-    if file_meta.get("text", {}).get(MASK_TEXT_KEY) == MASK_TRIMMED:
-        info["mask_trimmed"] = True  # written by `mask` with its rim trimmed (see mask_pair)
+    if pre_trimmed:
+        info["mask_trimmed"] = True
     if est is not None:
         info["fov_estimate"] = est.summary()
     if key is not None and not warnings:
@@ -338,9 +358,15 @@ def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings(), *,
     warnings = []
     est = None
     if pair.mask is not None and not settings.auto_mask:
+        meta = {} if meta is None else meta
         mask = read_mask(pair.mask, max_pixels=settings.max_pixels,
                          orientation=not settings.ignore_orientation, meta=meta)
         _check_mask_shape(mask, image, pair)
+        if settings.check:
+            try:
+                check_fov_mask(mask, image, gray_fraction=meta.get("gray_fraction"))
+            except MaskError as exc:
+                raise type(exc)(exc.message, pair.mask) from None
         source = pair.mask_source
     else:
         try:
@@ -360,16 +386,20 @@ def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings(), *,
     return mask, source, warnings
 
 
-def trim_mask(image, mask, settings: MaskSettings, *, source: str, path=None):
-    """Apply rim trimming and erosion as ``settings`` say; returns (mask, info)."""
+def trim_mask(image, mask, settings: MaskSettings, *, source: str, path=None,
+              trimmed: bool = False, value_range=None):
+    """Apply rim trimming and erosion as ``settings`` say; returns (mask, info).
+
+    ``rim="default"`` trims every mask (estimated or from a file, ``source``)
+    unless ``trimmed`` says the mask file had its rim trimmed when it was written."""
     rim = settings.rim
     if rim == "default":
-        rim = "auto" if source == "estimated" else "none"
+        rim = "none" if trimmed else "auto"
     px = resolve_erode(settings.erode, mask)
     rim_info = {}
     try:
         if rim == "auto":
-            mask, rim_info = trim_rim(image, mask, return_info=True)
+            mask, rim_info = trim_rim(image, mask, value_range=value_range, return_info=True)
         mask = erode_mask(mask, px)
     except MaskError as exc:
         raise MaskError(exc.message, path) from None
@@ -567,7 +597,7 @@ def normalize_pair(
     """
     outs = normalize_outputs(pair, outdir, output, panels_dir, geometry)
     _check_outputs(outs, pair, output)
-    image, fov, mask, info = _load(pair, mask_settings)
+    image, fov, mask, info = _load(pair, mask_settings, settings.value_range)
     result, kernel, order = normalize_loaded(image, mask, settings, info, pair.image)
     cut, extras, _, ginfo = apply_geometry(pair, result, fov, mask, geometry, fill=settings.fill,
                                            max_pixels=mask_settings.max_pixels)

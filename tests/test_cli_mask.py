@@ -97,9 +97,10 @@ def test_rim_option_in_normalize(tmp_path):
     img, mask, d = _rimmed()
     write_image(tmp_path / "in" / "eye.png", img)
     write_image(tmp_path / "in" / "eye_mask.png", mask.astype(np.uint8) * 255)
-    assert invoke("normalize", tmp_path / "in", "-o", tmp_path / "keep", "--window", 15).exit_code == 0
-    assert invoke("normalize", tmp_path / "in", "-o", tmp_path / "trim", "--window", 15,
-                  "--rim", "auto").exit_code == 0
+    assert invoke("normalize", tmp_path / "in", "-o", tmp_path / "keep", "--window", 15,
+                  "--rim", "none").exit_code == 0
+    # the default trims the rim of a mask file too
+    assert invoke("normalize", tmp_path / "in", "-o", tmp_path / "trim", "--window", 15).exit_code == 0
     keep = read_image(tmp_path / "keep" / "eye.png").astype(float)
     trim = read_image(tmp_path / "trim" / "eye.png").astype(float)
     band = mask & (d >= 5) & (d < 10)
@@ -109,32 +110,45 @@ def test_rim_option_in_normalize(tmp_path):
 
 
 def test_masks_the_tool_writes_are_masks_it_reads(tmp_path):
-    """`mask -o masks` then `normalize --mask-dir masks` with no pattern, with workers."""
+    """`mask -o masks` then `normalize --mask-dir masks` with no pattern, with workers: the
+    outputs are identical to `normalize` alone (the README's two-step example)."""
     import json
 
     from retina_prep.io import write_image
 
-    for i in range(3):
+    for i in range(4):
         s = synthetic_fundus((300, 300), seed=i, background=5)
-        write_image(tmp_path / "photos" / f"eye {i}.png", s.image)
-    r = invoke("mask", tmp_path / "photos", "-o", tmp_path / "masks", "-j", 2)
+        img = s.image.astype(float)
+        img[s.mask & (margin_distance(s.mask) < 2)] *= 0.5  # a dark rim for the trim to find
+        write_image(tmp_path / "photos" / f"eye {i}.png", img.astype(np.uint8))
+    r = invoke("mask", tmp_path / "photos", "-o", tmp_path / "fovs", "-j", 2)
     assert r.exit_code == 0, r.output
-    r = invoke("normalize", tmp_path / "photos", "--mask-dir", tmp_path / "masks", "-o",
+    r = invoke("normalize", tmp_path / "photos", "--mask-dir", tmp_path / "fovs", "-o",
                tmp_path / "out", "-j", 2)
     assert r.exit_code == 0, r.output
     assert "estimated" not in r.output
     lines = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
     images = [x for x in lines if x["type"] == "image"]
-    assert len(images) == 3 and all(x["mask_source"] == "given" for x in images)
+    assert len(images) == 4 and all(x["mask_source"] == "given" for x in images)
     assert all(x["mask"].endswith("_mask.png") for x in images)
-    # `mask` keeps the estimate as it is by default: read back, order "auto" is 0 as on any file
-    assert all(x["params"]["order"] == 0 for x in images)
+    # `mask` writes the trimmed mask normalize would use: read back, it is not trimmed again
+    assert all(x["params"]["order"] == 1 and x["params"]["rim"] == "none" for x in images)
+    r = invoke("normalize", tmp_path / "photos", "-o", tmp_path / "one", "-j", 2)
+    assert r.exit_code == 0, r.output
+    for i in range(4):
+        two = read_image(tmp_path / "out" / f"eye {i}.png")
+        one = read_image(tmp_path / "one" / f"eye {i}.png")
+        assert np.array_equal(one, two), i
+    one_lines = [json.loads(x) for x in (tmp_path / "one" / "manifest.jsonl").read_text().splitlines()]
+    assert all(x["params"]["rim_dropped"] > 0 for x in one_lines if x["type"] == "image")
 
 
 def test_a_trimmed_mask_says_so_in_its_file(tmp_path):
-    """`mask --rim auto` (or --erode) notes in the PNG that the rim is gone, so `normalize
-    --mask-dir` runs order "auto" as 1, as on the estimate itself, without a warning for an
-    explicit --order 1; the note is an ordinary PNG text entry that other tools show."""
+    """`mask` (its default --rim auto, or --erode) notes in the PNG that the rim is gone, so
+    `normalize --mask-dir` does not trim it again and runs order "auto" as 1, as on the estimate
+    itself, even with --rim none, and without a warning for an explicit --order 1; the note is an
+    ordinary PNG text entry that other tools show. A mask written with --rim none is an
+    ordinary mask file: trimmed by default, used as given with --rim none."""
     import json
 
     from PIL import Image
@@ -143,7 +157,8 @@ def test_a_trimmed_mask_says_so_in_its_file(tmp_path):
 
     s = synthetic_fundus((300, 300), seed=1, background=5)
     write_image(tmp_path / "photos" / "eye.png", s.image)
-    for i, (args, order) in enumerate(((["--rim", "auto"], 1), (["--erode", "3"], 1), ([], 0))):
+    cases = ((["--rim", "auto"], 1), (["--erode", "3"], 1), ([], 1), (["--rim", "none"], 0))
+    for i, (args, order) in enumerate(cases):
         masks, out = tmp_path / f"m{i}", tmp_path / f"o{i}"
         assert invoke("mask", tmp_path / "photos", "-o", masks, *args).exit_code == 0
         text = Image.open(masks / "eye_mask.png").info
@@ -151,9 +166,14 @@ def test_a_trimmed_mask_says_so_in_its_file(tmp_path):
         r = invoke("normalize", tmp_path / "photos", "--mask-dir", masks, "-o", out, "-v")
         assert r.exit_code == 0, r.output
         rec = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()][-1]
+        assert rec["params"]["order"] == 1, args  # trimmed before, or trimmed now
+        assert rec["params"]["rim"] == ("none" if order == 1 else "auto"), args
+        r = invoke("normalize", tmp_path / "photos", "--mask-dir", masks, "-o", out / "g", "-v",
+                   "--rim", "none")
+        rec = [json.loads(x) for x in (out / "g" / "manifest.jsonl").read_text().splitlines()][-1]
         assert rec["params"]["order"] == order, args
         r = invoke("normalize", tmp_path / "photos", "--mask-dir", masks, "-o", out / "x",
-                   "--order", "1")
+                   "--order", "1", "--rim", "none")
         assert ("untrimmed" in r.output) == (order == 0), r.output
 
 

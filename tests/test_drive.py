@@ -50,7 +50,7 @@ def test_signed_kernels_no_ring_at_drive_margin(drive, tmp_path):
         for name, extra in [("masked", []), ("plain", ["--ignore-mask"])]:
             out = tmp_path / f"{kernel}_{name}"
             r = CliRunner().invoke(cli, ["filter", str(img_path), "-o", str(out), "-q",
-                                         "--kernel", kernel, *extra])
+                                         "--kernel", kernel, "--rim", "none", *extra])
             assert r.exit_code == 0, r.output
             o = read_image(out / "01_test.png").astype(float)
             res[name] = np.abs(o - ref)

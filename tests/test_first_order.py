@@ -121,8 +121,9 @@ def test_normalize_order_one_api():
 
 
 def test_cli_order_auto_follows_the_mask_trim(tmp_path):
-    """--order auto runs 1 on trimmed masks (estimated: rim trimmed; --erode) and 0 on a mask
-    file used as given; an explicit 1 on an untrimmed mask warns. The manifest says which."""
+    """--order auto runs 1 on trimmed masks (by default every mask's rim is trimmed; --erode)
+    and 0 on a mask file used as given (--rim none); an explicit 1 on an untrimmed mask warns.
+    The manifest says which."""
     import json
 
     from click.testing import CliRunner
@@ -141,10 +142,11 @@ def test_cli_order_auto_follows_the_mask_trim(tmp_path):
         rec = [json.loads(x) for x in (tmp_path / name / "manifest.jsonl").open()][-1]
         return rec["params"]["order"], r.output
 
-    assert run("given")[0] == 0
-    assert run("eroded", "--erode", "3")[0] == 1
+    assert run("default")[0] == 1
+    assert run("given", "--rim", "none")[0] == 0
+    assert run("eroded", "--erode", "3", "--rim", "none")[0] == 1
     assert run("estimated", "--auto-mask")[0] == 1
-    order, out = run("forced", "--order", "1")
+    order, out = run("forced", "--order", "1", "--rim", "none")
     assert order == 1 and "untrimmed" in out
     assert run("zero", "--order", "0", "--erode", "3")[0] == 0
 
@@ -164,7 +166,7 @@ def test_cli_order_one_flattens_the_vignetted_margin(tmp_path):
     for order in ("0", "1"):
         out = tmp_path / f"o{order}"
         r = CliRunner().invoke(cli, ["normalize", str(tmp_path / "in"), "-o", str(out), "--window",
-                                     "41", "--erode", "2", "--order", order, "-q"])
+                                     "41", "--erode", "2", "--rim", "none", "--order", order, "-q"])
         assert r.exit_code == 0, r.output
         img = read_image(out / "v.png").astype(float)
         band = s.mask & (margin_distance(s.mask) > 3) & (margin_distance(s.mask) < 9)

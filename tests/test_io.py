@@ -122,7 +122,8 @@ def test_float64_tiff_through_normalize(tmp_path):
     write_image(tmp_path / "fov.png", s.mask.astype(np.uint8) * 255)
     r = CliRunner().invoke(cli, ["normalize", str(tmp_path / "in"), "--mask",
                                  str(tmp_path / "fov.png"), "-o", str(tmp_path / "out"),
-                                 "--format", "tif", "--window", "9", "--order", "0", "-j", "2"])
+                                 "--format", "tif", "--window", "9", "--order", "0", "--rim", "none",
+                                 "-j", "2"])
     assert r.exit_code == 0, r.output
     out = read_image(tmp_path / "out" / "a.tif")
     assert out.dtype == np.float64 and out.shape == img.shape

@@ -41,7 +41,7 @@ def test_shared_mask_read_once_and_outputs_unchanged(tmp_path, monkeypatch, orde
     real = pl.read_mask
     monkeypatch.setattr(pl, "read_mask", lambda *a, **k: reads.append(a) or real(*a, **k))
     settings = pl.NormalizeSettings(window=15, order=order)
-    mask_settings = pl.MaskSettings(erode=2)
+    mask_settings = pl.MaskSettings(erode=2, rim="none")  # a trim that looks at each image: no cache
     for p in pairs:
         pl.normalize_pair(p, tmp_path / "out", settings, mask_settings)
     assert len(reads) == 1
@@ -56,31 +56,34 @@ def test_shared_mask_read_once_and_outputs_unchanged(tmp_path, monkeypatch, orde
 def test_a_changed_mask_file_is_read_again(tmp_path, monkeypatch):
     pairs, mask = _camera(tmp_path, 2)
     settings = pl.NormalizeSettings(window=15)
-    first = pl.load_pair(pairs[0])[1]
+    given = pl.MaskSettings(rim="none")
+    first = pl.load_pair(pairs[0], given)[1]
     smaller = mask.copy()
     smaller[:, :40] = False
     write_image(tmp_path / "mask.png", smaller.astype(np.uint8) * 255, overwrite=True)
     st = os.stat(tmp_path / "mask.png")
     os.utime(tmp_path / "mask.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    second = pl.load_pair(pairs[1])[1]
+    second = pl.load_pair(pairs[1], given)[1]
     assert first.sum() != second.sum() and np.array_equal(second, smaller)
     pl.normalize_loaded(read_image(pairs[1].image), second, settings)
 
 
 def test_cached_masks_are_read_only_and_size_checked(tmp_path):
     pairs, _ = _camera(tmp_path, 1)
-    _, mask, _ = pl.load_pair(pairs[0])
-    _, again, info = pl.load_pair(pairs[0])
+    given = pl.MaskSettings(rim="none")
+    _, mask, _ = pl.load_pair(pairs[0], given)
+    _, again, info = pl.load_pair(pairs[0], given)
     assert again is mask and not mask.flags.writeable and info["warnings"] == []
     write_image(tmp_path / "small.png", np.zeros((60, 65, 3), np.uint8))
     small = Pair(Path(tmp_path / "small.png"), tmp_path / "mask.png", "given", PurePath("small"))
     with pytest.raises(pl.MaskError, match="130x120 px but the image is 65x60"):
-        pl.load_pair(small)
+        pl.load_pair(small, given)
 
 
 def test_rim_auto_masks_are_not_cached(tmp_path):
     pairs, _ = _camera(tmp_path, 2)
     pl.load_pair(pairs[0], pl.MaskSettings(rim="auto"))
+    pl.load_pair(pairs[0])  # the default trims too
     assert not pl._MASKS.items
 
 

@@ -72,7 +72,7 @@ Examples:
 @panel_width_opt
 @run_options
 @click.pass_context
-def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
+def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, mask_check, erode, rim, feather,
             kernel_spec, window, sigma, normalize_fig, order, inset, profile, sheet, panel_width, overwrite,
             max_pixels, ignore_orientation, batch, quiet):
     """Comparison figures: what the mask changes at the FOV margin.
@@ -87,9 +87,9 @@ def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, erode,
     if normalize_fig and kernel_spec not in ("gaussian", "mean"):
         raise click.BadParameter("--normalize takes --kernel mean or gaussian", param_hint="--kernel")
     check_kernel(kernel_spec, window, sigma)
-    mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
-                                 max_pixels=max_pixels,
-                                     ignore_orientation=ignore_orientation)
+    mask_settings = MaskSettings(auto_mask=auto_mask, check=mask_check, erode=erode, rim=rim,
+                                 feather=feather, max_pixels=max_pixels,
+                                 ignore_orientation=ignore_orientation)
     single_file = output.suffix.lower() == ".png"
     outdir = output.parent if single_file else output
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,

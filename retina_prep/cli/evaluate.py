@@ -107,7 +107,7 @@ Examples:
               " both side by side.")
 @run_options
 @click.pass_context
-def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
+def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask_check, erode, rim, feather,
              labels, window, kernel, target, order, overwrite, max_pixels, ignore_orientation, batch, quiet):
     """Measure what the mask buys, on your own data.
 
@@ -130,9 +130,9 @@ def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode
     if labels_arg not in (None, "auto") and not Path(labels_arg).is_dir():
         raise click.BadParameter(f"{labels_arg}: not a folder (or 'auto', 'none')",
                                  param_hint="--labels")
-    mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
-                                 max_pixels=max_pixels,
-                                     ignore_orientation=ignore_orientation)
+    mask_settings = MaskSettings(auto_mask=auto_mask, check=mask_check, erode=erode, rim=rim,
+                                 feather=feather, max_pixels=max_pixels,
+                                 ignore_orientation=ignore_orientation)
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
                           outdir=outdir, batch=batch)
     evaluations = []

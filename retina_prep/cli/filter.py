@@ -62,7 +62,7 @@ Examples:
 @format_opt
 @run_options
 @click.pass_context
-def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
+def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask_check, erode, rim, feather,
                kernel_spec, window, sigma, mode, ignore_mask, offset, fill, dtype, write_weights,
                crop, resize, write_mask, labels, bounds, fmt, png_level, overwrite, max_pixels,
                ignore_orientation, batch, quiet):
@@ -75,8 +75,8 @@ def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, ero
         settings = FilterSettings(kernel=kernel_spec, window=window, sigma=sigma, mode=mode,
                                   ignore_mask=ignore_mask, offset=offset, fill=fill, dtype=dtype,
                                   write_weights=write_weights)
-        mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
-                                     max_pixels=max_pixels,
+        mask_settings = MaskSettings(auto_mask=auto_mask, check=mask_check, erode=erode, rim=rim,
+                                     feather=feather, max_pixels=max_pixels,
                                      ignore_orientation=ignore_orientation)
         output = batch.output_settings(fmt, png_level, overwrite)
         settings.check_output(output)

@@ -17,16 +17,16 @@ from .runner import ContactSheet, collect_pairs, execute, run_options
     epilog="""\b
 Examples:
   retina-prep mask photos/ -o masks --sheet masks/sheet.png
-  retina-prep mask DRIVE -o drive_masks --rim auto
+  retina-prep mask DRIVE -o drive_masks --rim none
   retina-prep normalize photos/ --mask-dir masks --mask-pattern '{stem}_mask.png' -o out
 """,
 )
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=str))
 @output_opt
 @mask_trim_options(
-    "none",
-    "Transition rim at the FOV margin: 'auto' trims it where the image shows one; 'none' writes"
-    " the whole field of view.",
+    "auto",
+    "Transition rim at the FOV margin: 'auto' trims it where the image shows one (the mask"
+    " normalize would use); 'none' writes the whole field of view.",
 )
 @click.option(
     "--sheet",
@@ -43,8 +43,6 @@ def mask(ctx, inputs, outdir, erode, rim, sheet, overwrite, max_pixels, ignore_o
     folders) and mirrors dataset sub-folders. Existing mask files are not
     used: every mask is estimated from its image.
     """
-    if rim == "default":
-        rim = "none"
     try:
         settings = MaskSettings(erode=erode, rim=rim, max_pixels=max_pixels,
                                      ignore_orientation=ignore_orientation)

@@ -149,7 +149,7 @@ Examples:
 @format_opt
 @run_options
 @click.pass_context
-def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erode, rim, feather,
+def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask_check, erode, rim, feather,
               window, kernel, sigma, method, scale, target, fill, order, ridge, value_range, ignore_mask,
               panels_dir, panels_compare, panel_width, crop, resize, write_mask, labels, bounds,
               fmt, png_level, overwrite, max_pixels, ignore_orientation, batch, quiet):
@@ -167,8 +167,8 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, erod
             scale=scale, value_range=value_range,
             order=order if order == "auto" else int(order), ridge=ridge,
         )
-        mask_settings = MaskSettings(auto_mask=auto_mask, erode=erode, rim=rim, feather=feather,
-                                     max_pixels=max_pixels,
+        mask_settings = MaskSettings(auto_mask=auto_mask, check=mask_check, erode=erode, rim=rim,
+                                     feather=feather, max_pixels=max_pixels,
                                      ignore_orientation=ignore_orientation)
         output = batch.output_settings(fmt, png_level, overwrite)
         geometry = geometry_settings(crop, resize, write_mask, labels, bounds)
@@ -203,7 +203,7 @@ def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, ba
         raise click.UsageError(f"-o - writes one image to stdout, but {len(pairs)} were given")
 
     def step(pair):
-        image, fov, info = load_pair(pair, mask_settings)
+        image, fov, info = load_pair(pair, mask_settings, settings.value_range)
         result, _, _ = normalize_loaded(image, fov, settings, info, pair.image)
         return Result(pair, "done", warnings=info["warnings"],
                       info={"data": output.encode(result)})

@@ -324,6 +324,14 @@ def mask_source_options(f):
             default=False,
             help="Estimate the FOV from each image, even when a mask file exists.",
         ),
+        click.option(
+            "--no-mask-check",
+            "mask_check",
+            flag_value=False,
+            default=True,
+            help="Use mask files that do not look like a FOV mask of their image (a gray image,"
+            " an inverted mask, an inside that is mostly dark background) instead of refusing them.",
+        ),
     ])
 
 
@@ -364,7 +372,8 @@ def mask_options(f):
     f = mask_trim_options(
         "default",
         "Transition rim at the FOV margin: 'auto' trims it where the image shows one,"
-        " 'none' keeps it; 'default' trims estimated masks only.",
+        " 'none' keeps it (the mask as given, the paper's method); 'default' is auto for every"
+        " mask except one that `retina-prep mask` already trimmed.",
     )(f)
     return mask_source_options(f)
 

@@ -42,6 +42,7 @@ def log(msg: str, level: int = logging.INFO) -> None:
 #: Advice the command adds to library errors of these kinds.
 _HINTS = {
     "OutputExistsError": " (use --overwrite to replace it, or --skip-existing to keep it)",
+    "NotAMaskError": " (--no-mask-check uses it anyway)",
 }
 
 #: Library phrases (the library names no flags) in the command's terms, for its errors and
