@@ -21,9 +21,10 @@ _LAZY = {
     "core": ("Kernel", "as_kernel", "as_mask", "box_kernel", "convolve", "gaussian_kernel",
              "mask_weights", "masked_convolve", "masked_filter"),
     "dataset": ("Pair", "find_mask", "find_pairs"),
-    "errors": ("DatasetError", "ImageReadError", "MaskError", "OutputExistsError",
+    "errors": ("DatasetError", "ImageReadError", "MaskError", "NotAMaskError", "OutputExistsError",
                "RetinaPrepError"),
-    "fov": ("binarize_mask", "erode_mask", "estimate_fov", "fov_diameter"),
+    "fov": ("binarize_mask", "check_fov_mask", "erode_mask", "estimate_fov", "fov_diameter",
+            "trim_rim"),
     "io": ("read_image", "read_mask", "write_image"),
     "normalize": ("PreparedMask", "image_range", "make_kernel", "normalize_illumination",
                   "prepare_mask", "resolve_window"),
@@ -66,8 +67,15 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         masked_filter,
     )
     from .dataset import Pair, find_mask, find_pairs
-    from .errors import DatasetError, ImageReadError, MaskError, OutputExistsError, RetinaPrepError
-    from .fov import binarize_mask, erode_mask, estimate_fov, fov_diameter
+    from .errors import (
+        DatasetError,
+        ImageReadError,
+        MaskError,
+        NotAMaskError,
+        OutputExistsError,
+        RetinaPrepError,
+    )
+    from .fov import binarize_mask, check_fov_mask, erode_mask, estimate_fov, fov_diameter, trim_rim
     from .io import read_image, read_mask, write_image
     from .normalize import (
         PreparedMask,
@@ -96,10 +104,13 @@ __all__ = [
     "RetinaPrepError",
     "ImageReadError",
     "MaskError",
+    "NotAMaskError",
     "OutputExistsError",
     "DatasetError",
     "binarize_mask",
     "erode_mask",
+    "trim_rim",
+    "check_fov_mask",
     "estimate_fov",
     "fov_diameter",
     "read_image",
