@@ -378,9 +378,10 @@ def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings(), *,
         if not settings.auto_mask:
             warnings.append(f"{pair.image}: no mask found; using an estimated field of view")
         if est.low_confidence:
-            warnings.append(f"{pair.image}: estimated field of view has low confidence"
-                            f" ({est.confidence:.2f}: part of its contour is not a clear disc"
-                            " edge); check it, or give a mask file")
+            # one wording for every image (the score is in the manifest), so a batch counts them
+            # as one kind of warning
+            warnings.append(f"{pair.image}: estimated field of view has low confidence (part of"
+                            " its contour is not a clear disc edge); check it, or give a mask file")
     if return_estimate:
         return mask, source, warnings, est
     return mask, source, warnings

@@ -274,3 +274,27 @@ def test_drive_test_flat_to_the_margin_with_no_flags(drive, tmp_path):
         inside = out.max(axis=-1) > 0
         assert (fov & inside).sum() >= 0.96 * fov.sum(), stem
         assert _worst_band(out, inside & ~ves, fov) <= 3.0, stem
+
+
+def test_low_confidence_is_one_warning_line_naming_the_images(tmp_path, monkeypatch):
+    """Estimates of low confidence with different scores are one kind of warning; a few images
+    are named on its line (the scores are in the manifest)."""
+    import retina_prep.pipeline as pl
+    from retina_prep.fov import FovEstimate
+
+    real = pl.fov_estimate
+    scores = iter([0.5, 0.7])
+    monkeypatch.setattr(pl, "fov_estimate",
+                        lambda image: FovEstimate(real(image).mask, next(scores)))
+    for i in range(2):
+        s = synthetic_fundus((200, 210), seed=i, background=3)
+        write_image(tmp_path / "in" / f"e{i}.png", s.image)
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "out", "-j", 1, "--auto-mask")
+    assert r.exit_code == 0, r.output
+    lines = [x for x in r.output.splitlines() if x.startswith("warning:")]
+    assert len(lines) == 1, r.output
+    assert lines[0].startswith("warning: 2 of 2 images: estimated field of view has low confidence")
+    assert lines[0].endswith(f"give a mask file: {tmp_path / 'in' / 'e0.png'}, "
+                             f"{tmp_path / 'in' / 'e1.png'}")
+    recs = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").open()][1:]
+    assert sorted(x["params"]["fov_estimate"]["confidence"] for x in recs) == [0.5, 0.7]

@@ -90,6 +90,12 @@ def bench(drive, quick, threads):
         click.echo(_table(B.end_to_end_rows(), [
             ("output", "format"), ("mask", "mask"), ("normalize ms", "ms"),
             ("floor ms", "floor_ms"), ("normalize / floor", "ratio"), ("output MB", "mb")]))
+        log("bench: the FOV stage at HRF size ...")
+        click.echo("\nThe FOV stage at HRF size (estimate + rim trim, no mask file) against the JPEG"
+                   " decode, and the default flow against the decode + PNG-encode floor (median ms):\n")
+        click.echo(_table(B.fov_stage_rows(), [
+            ("case", "case"), ("ms", "ms"), ("against ms", "against_ms"), ("ratio", "ratio"),
+            ("target", "target")]))
         log("bench: Gaussian vs box through normalize ...")
         g = B.gaussian_vs_box_row()
         click.echo("\nThe kernels normalize runs for --kernel gaussian --sigma 80 and --window 161"

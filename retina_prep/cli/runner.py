@@ -57,6 +57,10 @@ _FLAG_WORDING = (
 )
 
 
+#: A kind of warning met by at most this many images names them in its summary line.
+_NAMED_WARNINGS = 3
+
+
 def flag_wording(text: str) -> str:
     """A library message worded with the command's flags."""
     for library, flags in _FLAG_WORDING:
@@ -370,7 +374,7 @@ def execute(
         raise click.UsageError(str(exc)) from None
     except RetinaPrepError as exc:
         raise click.ClickException(str(exc)) from None
-    warned: dict[str, int] = {}
+    warned: dict[str, list[str]] = {}
     manifest_reported = False
 
     def handle(result: Result) -> None:
@@ -380,7 +384,7 @@ def execute(
         for w in result.warnings:
             log(f"warning: {flag_wording(w)}", logging.DEBUG)
             kind = _warning_kind(w, result.pair)
-            warned[kind] = warned.get(kind, 0) + 1
+            warned.setdefault(kind, []).append(printable(result.pair.image))
         if result.status == "failed":
             log(f"error: {cli_wording(result)}", logging.ERROR)
         elif result.status == "done" and batch.print0:
@@ -415,8 +419,14 @@ def execute(
                 " complete; rerun with --skip-existing to finish", logging.ERROR)
             raise click.exceptions.Exit(130) from None
     verbose = LOG.getEffectiveLevel() <= logging.DEBUG
-    hint = "" if verbose else " (listed in the manifest; -v shows each)"
-    for kind, n in warned.items():
+    for kind, names in warned.items():
+        n = len(names)
+        if verbose:
+            hint = ""
+        elif n <= _NAMED_WARNINGS:  # a few: name them here
+            hint = f": {', '.join(names)}"
+        else:
+            hint = " (listed in the manifest; -v shows each)"
         log(f"warning: {n} of {len(run.todo)} images: {flag_wording(kind)}{hint}", logging.WARNING)
     if not quiet:
         extra = f", {report.skipped} skipped (exist)" if batch.skip_existing else ""
