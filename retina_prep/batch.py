@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import cv2
 
 from ._workers import default_jobs, mp_context, start_helpers
 from .dataset import Pair
-from .errors import RetinaPrepError, printable
+from .errors import DatasetError, RetinaPrepError, printable
 from .io import remove_stale_temporaries
 
 __all__ = ["Result", "Report", "run_batch", "run_one", "default_jobs", "output_clashes", "process",
@@ -81,6 +82,8 @@ def run_one(step: Callable[[Pair], Result], pair: Pair) -> Result:
     """Run ``step`` on one pair; an exception becomes a ``failed`` Result naming the file."""
     t0 = time.perf_counter()
     try:
+        if pair.error is not None:  # found but not processable (a folder that cannot be listed)
+            raise DatasetError(pair.error, pair.image)
         result = step(pair)
     except Exception as exc:  # recorded, the batch goes on
         msg = _describe(exc)
@@ -119,6 +122,26 @@ def _run_in_worker(step, pair) -> Result:
         os._exit(exc.code if isinstance(exc.code, int) else 1)
 
 
+def _run_isolated(new_pool, step, pair: Pair, attempts: int = 2) -> Result:
+    """Run ``step`` on ``pair`` in a worker pool of its own (the image may only have been in
+    flight when another worker died, so it gets ``attempts`` tries); a worker that dies every
+    time fails the image with one line instead of stopping the batch."""
+    t0 = time.perf_counter()
+    for _ in range(attempts):
+        pool = new_pool(1)
+        try:
+            return pool.submit(_run_in_worker, step, pair).result()
+        except BrokenProcessPool:
+            continue
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    result = Result(pair, "failed", error=f"{printable(pair.image)}: the worker process died"
+                    " while processing this image (killed, out of memory, or a crash in a"
+                    " decoder)", error_kind="WorkerDied")
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
 def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: int = 1,
               finished_on_stop: list | None = None) -> Generator[Result, None, None]:
     """Run ``step`` on every pair, yielding a :class:`Result` for each, in input order.
@@ -139,31 +162,62 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
         return
     ctx = mp_context()
     start_helpers(ctx)
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(pairs)), mp_context=ctx,
-                               initializer=_worker_init)
+
+    def new_pool(workers: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
+
+    pool = new_pool(min(jobs, len(pairs)))
+    futures: deque = deque()  # (pair, future), in input order
     try:
         window = 4 * jobs  # a bounded number of tasks in flight keeps memory flat
-        futures: deque = deque()
         it = iter(pairs)
-        for pair in it:
-            futures.append(pool.submit(_run_in_worker, step, pair))
-            if len(futures) >= window:
-                break
+
+        def refill() -> None:
+            while len(futures) < window:
+                nxt = next(it, None)
+                if nxt is None:
+                    return
+                try:
+                    fut = pool.submit(_run_in_worker, step, nxt)
+                except BrokenProcessPool:  # the pool broke since the last result
+                    fut = None
+                futures.append((nxt, fut))
+
+        refill()
         while futures:
-            result = futures.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                futures.append(pool.submit(_run_in_worker, step, nxt))
+            pair, fut = futures.popleft()
+            try:
+                if fut is None:
+                    raise BrokenProcessPool("a worker died")
+                result = fut.result()
+            except BrokenProcessPool:
+                # a worker died (killed, out of memory, a crash in a decoder): every task in
+                # flight is lost with the pool. Those that had finished keep their results;
+                # the others run again one at a time, each in a pool of its own, so only an
+                # image that kills its worker again fails; then a new pool takes the rest.
+                lost = [(pair, fut)] + list(futures)
+                futures.clear()
+                pool.shutdown(wait=True, cancel_futures=True)
+                for p, f in lost:
+                    if f is not None and f.done() and not f.cancelled() and f.exception() is None:
+                        yield f.result()
+                    else:
+                        yield _run_isolated(new_pool, step, p)
+                pool = new_pool(min(jobs, len(pairs)))
+                refill()
+                continue
+            refill()
             yield result
     except BaseException:
-        for f in futures:
+        inflight = [f for _, f in futures if f is not None]
+        for f in inflight:
             f.cancel()
         for proc in list(getattr(pool, "_processes", {}).values()):
             if proc.is_alive():
                 proc.terminate()  # SIGTERM: workers unwind and clean up
         pool.shutdown(wait=True, cancel_futures=True)
         if finished_on_stop is not None:
-            for f in futures:
+            for f in inflight:
                 if f.done() and not f.cancelled() and f.exception() is None:
                     finished_on_stop.append(f.result())
         raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import string
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -54,12 +55,17 @@ class Pair:
         layout conventions; ``none``: not found (estimate one).
     rel : PurePath
         Output path relative to the output folder, without a file ending.
+    error : str or None
+        Why this input cannot be processed although it was found (a folder that
+        cannot be listed: ``image`` is the folder); processing it fails with
+        this message, so a batch reports it and goes on.
     """
 
     image: Path
     mask: Path | None
     mask_source: str
     rel: PurePath
+    error: str | None = None
 
 
 def _is_image(p: Path) -> bool:
@@ -87,28 +93,91 @@ def _is_skipped_dir(name: str) -> bool:
             or n.startswith("labels"))
 
 
-def _candidates(folder: Path, stem: str):
-    if not folder.is_dir():
-        return []
-    want = {f"{stem}_mask".lower(), f"{stem}_fov".lower()}
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.stem.lower() in want and _is_image(p))
+_NONE: list[str] = []  # (never modified)
 
 
-def find_mask(image: Path) -> Path | None:
+class _Listings:
+    """Folder listings read once each: the image files of a folder by their stem (lower
+    case), so pairing N images with masks beside them costs one listing per folder, not one
+    per image (which made pairing quadratic in the folder's size)."""
+
+    def __init__(self) -> None:
+        self._by_folder: dict[str, dict[str, list[str]]] = {}
+        self._masks: dict[str, dict[str, str]] = {}
+        self._lookup: dict[str, list[str]] = {}
+
+    def masks(self, folder: str) -> dict[str, str]:
+        """The mask files of ``folder`` by the stem of their image (lower case): the first, in
+        sorted order, of ``<stem>_mask.*`` and ``<stem>_fov.*``."""
+        found = self._masks.get(folder)
+        if found is None:
+            self.files(folder, "")
+            groups: dict[str, list[str]] = {}
+            for stem, paths in self._by_folder[folder].items():
+                for end in ("_mask", "_fov"):
+                    if stem.endswith(end):
+                        groups.setdefault(stem[: -len(end)], []).extend(paths)
+            found = {stem: min(paths) for stem, paths in groups.items()}
+            self._masks[folder] = found
+        return found
+
+    def mask_folders(self, parent: str) -> list[str]:
+        """Where the mask of an image in ``parent`` may be, in order (see :func:`find_mask`)."""
+        folders = self._lookup.get(parent)
+        if folders is None:
+            up = os.path.dirname(parent) if parent else ".."
+            folders = [os.path.join(up, n) for n in MASK_DIR_NAMES]
+            folders += [os.path.join(parent, n) for n in MASK_DIR_NAMES]
+            folders.append(parent or ".")
+            self._lookup[parent] = folders
+        return folders
+
+    def files(self, folder: str, stem: str) -> list[str]:
+        """Paths of the image files in ``folder`` whose stem, lower case, is ``stem``."""
+        index = self._by_folder.get(folder)
+        if index is None:
+            index = {}
+            try:
+                with os.scandir(folder) as it:
+                    for entry in it:
+                        name = entry.name
+                        base, ext = os.path.splitext(name)
+                        if ext.lower() not in IMAGE_EXTENSIONS or name.startswith("."):
+                            continue
+                        try:
+                            if not entry.is_file():
+                                continue
+                        except OSError:
+                            continue
+                        index.setdefault(base.lower(), []).append(os.path.join(folder, name))
+            except OSError:  # not a folder, or not listable: no masks there
+                pass
+            self._by_folder[folder] = index
+        return index.get(stem, _NONE)
+
+
+def _candidates(folder, stem: str, listings: _Listings | None = None) -> list[Path]:
+    listings = listings or _Listings()
+    key, low = os.fspath(folder), stem.lower()
+    found = listings.files(key, low + "_mask") + listings.files(key, low + "_fov")
+    return [Path(p) for p in sorted(found)] if found else []
+
+
+def find_mask(image: Path, *, _listings: _Listings | None = None) -> Path | None:
     """Find the FOV mask of ``image`` by dataset conventions, or None.
 
     Looks for ``<stem>_mask.<ext>`` in ``mask/`` or ``masks/`` beside the
     image's folder (DRIVE: ``images/21_training.tif`` ->
     ``mask/21_training_mask.gif``), then in the image's own folder.
     """
-    image = Path(image)
-    folders = [image.parent.parent / n for n in MASK_DIR_NAMES]
-    folders += [image.parent / n for n in MASK_DIR_NAMES]
-    folders.append(image.parent)
-    for folder in folders:
-        found = _candidates(folder, image.stem)
-        if found:
-            return found[0]
+    path = os.fspath(image)
+    parent, name = os.path.split(path)
+    stem = os.path.splitext(name)[0].lower()
+    listings = _listings or _Listings()
+    for folder in listings.mask_folders(parent):
+        found = listings.masks(folder).get(stem)
+        if found is not None:
+            return Path(found)
     return None
 
 
@@ -155,10 +224,18 @@ def detect_layout(pairs) -> str:
     return "plain folder"
 
 
-def _walk_images(root: Path):
-    """Images below ``root``, sorted, skipping mask and label folders and files."""
+def _walk_images(root: Path, unreadable: list | None = None):
+    """Images below ``root``, sorted, skipping mask and label folders and files. Folders that
+    cannot be listed (permissions, a path longer than the system allows) are appended to
+    ``unreadable`` as ``(folder, reason)``, not skipped in silence."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def onerror(exc: OSError) -> None:
+        if unreadable is not None:
+            unreadable.append((Path(exc.filename if exc.filename is not None else root),
+                               exc.strerror or str(exc)))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
         dirnames[:] = sorted(d for d in dirnames if not _is_skipped_dir(d))
         for name in sorted(filenames):
             p = Path(dirpath) / name
@@ -229,38 +306,50 @@ def find_pairs(
         check_mask_pattern(mask_pattern)
     excluded = [Path(e).resolve() for e in exclude]
     found: list[tuple[Path, Path | None]] = []
+    unreadable: list[tuple[Path, str, Path]] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            imgs = [f for f in _walk_images(p) if not _inside_any(f, excluded)]
-            if not imgs:
+        try:
+            mode = os.stat(p).st_mode
+        except (OSError, ValueError):
+            mode = 0
+        if stat.S_ISDIR(mode):
+            bad: list[tuple[Path, str]] = []
+            imgs = [f for f in _walk_images(p, bad) if not _inside_any(f, excluded)]
+            unreadable += [(folder, why, p) for folder, why in bad]
+            if not imgs and not bad:
                 raise DatasetError("no image files found in this folder", p)
             found.extend((f, p) for f in imgs)
-        elif p.is_file() or p.is_symlink() or (missing_ok and not p.exists()):
+        elif stat.S_ISREG(mode) or p.is_symlink() or (missing_ok and not p.exists()):
             if not (_is_mask_or_label_name(p) or any(_is_skipped_dir(d) for d in p.parent.parts[-1:])):
                 found.append((p, _base_of(p, base)))
         else:
             raise DatasetError("no such file or folder", p)
 
-    if not found:
+    if not found and not unreadable:
         raise DatasetError("no images to process (mask and label files are never taken as images)")
     found = _unique(found)
     pairs = []
     m: Path | None
+    listings = _Listings()
     for img, root in found:
         if mask is not None:
             m, src = Path(mask), "given"
         elif mask_dir is not None:
             if mask_pattern is None:
-                cands = _candidates(Path(mask_dir), img.stem)
+                cands = _candidates(Path(mask_dir), img.stem, listings)
                 m = cands[0] if cands else Path(mask_dir) / f"{img.stem}_mask.png"
             else:
                 m = Path(mask_dir) / mask_pattern.format(stem=img.stem)
             src = "given"
         else:
-            m = find_mask(img)
+            m = find_mask(img, _listings=listings)
             src = "dataset" if m is not None else "none"
         pairs.append(Pair(img, m, src, _rel_for(img, root)))
+    for folder, why, root in unreadable:  # each fails with one line; the rest is processed
+        pairs.append(Pair(folder, None, "none", _rel_for(folder / "(folder)", root),
+                          error=f"cannot read this folder ({why}); the images in it were not"
+                                " processed"))
     return pairs
 
 
@@ -308,14 +397,18 @@ def _inside_any(f: Path, folders) -> bool:
 
 
 def _unique(found):
-    """Drop repeated inputs (the same file named twice), keeping the first."""
-    seen = set()
+    """Drop repeated inputs (the same file named twice, or through links), keeping the first."""
+    seen: set = set()
     out = []
     for img, root in found:
         try:
-            key = os.path.realpath(img)
-        except (OSError, ValueError, RuntimeError):
-            key = str(img)
+            st = os.stat(img)  # one call, where a real path costs one per path component
+            key: object = (st.st_dev, st.st_ino)
+        except (OSError, ValueError):
+            try:
+                key = os.path.realpath(img)
+            except (OSError, ValueError, RuntimeError):
+                key = str(img)
         if key not in seen:
             seen.add(key)
             out.append((img, root))

@@ -526,7 +526,11 @@ def check_png_level(level) -> None:
 
 def encode_image(image, fmt: str = "png", *, png_level: int | None = None,
                  text: dict[str, str] | None = None) -> bytes:
-    """Encode ``(H, W)`` or ``(H, W, 3)`` RGB uint8/uint16 (or float32 for tif) as bytes.
+    """Encode ``(H, W)`` or ``(H, W, 3)`` RGB uint8/uint16 (or float for tif) as bytes.
+
+    TIFF takes uint8, uint16, float32 and float64; float16 is written as
+    float32 (the same values: OpenCV has no float16 TIFF and wrote garbage);
+    any other dtype is refused.
 
     ``png_level`` (0-9) sets zlib's compression level for PNG: 0 stores, 9
     compresses hardest; None keeps OpenCV's default (fast, with a filter and
@@ -539,6 +543,11 @@ def encode_image(image, fmt: str = "png", *, png_level: int | None = None,
     arr = as_native(image)
     if fmt == "png" and arr.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"PNG holds 8- or 16-bit images, not {arr.dtype}; write TIFF (format 'tif')")
+    if fmt == "tif":
+        if arr.dtype == np.float16:
+            arr = arr.astype(np.float32)
+        elif arr.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+            raise ValueError(f"TIFF output holds uint8, uint16 or float images, not {arr.dtype}")
     if arr.ndim == 3 and arr.shape[2] == 3:
         arr = _swap_red_blue(arr)
     params = [cv2.IMWRITE_PNG_COMPRESSION, png_level] if fmt == "png" and png_level is not None \

@@ -189,7 +189,20 @@ def image_range(image, value_range=None) -> tuple[float, float]:
     img = as_native(image)
     dt = img.dtype
     if value_range is not None:
-        return parse_value_range(value_range)
+        lo, hi = parse_value_range(value_range)
+        if np.issubdtype(dt, np.integer):
+            info = np.iinfo(dt)
+            if lo < info.min or hi > info.max:
+                raise ValueRangeError(f"value range {lo:g},{hi:g} does not fit {dt} images"
+                                      f" ({info.min}..{info.max})")
+        finite = img if finite_pixels(img) is None else img[np.isfinite(img)]
+        if finite.size:
+            mn, mx = float(finite.min()), float(finite.max())
+            slack = 1e-6 * (hi - lo)
+            if mn < lo - slack or mx > hi + slack:
+                raise ValueRangeError(f"image values span {mn:g}..{mx:g}, outside the value range"
+                                      f" {lo:g},{hi:g}; give the range the data has")
+        return lo, hi
     if dt == np.uint8:
         return 0.0, 255.0
     if dt == np.uint16:
@@ -353,6 +366,11 @@ def normalize_illumination(
     Channels are normalized independently with the same kernel and mask.
     Integer outputs are rounded to the nearest integer.
     """
+    for name, value in (("target", target), ("fill", fill)):
+        if not (isinstance(value, (int, float, np.number)) and math.isfinite(value)
+                and 0 <= value <= 255):
+            raise ValueError(f"{name} must be a level from 0 to 255 (8-bit units, scaled to the"
+                             f" image's range), got {value!r}")
     img = as_native(image)
     if img.ndim == 3 and img.shape[2] in (1, 4):
         again = functools.partial(

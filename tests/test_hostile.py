@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from retina_prep.cli.main import cli
 from retina_prep.errors import ImageReadError
-from retina_prep.io import read_image, read_mask
+from retina_prep.io import read_image, read_mask, write_image
 
 from .helpers import make_image
 
@@ -467,3 +467,95 @@ def test_a_mistyped_huge_window_is_refused_at_once(tmp_path, args):
     assert r.exit_code == 2
     assert "4001 px" in r.output and r.output.count("Error:") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_float16_tiff_follows_the_advice_to_a_float_tiff(tmp_path):
+    """A float16 TIFF: the PNG error advises --format tif; following it writes the values (as
+    float32, the same numbers), not uint8 holding 0 and 1."""
+    import imageio.v3 as iio
+
+    from retina_prep.synthetic import synthetic_fundus
+
+    s = synthetic_fundus((120, 110), seed=1, background=5)
+    img = (s.image / 255).astype(np.float16)
+    iio.imwrite(tmp_path / "f16.tif", img)
+    r = invoke("normalize", tmp_path / "f16.tif", "-o", tmp_path / "png", "--rim", "none")
+    assert r.exit_code == 1 and "--format tif" in r.output
+    r = invoke("normalize", tmp_path / "f16.tif", "-o", tmp_path / "tif", "--format", "tif",
+               "--rim", "none")
+    assert r.exit_code == 0, r.output
+    out = read_image(tmp_path / "tif" / "f16.tif")
+    assert out.dtype == np.float32
+    inside = out[out.max(axis=-1) > 0]
+    assert 0.3 < float(np.median(inside)) < 0.7  # I0 = 128/255 in 0..1 units, not 0/1 integers
+    assert len(np.unique(inside)) > 50
+
+
+def test_a_folder_that_cannot_be_listed_fails_with_a_line(tmp_path):
+    """A sub-folder os.walk cannot list (here: below a path longer than PATH_MAX; for a user,
+    also a folder without read permission) is one failed input with a line, not a silent skip."""
+    from retina_prep.synthetic import synthetic_fundus
+
+    root = tmp_path / "in"
+    write_image(root / "a.png", synthetic_fundus((90, 100), seed=1, background=5).image)
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        for _ in range(20):  # 20 x 250 characters: beyond PATH_MAX (4096)
+            name = "d" * 250
+            os.mkdir(name, dir_fd=fd)
+            new = os.open(name, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = new
+        with os.fdopen(os.open("deep.png", os.O_WRONLY | os.O_CREAT, dir_fd=fd), "wb") as f:
+            f.write(b"not reached")
+    finally:
+        os.close(fd)
+    r = invoke("normalize", root, "-o", tmp_path / "out")
+    assert r.exit_code == 1, r.output
+    errs = error_lines(r.output)
+    assert len(errs) == 1 and "cannot read this folder" in errs[0], r.output
+    assert (tmp_path / "out" / "a.png").exists()
+
+
+def test_config_and_file_lists_are_read_within_bounds(tmp_path):
+    """--config /dev/zero and --files-from /dev/zero are refused, not read without end; stdin
+    closed is a usage error, not a traceback; a config with a UTF-8 BOM reads."""
+    import subprocess
+    import sys
+
+    make_image(tmp_path / "e.png")
+    r = invoke("normalize", tmp_path / "e.png", "-o", tmp_path / "o", "--config", "/dev/zero")
+    assert r.exit_code == 2 and "not a config file" in r.output
+    r = invoke("normalize", "--files-from", "/dev/zero", "-o", tmp_path / "o")
+    assert r.exit_code == 2 and "not a list of files" in r.output
+    p = subprocess.run([sys.executable, "-m", "retina_prep", "normalize", "--files-from", "-",
+                        "-o", str(tmp_path / "o")], stdin=subprocess.DEVNULL, capture_output=True)
+    assert p.returncode == 2 and b"Traceback" not in p.stderr  # empty stdin: no images
+    p = subprocess.run(f"{sys.executable} -m retina_prep normalize --files-from - -o"
+                       f" {tmp_path / 'o'} <&-", shell=True, capture_output=True)
+    assert p.returncode == 2 and b"standard input is closed" in p.stderr, p.stderr
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbfwindow = 31\n")
+    r = invoke("normalize", tmp_path / "e.png", "-o", tmp_path / "b", "--config", tmp_path / "bom.toml")
+    assert r.exit_code == 0, r.output
+    rec = [json.loads(x) for x in (tmp_path / "b" / "manifest.jsonl").open()][-1]
+    assert rec["params"]["window"] == 31
+
+
+def test_levels_and_value_ranges_are_checked(tmp_path):
+    """--target 300 or -50 (every FOV pixel 255 or 0) is a usage error; --value-range that the
+    image's values leave, or that its dtype cannot hold, fails that image with one line."""
+    make_image(tmp_path / "e.png")
+    for t in ("300", "-50", "nan"):
+        r = invoke("normalize", tmp_path / "e.png", "-o", tmp_path / "o", "--target", t)
+        assert r.exit_code == 2 and "target" in r.output, t
+    r = invoke("normalize", tmp_path / "e.png", "-o", tmp_path / "o", "--fill", "inf")
+    assert r.exit_code == 2 and "--fill" in r.output
+    for vr, says in (("0,1", "outside the value range 0,1"),
+                     ("0,1e308", "does not fit uint8 images")):
+        r = invoke("normalize", tmp_path / "e.png", "-o", tmp_path / vr, "--value-range", vr)
+        assert r.exit_code == 1 and says in r.output, r.output
+        assert not (tmp_path / vr / "e.png").exists()
+    from retina_prep.normalize import normalize_illumination
+
+    with pytest.raises(ValueError, match="target must be a level from 0 to 255"):
+        normalize_illumination(np.zeros((20, 20), np.uint8), None, window=5, target=300)

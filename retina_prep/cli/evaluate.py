@@ -101,7 +101,8 @@ Examples:
               help="The one window every method uses: odd pixels or 'auto' (4% of the FOV"
               " diameter).")
 @click.option("--kernel", type=click.Choice(KERNELS), default="mean", show_default=True)
-@click.option("--target", type=float, default=DEFAULT_TARGET, show_default=True, help="I0 (8-bit units).")
+@click.option("--target", type=click.FloatRange(0, 255), default=DEFAULT_TARGET, show_default=True,
+              help="I0 (8-bit units).")
 @click.option("--order", type=click.Choice(["0", "1", "both"]), default="both", show_default=True,
               help="Orders of masked IN to compare: the local mean (0), the local plane (1), or"
               " both side by side.")

@@ -52,7 +52,7 @@ Examples:
 @click.option("--offset", type=float, default=None,
               help="Added to the result, in 8-bit units [default: 128 for zero-sum kernels"
               " such as laplacian and sobel, else 0].")
-@click.option("--fill", type=float, default=0.0, show_default=True,
+@click.option("--fill", type=click.FloatRange(0, 255), default=0.0, show_default=True,
               help="Value outside the FOV, in 8-bit units.")
 @click.option("--dtype", type=click.Choice(["same", "float32"]), default="same", show_default=True,
               help="Output pixel type: the input's (clipped), or float32 (needs --format tif).")

@@ -87,14 +87,14 @@ Examples:
 )
 @click.option(
     "--target",
-    type=float,
+    type=click.FloatRange(0, 255),
     default=DEFAULT_TARGET,
     show_default=True,
     help="I0, the level the local mean is moved to, in 8-bit units (x257 for 16-bit images).",
 )
 @click.option(
     "--fill",
-    type=float,
+    type=click.FloatRange(0, 255),
     default=0.0,
     show_default=True,
     help="Value outside the FOV, in 8-bit units.",

@@ -94,6 +94,10 @@ def check_kernel(spec, window, sigma) -> None:
         raise click.BadParameter(str(exc), param_hint="--kernel") from None
 
 
+#: The largest config file read.
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def _load_config(ctx: click.Context, param, value):
     """Read a TOML config into Click's default_map; unknown keys are usage errors."""
     if value is None:
@@ -101,7 +105,12 @@ def _load_config(ctx: click.Context, param, value):
     path = Path(value)
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read(MAX_CONFIG_BYTES + 1)  # /dev/zero never ends
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise click.BadParameter(f"{path}: more than {MAX_CONFIG_BYTES >> 20} MB; not a config"
+                                     " file", ctx, param)
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text[1:] if text.startswith("\ufeff") else text)  # a BOM is no key
     except FileNotFoundError:
         raise click.BadParameter(f"{path}: no such file", ctx, param) from None
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -210,12 +210,30 @@ def run_options(f=None, *, without: tuple[str, ...] = ()):
 # ------------------------------------------------------------------ inputs
 
 
+def read_capped(fh, limit: int) -> bytes:
+    """All of ``fh``, refusing more than ``limit`` bytes (``/dev/zero`` never ends)."""
+    data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"more than {limit >> 20} MB; not a list of files")
+    return data
+
+
+#: The largest --files-from list read (a million paths of 250 bytes).
+MAX_LIST_BYTES = 256 << 20
+
+
 def _read_files_from(source: str, null: bool) -> list[str]:
     try:
         if source == "-":
-            data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+            stream = getattr(sys.stdin, "buffer", None)
+            if stream is None or getattr(sys.stdin, "closed", False):
+                raise click.BadParameter("-: standard input is closed", param_hint="--files-from")
+            data = read_capped(stream, MAX_LIST_BYTES)
         else:
-            data = Path(source).read_bytes()
+            with open(source, "rb") as fh:
+                data = read_capped(fh, MAX_LIST_BYTES)
+    except ValueError as exc:  # read from a closed stream, or more than the cap
+        raise click.BadParameter(f"{source}: {exc}", param_hint="--files-from") from None
     except OSError as exc:
         raise click.BadParameter(f"{source}: {exc.strerror or exc}", param_hint="--files-from") from None
     text = data.decode("utf-8", errors="surrogateescape")
