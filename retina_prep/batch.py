@@ -282,13 +282,33 @@ class Manifest:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = self.path.open("a", encoding="utf-8")
+            st = os.fstat(self._fh.fileno())
+            self._identity = (st.st_dev, st.st_ino)
+            if st.st_size:  # a manifest cut mid-line (a killed run): this run's lines start anew
+                with self.path.open("rb") as fh:
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":
+                        self._fh.write("\n")
         except OSError as exc:
             raise RetinaPrepError(f"cannot write the manifest ({exc.strerror or exc})",
                                   self.path) from None
 
+    def _still_ours(self) -> bool:
+        """Whether the manifest's path still names the file this run writes (the output
+        folder may have been deleted, or the file replaced, during the run)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
+
     def write(self, obj: dict) -> bool:
         """Append one line; False (and ``error`` set) when it could not be written."""
         if self.error is not None:
+            return False
+        if not self._still_ours():
+            self.error = ("the manifest was removed or replaced during the run (was the output"
+                          " folder deleted?)")
             return False
         try:
             self._fh.write(json.dumps(_jsonable(obj)) + "\n")

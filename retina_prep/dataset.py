@@ -443,8 +443,9 @@ ARRAY_JOB_VARIABLES = (
 def shard_from_environment(n: int | None = None, environ=None) -> tuple[int, int]:
     """``(k, n)`` of this task of an array job, from SLURM, Kubernetes or AWS Batch variables.
 
-    SLURM gives the index and the count (arrays with step 1: ``--array=0-9``
-    or ``1-10``); a Kubernetes indexed Job (``JOB_COMPLETION_INDEX``) and an
+    SLURM gives the index, the first index, the step and the count
+    (``--array=0-9``, ``1-10``, or stepped: ``--array=0-8:2`` is 5 tasks,
+    0, 2, ... 8); a Kubernetes indexed Job (``JOB_COMPLETION_INDEX``) and an
     AWS Batch array job (``AWS_BATCH_JOB_ARRAY_INDEX``) give a 0-based index
     only, so ``n`` (the number of tasks) must be given. Raises ``ValueError``
     saying what is missing.
@@ -453,10 +454,12 @@ def shard_from_environment(n: int | None = None, environ=None) -> tuple[int, int
     for var, first, count_var in ARRAY_JOB_VARIABLES:
         if var not in env:
             continue
+        step = 1
         try:
             index = int(env[var])
             if first is None:  # SLURM
                 first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+                step = int(env.get("SLURM_ARRAY_TASK_STEP", "1") or "1")
             if n is None and count_var and count_var in env:
                 n = int(env[count_var])
         except ValueError:
@@ -464,9 +467,12 @@ def shard_from_environment(n: int | None = None, environ=None) -> tuple[int, int
         if n is None:
             raise ValueError(f"{var} gives this task's index but not the number of tasks:"
                              " give it as auto/N")
-        k = index - first + 1
+        if step < 1 or (index - first) % step:
+            raise ValueError(f"{var}={index} is not on the array's steps of {step} from {first}")
+        k = (index - first) // step + 1
         if not 1 <= k <= n:
-            raise ValueError(f"{var}={index} does not fit {n} tasks starting at {first}")
+            raise ValueError(f"{var}={index} does not fit {n} tasks starting at {first}"
+                             + (f" in steps of {step}" if step > 1 else ""))
         return k, n
     names = ", ".join(v for v, _, _ in ARRAY_JOB_VARIABLES)
     raise ValueError(f"no array job found: none of {names} is set")

@@ -134,8 +134,17 @@ def check_fov_mask(mask, image, *, gray_fraction: float | None = None) -> None:
 
 
 def _above_half(m: np.ndarray) -> np.ndarray:
-    """``m`` above half its maximum (all False when the maximum is not above 0)."""
+    """``m`` above half its maximum (all False when the maximum is not above 0). NaN pixels
+    are outside (a float mask with NaN for "no data")."""
     m = m.astype(np.float64, copy=False) if m.dtype == np.bool_ else m
+    if m.dtype.kind == "f":
+        finite = np.isfinite(m)
+        if not finite.all():
+            if not finite.any():
+                return np.zeros(m.shape, bool)
+            top = float(np.max(m[finite]))
+            with np.errstate(invalid="ignore"):
+                return (m > top / 2) & finite if top > 0 else np.zeros(m.shape, bool)
     top = float(np.max(m))
     return m > top / 2 if top > 0 else np.zeros(m.shape, bool)
 

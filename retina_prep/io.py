@@ -182,6 +182,25 @@ def _damage(said: list[str]) -> str | None:
     return None
 
 
+def _tiff_samples(data: bytes) -> int:
+    """A TIFF's samples per pixel (tag 277) from its first directory; 0 for other files."""
+    if data[:4] not in (b"II*\x00", b"MM\x00*"):
+        return 0
+    end = "<" if data[:2] == b"II" else ">"
+    try:
+        (ifd,) = struct.unpack(end + "I", data[4:8])
+        (count,) = struct.unpack(end + "H", data[ifd:ifd + 2])
+        for i in range(min(count, 512)):
+            entry = data[ifd + 2 + 12 * i: ifd + 14 + 12 * i]
+            tag, kind = struct.unpack(end + "HH", entry[:4])
+            if tag == 277:
+                fmt = "H" if kind == 3 else "I"
+                return int(struct.unpack(end + fmt, entry[8:8 + struct.calcsize(fmt)])[0])
+    except struct.error:
+        return 0
+    return 1
+
+
 def _decode_by(path: Path, data: bytes) -> tuple[np.ndarray, str]:
     """Decode with OpenCV (GIF with Pillow), falling back to imageio; and which decoder did it:
     ``"opencv"``, ``"pillow"`` or ``"imageio"``. Pixels a decoder reports as damaged (see
@@ -192,6 +211,8 @@ def _decode_by(path: Path, data: bytes) -> tuple[np.ndarray, str]:
         gif = _decode_gif(data)
         if gif is not None:
             return gif, "pillow"
+    elif _tiff_samples(data) > 4:
+        pass  # RGB with extra samples: OpenCV (and Pillow) take the samples for columns
     else:
         buf = np.frombuffer(data, np.uint8)
         try:
@@ -367,15 +388,19 @@ def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, orientation
         Naming the file and the problem (missing, empty, undecodable, too large).
     """
     path = Path(path)
-    arr = _decode_any(path, _read_bytes(path), max_pixels, orientation, meta)
-    if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] > 4):
+    data = _read_bytes(path)
+    arr = _decode_any(path, data, max_pixels, orientation, meta)
+    extra_samples = arr.ndim == 3 and 4 < arr.shape[-1] <= 16 < min(arr.shape[:2])
+    if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] > 4 and not extra_samples):
         arr = arr[0]  # first frame
     if arr.ndim == 3:
         if arr.shape[-1] == 1:
             arr = arr[..., 0]
         elif arr.shape[-1] == 2:  # gray + alpha
             arr = arr[..., 0]
-        elif arr.shape[-1] == 4:
+        elif arr.shape[-1] == 4 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[25:26] == b"\x04":
+            arr = arr[..., 0]  # a gray + alpha PNG, which OpenCV decodes as four channels
+        elif arr.shape[-1] >= 4:  # RGBA, or RGB with extra samples (a 5-channel TIFF)
             arr = arr[..., :3]
     if arr.ndim not in (2, 3) or min(arr.shape[:2]) < 1:
         raise ImageReadError(f"unsupported image shape {arr.shape}", path)
@@ -672,7 +697,14 @@ def write_outputs(items, *, overwrite: bool = False, keep_existing: bool = False
         for path, data in todo:
             staged.append((_stage(path, data() if callable(data) else data), path))
         for tmp, path in staged:
-            _place(tmp, path, overwrite)
+            try:
+                _place(tmp, path, overwrite)
+            except OutputExistsError:
+                if keep_existing and path.is_file():
+                    # another run resuming the same folder placed it meanwhile: complete too
+                    _unlink_quietly(tmp)
+                    continue
+                raise
             placed.append(path)
     except BaseException:
         for tmp, _ in staged:

@@ -142,3 +142,19 @@ def test_pairing_lists_each_folder_once(tmp_path, monkeypatch):
     calls.clear()
     pairs = ds.find_pairs([folder], mask_dir=folder)
     assert len(pairs) == n and len(calls) <= 6 and pairs[7].mask == folder / "im00007_fov.png"
+
+
+def test_stepped_slurm_arrays():
+    """--array=0-4:2 runs tasks 0, 2, 4: shards 1/3, 2/3, 3/3 (task 4 was refused and shard 2
+    never ran)."""
+    from retina_prep.dataset import shard_from_environment
+
+    env = {"SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2", "SLURM_ARRAY_TASK_COUNT": "3"}
+    got = [shard_from_environment(environ={**env, "SLURM_ARRAY_TASK_ID": str(i)}) for i in (0, 2, 4)]
+    assert got == [(1, 3), (2, 3), (3, 3)]
+    import pytest
+
+    with pytest.raises(ValueError, match="steps of 2"):
+        shard_from_environment(environ={**env, "SLURM_ARRAY_TASK_ID": "3"})
+    assert shard_from_environment(environ={"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "1",
+                                           "SLURM_ARRAY_TASK_COUNT": "10"}) == (7, 10)

@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -559,3 +560,113 @@ def test_levels_and_value_ranges_are_checked(tmp_path):
 
     with pytest.raises(ValueError, match="target must be a level from 0 to 255"):
         normalize_illumination(np.zeros((20, 20), np.uint8), None, window=5, target=300)
+
+
+def test_a_manifest_cut_mid_line_gets_whole_lines_on_resume(tmp_path):
+    """A manifest cut mid-line (a killed run), then --skip-existing: the resume's lines are
+    whole lines of their own, not appended to the cut one."""
+    make_image(tmp_path / "in" / "a.png")
+    make_image(tmp_path / "in" / "b.png", seed=1)
+    assert invoke("normalize", tmp_path / "in", "-o", tmp_path / "o").exit_code == 0
+    man = tmp_path / "o" / "manifest.jsonl"
+    data = man.read_bytes()
+    man.write_bytes(data[: len(data) - 40])  # the last image line cut
+    (tmp_path / "o" / "b.png").unlink()
+    r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "o", "--skip-existing")
+    assert r.exit_code == 0, r.output
+    lines = man.read_text().splitlines()
+    parsed = []
+    for x in lines:
+        try:
+            parsed.append(json.loads(x))
+        except ValueError:
+            parsed.append(None)
+    assert parsed.count(None) == 1  # only the cut line
+    runs = [x for x in parsed if x and x["type"] == "run"]
+    assert len(runs) == 2
+
+
+def test_a_manifest_removed_during_the_run_is_an_error(tmp_path):
+    from retina_prep.batch import Manifest
+
+    m = Manifest(tmp_path / "out" / "manifest.jsonl")
+    assert m.write({"type": "run"})
+    (tmp_path / "out" / "manifest.jsonl").unlink()
+    assert not m.write({"type": "image"})
+    assert "removed or replaced during the run" in m.error
+    m.close()
+
+
+def test_a_float_mask_with_nan_outside(tmp_path):
+    """1.0 inside and NaN outside: the 1.0 pixels are the field of view (it was refused as
+    empty); inf pixels are outside too."""
+    from retina_prep.fov import binarize_mask
+
+    m = np.full((20, 30), np.nan, np.float32)
+    m[5:15, 5:25] = 1.0
+    m[0, 0] = np.inf
+    got = binarize_mask(m)
+    assert got.sum() == 200 and got[5:15, 5:25].all()
+    with pytest.raises(Exception, match="empty"):
+        binarize_mask(np.full((4, 4), np.nan))
+
+
+def test_a_concurrent_resume_placing_the_same_output_is_not_an_error(tmp_path, monkeypatch):
+    """Two --skip-existing resumes on one folder: an output the other run placed between this
+    run's check and its write is kept, not reported as "output exists"."""
+    import retina_prep.io as rio
+
+    real = rio._place
+
+    def other_run_first(tmp, path, overwrite):
+        Path(path).write_bytes(Path(tmp).read_bytes())  # the other resume wins the race
+        return real(tmp, path, overwrite)
+
+    monkeypatch.setattr(rio, "_place", other_run_first)
+    out = rio.write_outputs([(tmp_path / "a.png", b"data")], keep_existing=True)
+    assert out == [tmp_path / "a.png"] and (tmp_path / "a.png").read_bytes() == b"data"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".retina-prep-tmp")]
+    with pytest.raises(rio.OutputExistsError):
+        rio.write_outputs([(tmp_path / "b.png", b"data")])  # without keep_existing: refused
+
+
+def test_gray_alpha_png_stays_gray_and_extra_samples_are_channels(tmp_path):
+    """A gray+alpha PNG is a gray image (it came out RGB); a TIFF with RGB and 2 extra samples
+    is an RGB image of its own size (it was taken as 5 frames: "image is 5x240 px")."""
+    from PIL import Image
+
+    g = (np.arange(60 * 80) % 251).astype(np.uint8).reshape(60, 80)
+    Image.fromarray(np.dstack([g, np.full_like(g, 200)]), "LA").save(tmp_path / "ga.png")
+    got = read_image(tmp_path / "ga.png")
+    assert got.shape == (60, 80) and np.array_equal(got, g)
+    five = np.dstack([g, g // 2, g // 3, g, g]).astype(np.uint8)
+    (tmp_path / "five.tif").write_bytes(_tiff_with_extra_samples(five))
+    got = read_image(tmp_path / "five.tif")
+    assert got.shape == (60, 80, 3) and np.array_equal(got, five[..., :3])
+
+
+def _tiff_with_extra_samples(a: np.ndarray) -> bytes:
+    """A little-endian, uncompressed, one-strip RGB TIFF with ``a.shape[2] - 3`` extra samples."""
+    h, w, n = a.shape
+    pixels = a.tobytes()
+    entries = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 2),
+               (273, 4, 1, 0), (277, 3, 1, n), (278, 4, 1, h), (279, 4, 1, len(pixels)),
+               (284, 3, 1, 1), (338, 3, n - 3, 0)]
+    ifd_size = 2 + 12 * len(entries) + 4
+    extra_at = 8 + ifd_size
+    data_at = extra_at + 2 * (n - 3)
+    body = b""
+    for tag, kind, count, value in entries:
+        if tag == 273:
+            value = data_at
+        if tag == 338:
+            field = struct.pack("<HHII", tag, kind, count, extra_at) if count > 2 else \
+                struct.pack("<HHI", tag, kind, count) + struct.pack("<HH", 0, 0)
+        elif kind == 3:
+            field = struct.pack("<HHIHH", tag, kind, count, value, 0)
+        else:
+            field = struct.pack("<HHII", tag, kind, count, value)
+        body += field
+    head = b"II*\x00" + struct.pack("<I", 8)
+    ifd = struct.pack("<H", len(entries)) + body + struct.pack("<I", 0)
+    return head + ifd + b"\x00\x00" * (n - 3) + pixels
