@@ -221,7 +221,13 @@ def parse_erode(erode) -> float | str:
         raise ValueError(f"erode must be a number of pixels or 'auto', got {erode!r}") from None
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"erode must be >= 0 pixels, got {erode!r} (negative or not finite)")
+    if value > MAX_ERODE:
+        raise ValueError(f"erode must be at most {MAX_ERODE} pixels, got {erode!r}")
     return value
+
+
+#: The deepest erosion taken (a mistyped 1e300 failed per image with an OverflowError).
+MAX_ERODE = 10_000
 
 
 def resolve_erode(erode, mask) -> int:

@@ -180,3 +180,26 @@ def test_shard_auto_without_an_array_job_is_a_usage_error(monkeypatch, tmp_path)
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
     r = invoke("normalize", tmp_path, "-o", tmp_path / "o", "--shard", "auto")
     assert r.exit_code == 2 and "auto/N" in r.output
+
+
+def test_presets_by_name_from_any_folder(tmp_path, monkeypatch):
+    """--config drive works outside the repository; `presets` lists and prints them; a
+    mistyped name says which presets exist."""
+    from retina_prep.io import write_image
+    from retina_prep.synthetic import synthetic_fundus
+
+    monkeypatch.chdir(tmp_path)
+    s = synthetic_fundus((150, 160), seed=2, background=4)
+    write_image(tmp_path / "eye.png", s.image)
+    write_image(tmp_path / "m.png", s.mask.astype(np.uint8) * 255)
+    r = invoke("normalize", "eye.png", "--mask", "m.png", "-o", "out", "--config", "drive", "-q")
+    assert r.exit_code == 0, r.output
+    rec = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").open()][-1]
+    assert rec["params"]["window"] == 41 and rec["params"]["order"] == 1
+    r = invoke("presets")
+    assert r.exit_code == 0 and {ln.split("\t")[0] for ln in r.output.splitlines()} >= {"default",
+                                                                                       "drive"}
+    r = invoke("presets", "drive")
+    assert r.exit_code == 0 and "window = 41" in r.output
+    r = invoke("normalize", "eye.png", "-o", "out2", "--config", "drvie")
+    assert r.exit_code == 2 and "no preset of that name (presets: default, drive)" in r.output

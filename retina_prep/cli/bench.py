@@ -34,7 +34,7 @@ def _table(rows, columns):
 Examples:
   retina-prep bench
   retina-prep bench --quick
-  retina-prep bench --drive ../shared/data/DRIVE --threads 1
+  retina-prep bench --drive DRIVE --threads 1
 """)
 @click.option("--drive", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A DRIVE folder for the batch throughput row [default: generated images].")

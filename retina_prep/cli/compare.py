@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..core import KERNEL_NAMES
+from ..io import IMAGE_EXTENSIONS
 from ..pipeline import MaskSettings, compare_pair
 from .options import KernelSpec, WindowType, check_kernel, mask_options, panel_width_opt
 from .runner import ContactSheet, collect_pairs, execute, run_options
@@ -90,10 +91,14 @@ def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, mask_c
     mask_settings = MaskSettings(auto_mask=auto_mask, check=mask_check, erode=erode, rim=rim,
                                  feather=feather, max_pixels=max_pixels,
                                  ignore_orientation=ignore_orientation)
-    single_file = output.suffix.lower() == ".png"
+    suffix = output.suffix.lower()
+    single_file = suffix in (".png", ".tif", ".tiff")
+    if suffix in IMAGE_EXTENSIONS and not single_file and not output.is_dir():
+        raise click.BadParameter(f"{output}: figures are written as PNG or TIFF; name the file"
+                                 " .png or .tif (or give a folder)", param_hint="-o")
     outdir = output.parent if single_file else output
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
-                          outdir=outdir if not single_file else None, batch=batch)
+                          outdir=outdir if not single_file else None, batch=batch, auto_mask=auto_mask)
     if single_file and len(pairs) != 1:
         raise click.UsageError(f"-o {output} names one figure but {len(pairs)} images were given;"
                                " give a folder")

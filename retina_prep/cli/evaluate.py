@@ -18,7 +18,7 @@ from ..figures import roc_figure
 from ..io import write_bytes, write_image
 from ..normalize import DEFAULT_TARGET, KERNELS
 from ..pipeline import MaskSettings, evaluate_pair
-from .options import WindowType, mask_options
+from .options import FiniteRange, WindowType, mask_options
 from .runner import collect_pairs, execute, log, run_options
 
 
@@ -101,7 +101,7 @@ Examples:
               help="The one window every method uses: odd pixels or 'auto' (4% of the FOV"
               " diameter).")
 @click.option("--kernel", type=click.Choice(KERNELS), default="mean", show_default=True)
-@click.option("--target", type=click.FloatRange(0, 255), default=DEFAULT_TARGET, show_default=True,
+@click.option("--target", type=FiniteRange(0, 255), default=DEFAULT_TARGET, show_default=True,
               help="I0 (8-bit units).")
 @click.option("--order", type=click.Choice(["0", "1", "both"]), default="both", show_default=True,
               help="Orders of masked IN to compare: the local mean (0), the local plane (1), or"
@@ -135,7 +135,7 @@ def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask_
                                  feather=feather, max_pixels=max_pixels,
                                  ignore_orientation=ignore_orientation)
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
-                          outdir=outdir, batch=batch)
+                          outdir=outdir, batch=batch, auto_mask=auto_mask)
     evaluations = []
 
     def keep(result):

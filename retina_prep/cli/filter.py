@@ -10,6 +10,7 @@ from ..core import KERNEL_NAMES, MODES
 from ..normalize import AUTO_WINDOW_FRACTION
 from ..pipeline import FilterSettings, MaskSettings, filter_outputs, filter_pair
 from .options import (
+    FiniteRange,
     KernelSpec,
     WindowType,
     format_opt,
@@ -52,7 +53,7 @@ Examples:
 @click.option("--offset", type=float, default=None,
               help="Added to the result, in 8-bit units [default: 128 for zero-sum kernels"
               " such as laplacian and sobel, else 0].")
-@click.option("--fill", type=click.FloatRange(0, 255), default=0.0, show_default=True,
+@click.option("--fill", type=FiniteRange(0, 255), default=0.0, show_default=True,
               help="Value outside the FOV, in 8-bit units.")
 @click.option("--dtype", type=click.Choice(["same", "float32"]), default="same", show_default=True,
               help="Output pixel type: the input's (clipped), or float32 (needs --format tif).")
@@ -84,7 +85,7 @@ def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mas
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
-                          outdir=outdir, batch=batch)
+                          outdir=outdir, batch=batch, auto_mask=auto_mask)
     step = functools.partial(filter_pair, outdir=outdir, settings=settings,
                              mask_settings=mask_settings, output=output, geometry=geometry)
     with BoundsFile(None if batch.dry_run else bounds) as rows:

@@ -23,6 +23,7 @@ COMMANDS = {
     "bench": ("bench", "bench"),
     "evaluate": ("evaluate", "evaluate"),
     "restore": ("restore", "restore"),
+    "presets": ("presets", "presets"),
 }
 
 

@@ -50,7 +50,7 @@ def mask(ctx, inputs, outdir, erode, rim, sheet, overwrite, max_pixels, ignore_o
         raise click.UsageError(str(exc)) from None
     contact = ContactSheet(sheet, overwrite=overwrite)
     pairs = collect_pairs(inputs, mask=None, mask_dir=None, mask_pattern=None,
-                          outdir=outdir, batch=batch)
+                          outdir=outdir, batch=batch, auto_mask=True)
 
     step = functools.partial(mask_pair, outdir=outdir, mask_settings=settings, overwrite=overwrite,
                              thumb_width=240 if sheet is not None else None)

@@ -4,30 +4,35 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from ..batch import Result, run_one
 from ..core import DEFAULT_RIDGE
+from ..io import write_bytes
 from ..normalize import AUTO_WINDOW_FRACTION, DEFAULT_SCALE, DEFAULT_TARGET, KERNELS, METHODS
 from ..pipeline import (
     MaskSettings,
     NormalizeSettings,
-    load_pair,
+    apply_geometry,
     normalize_loaded,
     normalize_outputs,
     normalize_pair,
 )
+from ..pipeline import _load as load_with_fov  # (image, untrimmed FOV, mask, info)
 from .options import (
+    FiniteRange,
     RangeType,
     WindowType,
     format_opt,
     geometry_options,
     geometry_settings,
     mask_options,
-    output_opt,
+    output_or_file_opt,
     panel_width_opt,
 )
 from .runner import BoundsFile, cli_wording, collect_pairs, execute, flag_wording, log, run_options
@@ -45,7 +50,7 @@ Examples:
 """,
 )
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=str))
-@output_opt
+@output_or_file_opt
 @mask_options
 @click.option(
     "--window",
@@ -87,14 +92,14 @@ Examples:
 )
 @click.option(
     "--target",
-    type=click.FloatRange(0, 255),
+    type=FiniteRange(0, 255),
     default=DEFAULT_TARGET,
     show_default=True,
     help="I0, the level the local mean is moved to, in 8-bit units (x257 for 16-bit images).",
 )
 @click.option(
     "--fill",
-    type=click.FloatRange(0, 255),
+    type=FiniteRange(0, 255),
     default=0.0,
     show_default=True,
     help="Value outside the FOV, in 8-bit units.",
@@ -176,11 +181,24 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask
         raise click.UsageError(str(exc)) from None
     if panels_compare and panels_dir is None:
         raise click.BadParameter("needs --panels DIR", param_hint="--panels-compare")
-    if str(outdir) == "-":
-        _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, batch, output)
+    one_file = str(outdir) == "-" or (outdir.suffix.lower() in FILE_SUFFIXES
+                                      and not outdir.is_dir())
+    if one_file:
+        what = "stdout" if str(outdir) == "-" else str(outdir)
+        if panels_dir is not None or write_mask or labels or bounds:
+            raise click.UsageError(f"-o {what} writes one image; --panels, --write-mask,"
+                                   " --with-labels and --bounds need an output folder")
+        if str(outdir) != "-":
+            output = replace(output, format=FILE_SUFFIXES[outdir.suffix.lower()])
+        _one_image(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, batch, output,
+                   geometry, None if str(outdir) == "-" else outdir)
         return
+    if panels_dir is not None and os.path.abspath(panels_dir) == os.path.abspath(outdir):
+        raise click.BadParameter("is the output folder (-o): panels and outputs would share"
+                                 " names; give the panels a folder of their own",
+                                 param_hint="--panels")
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
-                          outdir=[outdir, panels_dir], batch=batch)
+                          outdir=[outdir, panels_dir], batch=batch, auto_mask=auto_mask)
     if panels_dir is not None and not batch.dry_run:
         panels_dir.mkdir(parents=True, exist_ok=True)
     step = functools.partial(normalize_pair, outdir=outdir, settings=settings,
@@ -195,16 +213,34 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask
     ctx.exit(report.exit_code)
 
 
-def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, batch, output):
-    """-o -: one image, PNG (or TIFF) bytes on stdout and nothing else."""
+#: -o FILE with one input: the file endings written, and their format.
+FILE_SUFFIXES = {".png": "png", ".tif": "tif", ".tiff": "tif"}
+
+
+def _one_image(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, batch, output,
+               geometry, path: Path | None):
+    """-o - (``path`` None): one image, PNG (or TIFF) bytes on stdout and nothing else; -o FILE:
+    that file, written atomically (refused if it exists, unless --overwrite)."""
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
-                          outdir=None, batch=batch)
+                          outdir=None, batch=batch, auto_mask=mask_settings.auto_mask)
+    where = "to stdout" if path is None else f"to the file {path}"
     if len(pairs) != 1:
-        raise click.UsageError(f"-o - writes one image to stdout, but {len(pairs)} were given")
+        raise click.UsageError(f"-o writes one image {where}, but {len(pairs)} were given; give"
+                               " an output folder for many")
+    if path is not None and path.exists() and not output.overwrite:
+        raise click.UsageError(f"{path}: output exists (use --overwrite to replace it)")
+    if path is not None:
+        for src in (pairs[0].image, pairs[0].mask):
+            if src is not None and os.path.exists(src) and os.path.exists(path) \
+                    and os.path.samefile(src, path):
+                raise click.UsageError(f"{path}: output would overwrite an input")
 
     def step(pair):
-        image, fov, info = load_pair(pair, mask_settings, settings.value_range)
-        result, _, _ = normalize_loaded(image, fov, settings, info, pair.image)
+        # the same steps as normalize_pair: read, trim, normalize, then --crop and --resize
+        image, fov, mask, info = load_with_fov(pair, mask_settings, settings.value_range)
+        result, _, _ = normalize_loaded(image, mask, settings, info, pair.image)
+        result, _, _, _ = apply_geometry(pair, result, fov, mask, geometry, fill=settings.fill,
+                                         max_pixels=mask_settings.max_pixels)
         return Result(pair, "done", warnings=info["warnings"],
                       info={"data": output.encode(result)})
 
@@ -213,6 +249,9 @@ def _to_stdout(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, ba
         raise click.ClickException(cli_wording(res))
     for w in res.warnings:  # one image: each warning in full (-q hides them, as everywhere)
         log(f"warning: {flag_wording(w)}", logging.WARNING)
+    if path is not None:
+        write_bytes(path, res.info["data"], overwrite=output.overwrite)
+        return
     out = sys.stdout.buffer
     out.write(res.info["data"])
     out.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -47,6 +48,16 @@ class RangeType(click.ParamType):
             return parse_value_range(value if isinstance(value, (tuple, list)) else str(value))
         except ValueError:
             self.fail(f"{value!r} is not two finite numbers LO,HI with LO below HI", param, ctx)
+
+
+class FiniteRange(click.FloatRange):
+    """A finite number within the range (``click.FloatRange`` lets NaN through)."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
 
 
 class ErodeType(click.ParamType):
@@ -103,6 +114,14 @@ def _load_config(ctx: click.Context, param, value):
     if value is None:
         return None
     path = Path(value)
+    if not path.exists() and "/" not in value and "\\" not in value:
+        from ..presets import preset_names, preset_path
+
+        try:
+            path = preset_path(value)  # a preset by name: --config drive
+        except KeyError:
+            raise click.BadParameter(f"{value}: no such file, and no preset of that name"
+                                     f" (presets: {', '.join(preset_names())})", ctx, param) from None
     try:
         with path.open("rb") as fh:
             raw = fh.read(MAX_CONFIG_BYTES + 1)  # /dev/zero never ends
@@ -194,7 +213,8 @@ config_opt = click.option(
     is_eager=True,
     expose_value=False,
     callback=_load_config,
-    help="TOML file of option values (keys as option names). Flags given on the command line win.",
+    help="TOML file of option values (keys as option names), or a preset's name (`retina-prep"
+    " presets` lists them). Flags given on the command line win.",
 )
 
 output_opt = click.option(
@@ -204,6 +224,17 @@ output_opt = click.option(
     required=True,
     type=click.Path(file_okay=False, allow_dash=True, path_type=Path),
     help="Output folder (created if missing).",
+)
+
+#: normalize's -o: a folder, or for one input an image file, or - for stdout.
+output_or_file_opt = click.option(
+    "-o",
+    "--output",
+    "outdir",
+    required=True,
+    type=click.Path(allow_dash=True, path_type=Path),
+    help="Output folder (created if missing); with one input, an image file to write (.png,"
+    " .tif: the format follows the ending), or - for stdout.",
 )
 
 overwrite_opt = click.option(
@@ -373,7 +404,7 @@ def mask_options(f):
     """Mask source options plus --erode/--rim/--feather as normalize-like commands use them."""
     f = click.option(
         "--feather",
-        type=click.FloatRange(min=0),
+        type=FiniteRange(0, 10_000),
         default=0.0,
         show_default=True,
         help="Soft FOV margin: mask weights ramp from 0 to 1 over PX pixels inside the margin.",

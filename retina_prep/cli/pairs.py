@@ -29,12 +29,12 @@ def pairs(inputs, mask, mask_dir, mask_pattern, auto_mask, mask_check, batch):
     A summary line goes to stderr.
     """
     found = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
-                          outdir=None, batch=batch)
+                          outdir=None, batch=batch, auto_mask=auto_mask)
     click.echo("image\tmask\tmask_source\tlabel\tname")
     n_mask = n_label = 0
     for p in found:
         label = find_label(p.image)
-        m = None if auto_mask else p.mask
+        m = p.mask
         n_mask += m is not None
         n_label += label is not None
         src = "estimated" if m is None else p.mask_source

@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import click
@@ -241,11 +241,21 @@ def _read_files_from(source: str, null: bool) -> list[str]:
     return [i for i in (x.strip("\r") if not null else x for x in items) if i]
 
 
-def collect_pairs(inputs, *, mask, mask_dir, mask_pattern, outdir, batch: BatchOptions | None = None
-                  ) -> list[Pair]:
+def _same_or_inside(path, folder) -> bool:
+    """Whether ``path`` is ``folder`` or below it (after resolving links)."""
+    try:
+        return Path(path).resolve().is_relative_to(Path(folder).resolve())
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def collect_pairs(inputs, *, mask, mask_dir, mask_pattern, outdir, batch: BatchOptions | None = None,
+                  auto_mask: bool = False) -> list[Pair]:
     """Find and pair inputs; problems with the inputs themselves are usage errors (exit 2).
 
-    ``outdir`` (a folder or a list of folders) is never searched for inputs.
+    ``outdir`` (a folder or a list of folders) is never searched for inputs. With
+    ``auto_mask`` the pairs carry no mask file (every FOV is estimated), so the plan, `pairs`,
+    the run and the manifest all say so alike.
     """
     inputs = list(inputs)
     if batch is not None and batch.files_from:
@@ -255,6 +265,20 @@ def collect_pairs(inputs, *, mask, mask_dir, mask_pattern, outdir, batch: BatchO
         raise click.UsageError("no INPUT given: name image files or dataset folders")
     if mask is not None and mask_dir is not None:
         raise click.UsageError("--mask and --mask-dir exclude each other")
+    # problems of the run, not of an image: said once, before anything is written
+    if mask is not None and not os.path.isfile(mask):
+        what = "is a folder (use --mask-dir)" if os.path.isdir(mask) else "no such file"
+        raise click.BadParameter(f"{printable(mask)}: {what}", param_hint="--mask")
+    if mask_dir is not None and not os.path.isdir(mask_dir):
+        what = "is a file (use --mask)" if os.path.isfile(mask_dir) else "no such folder"
+        raise click.BadParameter(f"{printable(mask_dir)}: {what}", param_hint="--mask-dir")
+    for d in outdirs:  # an output folder that is an input, or holds one
+        for item in inputs:
+            if os.path.isdir(item) and _same_or_inside(item, d):
+                raise click.UsageError(
+                    f"{printable(item)}: the input folder is the output folder or inside it"
+                    f" ({printable(d)}); outputs are never taken as inputs: choose another output"
+                    " folder")
     try:
         pairs = find_pairs(
             inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern, exclude=outdirs,
@@ -263,6 +287,8 @@ def collect_pairs(inputs, *, mask, mask_dir, mask_pattern, outdir, batch: BatchO
         )
     except DatasetError as exc:
         raise click.UsageError(str(exc)) from None
+    if auto_mask:
+        pairs = [replace(p, mask=None, mask_source="none") for p in pairs]
     if batch is not None and batch.shard is not None:
         pairs = shard_pairs(pairs, *batch.shard)
     return pairs
@@ -393,6 +419,7 @@ def execute(
     except RetinaPrepError as exc:
         raise click.ClickException(str(exc)) from None
     warned: dict[str, list[str]] = {}
+    exists: list[Result] = []
     manifest_reported = False
 
     def handle(result: Result) -> None:
@@ -403,7 +430,10 @@ def execute(
             log(f"warning: {flag_wording(w)}", logging.DEBUG)
             kind = _warning_kind(w, result.pair)
             warned.setdefault(kind, []).append(printable(result.pair.image))
-        if result.status == "failed":
+        if result.status == "failed" and result.error_kind == "OutputExistsError":
+            exists.append(result)  # a rerun without --overwrite: said once, with the count
+            log(f"error: {cli_wording(result)}", logging.DEBUG)
+        elif result.status == "failed":
             log(f"error: {cli_wording(result)}", logging.ERROR)
         elif result.status == "done" and batch.print0:
             stdout = sys.stdout.buffer
@@ -437,6 +467,13 @@ def execute(
                 " complete; rerun with --skip-existing to finish", logging.ERROR)
             raise click.exceptions.Exit(130) from None
     verbose = LOG.getEffectiveLevel() <= logging.DEBUG
+    if exists:
+        first = (exists[0].error or "").rsplit(": output exists", 1)[0]
+        more = f" ({first} and {len(exists) - 1} more)" if len(exists) > 1 else f" ({first})"
+        hint = _HINTS["OutputExistsError"] if len(exists) == 1 else \
+            " (use --overwrite to replace them, or --skip-existing to keep them)"
+        log(f"error: {len(exists)} of {len(run.todo)} images: output exists{more}{hint}",
+            logging.ERROR)
     for kind, names in warned.items():
         n = len(names)
         if verbose:
