@@ -192,11 +192,24 @@ def _border_value(a: np.ndarray, fill):
 
 
 def to_original(array, transform: Transform, size: tuple[int, int] | None = None, *,
-                interpolation: str = "linear", fill=0) -> np.ndarray:
+                interpolation: str = "linear", fill=0,
+                shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Map an output-sized ``array`` (a probability map, a label map with
     ``interpolation="nearest"``) back onto the original pixel grid: the inverse of
-    :func:`warp`. ``size`` ``(width, height)`` defaults to the transform's original size;
-    pixels the output does not cover get ``fill``. A boolean array stays boolean (nearest)."""
+    :func:`warp`. The grid is the transform's original size by default; ``shape``
+    ``(height, width)`` (e.g. ``image.shape[:2]``) or ``size`` ``(width, height)`` give another.
+    A ``size`` that is the original size transposed (a shape passed as a size) is refused.
+    Pixels the output does not cover get ``fill``. A boolean array stays boolean (nearest)."""
+    if shape is not None:
+        if size is not None:
+            raise ValueError("give shape (height, width) or size (width, height), not both")
+        size = (int(shape[1]), int(shape[0]))
+    if size is not None:
+        ow, oh = transform.original_size
+        if tuple(int(v) for v in size) == (oh, ow) and ow != oh:
+            raise ValueError(f"size is (width, height) = {tuple(size)}, the original size"
+                             f" {transform.original_size} transposed: for image.shape[:2] pass"
+                             " shape=, or size=(width, height)")
     a = _sized(array, transform.output_size, "the transform's output is")
     if a.dtype == np.bool_:
         return to_original(a.view(np.uint8), transform, size, interpolation="nearest",

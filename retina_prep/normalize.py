@@ -403,7 +403,9 @@ def normalize_illumination(
     if kernel is not None and window is not None:
         raise ValueError("give window or kernel, not both")
     if kernel is None:
-        kernel = kernel_for("mean", window, None, mask)
+        # mask None is the whole image: "auto" is then a fraction of the image's own size
+        kernel = kernel_for("mean", window, None,
+                            mask if mask is not None else np.ones(img.shape[:2], bool))
     in_lo, in_hi = image_range(img, value_range)
     if output_dtype is None:
         out_dtype, (out_lo, out_hi) = img.dtype, (in_lo, in_hi)

@@ -117,3 +117,35 @@ def test_compare_writes_the_suffixes_it_can(photos):
     assert (photos / "fig.tif").is_file()
     _usage(invoke("compare", "in/e0.png", "-o", "fig.jpg"), "figures are written as PNG or TIFF")
     assert not (photos / "fig.jpg").exists()
+
+
+def test_bounds_rows_stay_one_per_image_on_a_rerun(photos):
+    """--bounds on a rerun with --overwrite gave 2 rows per image (81 for 40)."""
+    import csv
+
+    for _ in range(2):
+        r = invoke("normalize", "in", "-o", "out", "--crop", "fov", "--resize", "64",
+                   "--bounds", "b.csv", "--overwrite", "-q")
+        assert r.exit_code == 0, r.output
+    rows = list(csv.reader((photos / "b.csv").open()))
+    assert rows[0][:2] == ["image", "output"] and len(rows) == 1 + 3
+    assert len({row[1] for row in rows[1:]}) == 3
+
+
+def test_api_traps(photos):
+    """normalize_illumination(image, None) is the whole image as the README says (it raised
+    unless a window was given); to_original takes a shape, and refuses a shape passed as a
+    size (it returned the transposed grid)."""
+    import retina_prep as rp
+    from retina_prep import geometry as g
+
+    img = read_image(photos / "in" / "e0.png")
+    out = rp.normalize_illumination(img, None)
+    assert out.shape == img.shape and out.dtype == img.dtype
+    m = rp.read_mask(photos / "in" / "e0_mask.png")[:, :140]
+    t = g.fov_transform(m, crop=True, size=32)
+    a = np.zeros((32, 32), np.float32)
+    assert g.to_original(a, t, shape=m.shape).shape == m.shape
+    assert g.to_original(a, t).shape == m.shape
+    with pytest.raises(ValueError, match="transposed"):
+        g.to_original(a, t, m.shape)

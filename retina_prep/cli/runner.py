@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import functools
+import io
 import logging
 import os
 import signal
@@ -498,7 +499,8 @@ BOUNDS_COLUMNS = ("image", "output", "original_width", "original_height", "outpu
 
 class BoundsFile:
     """The --bounds CSV: one row per image that ran, appended as results come in (a header
-    when the file is new), so an interrupted or resumed run keeps every row it made."""
+    when the file is new), so an interrupted or resumed run keeps every row it made. When the
+    run ends, an output that has several rows (a rerun with --overwrite) keeps its last."""
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -531,6 +533,36 @@ class BoundsFile:
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
+            self._fh = None
+            self._compact()
+
+    def _compact(self) -> None:
+        """Keep the last row of each output, in the order the rows first came."""
+        assert self.path is not None
+        try:
+            with open(self.path, newline="", encoding="utf-8") as fh:
+                rows = list(csv.reader(fh))
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return  # not ours to repair
+        if not rows or rows[0] != list(BOUNDS_COLUMNS):
+            return
+        last: dict[str, list[str]] = {}
+        for row in rows[1:]:
+            if len(row) > 1:
+                last.pop(row[1], None)  # (re-inserted: the order of the latest rows)
+                last[row[1]] = row
+        if len(last) == len(rows) - 1:
+            return
+        from ..io import write_bytes
+
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(BOUNDS_COLUMNS)
+        writer.writerows(last.values())
+        try:
+            write_bytes(self.path, text.getvalue().encode("utf-8"), overwrite=True)
+        except OSError:
+            pass
 
     def __enter__(self) -> BoundsFile:
         return self
