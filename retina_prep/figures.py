@@ -26,7 +26,8 @@ __all__ = [
 THEME: dict[str, Any] = {
     "background": (255, 255, 255),
     "text": (20, 20, 20),
-    "contour": (0, 200, 255),
+    # magenta: not the cyan a kept rim takes in normalized outputs, nor the inset's yellow
+    "contour": (230, 0, 230),
     "contour_alpha": 0.45,
     "pad_fraction": 0.02,  # of the image width
     "title_fraction": 0.07,  # title bar height, of the image width
@@ -373,9 +374,18 @@ def roc_figure(summary: dict, response: str, *, size: int = 420) -> np.ndarray:
         img[pad // 2:pad // 2 + title_h, x0:x0 + size] = _title(f"{response}: {region}", size, title_h)
         cv2.rectangle(img, (x0, y0), (x0 + size, y0 + size), (160, 160, 160), 1)
         cv2.line(img, (x0, y0 + size), (x0 + size, y0), (220, 220, 220), 1)
-        cv2.putText(img, "FPR", (x0 + size // 2 - 15, y0 + size + 25), font, 0.5, THEME["text"], 1,
+        cv2.putText(img, "FPR", (x0 + size // 2 + 24, y0 + size + 32), font, 0.5, THEME["text"], 1,
                     cv2.LINE_AA)
-        cv2.putText(img, "TPR", (x0 - 35, y0 + size // 2), font, 0.5, THEME["text"], 1, cv2.LINE_AA)
+        cv2.putText(img, "TPR", (x0 - 38, y0 + size // 2 - 24), font, 0.5, THEME["text"], 1,
+                    cv2.LINE_AA)
+        for tick in (0.0, 0.5, 1.0):  # tick labels on both axes
+            tx, ty = x0 + int(round(tick * size)), y0 + size - int(round(tick * size))
+            cv2.line(img, (tx, y0 + size), (tx, y0 + size + 4), (120, 120, 120), 1)
+            cv2.line(img, (x0 - 4, ty), (x0, ty), (120, 120, 120), 1)
+            label = f"{tick:g}"
+            cv2.putText(img, label, (tx - 8, y0 + size + 16), font, 0.38, THEME["text"], 1,
+                        cv2.LINE_AA)
+            cv2.putText(img, label, (x0 - 24, ty + 4), font, 0.38, THEME["text"], 1, cv2.LINE_AA)
         for j, method in enumerate(summary["roc"]):
             curve = summary["roc"][method].get(response, {}).get(region)
             if not curve:
