@@ -25,6 +25,7 @@ from .evaluate import evaluate_image
 from .figures import PANEL_WIDTH, panel, thumbnail
 from .fov import (
     LOW_CONFIDENCE,
+    channel_max,
     check_fov_mask,
     erode_mask,
     feather_mask,
@@ -851,7 +852,7 @@ def read_labels(path, fov, *, max_pixels=DEFAULT_MAX_PIXELS) -> np.ndarray:
     binary label image), has the image's size and marks vessel pixels inside the FOV.
     """
     raw = read_image(path, max_pixels=max_pixels)
-    gray = raw.max(axis=-1) if raw.ndim == 3 else raw
+    gray = channel_max(raw)
     if gray.shape != fov.shape:
         raise MaskError(f"labels are {gray.shape[1]}x{gray.shape[0]} px but the image is"
                         f" {fov.shape[1]}x{fov.shape[0]} px", path)

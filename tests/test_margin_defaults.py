@@ -298,3 +298,21 @@ def test_low_confidence_is_one_warning_line_naming_the_images(tmp_path, monkeypa
                              f"{tmp_path / 'in' / 'e1.png'}")
     recs = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").open()][1:]
     assert sorted(x["params"]["fov_estimate"]["confidence"] for x in recs) == [0.5, 0.7]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([np.uint8, np.uint16, np.float32, np.float64,
+                                                 np.int32]), st.integers(1, 5))
+def test_channel_max_matches_numpy(seed, dtype, channels):
+    from retina_prep.fov import _percentiles, channel_max
+
+    rng = np.random.default_rng(seed)
+    a = (rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)), channels)) * 250)
+    a = a.astype(dtype)
+    want = a.max(axis=-1)
+    got = channel_max(a)
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+    if dtype in (np.uint8, np.uint16):
+        v = want.astype(np.float32)
+        assert np.allclose(_percentiles(v, [0.1, 50, 99.9], want),
+                           np.percentile(v, [0.1, 50, 99.9]), rtol=0, atol=1e-3)
