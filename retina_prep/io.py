@@ -182,23 +182,32 @@ def _damage(said: list[str]) -> str | None:
     return None
 
 
-def _tiff_samples(data: bytes) -> int:
-    """A TIFF's samples per pixel (tag 277) from its first directory; 0 for other files."""
+def _tiff_tags(data: bytes, wanted=(274, 277, 322)) -> dict[int, int]:
+    """Single-valued tags of a TIFF's first directory (orientation 274, samples per pixel 277,
+    tile width 322 by default); {} for other files."""
     if data[:4] not in (b"II*\x00", b"MM\x00*"):
-        return 0
+        return {}
     end = "<" if data[:2] == b"II" else ">"
+    found: dict[int, int] = {}
     try:
         (ifd,) = struct.unpack(end + "I", data[4:8])
         (count,) = struct.unpack(end + "H", data[ifd:ifd + 2])
         for i in range(min(count, 512)):
             entry = data[ifd + 2 + 12 * i: ifd + 14 + 12 * i]
             tag, kind = struct.unpack(end + "HH", entry[:4])
-            if tag == 277:
+            if tag in wanted:
                 fmt = "H" if kind == 3 else "I"
-                return int(struct.unpack(end + fmt, entry[8:8 + struct.calcsize(fmt)])[0])
+                found[tag] = int(struct.unpack(end + fmt, entry[8:8 + struct.calcsize(fmt)])[0])
     except struct.error:
-        return 0
-    return 1
+        return {}
+    return found
+
+
+def _opencv_misreads_tiff(data: bytes) -> bool:
+    """TIFFs OpenCV decodes wrongly: RGB with extra samples (the samples taken for columns),
+    and tiled ones with an EXIF orientation (8-bit tiles scrambled by its RGBA-tile path)."""
+    tags = _tiff_tags(data)
+    return tags.get(277, 1) > 4 or (322 in tags and tags.get(274, 1) != 1)
 
 
 def _decode_by(path: Path, data: bytes) -> tuple[np.ndarray, str]:
@@ -211,8 +220,8 @@ def _decode_by(path: Path, data: bytes) -> tuple[np.ndarray, str]:
         gif = _decode_gif(data)
         if gif is not None:
             return gif, "pillow"
-    elif _tiff_samples(data) > 4:
-        pass  # RGB with extra samples: OpenCV (and Pillow) take the samples for columns
+    elif _opencv_misreads_tiff(data):
+        pass  # imageio (tifffile) reads it; the orientation is applied afterwards
     else:
         buf = np.frombuffer(data, np.uint8)
         try:
