@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 #: Where each public name lives: the package imports a module on first use of one of its
 #: names, so `import retina_prep` (and the command line's start-up) stays light.
 _LAZY = {
+    "clahe": ("masked_clahe",),
     "core": ("Kernel", "as_kernel", "as_mask", "box_kernel", "convolve", "gaussian_kernel",
              "mask_weights", "masked_convolve", "masked_filter"),
     "dataset": ("Pair", "find_mask", "find_pairs"),
@@ -34,7 +35,7 @@ _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 #: Submodules reachable as attributes (``rp.geometry.to_original``) without importing them first.
 _SUBMODULES = ("core", "normalize", "fov", "io", "dataset", "geometry", "pipeline", "batch",
-               "evaluate", "figures", "metrics", "synthetic", "errors")
+               "evaluate", "figures", "metrics", "synthetic", "errors", "clahe", "presets")
 
 
 def __getattr__(name):
@@ -55,6 +56,7 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from .clahe import masked_clahe
     from .core import (
         Kernel,
         as_kernel,
@@ -118,6 +120,7 @@ __all__ = [
     "write_image",
     "make_kernel",
     "normalize_illumination",
+    "masked_clahe",
     "prepare_mask",
     "PreparedMask",
     "resolve_window",

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .batch import Result
+from .clahe import CLAHE_COLOURS, DEFAULT_CLIP_LIMIT, DEFAULT_TILES, masked_clahe
 from .core import DEFAULT_RIDGE, MODES, Kernel, masked_filter
 from .dataset import Pair, find_label
 from .errors import MaskError, OutputExistsError, RetinaPrepError
@@ -91,6 +92,10 @@ __all__ = [
 #: "none" keeps it (the mask as given), "default" is "auto" for every mask except a mask file
 #: that `retina-prep mask` wrote with its rim already trimmed (used as given).
 RIM_CHOICES = ("default", "auto", "none")
+
+#: What ``normalize`` can do: the local mean (the mask-convolution paper), masked local
+#: standardization, and masked CLAHE (:mod:`retina_prep.clahe`).
+NORMALIZE_METHODS = (*METHODS, "clahe")
 
 #: ``erode="auto"`` erodes by this fraction of the FOV diameter (6 px on DRIVE).
 AUTO_ERODE_FRACTION = 0.011
@@ -187,6 +192,9 @@ class NormalizeSettings:
     value_range: tuple[float, float] | None = None  # None: the dtype's range
     order: int | str = "auto"  # 0, 1, or "auto": 1 when the mask is trimmed (see resolve_order)
     ridge: float = DEFAULT_RIDGE
+    clip_limit: float = DEFAULT_CLIP_LIMIT  # method "clahe" (masked CLAHE)
+    tiles: int = DEFAULT_TILES  # method "clahe": an N x N grid
+    clahe_on: str = "lab"  # method "clahe": L of Lab, each channel, or one channel
 
     def __post_init__(self):
         if self.order not in ("auto", *ORDERS):
@@ -195,8 +203,15 @@ class NormalizeSettings:
             raise ValueError(f"ridge must be a number >= 0, got {self.ridge!r}")
         if self.order == 1 and self.method != "mean":
             raise ValueError("order 1 applies to method 'mean' only")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
+        if self.method not in NORMALIZE_METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid methods:"
+                             f" {', '.join(NORMALIZE_METHODS)}")
+        if not (math.isfinite(self.clip_limit) and self.clip_limit >= 0):
+            raise ValueError(f"clip limit must be a number >= 0, got {self.clip_limit!r}")
+        if not 1 <= int(self.tiles) <= 256:
+            raise ValueError(f"tiles must be 1 to 256, got {self.tiles!r}")
+        if self.clahe_on not in CLAHE_COLOURS:
+            raise ValueError(f"CLAHE on {self.clahe_on!r}? valid: {', '.join(CLAHE_COLOURS)}")
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"scale must be a positive number, got {self.scale!r}")
         # the kernel's name, size and sigma are checked where kernels are made
@@ -471,6 +486,13 @@ def resolve_order(order, mask_info: dict | None, name=None) -> int:
 
 def _run_normalize(image, mask, kernel: Kernel | None, settings: NormalizeSettings, ignore_mask: bool,
                    order: int = 0):
+    if settings.method == "clahe":
+        if image.dtype not in (np.uint8, np.uint16) or settings.value_range is not None:
+            raise ValueError(f"CLAHE takes 8- or 16-bit images, not {image.dtype} (method 'clahe')")
+        m = getattr(mask, "mask", mask)  # a prepared mask's own
+        return masked_clahe(image, None if ignore_mask or m is None else np.asarray(m) > 0,
+                            clip_limit=settings.clip_limit, tiles=settings.tiles,
+                            colour=settings.clahe_on, fill=settings.fill)
     return normalize_illumination(
         image, mask, kernel=kernel, target=settings.target, fill=settings.fill,
         ignore_mask=ignore_mask, method=settings.method, scale=settings.scale,

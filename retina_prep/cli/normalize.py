@@ -12,10 +12,12 @@ from pathlib import Path
 import click
 
 from ..batch import Result, run_one
+from ..clahe import CLAHE_COLOURS, DEFAULT_CLIP_LIMIT, DEFAULT_TILES
 from ..core import DEFAULT_RIDGE
 from ..io import write_bytes
-from ..normalize import AUTO_WINDOW_FRACTION, DEFAULT_SCALE, DEFAULT_TARGET, KERNELS, METHODS
+from ..normalize import AUTO_WINDOW_FRACTION, DEFAULT_SCALE, DEFAULT_TARGET, KERNELS
 from ..pipeline import (
+    NORMALIZE_METHODS,
     MaskSettings,
     NormalizeSettings,
     apply_geometry,
@@ -76,13 +78,20 @@ Examples:
 )
 @click.option(
     "--method",
-    type=click.Choice(METHODS),
+    type=click.Choice(NORMALIZE_METHODS),
     default="mean",
     show_default=True,
     help="'mean': I - mean + I0 (the mask-convolution paper). 'standardize':"
     " I0 + scale * (I - mean) / local std"
-    " (mask-weighted statistics, Kang et al.).",
+    " (mask-weighted statistics, Kang et al.). 'clahe': masked CLAHE (tile histograms from"
+    " the FOV only; --clip-limit, --tiles, --clahe-on).",
 )
+@click.option("--clip-limit", type=FiniteRange(0, 1000), default=DEFAULT_CLIP_LIMIT,
+              show_default=True, help="--method clahe: OpenCV's clip limit (0: none).")
+@click.option("--tiles", type=click.IntRange(1, 256), default=DEFAULT_TILES, show_default=True,
+              help="--method clahe: an N x N grid of tiles.")
+@click.option("--clahe-on", type=click.Choice(CLAHE_COLOURS), default="lab", show_default=True,
+              help="--method clahe on colour images: L of Lab, each channel, or one channel.")
 @click.option(
     "--scale",
     type=click.FloatRange(min=0, min_open=True),
@@ -155,7 +164,8 @@ Examples:
 @run_options
 @click.pass_context
 def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask_check, erode, rim, feather,
-              window, kernel, sigma, method, scale, target, fill, order, ridge, value_range, ignore_mask,
+              window, kernel, sigma, method, clip_limit, tiles, clahe_on, scale, target, fill, order,
+              ridge, value_range, ignore_mask,
               panels_dir, panels_compare, panel_width, crop, resize, write_mask, labels, bounds,
               fmt, png_level, overwrite, max_pixels, ignore_orientation, batch, quiet):
     """Flatten uneven illumination: I - masked local mean + I0, per channel.
@@ -171,6 +181,7 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask
             ignore_mask=ignore_mask, method=method,
             scale=scale, value_range=value_range,
             order=order if order == "auto" else int(order), ridge=ridge,
+            clip_limit=clip_limit, tiles=tiles, clahe_on=clahe_on,
         )
         mask_settings = MaskSettings(auto_mask=auto_mask, check=mask_check, erode=erode, rim=rim,
                                      feather=feather, max_pixels=max_pixels,

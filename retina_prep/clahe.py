@@ -1,0 +1,237 @@
+"""Masked CLAHE: contrast-limited adaptive histogram equalization over the field of view only.
+
+OpenCV's ``CLAHE::apply`` (and scikit-image's ``equalize_adapthist``) build each tile's
+histogram from every pixel in it, so at the FOV margin the black background fills the tiles'
+histograms and the margin comes out with a shifted mean and less contrast. Here each tile's
+histogram, clip limit and mapping come from the FOV pixels it holds, and the tile mappings are
+interpolated bilinearly with weights from each tile's FOV count -- the normalized-convolution
+idea: a tile with no FOV pixels contributes nothing. With a mask covering the whole image the
+result is OpenCV's (the same tile grid, clipping, redistribution and interpolation).
+
+>>> import numpy as np
+>>> img = (np.arange(64 * 64) % 200).astype(np.uint8).reshape(64, 64)
+>>> out = masked_clahe(img, None, clip_limit=2.0, tiles=4)
+>>> out.shape, out.dtype
+((64, 64), dtype('uint8'))
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+__all__ = ["masked_clahe", "clahe_plane", "CLAHE_COLOURS", "DEFAULT_CLIP_LIMIT", "DEFAULT_TILES"]
+
+#: ``normalize --method clahe`` defaults: OpenCV's usual fundus settings (clip 2, 8 x 8 tiles).
+DEFAULT_CLIP_LIMIT = 2.0
+DEFAULT_TILES = 8
+#: Tiles the FOV covers in part take their histograms from a grown tile (see :func:`_luts`).
+GROW_PARTIAL_TILES = True
+#: How colour images are equalized: L of Lab (the usual choice), each channel, or one channel.
+CLAHE_COLOURS = ("lab", "each", "red", "green", "blue")
+
+
+def _tile_grid(shape: tuple[int, int], tiles: int) -> tuple[int, int, int, int]:
+    """OpenCV's grid: the image is extended (reflect-101) to a multiple of ``tiles`` each way;
+    returns (extended height, extended width, tile height, tile width)."""
+    h, w = shape
+    if h % tiles == 0 and w % tiles == 0:
+        return h, w, h // tiles, w // tiles
+    # as OpenCV pads: both sides by tiles - size % tiles, a full tile where it divides already
+    eh, ew = h + tiles - h % tiles, w + tiles - w % tiles
+    return eh, ew, eh // tiles, ew // tiles
+
+
+def _luts(plane: np.ndarray, mask: np.ndarray, tiles: int, clip_limit: float,
+          levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per tile: the mapping (tiles*tiles, levels) float32 and the FOV count (tiles*tiles,)."""
+    h, w = plane.shape
+    eh, ew, th, tw = _tile_grid((h, w), tiles)
+    if (eh, ew) != (h, w):
+        plane = cv2.copyMakeBorder(plane, 0, eh - h, 0, ew - w, cv2.BORDER_REFLECT_101)
+        mask = cv2.copyMakeBorder(mask.view(np.uint8), 0, eh - h, 0, ew - w,
+                                  cv2.BORDER_REFLECT_101).view(bool)
+    ty = (np.arange(eh) // th)[:, None]
+    tx = (np.arange(ew) // tw)[None, :]
+    tile = (ty * tiles + tx)[mask]
+    values = plane[mask].astype(np.int64)
+    n_tiles = tiles * tiles
+    full = th * tw
+    hist = np.bincount(tile * levels + values, minlength=n_tiles * levels).reshape(n_tiles, levels)
+    counts = hist.sum(axis=1)
+    if GROW_PARTIAL_TILES:
+        # a tile the FOV covers in part takes its histogram from the FOV pixels of the tile grown
+        # about its centre until they are as many as a full tile's (a sample of a few hundred
+        # pixels gives a noisy mapping); its weight in the interpolation stays its own count
+        csum = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        for ti in np.nonzero((counts > 0) & (counts < full))[0]:
+            r, c = divmod(int(ti), tiles)
+            for g in range(1, 4 * max(th, tw)):
+                y0, y1 = max(r * th - g, 0), min((r + 1) * th + g, eh)
+                x0, x1 = max(c * tw - g, 0), min((c + 1) * tw + g, ew)
+                k = csum[y1, x1] - csum[y0, x1] - csum[y1, x0] + csum[y0, x0]
+                if k >= full or (y0 == 0 and x0 == 0 and y1 == eh and x1 == ew):
+                    break
+            sub = plane[y0:y1, x0:x1][mask[y0:y1, x0:x1]].astype(np.int64)
+            hist[ti] = np.bincount(sub, minlength=levels)
+        sizes = hist.sum(axis=1)
+    else:
+        sizes = counts
+    luts = np.zeros((n_tiles, levels), np.float32)
+    for t in range(n_tiles):
+        n = int(sizes[t])
+        if counts[t] == 0:
+            continue  # contributes nothing
+        hh = hist[t].copy()
+        if clip_limit > 0:
+            limit = max(int(clip_limit * n / levels), 1)
+            over = hh > limit
+            clipped = int((hh[over] - limit).sum())
+            hh[over] = limit
+            batch = clipped // levels
+            residual = clipped - batch * levels
+            hh += batch
+            if residual:
+                step = max(levels // residual, 1)
+                idx = np.arange(0, levels, step)[:residual]
+                hh[idx] += 1
+        cum = np.cumsum(hh).astype(np.float32)
+        scale = np.float32((levels - 1) / n)
+        lut = cum * scale
+        luts[t] = np.rint(lut)
+    np.clip(luts, 0, levels - 1, out=luts)
+    return luts, counts
+
+
+def clahe_plane(plane, mask=None, *, clip_limit: float = DEFAULT_CLIP_LIMIT,
+                tiles: int = DEFAULT_TILES) -> np.ndarray:
+    """Masked CLAHE of one ``(H, W)`` uint8 or uint16 plane; the plane's dtype out.
+
+    Parameters
+    ----------
+    plane : (H, W) uint8 or uint16 array_like
+    mask : (H, W) bool array_like, optional
+        The field of view; None is the whole image (then the result equals
+        ``cv2.createCLAHE(clip_limit, (tiles, tiles)).apply(plane)`` within 1 gray level).
+    clip_limit : float
+        OpenCV's clip limit (a multiple of the mean bin height); 0 for none.
+    tiles : int
+        An N x N grid of tiles.
+
+    Notes
+    -----
+    Tile ``t`` holding ``n_t`` FOV pixels gets the clip limit ``max(int(clip * n_t / L), 1)`` for
+    ``L`` levels, the clipped excess spread over all bins as OpenCV does, and the mapping
+    ``rint(cumsum(hist) * (L - 1) / n_t)``. A pixel's value is the bilinear mix of the four
+    nearest tiles' mappings, each weight multiplied by the tile's ``n_t`` and the sum
+    renormalized, so tiles outside the FOV take no part. Pixels outside the mask are returned
+    as they are (the caller fills them).
+    """
+    p = np.asarray(plane)
+    if p.ndim != 2 or p.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"CLAHE works on one uint8 or uint16 plane, got {p.dtype} {p.shape}")
+    tiles = int(tiles)
+    if not 1 <= tiles <= 256:
+        raise ValueError(f"tiles must be 1 to 256 (an N x N grid), got {tiles}")
+    if not (math.isfinite(clip_limit) and clip_limit >= 0):
+        raise ValueError(f"clip_limit must be a number >= 0, got {clip_limit!r}")
+    h, w = p.shape
+    if h < tiles or w < tiles:
+        raise ValueError(f"the image ({w}x{h} px) is smaller than the {tiles}x{tiles} tile grid")
+    m = np.ones((h, w), bool) if mask is None else np.ascontiguousarray(mask, dtype=bool)
+    if m.shape != (h, w):
+        raise ValueError(f"mask shape {m.shape} does not match the image's {(h, w)}")
+    if not m.any():
+        raise ValueError("the mask is empty: no pixel inside the field of view")
+    levels = 256 if p.dtype == np.uint8 else 65536
+    luts, counts = _luts(np.ascontiguousarray(p), m, tiles, float(clip_limit), levels)
+    _, _, th, tw = _tile_grid((h, w), tiles)
+    # OpenCV's interpolation coordinates (float32), on the image's own pixels
+    tyf = np.arange(h, dtype=np.float32) * np.float32(1.0 / th) - np.float32(0.5)
+    txf = np.arange(w, dtype=np.float32) * np.float32(1.0 / tw) - np.float32(0.5)
+    ty1 = np.floor(tyf).astype(np.int64)
+    tx1 = np.floor(txf).astype(np.int64)
+    ya = (tyf - ty1).astype(np.float64)[:, None]
+    xa = (txf - tx1).astype(np.float64)[None, :]
+    ty2, tx2 = np.minimum(ty1 + 1, tiles - 1), np.minimum(tx1 + 1, tiles - 1)
+    ty1, tx1 = np.maximum(ty1, 0), np.maximum(tx1, 0)
+    ys, xs = np.nonzero(m)
+    v = p[ys, xs].astype(np.int64)
+    cnt = counts.astype(np.float64)
+    total = np.zeros(ys.size, np.float64)
+    weight = np.zeros(ys.size, np.float64)
+    for tyc, wy in ((ty1, 1.0 - ya), (ty2, ya)):
+        for txc, wx in ((tx1, 1.0 - xa), (tx2, xa)):
+            t = tyc[ys] * tiles + txc[xs]
+            wgt = wy[ys, 0] * wx[0, xs] * cnt[t]
+            total += wgt * luts[t, v]
+            weight += wgt
+    out = p.copy()
+    res = np.rint(total / np.maximum(weight, 1e-300))
+    out[ys, xs] = np.clip(res, 0, levels - 1).astype(p.dtype)
+    return out
+
+
+def masked_clahe(image, mask=None, *, clip_limit: float = DEFAULT_CLIP_LIMIT,
+                 tiles: int = DEFAULT_TILES, colour: str = "lab", fill: float = 0.0) -> np.ndarray:
+    """Masked CLAHE of a fundus photograph (see :func:`clahe_plane`); the image's dtype out.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, 3) uint8 or uint16 array_like (RGB)
+    mask : (H, W) bool array_like, optional
+        The field of view; None is the whole image.
+    clip_limit, tiles : as :func:`clahe_plane`.
+    colour : {"lab", "each", "red", "green", "blue"}
+        Colour images: equalize L of Lab (the usual choice; hue kept), each channel on its own,
+        or one channel (the others kept). Gray images use their one channel.
+    fill : float
+        The value outside the FOV, in 8-bit units (scaled for 16-bit).
+
+    Returns
+    -------
+    ndarray of the image's shape and dtype.
+    """
+    img = np.asarray(image)
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"CLAHE takes uint8 or uint16 images, got {img.dtype}")
+    if colour not in CLAHE_COLOURS:
+        raise ValueError(f"colour must be one of {', '.join(CLAHE_COLOURS)}, got {colour!r}")
+    m = None if mask is None else np.asarray(mask, dtype=bool)
+    if img.ndim == 2:
+        out = clahe_plane(img, m, clip_limit=clip_limit, tiles=tiles)
+    elif img.ndim == 3 and img.shape[2] == 3:
+        if colour == "each":
+            out = np.dstack([clahe_plane(np.ascontiguousarray(img[..., c]), m,
+                                         clip_limit=clip_limit, tiles=tiles) for c in range(3)])
+        elif colour in ("red", "green", "blue"):
+            c = ("red", "green", "blue").index(colour)
+            out = img.copy()
+            out[..., c] = clahe_plane(np.ascontiguousarray(img[..., c]), m,
+                                      clip_limit=clip_limit, tiles=tiles)
+        else:
+            out = _clahe_lab(img, m, clip_limit, tiles)
+    else:
+        raise ValueError(f"CLAHE takes (H, W) or (H, W, 3) images, got shape {img.shape}")
+    if m is not None:
+        top = 255.0 if img.dtype == np.uint8 else 65535.0
+        out[~m] = np.asarray(np.clip(round(fill * top / 255.0), 0, top)).astype(img.dtype)
+    return out
+
+
+def _clahe_lab(img: np.ndarray, m, clip_limit: float, tiles: int) -> np.ndarray:
+    """CLAHE on L of Lab: 8-bit through OpenCV's 8-bit Lab, 16-bit through float Lab with L
+    quantized to 16 bits."""
+    if img.dtype == np.uint8:
+        lab = cv2.cvtColor(img, cv2.COLOR_RGB2Lab)
+        lab[..., 0] = clahe_plane(np.ascontiguousarray(lab[..., 0]), m, clip_limit=clip_limit,
+                                  tiles=tiles)
+        return cv2.cvtColor(lab, cv2.COLOR_Lab2RGB)
+    lab = cv2.cvtColor(img.astype(np.float32) / 65535.0, cv2.COLOR_RGB2Lab)  # L in 0..100
+    L = np.clip(np.rint(lab[..., 0] * (65535.0 / 100.0)), 0, 65535).astype(np.uint16)
+    lab[..., 0] = clahe_plane(L, m, clip_limit=clip_limit, tiles=tiles).astype(np.float32) * (
+        100.0 / 65535.0)
+    rgb = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB)
+    return np.clip(np.rint(rgb * 65535.0), 0, 65535).astype(np.uint16)
