@@ -817,22 +817,36 @@ def normalize_columns(image, mask, kernel: Kernel, *,
             ("(c) IN with mask", done[False])]
 
 
+def clahe_columns(image, mask, *, clip_limit: float = DEFAULT_CLIP_LIMIT,
+                  tiles: int = DEFAULT_TILES, colour: str = "lab"):
+    """original | CLAHE of the whole image (OpenCV's, the background included) | masked CLAHE."""
+    def run(m):
+        return masked_clahe(image, m, clip_limit=clip_limit, tiles=tiles, colour=colour)
+
+    return [("(a) original", image), ("(b) CLAHE, no mask (OpenCV)", run(None)),
+            ("(c) masked CLAHE", run(np.asarray(mask) > 0))]
+
+
 def compare_pair(pair: Pair, out_path, *, kernel: Kernel | str = "gaussian", window=None,
                  sigma: float | None = None, mask_settings: MaskSettings = MaskSettings(),
                  normalize: bool = False, inset="auto", profile: bool = True,
                  overwrite: bool = False, thumb_width: int | None = None,
-                 panel_width: int | None = PANEL_WIDTH, order: int | str = "auto") -> Result:
+                 panel_width: int | None = PANEL_WIDTH, order: int | str = "auto",
+                 clahe: tuple[float, int] | None = None) -> Result:
     """Write one comparison figure for ``pair`` to ``out_path``.
 
     ``kernel`` is a :class:`Kernel`, or a kernel name sized by ``window`` and
-    ``sigma`` for this image (see :func:`~retina_prep.normalize.kernel_for`).
+    ``sigma`` for this image (see :func:`~retina_prep.normalize.kernel_for`). With ``clahe``
+    ``(clip_limit, tiles)``, the figure is :func:`clahe_columns` instead.
     """
     out_path = Path(out_path)
     _check_output(out_path, pair, overwrite)
     image, mask, info = load_pair(pair, mask_settings)
     if not isinstance(kernel, Kernel):
         kernel = kernel_for(kernel, window, sigma, mask)
-    if normalize:
+    if clahe is not None:
+        cols = clahe_columns(image, mask, clip_limit=clahe[0], tiles=int(clahe[1]))
+    elif normalize:
         run_order = info["order"] = resolve_order(order, info, pair.image)
         cols = normalize_columns(image, mask, kernel, order=run_order)
     else:

@@ -172,3 +172,14 @@ def test_cli_method_clahe(tmp_path):
     r = invoke("normalize", tmp_path / "in", "-o", tmp_path / "x", "--method", "clahe",
                "--tiles", "0")
     assert r.exit_code == 2
+
+
+def test_compare_method_clahe(tmp_path):
+    """compare --method clahe: original | CLAHE without a mask | masked CLAHE, one figure."""
+    s = synthetic_fundus((150, 160), seed=1, background=4)
+    write_image(tmp_path / "e.png", s.image)
+    r = invoke("compare", tmp_path / "e.png", "-o", tmp_path / "fig.png", "--method", "clahe",
+               "--clip-limit", "4", "-q")
+    assert r.exit_code == 0, r.output
+    fig = read_image(tmp_path / "fig.png")
+    assert fig.shape[1] > 3 * 150 and fig.ndim == 3

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 
+from ..clahe import DEFAULT_CLIP_LIMIT, DEFAULT_TILES
 from ..core import KERNEL_NAMES
 from ..io import IMAGE_EXTENSIONS
 from ..pipeline import MaskSettings, compare_pair
-from .options import KernelSpec, WindowType, check_kernel, mask_options, panel_width_opt
+from .options import FiniteRange, KernelSpec, WindowType, check_kernel, mask_options, panel_width_opt
 from .runner import ContactSheet, collect_pairs, execute, run_options
 
 
@@ -60,6 +61,14 @@ Examples:
 @click.option("--normalize", "normalize_fig", is_flag=True, default=False,
               help="Fig. 4 instead: without IN | IN without mask | IN with mask (mean kernel of"
               " --window, or --kernel gaussian).")
+@click.option("--method", "method", type=click.Choice(["filter", "clahe"]), default="filter",
+              show_default=True,
+              help="'clahe': original | CLAHE of the whole image (OpenCV) | masked CLAHE, with"
+              " --clip-limit and --tiles, instead of the kernel figures.")
+@click.option("--clip-limit", type=FiniteRange(0, 1000), default=DEFAULT_CLIP_LIMIT,
+              show_default=True, help="--method clahe: the clip limit.")
+@click.option("--tiles", type=click.IntRange(1, 256), default=DEFAULT_TILES, show_default=True,
+              help="--method clahe: an N x N grid of tiles.")
 @click.option("--order", type=click.Choice(["auto", "0", "1"]), default="auto", show_default=True,
               help="With --normalize: 0 the masked local mean, 1 the local plane, auto as in"
               " normalize (1 when the mask is trimmed).")
@@ -74,7 +83,8 @@ Examples:
 @run_options
 @click.pass_context
 def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, mask_check, erode, rim, feather,
-            kernel_spec, window, sigma, normalize_fig, order, inset, profile, sheet, panel_width, overwrite,
+            kernel_spec, window, sigma, normalize_fig, method, clip_limit, tiles, order, inset, profile,
+            sheet, panel_width, overwrite,
             max_pixels, ignore_orientation, batch, quiet):
     """Comparison figures: what the mask changes at the FOV margin.
 
@@ -110,7 +120,8 @@ def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, mask_c
                              inset=None if inset == "none" else inset, profile=profile,
                              overwrite=overwrite, thumb_width=480 if sheet else None,
                              panel_width=panel_width,
-                             order=order if order == "auto" else int(order))
+                             order=order if order == "auto" else int(order),
+                             clahe=(clip_limit, tiles) if method == "clahe" else None)
     report = execute("compare", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
                      expected_outputs=lambda p: [figure_path(p, one, outdir)],
                      params=dict(ctx.params), on_result=contact,
