@@ -115,7 +115,9 @@ def choose_inset(images, mask, size: int):
 
 
 def _profile_line(mask, inset):
-    """End points of a line through the inset centre, along the radius of the FOV."""
+    """End points of a line along the radius of the FOV through the inset, placed so that it
+    crosses the FOV margin where the inset holds it (it ran through the inset's centre, which
+    in some figures lies a way from the margin: the profile then never crossed it)."""
     m = np.asarray(mask, bool)
     x, y, size = inset
     cx, cy = x + size / 2, y + size / 2
@@ -125,6 +127,18 @@ def _profile_line(mask, inset):
     n = np.hypot(vx, vy) or 1.0
     vx, vy = vx / n, vy / n
     half = size / 2
+    # the radius's stretch inside the inset square; where the mask ends on it, the line is
+    # that whole stretch (so it crosses the margin), else the old line through the centre
+    tx = sorted(((x - cx) / vx, (x + size - cx) / vx)) if abs(vx) > 1e-9 else [-np.inf, np.inf]
+    ty = sorted(((y - cy) / vy, (y + size - cy) / vy)) if abs(vy) > 1e-9 else [-np.inf, np.inf]
+    t0, t1 = max(tx[0], ty[0]), min(tx[1], ty[1])
+    t = np.linspace(t0, t1, max(8, int(4 * (t1 - t0))))
+    px, py = cx + vx * t, cy + vy * t
+    ok = (px >= 0) & (py >= 0) & (px < m.shape[1]) & (py < m.shape[0])
+    inside = np.zeros(t.size, bool)
+    inside[ok] = m[py[ok].astype(int), px[ok].astype(int)]
+    if (inside[:-1] != inside[1:]).any():
+        return (cx + vx * t0, cy + vy * t0), (cx + vx * t1, cy + vy * t1)
     return (cx - vx * half, cy - vy * half), (cx + vx * half, cy + vy * half)
 
 

@@ -180,3 +180,19 @@ def test_auto_inset_on_images_too_small_for_a_zoom(tmp_path, shape):
     r = invoke("compare", tmp_path / "in", "-o", tmp_path / "o", "-j", "2")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "o" / "eye.png").exists()
+
+
+def test_the_profile_line_crosses_the_margin_in_the_inset():
+    """The line ran through the inset's centre: where that was a way inside the FOV (insets
+    placed near the margin, not on it) the profile never crossed the margin."""
+    from retina_prep.figures import _profile_line, _sample
+
+    yy, xx = np.mgrid[:200, :200]
+    m = (yy - 100) ** 2 + (xx - 100) ** 2 <= 80 ** 2
+    for inset in [(121, 121, 40), (150, 60, 40), (165, 90, 30), (10, 90, 40), (60, 150, 40)]:
+        p0, p1 = _profile_line(m, inset)
+        x, y, size = inset
+        for px, py in (p0, p1):  # inside the inset
+            assert x - 1e-6 <= px <= x + size + 1e-6 and y - 1e-6 <= py <= y + size + 1e-6
+        v = _sample(m.astype(np.float32), p0, p1, 200)
+        assert v.max() > 0.5 > v.min(), inset
