@@ -105,6 +105,18 @@ class _Listings:
         self._by_folder: dict[str, dict[str, list[str]]] = {}
         self._masks: dict[str, dict[str, str]] = {}
         self._lookup: dict[str, list[str]] = {}
+        self._near: dict[str, dict[str, str]] = {}
+
+    def masks_near(self, parent: str) -> dict[str, str]:
+        """The mask of every image stem of folder ``parent``, from the folders
+        :func:`find_mask` looks in, the first folder winning (one dict per folder of images)."""
+        near = self._near.get(parent)
+        if near is None:
+            near = {}
+            for folder in reversed(self.mask_folders(parent)):
+                near.update(self.masks(folder))
+            self._near[parent] = near
+        return near
 
     def masks(self, folder: str) -> dict[str, str]:
         """The mask files of ``folder`` by the stem of their image (lower case): the first, in
@@ -174,11 +186,8 @@ def find_mask(image: Path, *, _listings: _Listings | None = None) -> Path | None
     parent, name = os.path.split(path)
     stem = os.path.splitext(name)[0].lower()
     listings = _listings or _Listings()
-    for folder in listings.mask_folders(parent):
-        found = listings.masks(folder).get(stem)
-        if found is not None:
-            return Path(found)
-    return None
+    found = listings.masks_near(parent).get(stem)
+    return None if found is None else Path(found)
 
 
 def find_label(image: Path) -> Path | None:
@@ -307,12 +316,14 @@ def find_pairs(
     excluded = [Path(e).resolve() for e in exclude]
     found: list[tuple[Path, Path | None]] = []
     unreadable: list[tuple[Path, str, Path]] = []
+    known: dict[int, tuple[int, int]] = {}  # the file identity of inputs stat-ed here, by index
     for item in inputs:
         p = Path(item)
         try:
-            mode = os.stat(p).st_mode
+            st = os.stat(p)
+            mode = st.st_mode
         except (OSError, ValueError):
-            mode = 0
+            st, mode = None, 0
         if stat.S_ISDIR(mode):
             bad: list[tuple[Path, str]] = []
             imgs = [f for f in _walk_images(p, bad) if not _inside_any(f, excluded)]
@@ -321,14 +332,17 @@ def find_pairs(
                 raise DatasetError("no image files found in this folder", p)
             found.extend((f, p) for f in imgs)
         elif stat.S_ISREG(mode) or p.is_symlink() or (missing_ok and not p.exists()):
-            if not (_is_mask_or_label_name(p) or any(_is_skipped_dir(d) for d in p.parent.parts[-1:])):
+            folder_name = os.path.basename(os.path.dirname(os.fspath(p)))
+            if not (_is_mask_or_label_name(p) or (folder_name and _is_skipped_dir(folder_name))):
+                if st is not None and stat.S_ISREG(mode):
+                    known[len(found)] = (st.st_dev, st.st_ino)
                 found.append((p, _base_of(p, base)))
         else:
             raise DatasetError("no such file or folder", p)
 
     if not found and not unreadable:
         raise DatasetError("no images to process (mask and label files are never taken as images)")
-    found = _unique(found)
+    found = _unique(found, known)
     pairs = []
     m: Path | None
     listings = _Listings()
@@ -396,14 +410,19 @@ def _inside_any(f: Path, folders) -> bool:
     return any(r.is_relative_to(e) for e in folders)
 
 
-def _unique(found):
-    """Drop repeated inputs (the same file named twice, or through links), keeping the first."""
+def _unique(found, known=None):
+    """Drop repeated inputs (the same file named twice, or through links), keeping the first.
+    ``known``: file identities already read, by index in ``found``."""
     seen: set = set()
     out = []
-    for img, root in found:
+    known = known or {}
+    for i, (img, root) in enumerate(found):
         try:
-            st = os.stat(img)  # one call, where a real path costs one per path component
-            key: object = (st.st_dev, st.st_ino)
+            if i in known:
+                key: object = known[i]
+            else:
+                st = os.stat(img)  # one call, where a real path costs one per path component
+                key = (st.st_dev, st.st_ino)
         except (OSError, ValueError):
             try:
                 key = os.path.realpath(img)

@@ -259,6 +259,7 @@ def collect_pairs(inputs, *, mask, mask_dir, mask_pattern, outdir, batch: BatchO
     the run and the manifest all say so alike.
     """
     inputs = list(inputs)
+    named = list(inputs)  # the folders named on the command line (a --files-from list holds files)
     if batch is not None and batch.files_from:
         inputs += _read_files_from(batch.files_from, batch.null)
     outdirs = [d for d in (outdir if isinstance(outdir, (list, tuple)) else [outdir]) if d]
@@ -274,7 +275,7 @@ def collect_pairs(inputs, *, mask, mask_dir, mask_pattern, outdir, batch: BatchO
         what = "is a file (use --mask)" if os.path.isfile(mask_dir) else "no such folder"
         raise click.BadParameter(f"{printable(mask_dir)}: {what}", param_hint="--mask-dir")
     for d in outdirs:  # an output folder that is an input, or holds one
-        for item in inputs:
+        for item in named:
             if os.path.isdir(item) and _same_or_inside(item, d):
                 raise click.UsageError(
                     f"{printable(item)}: the input folder is the output folder or inside it"
@@ -398,11 +399,12 @@ def execute(
     """
     if batch.dry_run:
         # the columns of `retina-prep pairs`, with the full output paths instead of the names
-        click.echo("image\tmask\tmask_source\toutputs")
+        lines = ["image\tmask\tmask_source\toutputs"]
         for p in pairs:
             outs = ",".join(str(o) for o in expected_outputs(p))
             src = p.mask_source if p.mask else "estimated"
-            click.echo(f"{p.image}\t{p.mask or '-'}\t{src}\t{outs}")
+            lines.append(f"{p.image}\t{p.mask or '-'}\t{src}\t{outs}")
+        click.echo("\n".join(lines))  # one write: 100 000 echo calls cost seconds
         return Report()
 
     report = Report()
