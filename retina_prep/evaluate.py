@@ -12,12 +12,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .core import gaussian_kernel, masked_convolve
 from .fov import fov_diameter, margin_distance
 from .metrics import margin_bias_profile
 from .normalize import dtype_scale, normalize_illumination
 
 __all__ = [
     "METHODS",
+    "PEERS",
     "methods_for",
     "RESPONSES",
     "BANDS",
@@ -42,10 +44,64 @@ METHODS = {
 }
 
 
-def methods_for(orders=(0, 1)) -> tuple[str, ...]:
-    """The methods to compare when IN with mask runs in these orders (0, 1 or both)."""
-    return tuple(name for name, spec in METHODS.items()
+#: The peers' ways with the margin (``evaluate --peers``): CLAHE as OpenCV does it and masked,
+#: Ben Graham's 4 (I - G_sigma) + 128 as published (sigma from the FOV radius, everything beyond
+#: 0.9 R set to 128) and through masked convolution, and fundusprep's mirror padding across the
+#: FOV edge followed by unmasked IN.
+PEERS = ("CLAHE, no mask (OpenCV)", "masked CLAHE", "Ben Graham, 0.9 R crop", "Ben Graham, masked",
+         "mirror padding, then IN without mask")
+
+
+def methods_for(orders=(0, 1), peers: bool = False) -> tuple[str, ...]:
+    """The methods to compare when IN with mask runs in these orders (0, 1 or both), and the
+    peers' margin treatments (:data:`PEERS`) when asked."""
+    ours = tuple(name for name, spec in METHODS.items()
                  if spec is None or spec[0] != "mean" or spec[1] or spec[2] in orders)
+    return ours + (PEERS if peers else ())
+
+
+def _circle(mask) -> tuple[float, float, float]:
+    """The FOV's centre (x, y) and radius."""
+    ys, xs = np.nonzero(mask)
+    return float(xs.mean()), float(ys.mean()), fov_diameter(mask) / 2
+
+
+def _ben_graham(image, mask, *, masked: bool, target: float) -> np.ndarray:
+    """4 (I - G_sigma * I) + I0 with sigma = R / 30 (his scale of 300 px radius, sigma 10); as
+    published the blur is unmasked and the result beyond 0.9 R is I0; masked, the local mean is
+    a masked Gaussian and the result is kept to the FOV."""
+    img = np.asarray(image)
+    cx, cy, r = _circle(mask)
+    sigma = max(r / 30.0, 0.5)
+    unit = _unit(img)
+    f = img.astype(np.float32)
+    if masked:
+        k = gaussian_kernel(sigma)
+        mean = masked_convolve(f, mask, k, fill=0.0)
+    else:
+        mean = cv2.GaussianBlur(f, (0, 0), sigma)
+    out = 4.0 * (f - mean) + np.float32(target * unit)
+    if not masked:
+        yy, xx = np.ogrid[: img.shape[0], : img.shape[1]]
+        outside = (xx - cx) ** 2 + (yy - cy) ** 2 > (0.9 * r) ** 2
+        out[outside] = target * unit
+    top = np.iinfo(img.dtype).max if img.dtype.kind in "ui" else 1.0
+    return np.clip(np.rint(out) if img.dtype.kind in "ui" else out, 0, top).astype(img.dtype)
+
+
+def _mirrored(image, mask) -> np.ndarray:
+    """The image with every pixel outside the FOV circle replaced by its mirror image across the
+    circle (radius 2R - r on the same ray), as fundusprep pads before filtering."""
+    img = np.asarray(image)
+    cx, cy, r = _circle(mask)
+    h, w = img.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dx, dy = xx - cx, yy - cy
+    rho = np.sqrt(dx * dx + dy * dy) + 1e-6
+    scale = np.where(rho > r, np.maximum(2 * r - rho, 0.0) / rho, 1.0).astype(np.float32)
+    mapx, mapy = (cx + dx * scale).astype(np.float32), (cy + dy * scale).astype(np.float32)
+    out = cv2.remap(img, mapx, mapy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    return np.where(mask[..., None] if img.ndim == 3 else mask, img, out)
 
 #: Training-free vessel responses (higher = more vessel-like).
 RESPONSES = ("inverted green", "black top-hat")
@@ -130,13 +186,31 @@ def vessel_responses(image, mask, *, scale: float = 1.0) -> dict:
 
 
 def preprocess(image, mask, method, *, kernel, target: float = 128.0):
-    """The image as one of :data:`METHODS` leaves it."""
+    """The image as one of :data:`METHODS` (or :data:`PEERS`) leaves it."""
+    if method in PEERS:
+        return _peer(image, mask, method, kernel=kernel, target=target)
     spec = METHODS[method]
     if spec is None:
         return np.asarray(image)
     how, ignore, order = spec
     return normalize_illumination(image, mask, kernel=kernel, target=target, ignore_mask=ignore,
                                   method=how, order=order)
+
+
+def _peer(image, mask, method, *, kernel, target: float):
+    from .clahe import masked_clahe
+
+    img = np.asarray(image)
+    m = np.asarray(mask) > 0
+    if method == "CLAHE, no mask (OpenCV)":
+        return masked_clahe(img, None)
+    if method == "masked CLAHE":
+        return masked_clahe(img, m)
+    if method.startswith("Ben Graham"):
+        return _ben_graham(img, m, masked=method.endswith("masked"), target=target)
+    # mirror padding, then IN without mask
+    return normalize_illumination(_mirrored(img, m), m, kernel=kernel, target=target,
+                                  ignore_mask=True)
 
 
 @dataclass

@@ -106,3 +106,24 @@ def test_edge_interior_ratio_floors_a_flat_interior():
     assert summarize([ev(2.0)], methods=("none",))["edge_interior"]["none"] == pytest.approx(2.25)
     assert summarize([ev(0.01)], methods=("none",))["edge_interior"]["none"] == pytest.approx(4.5)
     assert summarize([ev(-1.0)], methods=("none",))["edge_interior"]["none"] == pytest.approx(4.5)
+
+
+def test_peers_rows(tmp_path):
+    """evaluate --peers adds the peers' margin treatments; Ben Graham's 0.9 R crop hides the
+    margin (its margin bands are I0 exactly, its margin-band AUC chance), masked Ben Graham and
+    mirror padding keep the margin's vessels."""
+    out = tmp_path / "report"
+    r = CliRunner().invoke(cli, ["evaluate", str(REPO / "sample_data"), "-o", str(out),
+                                 "--labels", str(REPO / "sample_data" / "vessels"), "--peers",
+                                 "--order", "1", "-q"])
+    assert r.exit_code == 0, r.output
+    from retina_prep.evaluate import PEERS
+
+    for name in PEERS:
+        assert f"| {name} |" in r.stdout, name
+    report = json.loads((out / "report.json").read_text())
+    auc = report["auc"]
+    crop = auc["Ben Graham, 0.9 R crop"]["inverted green"]["margin band"]
+    assert abs(crop - 0.5) < 0.05  # near chance: the margin band is set to I0
+    assert auc["Ben Graham, masked"]["inverted green"]["margin band"] > 0.8
+    assert auc["mirror padding, then IN without mask"]["inverted green"]["margin band"] > 0.8

@@ -106,10 +106,15 @@ Examples:
 @click.option("--order", type=click.Choice(["0", "1", "both"]), default="both", show_default=True,
               help="Orders of masked IN to compare: the local mean (0), the local plane (1), or"
               " both side by side.")
+@click.option("--peers", is_flag=True, default=False,
+              help="Also the peers' ways with the margin: CLAHE (OpenCV's and masked), Ben"
+              " Graham's 4(I - G) + 128 as published (0.9 R crop) and masked, mirror padding then"
+              " unmasked IN.")
 @run_options
 @click.pass_context
 def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask_check, erode, rim, feather,
-             labels, window, kernel, target, order, overwrite, max_pixels, ignore_orientation, batch, quiet):
+             labels, window, kernel, target, order, peers, overwrite, max_pixels, ignore_orientation,
+             batch, quiet):
     """Measure what the mask buys, on your own data.
 
     Runs the same images through: none, IN without mask, IN with mask (order
@@ -143,7 +148,7 @@ def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask_
         if ev is not None:
             evaluations.append(ev)
 
-    methods = methods_for((0, 1) if order == "both" else (int(order),))
+    methods = methods_for((0, 1) if order == "both" else (int(order),), peers=peers)
     step = functools.partial(evaluate_pair, window=window, kernel_name=kernel, target=target,
                              methods=methods,
                              mask_settings=mask_settings, labels=labels_arg)
