@@ -278,6 +278,25 @@ def end_to_end_rows(shape=(2336, 3504), repeat: int = 3):
     return rows
 
 
+def clahe_row(shape=(2336, 3504), repeat: int = 3):
+    """Masked CLAHE against OpenCV's CLAHE on one HRF-size photograph's L channel (clip 2, 8x8),
+    and on the RGB image through L of Lab; one run, so the ratio holds on a noisy machine."""
+    from .clahe import clahe_plane, masked_clahe
+
+    img, mask = _fundus(shape)
+    lab = cv2.cvtColor(img, cv2.COLOR_RGB2Lab)
+    plane = np.ascontiguousarray(lab[..., 0])
+    clahe = cv2.createCLAHE(2.0, (8, 8))
+    t = time_calls({
+        "opencv": lambda: clahe.apply(plane),
+        "masked": lambda: clahe_plane(plane, mask),
+        "rgb": lambda: masked_clahe(img, mask),
+    }, repeat)
+    return {"case": f"L channel, {shape[1]}x{shape[0]}", "opencv_ms": 1000 * t["opencv"],
+            "masked_ms": 1000 * t["masked"], "ratio": t["masked"] / t["opencv"],
+            "rgb_ms": 1000 * t["rgb"]}
+
+
 def fov_stage_rows(shape=(2336, 3504), repeat: int = 3):
     """The FOV stage at HRF size against the JPEG decode it follows, and the default flow with
     no mask file (decode, estimate, rim trim, IN, PNG) against the decode + PNG-encode floor."""

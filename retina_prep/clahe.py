@@ -157,20 +157,39 @@ def clahe_plane(plane, mask=None, *, clip_limit: float = DEFAULT_CLIP_LIMIT,
     xa = (txf - tx1).astype(np.float64)[None, :]
     ty2, tx2 = np.minimum(ty1 + 1, tiles - 1), np.minimum(tx1 + 1, tiles - 1)
     ty1, tx1 = np.maximum(ty1, 0), np.maximum(tx1, 0)
-    ys, xs = np.nonzero(m)
-    v = p[ys, xs].astype(np.int64)
     cnt = counts.astype(np.float64)
-    total = np.zeros(ys.size, np.float64)
-    weight = np.zeros(ys.size, np.float64)
-    for tyc, wy in ((ty1, 1.0 - ya), (ty2, ya)):
-        for txc, wx in ((tx1, 1.0 - xa), (tx2, xa)):
-            t = tyc[ys] * tiles + txc[xs]
-            wgt = wy[ys, 0] * wx[0, xs] * cnt[t]
-            total += wgt * luts[t, v]
-            weight += wgt
     out = p.copy()
-    res = np.rint(total / np.maximum(weight, 1e-300))
-    out[ys, xs] = np.clip(res, 0, levels - 1).astype(p.dtype)
+    # blocks of rows and columns that share their four tiles: each is a few table look-ups of
+    # a contiguous block (a fancy index of (tile, value) pairs over all pixels was 20x slower)
+    row_key = ty1 * tiles + ty2
+    col_key = tx1 * tiles + tx2
+    row_cuts = np.flatnonzero(np.diff(row_key)) + 1
+    col_cuts = np.flatnonzero(np.diff(col_key)) + 1
+    row_spans = zip(np.r_[0, row_cuts], np.r_[row_cuts, h])
+    col_spans = list(zip(np.r_[0, col_cuts], np.r_[col_cuts, w]))
+    for r0, r1 in row_spans:
+        a1, a2 = int(ty1[r0]), int(ty2[r0])
+        wy = ((1.0 - ya[r0:r1]), ya[r0:r1])  # (rows, 1) each
+        for c0, c1 in col_spans:
+            mb = m[r0:r1, c0:c1]
+            if not mb.any():
+                continue
+            b1, b2 = int(tx1[c0]), int(tx2[c0])
+            vb = p[r0:r1, c0:c1]
+            wx = ((1.0 - xa[:, c0:c1]), xa[:, c0:c1])  # (1, cols) each
+            total = np.zeros(vb.shape, np.float32)
+            weight = np.zeros(vb.shape, np.float32)
+            for i, tyc in enumerate((a1, a2)):
+                for j, txc in enumerate((b1, b2)):
+                    t = tyc * tiles + txc
+                    if cnt[t] == 0:
+                        continue
+                    wgt = ((wy[i] * wx[j]) * cnt[t]).astype(np.float32)
+                    total += wgt * np.take(luts[t], vb)
+                    weight += wgt
+            res = np.clip(np.rint(total / np.maximum(weight, np.float32(1e-30))), 0, levels - 1)
+            block = out[r0:r1, c0:c1]
+            block[mb] = res[mb].astype(p.dtype)
     return out
 
 

@@ -90,6 +90,12 @@ def bench(drive, quick, threads):
         click.echo(_table(B.end_to_end_rows(), [
             ("output", "format"), ("mask", "mask"), ("normalize ms", "ms"),
             ("floor ms", "floor_ms"), ("normalize / floor", "ratio"), ("output MB", "mb")]))
+        log("bench: masked CLAHE at HRF size ...")
+        c = B.clahe_row()
+        click.echo("\nMasked CLAHE against OpenCV's CLAHE (clip 2, 8x8 tiles; median ms):\n")
+        click.echo(_table([c], [("case", "case"), ("OpenCV CLAHE", "opencv_ms"),
+                                ("masked CLAHE", "masked_ms"), ("masked / OpenCV", "ratio"),
+                                ("masked, RGB via Lab", "rgb_ms")]))
         log("bench: the FOV stage at HRF size ...")
         click.echo("\nThe FOV stage at HRF size (estimate + rim trim, no mask file) against the JPEG"
                    " decode, and the default flow against the decode + PNG-encode floor (median ms):\n")
