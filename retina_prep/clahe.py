@@ -22,6 +22,8 @@ import math
 import cv2
 import numpy as np
 
+from .core import dtype_scale
+
 __all__ = ["masked_clahe", "clahe_plane", "CLAHE_COLOURS", "DEFAULT_CLIP_LIMIT", "DEFAULT_TILES"]
 
 #: ``normalize --method clahe`` defaults: OpenCV's usual fundus settings (clip 2, 8 x 8 tiles).
@@ -235,8 +237,8 @@ def masked_clahe(image, mask=None, *, clip_limit: float = DEFAULT_CLIP_LIMIT,
     else:
         raise ValueError(f"CLAHE takes (H, W) or (H, W, 3) images, got shape {img.shape}")
     if m is not None:
-        top = 255.0 if img.dtype == np.uint8 else 65535.0
-        out[~m] = np.asarray(np.clip(round(fill * top / 255.0), 0, top)).astype(img.dtype)
+        top = np.iinfo(img.dtype).max
+        out[~m] = np.asarray(np.clip(round(fill * dtype_scale(img.dtype)), 0, top)).astype(img.dtype)
     return out
 
 

@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "dtype_scale",
     "Kernel",
     "PATHS",
     "box_kernel",
@@ -155,6 +156,18 @@ class Kernel:
     def absolute(self) -> Kernel:
         """|K|, whose normalized convolution with M is the certainty map."""
         return self if self.is_nonnegative else as_kernel(np.abs(self.array))
+
+
+def dtype_scale(dtype) -> float:
+    """Factor from 8-bit units to ``dtype`` units.
+
+    uint8: 1; uint16: 65535/255 = 257 (so I0 = 128 becomes 32896); other
+    integer types likewise ``max / 255``; floats: 1/255 (values in ``[0, 1]``).
+    """
+    dt = np.dtype(dtype)
+    if np.issubdtype(dt, np.integer):
+        return np.iinfo(dt).max / 255.0
+    return 1.0 / 255.0
 
 
 def box_kernel(size: int) -> Kernel:

@@ -93,86 +93,55 @@ def _is_skipped_dir(name: str) -> bool:
             or n.startswith("labels"))
 
 
-_NONE: list[str] = []  # (never modified)
-
-
 class _Listings:
-    """Folder listings read once each: the image files of a folder by their stem (lower
-    case), so pairing N images with masks beside them costs one listing per folder, not one
-    per image (which made pairing quadratic in the folder's size)."""
+    """Folder listings read once each, so pairing N images with masks beside them costs one
+    listing per folder, not one per image (which made pairing quadratic in the folder's size)."""
 
     def __init__(self) -> None:
-        self._by_folder: dict[str, dict[str, list[str]]] = {}
         self._masks: dict[str, dict[str, str]] = {}
-        self._lookup: dict[str, list[str]] = {}
         self._near: dict[str, dict[str, str]] = {}
+
+    def masks(self, folder: str) -> dict[str, str]:
+        """The mask files of ``folder`` by the stem of their image (lower case): the first, in
+        sorted order, of the image files named ``<stem>_mask.*`` and ``<stem>_fov.*``."""
+        found = self._masks.get(folder)
+        if found is None:
+            groups: dict[str, list[str]] = {}
+            try:
+                with os.scandir(folder) as it:
+                    for entry in it:
+                        base, ext = os.path.splitext(entry.name)
+                        if ext.lower() not in IMAGE_EXTENSIONS or entry.name.startswith("."):
+                            continue
+                        low = base.lower()
+                        end = next((e for e in ("_mask", "_fov") if low.endswith(e)), None)
+                        try:
+                            if end is None or not entry.is_file():
+                                continue
+                        except OSError:
+                            continue
+                        groups.setdefault(low[: -len(end)], []).append(
+                            os.path.join(folder, entry.name))
+            except OSError:  # not a folder, or not listable: no masks there
+                pass
+            found = {stem: min(paths) for stem, paths in groups.items()}
+            self._masks[folder] = found
+        return found
 
     def masks_near(self, parent: str) -> dict[str, str]:
         """The mask of every image stem of folder ``parent``, from the folders
         :func:`find_mask` looks in, the first folder winning (one dict per folder of images)."""
         near = self._near.get(parent)
         if near is None:
-            near = {}
-            for folder in reversed(self.mask_folders(parent)):
-                near.update(self.masks(folder))
-            self._near[parent] = near
-        return near
-
-    def masks(self, folder: str) -> dict[str, str]:
-        """The mask files of ``folder`` by the stem of their image (lower case): the first, in
-        sorted order, of ``<stem>_mask.*`` and ``<stem>_fov.*``."""
-        found = self._masks.get(folder)
-        if found is None:
-            self.files(folder, "")
-            groups: dict[str, list[str]] = {}
-            for stem, paths in self._by_folder[folder].items():
-                for end in ("_mask", "_fov"):
-                    if stem.endswith(end):
-                        groups.setdefault(stem[: -len(end)], []).extend(paths)
-            found = {stem: min(paths) for stem, paths in groups.items()}
-            self._masks[folder] = found
-        return found
-
-    def mask_folders(self, parent: str) -> list[str]:
-        """Where the mask of an image in ``parent`` may be, in order (see :func:`find_mask`)."""
-        folders = self._lookup.get(parent)
-        if folders is None:
             up = os.path.dirname(parent) if parent else ".."
             folders = [os.path.join(up, n) for n in MASK_DIR_NAMES]
             folders += [os.path.join(parent, n) for n in MASK_DIR_NAMES]
             folders.append(parent or ".")
-            self._lookup[parent] = folders
-        return folders
-
-    def files(self, folder: str, stem: str) -> list[str]:
-        """Paths of the image files in ``folder`` whose stem, lower case, is ``stem``."""
-        index = self._by_folder.get(folder)
-        if index is None:
-            index = {}
-            try:
-                with os.scandir(folder) as it:
-                    for entry in it:
-                        name = entry.name
-                        base, ext = os.path.splitext(name)
-                        if ext.lower() not in IMAGE_EXTENSIONS or name.startswith("."):
-                            continue
-                        try:
-                            if not entry.is_file():
-                                continue
-                        except OSError:
-                            continue
-                        index.setdefault(base.lower(), []).append(os.path.join(folder, name))
-            except OSError:  # not a folder, or not listable: no masks there
-                pass
-            self._by_folder[folder] = index
-        return index.get(stem, _NONE)
-
-
-def _candidates(folder, stem: str, listings: _Listings | None = None) -> list[Path]:
-    listings = listings or _Listings()
-    key, low = os.fspath(folder), stem.lower()
-    found = listings.files(key, low + "_mask") + listings.files(key, low + "_fov")
-    return [Path(p) for p in sorted(found)] if found else []
+            near = {}
+            for folder in reversed(folders):
+                near.update(self.masks(folder))
+            self._near[parent] = near
+        return near
 
 
 def find_mask(image: Path, *, _listings: _Listings | None = None) -> Path | None:
@@ -291,7 +260,8 @@ def find_pairs(
         or ``<stem>_fov`` with any image ending (what ``retina-prep mask``
         writes, and DRIVE's ``.gif``). The name stays inside ``mask_dir``.
     exclude : sequence of path-like
-        Folders whose contents are never taken as inputs (the output folder).
+        Folders whose contents are never taken as inputs (the output folder); an input
+        folder that is one of them, or inside one, is refused.
     missing_ok : bool
         Keep paths that do not exist as pairs (reading them then fails, for
         that image only) instead of raising.
@@ -325,6 +295,9 @@ def find_pairs(
         except (OSError, ValueError):
             st, mode = None, 0
         if stat.S_ISDIR(mode):
+            if _inside_any(p, excluded):
+                raise DatasetError("the input folder is the output folder or inside it; outputs"
+                                   " are never taken as inputs: choose another output folder", p)
             bad: list[tuple[Path, str]] = []
             imgs = [f for f in _walk_images(p, bad) if not _inside_any(f, excluded)]
             unreadable += [(folder, why, p) for folder, why in bad]
@@ -351,8 +324,8 @@ def find_pairs(
             m, src = Path(mask), "given"
         elif mask_dir is not None:
             if mask_pattern is None:
-                cands = _candidates(Path(mask_dir), img.stem, listings)
-                m = cands[0] if cands else Path(mask_dir) / f"{img.stem}_mask.png"
+                hit = listings.masks(os.fspath(mask_dir)).get(img.stem.lower())
+                m = Path(hit) if hit else Path(mask_dir) / f"{img.stem}_mask.png"
             else:
                 m = Path(mask_dir) / mask_pattern.format(stem=img.stem)
             src = "given"

@@ -12,8 +12,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .clahe import masked_clahe
 from .core import gaussian_kernel, masked_convolve
-from .fov import fov_diameter, margin_distance
+from .fov import _centroid, fov_diameter, margin_distance
 from .metrics import margin_bias_profile
 from .normalize import dtype_scale, normalize_illumination
 
@@ -62,8 +63,8 @@ def methods_for(orders=(0, 1), peers: bool = False) -> tuple[str, ...]:
 
 def _circle(mask) -> tuple[float, float, float]:
     """The FOV's centre (x, y) and radius."""
-    ys, xs = np.nonzero(mask)
-    return float(xs.mean()), float(ys.mean()), fov_diameter(mask) / 2
+    cy, cx = _centroid(mask)
+    return cx, cy, fov_diameter(mask) / 2
 
 
 def _ben_graham(image, mask, *, masked: bool, target: float) -> np.ndarray:
@@ -198,8 +199,6 @@ def preprocess(image, mask, method, *, kernel, target: float = 128.0):
 
 
 def _peer(image, mask, method, *, kernel, target: float):
-    from .clahe import masked_clahe
-
     img = np.asarray(image)
     m = np.asarray(mask) > 0
     if method == "CLAHE, no mask (OpenCV)":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .core import as_native, check_layout, gaussian_kernel, masked_convolve
+from .core import as_native, check_layout, dtype_scale, gaussian_kernel, masked_convolve
 from .errors import MaskError, NotAMaskError
 
 __all__ = [
@@ -39,7 +39,11 @@ def binarize_mask(array, *, path=None) -> np.ndarray:
     MaskError
         If the mask is empty (no pixel inside) or has an unusable shape.
     """
-    m, alpha = _mask_plane(array, path)
+    return _binarize_plane(*_mask_plane(array, path), path)
+
+
+def _binarize_plane(m: np.ndarray, alpha: np.ndarray | None, path=None) -> np.ndarray:
+    """:func:`binarize_mask` of a plane :func:`_mask_plane` made."""
     if alpha is not None and m.min() == m.max():
         inside = alpha  # the colour says nothing: the FOV is where the mask is opaque
     else:
@@ -80,7 +84,7 @@ def _mask_plane(array, path=None) -> tuple[np.ndarray, np.ndarray | None]:
         if m.shape[-1] in (2, 4):  # gray+alpha or RGBA
             alpha = _above_half(m[..., -1]) if m[..., -1].min() != m[..., -1].max() else None
             m = m[..., :-1]
-        m = m.max(axis=-1)
+        m = channel_max(m)
     if m.ndim != 2 or m.size == 0:
         raise MaskError(f"mask has unusable shape {np.shape(array)}", path)
     return m, alpha
@@ -91,8 +95,13 @@ def mask_gray_fraction(array) -> float:
     between 10 % and 90 % of its maximum (a 0/255 mask has none, a JPEG-saved or anti-aliased
     one a thin line along its edge, a photograph most of its pixels). NaN pixels count as
     dark."""
-    m, _ = _mask_plane(array)
-    m = np.nan_to_num(m.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
+    return _gray_fraction(_mask_plane(array)[0])
+
+
+def _gray_fraction(m: np.ndarray) -> float:
+    """:func:`mask_gray_fraction` of a plane :func:`_mask_plane` made."""
+    if m.dtype.kind == "f":
+        m = np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
     top = float(m.max())
     if top <= 0:
         return 0.0
@@ -551,7 +560,7 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
         img = img[..., :-1]
     vi = channel_max(img)
     v = vi.astype(np.float32)
-    if v.dtype.kind == "f" and img.dtype.kind == "f" and not np.isfinite(v).all():
+    if img.dtype.kind == "f" and not np.isfinite(v).all():
         v = np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)
     if threshold is None:
         v = _from_padding(img, v, vi if vi.dtype in (np.uint8, np.uint16) else None)
@@ -805,14 +814,7 @@ _RIM_SECTORS = 72
 
 def _group_medians(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
     """Median of ``values`` (n, C) within each group id in ``range(n_groups)``; NaN for empty groups."""
-    return _group_quantiles(group, values, n_groups, (0.5,))[0]
-
-
-def _group_quantiles(group: np.ndarray, values: np.ndarray, n_groups: int,
-                     qs: tuple[float, ...]) -> np.ndarray:
-    """``(len(qs), n_groups, C)``: quantiles of ``values`` (n, C) within each group id, as
-    ``np.quantile`` computes them (linear interpolation); NaN for empty groups."""
-    out = np.full((len(qs), n_groups, values.shape[1]), np.nan, np.float64)
+    out = np.full((n_groups, values.shape[1]), np.nan, np.float64)
     ids = np.arange(n_groups)
     integral = values.dtype.kind in "ub" and values.dtype.itemsize <= 2
     for c in range(values.shape[1]):
@@ -827,13 +829,9 @@ def _group_quantiles(group: np.ndarray, values: np.ndarray, n_groups: int,
         starts = np.searchsorted(g, ids, "left")
         counts = np.searchsorted(g, ids, "right") - starts
         has = counts > 0
-        for k, q in enumerate(qs):
-            pos = q * (counts[has] - 1)
-            lo = np.floor(pos).astype(np.int64)
-            frac = pos - lo
-            hi = np.minimum(lo + 1, counts[has] - 1)
-            a, b = v[starts[has] + lo], v[starts[has] + hi]
-            out[k, has, c] = a + (b - a) * frac
+        lo = starts[has] + (counts[has] - 1) // 2
+        hi = starts[has] + counts[has] // 2
+        out[has, c] = (v[lo] + v[hi]) / 2
     return out
 
 
@@ -842,7 +840,9 @@ def _unit(img: np.ndarray, value_range=None) -> float:
     of the dtype's range (float images: 0..1)."""
     if value_range is not None:
         return (float(value_range[1]) - float(value_range[0])) / 255.0
-    return 257.0 if img.dtype == np.uint16 else (1 / 255 if img.dtype.kind == "f" else 1.0)
+    if img.dtype in (np.uint8, np.uint16) or img.dtype.kind == "f":
+        return dtype_scale(img.dtype)
+    return 1.0  # other integers: their own units (normalize asks them for a value range)
 
 
 def rim_depths(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | None = None,

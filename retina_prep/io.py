@@ -28,7 +28,7 @@ import numpy as np
 
 from .core import MAX_KERNEL_SIZE, Kernel, as_kernel, as_native
 from .errors import ImageReadError, ImageTooLargeError, MaskError, OutputExistsError, RetinaPrepError
-from .fov import binarize_mask, mask_gray_fraction
+from .fov import _binarize_plane, _gray_fraction, _mask_plane
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -495,10 +495,11 @@ def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     try:
         data = _read_bytes(path)
         raw = _decode_any(path, data, max_pixels, orientation, None)
-        mask = binarize_mask(raw, path=path)
+        plane, alpha = _mask_plane(raw, path)  # once, for the mask and its gray fraction
+        mask = _binarize_plane(plane, alpha, path)
         if meta is not None:
             meta["text"] = _png_text(data)
-            meta["gray_fraction"] = mask_gray_fraction(raw)
+            meta["gray_fraction"] = _gray_fraction(plane)
         _check_pixels(path, mask.shape, max_pixels)  # formats whose header Pillow cannot read
     except ImageReadError as exc:
         raise MaskError(f"mask {exc.message}", path) from None

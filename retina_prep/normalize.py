@@ -27,6 +27,7 @@ from .core import (
     as_mask,
     as_native,
     check_layout,
+    dtype_scale,
     finite_pixels,
     masked_convolve,
     named_kernel,
@@ -150,18 +151,6 @@ def check_kernel_args(name: str, window=None, sigma: float | None = None) -> Non
     sized_by_sigma = window is None and name == "gaussian" and sigma is not None
     probe = 3 if auto and name in KERNELS and not sized_by_sigma else window
     kernel_for(name, probe, sigma)
-
-
-def dtype_scale(dtype) -> float:
-    """Factor from 8-bit units to ``dtype`` units.
-
-    uint8: 1; uint16: 65535/255 = 257 (so I0 = 128 becomes 32896); other
-    integer types likewise ``max / 255``; floats: 1/255 (values in ``[0, 1]``).
-    """
-    dt = np.dtype(dtype)
-    if np.issubdtype(dt, np.integer):
-        return np.iinfo(dt).max / 255.0
-    return 1.0 / 255.0
 
 
 def parse_value_range(value) -> tuple[float, float]:

@@ -327,12 +327,7 @@ def _load(pair: Pair, settings: MaskSettings, value_range=None):
     hit = None if key is None else _MASKS.get(key)
     if hit is not None:
         fov, mask, info, uses = hit
-        _check_mask_shape(fov, image, pair)
-        if settings.check:  # the file passed already; this image must fit it too
-            try:
-                check_fov_mask(fov, image)
-            except MaskError as exc:
-                raise type(exc)(exc.message, pair.mask) from None
+        _check_mask_file(fov, image, pair, settings)  # the file passed; this image must fit it
         uses[0] += 1
         return image, fov, mask, {**info, **meta, "warnings": []}
     file_meta: dict = {}
@@ -340,7 +335,7 @@ def _load(pair: Pair, settings: MaskSettings, value_range=None):
                                           meta=file_meta)
     # a mask `mask` wrote with its rim trimmed (see mask_pair) is not trimmed twice by default
     pre_trimmed = file_meta.get("text", {}).get(MASK_TEXT_KEY) == MASK_TRIMMED
-    mask, info = trim_mask(image, fov, settings, source=source, path=pair.mask or pair.image,
+    mask, info = trim_mask(image, fov, settings, path=pair.mask or pair.image,
                            trimmed=pre_trimmed, value_range=value_range)
     info = {"mask_source": source, **info}
     if pre_trimmed:
@@ -354,13 +349,21 @@ def _load(pair: Pair, settings: MaskSettings, value_range=None):
     return image, fov, mask, {**info, **meta, "warnings": warnings}
 
 
-def _check_mask_shape(mask, image, pair: Pair) -> None:
+def _check_mask_file(mask, image, pair: Pair, settings: MaskSettings,
+                     gray_fraction: float | None = None) -> None:
+    """A mask file must have the image's size and (unless ``settings.check`` is off) look like
+    the image's field of view (:func:`~retina_prep.fov.check_fov_mask`, naming the file)."""
     if mask.shape != image.shape[:2]:
         raise MaskError(
             f"mask {pair.mask} is {mask.shape[1]}x{mask.shape[0]} px but the image is"
             f" {image.shape[1]}x{image.shape[0]} px",
             pair.image,
         )
+    if settings.check:
+        try:
+            check_fov_mask(mask, image, gray_fraction=gray_fraction)
+        except MaskError as exc:
+            raise type(exc)(exc.message, pair.mask) from None
 
 
 def _shared(mask) -> bool:
@@ -383,12 +386,7 @@ def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings(), *,
         meta = {} if meta is None else meta
         mask = read_mask(pair.mask, max_pixels=settings.max_pixels,
                          orientation=not settings.ignore_orientation, meta=meta)
-        _check_mask_shape(mask, image, pair)
-        if settings.check:
-            try:
-                check_fov_mask(mask, image, gray_fraction=meta.get("gray_fraction"))
-            except MaskError as exc:
-                raise type(exc)(exc.message, pair.mask) from None
+        _check_mask_file(mask, image, pair, settings, meta.get("gray_fraction"))
         source = pair.mask_source
     else:
         try:
@@ -409,12 +407,12 @@ def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings(), *,
     return mask, source, warnings
 
 
-def trim_mask(image, mask, settings: MaskSettings, *, source: str, path=None,
-              trimmed: bool = False, value_range=None):
+def trim_mask(image, mask, settings: MaskSettings, *, path=None, trimmed: bool = False,
+              value_range=None):
     """Apply rim trimming and erosion as ``settings`` say; returns (mask, info).
 
-    ``rim="default"`` trims every mask (estimated or from a file, ``source``)
-    unless ``trimmed`` says the mask file had its rim trimmed when it was written."""
+    ``rim="default"`` trims every mask, estimated or from a file, unless ``trimmed`` says the
+    mask file had its rim trimmed when it was written."""
     rim = settings.rim
     if rim == "default":
         rim = "none" if trimmed else "auto"
@@ -487,10 +485,9 @@ def resolve_order(order, mask_info: dict | None, name=None) -> int:
 def _run_normalize(image, mask, kernel: Kernel | None, settings: NormalizeSettings, ignore_mask: bool,
                    order: int = 0):
     if settings.method == "clahe":
-        if image.dtype not in (np.uint8, np.uint16) or settings.value_range is not None:
-            raise ValueError(f"CLAHE takes 8- or 16-bit images, not {image.dtype} (method 'clahe')")
-        m = getattr(mask, "mask", mask)  # a prepared mask's own
-        return masked_clahe(image, None if ignore_mask or m is None else np.asarray(m) > 0,
+        if settings.value_range is not None:  # (masked_clahe refuses other dtypes itself)
+            raise ValueError("CLAHE takes 8- or 16-bit images as they are, not a value range")
+        return masked_clahe(image, None if ignore_mask or mask is None else np.asarray(mask) > 0,
                             clip_limit=settings.clip_limit, tiles=settings.tiles,
                             colour=settings.clahe_on, fill=settings.fill)
     return normalize_illumination(

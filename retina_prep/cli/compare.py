@@ -7,11 +7,17 @@ from pathlib import Path
 
 import click
 
-from ..clahe import DEFAULT_CLIP_LIMIT, DEFAULT_TILES
 from ..core import KERNEL_NAMES
 from ..io import IMAGE_EXTENSIONS
 from ..pipeline import MaskSettings, compare_pair
-from .options import FiniteRange, KernelSpec, WindowType, check_kernel, mask_options, panel_width_opt
+from .options import (
+    KernelSpec,
+    WindowType,
+    check_kernel,
+    clahe_options,
+    mask_options,
+    panel_width_opt,
+)
 from .runner import ContactSheet, collect_pairs, execute, run_options
 
 
@@ -65,10 +71,7 @@ Examples:
               show_default=True,
               help="'clahe': original | CLAHE of the whole image (OpenCV) | masked CLAHE, with"
               " --clip-limit and --tiles, instead of the kernel figures.")
-@click.option("--clip-limit", type=FiniteRange(0, 1000), default=DEFAULT_CLIP_LIMIT,
-              show_default=True, help="--method clahe: the clip limit.")
-@click.option("--tiles", type=click.IntRange(1, 256), default=DEFAULT_TILES, show_default=True,
-              help="--method clahe: an N x N grid of tiles.")
+@clahe_options
 @click.option("--order", type=click.Choice(["auto", "0", "1"]), default="auto", show_default=True,
               help="With --normalize: 0 the masked local mean, 1 the local plane, auto as in"
               " normalize (1 when the mask is trimmed).")

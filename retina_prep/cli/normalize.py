@@ -12,8 +12,9 @@ from pathlib import Path
 import click
 
 from ..batch import Result, run_one
-from ..clahe import CLAHE_COLOURS, DEFAULT_CLIP_LIMIT, DEFAULT_TILES
+from ..clahe import CLAHE_COLOURS
 from ..core import DEFAULT_RIDGE
+from ..errors import OutputExistsError, RetinaPrepError
 from ..io import write_bytes
 from ..normalize import AUTO_WINDOW_FRACTION, DEFAULT_SCALE, DEFAULT_TARGET, KERNELS
 from ..pipeline import (
@@ -25,11 +26,13 @@ from ..pipeline import (
     normalize_outputs,
     normalize_pair,
 )
+from ..pipeline import _check_output as check_output
 from ..pipeline import _load as load_with_fov  # (image, untrimmed FOV, mask, info)
 from .options import (
     FiniteRange,
     RangeType,
     WindowType,
+    clahe_options,
     format_opt,
     geometry_options,
     geometry_settings,
@@ -86,10 +89,7 @@ Examples:
     " (mask-weighted statistics, Kang et al.). 'clahe': masked CLAHE (tile histograms from"
     " the FOV only; --clip-limit, --tiles, --clahe-on).",
 )
-@click.option("--clip-limit", type=FiniteRange(0, 1000), default=DEFAULT_CLIP_LIMIT,
-              show_default=True, help="--method clahe: OpenCV's clip limit (0: none).")
-@click.option("--tiles", type=click.IntRange(1, 256), default=DEFAULT_TILES, show_default=True,
-              help="--method clahe: an N x N grid of tiles.")
+@clahe_options
 @click.option("--clahe-on", type=click.Choice(CLAHE_COLOURS), default="lab", show_default=True,
               help="--method clahe on colour images: L of Lab, each channel, or one channel.")
 @click.option(
@@ -238,13 +238,13 @@ def _one_image(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, ba
     if len(pairs) != 1:
         raise click.UsageError(f"-o writes one image {where}, but {len(pairs)} were given; give"
                                " an output folder for many")
-    if path is not None and path.exists() and not output.overwrite:
-        raise click.UsageError(f"{path}: output exists (use --overwrite to replace it)")
     if path is not None:
-        for src in (pairs[0].image, pairs[0].mask):
-            if src is not None and os.path.exists(src) and os.path.exists(path) \
-                    and os.path.samefile(src, path):
-                raise click.UsageError(f"{path}: output would overwrite an input")
+        try:  # the batch step's own rule: never an input, an existing file only with --overwrite
+            check_output(path, pairs[0], output.overwrite)
+        except OutputExistsError as exc:
+            raise click.UsageError(f"{exc} (use --overwrite to replace it)") from None
+        except RetinaPrepError as exc:
+            raise click.UsageError(str(exc)) from None
 
     def step(pair):
         # the same steps as normalize_pair: read, trim, normalize, then --crop and --resize

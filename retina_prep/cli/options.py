@@ -226,6 +226,18 @@ output_opt = click.option(
     help="Output folder (created if missing).",
 )
 
+def clahe_options(f):
+    """--clip-limit and --tiles (masked CLAHE), as normalize and compare take them."""
+    from ..clahe import DEFAULT_CLIP_LIMIT, DEFAULT_TILES
+
+    return _apply(f, [
+        click.option("--clip-limit", type=FiniteRange(0, 1000), default=DEFAULT_CLIP_LIMIT,
+                     show_default=True, help="--method clahe: OpenCV's clip limit (0: none)."),
+        click.option("--tiles", type=click.IntRange(1, 256), default=DEFAULT_TILES,
+                     show_default=True, help="--method clahe: an N x N grid of tiles."),
+    ])
+
+
 #: normalize's -o: a folder, or for one input an image file, or - for stdout.
 output_or_file_opt = click.option(
     "-o",

@@ -242,14 +242,6 @@ def _read_files_from(source: str, null: bool) -> list[str]:
     return [i for i in (x.strip("\r") if not null else x for x in items) if i]
 
 
-def _same_or_inside(path, folder) -> bool:
-    """Whether ``path`` is ``folder`` or below it (after resolving links)."""
-    try:
-        return Path(path).resolve().is_relative_to(Path(folder).resolve())
-    except (OSError, RuntimeError, ValueError):
-        return False
-
-
 def collect_pairs(inputs, *, mask, mask_dir, mask_pattern, outdir, batch: BatchOptions | None = None,
                   auto_mask: bool = False) -> list[Pair]:
     """Find and pair inputs; problems with the inputs themselves are usage errors (exit 2).
@@ -259,7 +251,6 @@ def collect_pairs(inputs, *, mask, mask_dir, mask_pattern, outdir, batch: BatchO
     the run and the manifest all say so alike.
     """
     inputs = list(inputs)
-    named = list(inputs)  # the folders named on the command line (a --files-from list holds files)
     if batch is not None and batch.files_from:
         inputs += _read_files_from(batch.files_from, batch.null)
     outdirs = [d for d in (outdir if isinstance(outdir, (list, tuple)) else [outdir]) if d]
@@ -274,13 +265,6 @@ def collect_pairs(inputs, *, mask, mask_dir, mask_pattern, outdir, batch: BatchO
     if mask_dir is not None and not os.path.isdir(mask_dir):
         what = "is a file (use --mask)" if os.path.isfile(mask_dir) else "no such folder"
         raise click.BadParameter(f"{printable(mask_dir)}: {what}", param_hint="--mask-dir")
-    for d in outdirs:  # an output folder that is an input, or holds one
-        for item in named:
-            if os.path.isdir(item) and _same_or_inside(item, d):
-                raise click.UsageError(
-                    f"{printable(item)}: the input folder is the output folder or inside it"
-                    f" ({printable(d)}); outputs are never taken as inputs: choose another output"
-                    " folder")
     try:
         pairs = find_pairs(
             inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern, exclude=outdirs,
