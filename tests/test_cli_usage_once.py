@@ -110,6 +110,9 @@ def test_o_file_writes_that_file(photos):
     assert invoke("normalize", "in/e0.png", "-o", "e0_out.png", "--overwrite", "-q").exit_code == 0
     assert invoke("normalize", "in/e0.png", "-o", "e0.tif", "-q").exit_code == 0
     assert (photos / "e0.tif").read_bytes()[:2] in (b"II", b"MM")
+    # an image ending it cannot write is refused, not made a folder of that name
+    _usage(invoke("normalize", "in/e0.png", "-o", "e0.jpg"), "outputs are written as PNG or TIFF")
+    assert not (photos / "e0.jpg").exists()
 
 
 def test_compare_writes_the_suffixes_it_can(photos):

@@ -15,7 +15,7 @@ from ..batch import Result, run_one
 from ..clahe import CLAHE_COLOURS
 from ..core import DEFAULT_RIDGE
 from ..errors import OutputExistsError, RetinaPrepError
-from ..io import write_bytes
+from ..io import IMAGE_EXTENSIONS, write_bytes
 from ..normalize import AUTO_WINDOW_FRACTION, DEFAULT_SCALE, DEFAULT_TARGET, KERNELS
 from ..pipeline import (
     NORMALIZE_METHODS,
@@ -192,8 +192,11 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask
         raise click.UsageError(str(exc)) from None
     if panels_compare and panels_dir is None:
         raise click.BadParameter("needs --panels DIR", param_hint="--panels-compare")
-    one_file = str(outdir) == "-" or (outdir.suffix.lower() in FILE_SUFFIXES
-                                      and not outdir.is_dir())
+    suffix = outdir.suffix.lower()
+    if suffix in IMAGE_EXTENSIONS and suffix not in FILE_SUFFIXES and not outdir.is_dir():
+        raise click.BadParameter(f"{outdir}: outputs are written as PNG or TIFF; name the file"
+                                 " .png or .tif (or give a folder)", param_hint="-o")
+    one_file = str(outdir) == "-" or (suffix in FILE_SUFFIXES and not outdir.is_dir())
     if one_file:
         what = "stdout" if str(outdir) == "-" else str(outdir)
         if panels_dir is not None or write_mask or labels or bounds:
