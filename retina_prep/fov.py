@@ -291,27 +291,29 @@ def _percentiles(v: np.ndarray, qs, integral: np.ndarray | None = None) -> list[
     return out
 
 
-def _from_padding(img: np.ndarray, v: np.ndarray, integral: np.ndarray | None = None) -> np.ndarray:
+def _from_padding(img: np.ndarray, v: np.ndarray, integral: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """``v`` (the brightest channel), or, when the image is padded with a colour that is not
     dark (a grey or white border: most of the frame within 2.5 % of the range of one colour),
     each pixel's distance from that colour (largest over the channels): the disc then stands
     out from a dark background as the rest of the estimate expects. ``integral``: ``v`` as
     the image's own 8- or 16-bit integers, for fast percentiles. Only the frame is looked at
-    unless there is padding (no full-size float copy of the channels)."""
+    unless there is padding (no full-size float copy of the channels). Returns the level and
+    the padding colour (None when there is none)."""
     lo, hi = _percentiles(v, [0.1, 99.9], integral)
     if not hi > lo:
-        return v
+        return v, None
     planes = img.reshape(img.shape[0], img.shape[1], -1)
     frame = np.stack([_frame(planes[..., c]) for c in range(planes.shape[2])], axis=-1)
     frame = np.nan_to_num(frame.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     colour = np.median(frame, axis=0)
     one_colour = np.abs(frame - colour).max(axis=-1) <= 0.025 * (hi - lo)
     if np.mean(one_colour) < UNIFORM_FRAME or colour.max() <= 0.2 * hi:
-        return v  # no padding, or a dark one (as :func:`_frame_is_bright` counts dark)
+        return v, None  # no padding, or a dark one (as :func:`_frame_is_bright` counts dark)
     chans = planes.astype(np.float32)
     if not np.isfinite(chans).all():
         chans = np.nan_to_num(chans, nan=0.0, posinf=0.0, neginf=0.0)
-    return np.abs(chans - colour).max(axis=-1)
+    return np.abs(chans - colour).max(axis=-1), colour
 
 
 def _frame_segments(v: np.ndarray, per_side: int = 8) -> list[np.ndarray]:
@@ -349,6 +351,41 @@ def _disc_level(v: np.ndarray, bg: float, sigma: float) -> float:
     if not disc > bg + 2 * sigma:
         raise MaskError("cannot estimate a field of view: the disc is no brighter than the background")
     return disc
+
+
+def _frame_top(v: np.ndarray, bg: float, sigma: float) -> float:
+    """The top of an uneven frame's levels, or ``-inf`` for a frame at one dark level.
+
+    A scanned film slide has no black background: its frame is a noisy grey
+    of 10 to 40 gray levels, brighter towards the corners, with darker strips
+    at the image's edge (the darkest pieces of the frame, which set ``bg``).
+    Of the 32 pieces of the image's outer frame, those with no pixel of the
+    disc in them or in the pieces beside them (99th percentiles below halfway
+    from ``bg`` to Otsu's threshold) are frame; where the
+    highest of their 95th percentiles is more than 8 noise sigmas and 5 % of
+    the contrast above ``bg``, the frame is uneven and the rough mask must
+    rise above that level (plus 2 sigmas), not just above ``bg``: else it
+    takes in the frame's brighter parts."""
+    otsu = _otsu(v)
+    segs = _frame_segments(v)
+    if len(segs) != 32:  # (an image too small for 8 pieces a side)
+        return -math.inf
+    stats = np.array([np.percentile(seg, [95, 99]) for seg in segs])
+    disc = stats[:, 1] >= bg + 0.5 * (otsu - bg)
+    # neighbours around the frame: top, bottom, left, right, 8 pieces each, corners joined
+    ring = list(range(8)) + [24 + i for i in range(8)] + [15 - i for i in range(8)] + \
+        [23 - i for i in range(8)]
+    order = np.array(ring)
+    near_disc = disc[order] | np.roll(disc[order], 1) | np.roll(disc[order], -1)
+    # pieces of frame with no disc in them or beside them (a dim part of a disc crossing the
+    # border sits beside its bright part)
+    frame = order[~near_disc]
+    if frame.size < 8:
+        return -math.inf
+    top = float(stats[frame, 0].max())
+    if not top > bg + max(8.0 * sigma, 0.05 * (otsu - bg)):
+        return -math.inf
+    return top + 2.0 * sigma
 
 
 #: The rough threshold's minimum height above the background, as a fraction
@@ -468,17 +505,27 @@ def _ransac_circle(x: np.ndarray, y: np.ndarray, tol: float, min_r: float, max_r
     x, y = x[::step], y[::step]
     n = x.size
     rng = np.random.default_rng(0)
-    best, best_count = None, 0
-    for _ in range(iterations):
-        i = rng.choice(n, 3, replace=False)
-        c = _fit_circle(x[i], y[i])
-        if c is None or not (min_r <= c[2] <= max_r):
-            continue
-        count = int(np.count_nonzero(np.abs(np.hypot(x - c[0], y - c[1]) - c[2]) < tol))
-        if count > best_count:
-            best, best_count = c, count
-    if best is None:
+    tri = np.array([rng.choice(n, 3, replace=False) for _ in range(iterations)])
+    # every triple's circle at once (the circle through three points, as a least-squares fit
+    # of exactly three points gives it), scored on all points
+    x1, x2, x3 = x[tri].T
+    y1, y2, y3 = y[tri].T
+    d = 2 * (x1 * (y2 - y3) + x2 * (y3 - y1) + x3 * (y1 - y2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q1, q2, q3 = x1 * x1 + y1 * y1, x2 * x2 + y2 * y2, x3 * x3 + y3 * y3
+        ux = (q1 * (y2 - y3) + q2 * (y3 - y1) + q3 * (y1 - y2)) / d
+        uy = (q1 * (x3 - x2) + q2 * (x1 - x3) + q3 * (x2 - x1)) / d
+        ur = np.hypot(x1 - ux, y1 - uy)
+    good = np.isfinite(ur) & (d != 0) & (ur >= min_r) & (ur <= max_r)
+    if not good.any():
         return None, None
+    ux, uy, ur = ux[good], uy[good], ur[good]
+    counts = (np.abs(np.hypot(x[None, :] - ux[:, None], y[None, :] - uy[:, None]) - ur[:, None])
+              < tol).sum(axis=1)
+    i = int(np.argmax(counts))
+    if counts[i] == 0:
+        return None, None
+    best = (float(ux[i]), float(uy[i]), float(ur[i]))
     x, y = full_x, full_y
     for _ in range(2):
         inl = np.abs(np.hypot(x - best[0], y - best[1]) - best[2]) < tol
@@ -534,7 +581,11 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
 
     An image whose outer frame is mostly as bright as the disc (a crop
     inside the field of view, no background) gets the whole image as its FOV.
-    Every size scales with the image.
+    Every size scales with the image. An image whose short side is
+    :data:`REDUCED_SIDE` or more is estimated on a copy reduced by an
+    integer factor (block means, the short side 300-450 px); the edge is
+    then settled at full resolution along rays from the mask's centre,
+    only in a ring a few pixels either side of it (no full-size copies).
 
     Parameters
     ----------
@@ -558,12 +609,65 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
     check_layout(img)
     if img.ndim == 3 and img.shape[-1] in (2, 4):
         img = img[..., :-1]
+    h, w = img.shape[:2]
+    k = min(h, w) // (REDUCED_SIDE // 2) if threshold is None else 1
+    if k < 2:
+        return _estimate_at(img, edge_fraction, threshold).estimate
+    run = _estimate_at(_reduced(img, k), edge_fraction, None)
+    est = run.estimate
+    if est.whole_image:
+        return FovEstimate(np.ones((h, w), bool), 1.0, whole_image=True)
+    m = _settle_ring(img, k, run)
+    if m.sum() < 0.01 * h * w:
+        raise MaskError("cannot estimate a field of view: no bright disc found")
+    off = (k - 1) / 2  # small pixel i covers full pixels i*k .. i*k + k - 1
+    circle = None if est.circle is None else (est.circle[0] * k + off, est.circle[1] * k + off,
+                                              est.circle[2] * k)
+    residual = None if est.residual is None else est.residual * k
+    return FovEstimate(m, est.confidence, circle, residual, est.filled * k * k)
+
+
+#: fov_estimate: images whose short side is at least this are estimated on a reduced copy
+#: (short side 300-450 px) and settled at full resolution in a ring around the edge.
+REDUCED_SIDE = 600
+
+
+def _reduced(img: np.ndarray, k: int) -> np.ndarray:
+    """The image reduced ``k`` times by block means (the rows and columns beyond a multiple of
+    ``k`` dropped), in a dtype OpenCV resizes; NaN and infinities as 0."""
+    h, w = img.shape[:2]
+    a = img[: h - h % k, : w - w % k]
+    if a.dtype not in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
+        a = a.astype(np.float32)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    if a.ndim == 3 and a.shape[-1] > 4:  # (OpenCV resizes at most 4 channels at once)
+        return np.stack([_reduced(a[..., c], k) for c in range(a.shape[-1])], axis=-1)
+    return cv2.resize(a, (a.shape[1] // k, a.shape[0] // k), interpolation=cv2.INTER_AREA)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """An estimate and the maps it was made from (for settling a reduced run's edge)."""
+
+    estimate: FovEstimate
+    raw: np.ndarray | None = None  # the brightest channel (or distance from a padding colour)
+    smooth: np.ndarray | None = None  # ``raw`` blurred
+    edge: np.ndarray | None = None  # the edge threshold
+    low: np.ndarray | None = None  # the 'not background' level
+    colour: np.ndarray | None = None  # the padding colour, when the frame is padded
+    blur: float = 0.7
+
+
+def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None) -> _Run:
+    """:func:`fov_estimate` at the image's own resolution, with the maps it used."""
     vi = channel_max(img)
     v = vi.astype(np.float32)
     if img.dtype.kind == "f" and not np.isfinite(v).all():
         v = np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)
+    colour = None
     if threshold is None:
-        v = _from_padding(img, v, vi if vi.dtype in (np.uint8, np.uint16) else None)
+        v, colour = _from_padding(img, v, vi if vi.dtype in (np.uint8, np.uint16) else None)
     h, w = v.shape
     s = min(h, w)
     blur = max(0.7, s / 800)
@@ -574,157 +678,306 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
         m = _clean(v > threshold, open_r)
         if m.sum() < 0.01 * h * w:
             raise MaskError("cannot estimate a field of view: no bright disc found")
-        return FovEstimate(m, 1.0)
-    # levels vary slowly: measure them on a copy at most ~600 px wide
-    f = min(1.0, 600.0 / s)
-    small = cv2.resize(v, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else v
-    ss = min(small.shape)
-    if _frame_is_bright(small):
+        return _Run(FovEstimate(m, 1.0))
+    if _frame_is_bright(v):
         # no dark background around the disc (a crop inside the FOV): the whole image is the FOV
-        return FovEstimate(np.ones((h, w), bool), 1.0, whole_image=True)
-    bg, sigma = _background(small)
-    disc = _disc_level(small, bg, sigma)
-    rough_t = bg + max(4.0 * sigma, ROUGH_FRACTION * (disc - bg))
-    rough = _clean(small > rough_t, max(1, int(round(ss / 300))))
+        return _Run(FovEstimate(np.ones((h, w), bool), 1.0, whole_image=True))
+    bg, sigma = _background(v)
+    disc = _disc_level(v, bg, sigma)
+    frame_top = _frame_top(v, bg, sigma)  # -inf unless the frame is uneven
+    rough_t = max(bg + max(4.0 * sigma, ROUGH_FRACTION * (disc - bg)), frame_top)
+    rough = _clean(v > rough_t, open_r)
     if rough.sum() < 0.01 * rough.size or rough.all():
         raise MaskError("cannot estimate a field of view: no bright disc on a dark background")
-    band = max(2, int(round(0.02 * ss)))
-    inner = cv2.erode(rough.astype(np.uint8), _disk(band))
-    outer = 1 - cv2.dilate(rough.astype(np.uint8), _disk(band))
-    k = gaussian_kernel(max(2.0, 0.03 * ss))
-    disc_level = masked_convolve(small, inner.astype(bool), k, min_weight=1e-3)
-    bg_level = masked_convolve(small, outer.astype(bool), k, min_weight=1e-3)
-    disc_level = np.where(np.isnan(disc_level), np.median(small[inner > 0]), disc_level)
-    bg_level = np.where(np.isnan(bg_level), np.median(small[outer > 0]) if outer.any()
-                        else small[~rough].mean(), bg_level)
+    band = max(2, int(round(0.02 * s)))
+    inner = cv2.erode(rough.astype(np.uint8), _disk(band)).astype(bool)
+    outer = ~cv2.dilate(rough.astype(np.uint8), _disk(band)).astype(bool)
+    kern = gaussian_kernel(max(2.0, 0.03 * s))
+    disc_level = masked_convolve(v, inner, kern, min_weight=1e-3)
+    bg_level = masked_convolve(v, outer, kern, min_weight=1e-3)
+    disc_level = np.where(np.isnan(disc_level), np.median(v[inner]), disc_level)
+    bg_level = np.where(np.isnan(bg_level), np.median(v[outer]) if outer.any()
+                        else v[~rough].mean(), bg_level)
     t = bg_level + edge_fraction * (disc_level - bg_level)
-    if f < 1:
-        t = cv2.resize(t, (w, h), interpolation=cv2.INTER_LINEAR)
-        inner = cv2.resize(inner, (w, h), interpolation=cv2.INTER_NEAREST)
-        outer = cv2.resize(outer, (w, h), interpolation=cv2.INTER_NEAREST)
-    inner, outer = inner.astype(bool), outer.astype(bool)
     near = ~(inner | outer)
     m = _clean(inner | (near & (v > t)), open_r)
 
     # 3. geometric model: a circle through the contour (RANSAC), dark sectors inside it filled
-    sm_shape = (small.shape[1], small.shape[0])
-
-    def to_small(mask):
-        return (cv2.resize(mask.astype(np.uint8), sm_shape, interpolation=cv2.INTER_AREA) > 0
-                if f < 1 else mask)
-
-    ms = to_small(m)
-    ys, xs = _contour_points(ms)
-    tol = max(1.5, 0.006 * ss)
-    yy, xx = np.ogrid[0:small.shape[0], 0:small.shape[1]]
+    ys, xs = _contour_points(m)
+    tol = max(1.5, 0.006 * s)
+    yy, xx = np.ogrid[0:h, 0:w]
     circle = residual = None
     if ys.size:
         c, inl = _ransac_circle(xs.astype(np.float64), ys.astype(np.float64), tol,
-                                0.15 * ss, 2.0 * max(small.shape))
+                                0.15 * s, 2.0 * max(h, w))
         if c is not None:
             ang = np.arctan2(ys[inl] - c[1], xs[inl] - c[0])
             coverage = np.unique(((ang + np.pi) / (2 * np.pi) * 36).astype(int) % 36).size
             if inl.sum() >= 0.3 * ys.size and coverage >= 9:
-                circle = (c[0] / f, c[1] / f, c[2] / f)
-                residual = float(np.median(np.abs(np.hypot(xs[inl] - c[0], ys[inl] - c[1]) - c[2]))) / f
-    inside_s = ms.copy()
+                circle = c
+                residual = float(np.median(np.abs(np.hypot(xs[inl] - c[0], ys[inl] - c[1]) - c[2])))
+    inside = m.copy()
     if circle is not None:
-        inside_s |= (xx - circle[0] * f) ** 2 + (yy - circle[1] * f) ** 2 <= (circle[2] * f - 1.0) ** 2
+        inside |= (xx - circle[0]) ** 2 + (yy - circle[1]) ** 2 <= (circle[2] - 1.0) ** 2
     # the local background: beyond the mask and the circle, a gap away (glow right outside the
     # disc, uneven backgrounds); where there is none (the disc crosses the border), the global one
-    gap = max(3, int(round(0.03 * ss)))
-    beyond = ~cv2.dilate(inside_s.astype(np.uint8), _disk(gap)).astype(bool)
+    gap = max(3, int(round(0.03 * s)))
+    beyond = ~cv2.dilate(inside.astype(np.uint8), _disk(gap)).astype(bool)
     if beyond.any():
-        bg_local = masked_convolve(small, beyond, gaussian_kernel(max(2.0, 0.05 * ss)), min_weight=1e-3)
-        bg_local = np.where(np.isnan(bg_local), float(np.median(small[beyond])), bg_local)
+        bg_local = masked_convolve(v, beyond, gaussian_kernel(max(2.0, 0.05 * s)), min_weight=1e-3)
+        bg_local = np.where(np.isnan(bg_local), float(np.median(v[beyond])), bg_local)
         bg_local = np.maximum(bg_local, bg)
     else:
-        bg_local = np.full(small.shape, bg, np.float32)
-    low = bg_local + max(4.0 * sigma, 0.02 * (disc - bg))  # not background
+        bg_local = np.full((h, w), bg, np.float32)
+    # not background (nor the bright parts of an uneven frame)
+    low = np.maximum(bg_local + max(4.0 * sigma, 0.02 * (disc - bg)), frame_top).astype(np.float32)
     # background right outside an edge; without a circle, dark parts of the disc outside the
     # mask would pass for local background, so the global level is the reference
     is_bg = (bg_local if circle is not None else np.full_like(bg_local, bg)) + max(
         4.0 * sigma, 0.04 * (disc - bg))
+    is_bg = np.maximum(is_bg, frame_top)
     filled = 0
     if circle is not None:
-        cx, cy, r = circle
-        add = inside_s & (small > low) & ~ms
+        add = inside & (v > low) & ~m
         add = cv2.morphologyEx(add.astype(np.uint8), cv2.MORPH_OPEN,
-                               _disk(max(2, int(round(0.01 * ss))))).astype(bool)
+                               _disk(max(2, int(round(0.01 * s))))).astype(bool)
         if add.any():
-            if f < 1:
-                low_full = cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR)
-                add = cv2.resize(add.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
-                add = cv2.dilate(add.astype(np.uint8), _disk(int(math.ceil(1 / f)))).astype(bool)
-            else:
-                low_full = low
-            yf, xf = np.ogrid[0:h, 0:w]
-            add &= ((xf - cx) ** 2 + (yf - cy) ** 2 <= (r - 1.0) ** 2) & (v > low_full) & ~m
+            add &= (xx - circle[0]) ** 2 + (yy - circle[1]) ** 2 <= (circle[2] - 1.0) ** 2
             before = int(m.sum())
             m = _clean(m | add, open_r)
             filled = max(0, int(m.sum()) - before)
-    del v  # (the blurred full-size copy: not needed from here on, 64 MB at 4000 px)
-    m = _settle_edge(m, raw, low, blur, small, f)
+    m = _settle_edge(m, raw, low, blur, v)
     if m.sum() < 0.01 * h * w:
         raise MaskError("cannot estimate a field of view: no bright disc found")
     # confidence: contour points on the fitted circle, or with background right outside them
-    ms = to_small(m)
-    ys, xs = _contour_points(ms)
+    ys, xs = _contour_points(m)
     if ys.size == 0:
         confidence = 1.0
     else:
-        width = max(2, int(round(0.015 * ss)))
-        out_lvl = _outside_level(small, ms, width)[ys, xs]
+        width = max(2, int(round(0.015 * s)))
+        out_lvl = _outside_level(v, m, width)[ys, xs]
         ok = np.nan_to_num(out_lvl, nan=np.inf) <= is_bg[ys, xs]
         if circle is not None:
-            ok |= np.abs(np.hypot(xs - circle[0] * f, ys - circle[1] * f) - circle[2] * f) < tol
+            ok |= np.abs(np.hypot(xs - circle[0], ys - circle[1]) - circle[2]) < tol
         confidence = float(np.mean(ok))
-    return FovEstimate(m, confidence, circle, residual, filled)
+    return _Run(FovEstimate(m, confidence, circle, residual, filled), raw=raw, smooth=v,
+                edge=t.astype(np.float32), low=low, colour=colour, blur=blur)
+
+
+def _settle_ring(img: np.ndarray, k: int, run: _Run) -> np.ndarray:
+    """The full-resolution mask of a run on the image reduced ``k`` times: the run's mask
+    scaled up, its edge settled along rays from its centre by the full-resolution pixels.
+
+    Along each ray (one per pixel of the contour) the edge starts where the run's smoothed
+    image crosses its edge threshold (on the reduced copy, to a fraction of its pixel), and
+    is then settled by :func:`_settle_edge`'s rules on the full-resolution pixels the ray
+    crosses (half a pixel apart): pixels at the background's level are peeled off, pixels
+    above it and above half the edge's own level are added. The mask is the polygon through
+    the rays' edges, over the reduced mask eroded past the ring (for any part of the mask a
+    ray from the centre does not reach)."""
+    est = run.estimate
+    assert run.raw is not None and run.smooth is not None and run.edge is not None \
+        and run.low is not None
+    ms = est.mask
+    h, w = img.shape[:2]
+    sh, sw = ms.shape
+    off = (k - 1) / 2
+    width = int(math.ceil(2 * max(0.7, min(h, w) / 800))) + 1
+    moves = width + k + 1  # the farthest the settle moves an edge (full px)
+    mo = cv2.moments(ms.view(np.uint8), binaryImage=True)
+    cxs, cys = mo["m10"] / mo["m00"], mo["m01"] / mo["m00"]
+    # on the reduced copy: rays every reduced contour pixel, samples 0.5 px apart
+    far = math.hypot(max(cxs, sw - cxs), max(cys, sh - cys)) + 2
+    nc = int(max(720, math.ceil(2 * math.pi * far)))
+    tc = (np.arange(nc) + 0.5) * (2 * math.pi / nc)
+    cosc, sinc = np.cos(tc).astype(np.float32), np.sin(tc).astype(np.float32)
+    step = np.arange(0.0, far, 0.5, dtype=np.float32)
+    sx, sy = cxs + cosc[:, None] * step, cys + sinc[:, None] * step
+    along = cv2.remap(ms.view(np.uint8), sx, sy, cv2.INTER_NEAREST,
+                      borderMode=cv2.BORDER_CONSTANT, borderValue=2)
+    first = np.argmax(along != 1, axis=1)
+    rows_c = np.arange(nc)
+    # the start: the smoothed image's crossing of the edge threshold nearest the mask's edge
+    lin = dict(interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    span = np.arange(-2 * (k + 2), 2 * (k + 2) + 1)  # a reduced pixel and a bit, 0.5 apart
+    idx = np.clip(first[:, None] + span[None, :], 0, step.size - 1)
+    wx, wy = np.take_along_axis(sx, idx, 1), np.take_along_axis(sy, idx, 1)
+    gap = cv2.remap(run.smooth, wx, wy, **lin) - cv2.remap(run.edge, wx, wy, **lin)
+    gap[(wx <= -0.5) | (wx >= sw - 0.5) | (wy <= -0.5) | (wy >= sh - 0.5)] = -1.0  # beyond: out
+    cross = (gap[:, :-1] > 0) & (gap[:, 1:] <= 0)
+    centre_i = int(np.searchsorted(span, 0))
+    dist = np.where(cross, np.abs(np.arange(span.size - 1) + 0.5 - centre_i), np.inf)
+    best = np.argmin(dist, axis=1)
+    g0, g1 = gap[rows_c, best], gap[rows_c, best + 1]
+    frac = np.where(g0 > g1, g0 / np.where(g0 > g1, g0 - g1, 1.0), 0.5)
+    r_cross = step[idx[rows_c, best]] + 0.5 * frac
+    found = np.isfinite(dist[rows_c, best])
+    r_c = np.where(found, r_cross, np.maximum(step[first] - 0.25, 0.0))
+    ex, ey = cxs + cosc * r_c, cys + sinc * r_c  # the start, on the reduced copy
+    floor_c = cv2.remap(run.low, ex[:, None], ey[:, None], **lin)[:, 0]
+    reach = 2 * int(math.ceil(width / k)) + 1
+    level_map = cv2.dilate(np.where(ms, run.smooth, 0).astype(np.float32),
+                           cv2.getStructuringElement(cv2.MORPH_RECT, (reach, reach)))
+    level_c = cv2.remap(level_map, ex[:, None], ey[:, None], cv2.INTER_NEAREST,
+                        borderMode=cv2.BORDER_REPLICATE)[:, 0]
+    # to full resolution: a ray per contour pixel, the coarse rays' values interpolated
+    cx, cy = cxs * k + off, cys * k + off
+    n = int(min(40000, max(nc, math.ceil(2 * math.pi * float(r_c.max()) * k))))
+    theta = (np.arange(n) + 0.5) * (2 * math.pi / n)
+    t_w = np.concatenate([tc[-1:] - 2 * math.pi, tc, tc[:1] + 2 * math.pi])
+
+    def around(a):
+        return np.interp(theta, t_w, np.concatenate([a[-1:], a, a[:1]]))
+
+    r0 = around(r_c * k).astype(np.float32)
+    floor = around(floor_c).astype(np.float32)[:, None]
+    half = (0.5 * around(level_c)).astype(np.float32)[:, None]
+    cos, sin = np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
+    j = np.arange(-2 * moves, 2 * moves + 1, dtype=np.float32) * 0.5
+    rad = r0[:, None] + j[None, :]
+    X, Y = cx + cos[:, None] * rad, cy + sin[:, None] * rad
+    p = _ring_level(img, X, Y, run.colour)
+    p[(X <= -0.5) | (X >= w - 0.5) | (Y <= -0.5) | (Y >= h - 0.5)] = -np.inf  # beyond: outside
+    # the full-resolution start: the profile smoothed as the run smoothed its image (along
+    # the ray) crosses the edge threshold, nearest the reduced copy's crossing
+    blur = max(0.7, min(h, w) / 800)
+    g = cv2.getGaussianKernel(2 * int(math.ceil(6 * blur)) + 1, 2 * blur)  # (samples 0.5 px apart)
+    smooth = cv2.sepFilter2D(np.where(np.isfinite(p), p, 0).astype(np.float32), -1, g,
+                             np.ones(1), borderType=cv2.BORDER_REPLICATE)
+    edge = around(cv2.remap(run.edge, ex[:, None], ey[:, None], **lin)[:, 0])
+    above = smooth > edge.astype(np.float32)[:, None]
+    cross = above[:, :-1] & ~above[:, 1:]
+    dist = np.where(cross, np.abs(np.arange(1, j.size) - 2 * moves), j.size)
+    best = np.argmin(dist, axis=1)
+    rows = np.arange(n)
+    e = np.where(dist[rows, best] <= 2 * (k + 1), best + 1, 2 * moves)  # the first outside sample
+    top = j.size
+    # settle: a sample is in where above the background's level and half the edge's level;
+    # the edge is peeled back to the last such sample before it, then grown to the first one
+    # that is not, each at most ``moves`` px (2 * moves samples)
+    inn = (p > floor) & (p > half)
+    top = j.size
+    ar = np.arange(top)
+    last_in = np.maximum.accumulate(np.where(inn, ar, -1), axis=1)[rows, np.maximum(e - 1, 0)]
+    last_in = np.where(e > 0, last_in, -1)
+    e = np.maximum(last_in + 1, e - 2 * moves)
+    next_out = np.minimum.accumulate(np.where(inn, top, ar)[:, ::-1], axis=1)[:, ::-1]
+    nxt = np.where(e < top, next_out[rows, np.minimum(e, top - 1)], top)
+    e = np.minimum(nxt, e + 2 * moves)
+    radius = r0 + j[0] + 0.5 * (e - 0.5)
+    deep = cv2.erode(ms.view(np.uint8), _disk(int(math.ceil(2 * moves / k)) + 1))
+    out = cv2.resize(deep, (w, h), interpolation=cv2.INTER_NEAREST)
+    radius = np.maximum(radius, 0.0)
+
+    def decide(ys, xs, ang):  # a pixel within a pixel of its ray's edge: by its own level
+        lv = _ring_level(img, xs.astype(np.float32)[None, :], ys.astype(np.float32)[None, :],
+                         run.colour)[0]
+        return (lv > _around_at(ang, theta, floor[:, 0])) & (lv > _around_at(ang, theta, half[:, 0]))
+
+    return _fill_rays(out, cx, cy, theta, radius, decide)
+
+
+def _around_at(ang: np.ndarray, theta: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` at the rays' angles ``theta`` interpolated to the angles ``ang`` (0 .. 2 pi),
+    around the circle."""
+    t_w = np.concatenate([theta[-1:] - 2 * math.pi, theta, theta[:1] + 2 * math.pi])
+    return np.interp(ang, t_w, np.concatenate([values[-1:], values, values[:1]]))
+
+
+def _fill_rays(out: np.ndarray, cx: float, cy: float, theta: np.ndarray,
+               radius: np.ndarray, decide) -> np.ndarray:
+    """``out`` (uint8) with the pixels inside the rays' edges set to 1: ``radius`` is the edge's
+    distance from ``(cx, cy)`` at the rays' angles ``theta`` (interpolated between them).
+    Pixels whose centre is more than a pixel inside it are in, more than a pixel outside
+    are out, and ``decide(ys, xs, angles)`` says for those between. (``cv2.fillPoly`` also
+    fills pixels up to about half a pixel outside a polygon: it fills the polygon a pixel
+    and a half inside the edge, and the pixels along the edge are decided one by one.)"""
+    h, w = out.shape
+    shift = 4
+
+    def poly(r):
+        return np.rint(np.stack([(cx + np.cos(theta) * r) * (1 << shift),
+                                 (cy + np.sin(theta) * r) * (1 << shift)], axis=-1)).astype(np.int32)
+
+    cv2.fillPoly(out, [poly(np.maximum(radius - 1.5, 0.0))], 1, lineType=cv2.LINE_8, shift=shift)
+    band = np.zeros((h, w), np.uint8)
+    cv2.polylines(band, [poly(radius)], True, 1, thickness=7, lineType=cv2.LINE_8, shift=shift)
+    found = cv2.findNonZero(band)
+    if found is None:
+        return out.view(bool)
+    xs, ys = found.reshape(-1, 2).T.astype(np.intp)
+    ang = np.mod(np.arctan2(ys - cy, xs - cx), 2 * math.pi)
+    gap = np.hypot(xs - cx, ys - cy) - _around_at(ang, theta, radius)  # < 0: inside the edge
+    inside = gap < -1.0
+    near = np.abs(gap) <= 1.0
+    if near.any():
+        inside[near] = decide(ys[near], xs[near], ang[near])
+    out[ys, xs] |= inside.view(np.uint8)
+    return out.view(bool)
+
+
+def _ring_level(img: np.ndarray, X: np.ndarray, Y: np.ndarray,
+                colour: np.ndarray | None) -> np.ndarray:
+    """The estimator's level (the brightest channel, or the distance from a padding colour) of
+    ``img`` at the pixels nearest the points ``X, Y``, as float32 (0 beyond the image)."""
+    planes = img if img.ndim == 3 else img[..., None]
+    if planes.dtype not in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
+        planes = planes.astype(np.float32)
+    # (one call for up to 4 channels: a channel view is not contiguous, and OpenCV copies it)
+    groups = [planes] if planes.shape[-1] <= 4 else [planes[..., c] for c in range(planes.shape[-1])]
+    out = None
+    c0 = 0
+    for g in groups:
+        a = cv2.remap(g, X, Y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        a = a.reshape(X.shape + (-1,)).astype(np.float32)
+        if planes.dtype.kind == "f":
+            a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+        if colour is not None:
+            a = np.abs(a - np.asarray(colour, np.float32)[c0:c0 + a.shape[-1]])
+        c0 += a.shape[-1]
+        lv = a[..., 0]
+        for c in range(1, a.shape[-1]):  # (NumPy's max over a last axis of 3 is slow)
+            lv = np.maximum(lv, a[..., c])
+        out = lv if out is None else np.maximum(out, lv)
+    assert out is not None
+    return out
 
 
 def _settle_edge(m: np.ndarray, raw: np.ndarray, low: np.ndarray, blur: float,
-                 small: np.ndarray, f: float) -> np.ndarray:
+                 smooth: np.ndarray) -> np.ndarray:
     """Decide the pixels near the mask's edge by their own level. The edge was found on the
-    image blurred by ``blur`` px and placed at :data:`EDGE_FRACTION` of the way from the local
-    background to the disc's level some way inside: a sharp edge lands up to about ``blur`` px
-    out (a ring of pure background inside the mask: 2.6 px wide on a crisp disc of 4000 px, and
-    a halo of tens of gray levels in first-order normalization), and a disc dimmed steeply
-    towards its edge loses its last pixels. So, within ``2 * blur + 1`` px of the edge: pixels
-    inside at the background's level (at most ``low``, the 'not background' level) that touch
-    the outside are dropped, and pixels outside that touch the mask, above both ``low`` and
-    half the edge's own level (the brightest FOV pixel near it), are added, a pixel at a time
-    (a pixel-centre rule: half covered or more). ``low`` and ``small`` are the copies scaled
-    by ``f``."""
+    image blurred by ``blur`` px (``smooth``) and placed at :data:`EDGE_FRACTION` of the way
+    from the local background to the disc's level some way inside: a sharp edge lands up to
+    about ``blur`` px out (a ring of pure background inside the mask, and a halo of tens of
+    gray levels in first-order normalization), and a disc dimmed steeply towards its edge
+    loses its last pixels. So, within ``2 * blur + 1`` px of the edge: pixels inside at the
+    background's level (at most ``low``, the 'not background' level) that touch the outside
+    are dropped, and pixels outside that touch the mask, above both ``low`` and half the
+    edge's own level (the brightest FOV pixel near it in ``smooth``), are added, a pixel at a
+    time (a pixel-centre rule: half covered or more)."""
     width = int(math.ceil(2 * blur)) + 1
-    h, w = m.shape
     u8 = m.astype(np.uint8)
     square = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * width + 1, 2 * width + 1))
-    # the pixels near the edge, by coordinates: the scaled maps are sampled there only (at
-    # 4000 px, full-size float maps would add 128 MB to the peak for a ring of 1.5 %)
     zone = cv2.subtract(cv2.dilate(u8, square),
                         cv2.erode(u8, square, borderType=cv2.BORDER_REPLICATE))
-    found = cv2.findNonZero(zone)  # (3x faster than np.nonzero at 4000 px)
+    found = cv2.findNonZero(zone)
     if found is None:
         return m
     xs, ys = (np.ascontiguousarray(c) for c in found.reshape(-1, 2).T.astype(np.intp))
-    del zone
     inside = m[ys, xs]
     own = raw[ys, xs]
-    floor = _sample(low, ys, xs, (h, w), linear=True)
+    floor = low[ys, xs]
     drop = inside & (own <= floor)
     if drop.any():  # peeled from the outside in: no holes
         m, peeled = _creep(m, ys[drop], xs[drop], width, grow=False)
         if peeled:  # bits of the edge cut off by peeled pixels (noise) go too
             m = _largest_component(m)
-        u8 = m.astype(np.uint8)
         inside = m[ys, xs]
-    # the edge's own level: the brightest FOV pixel near each pixel (on the scaled copy)
-    ms = (cv2.resize(u8, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA) > 0
-          if f < 1 else m)
-    reach = 2 * int(math.ceil(width * f)) + 1
-    level = cv2.dilate(np.where(ms, small, 0).astype(np.float32),
+    # the edge's own level: the brightest FOV pixel near each pixel
+    reach = 2 * width + 1
+    level = cv2.dilate(np.where(m, smooth, 0).astype(np.float32),
                        cv2.getStructuringElement(cv2.MORPH_RECT, (reach, reach)))
-    ok = ~inside & (own > floor) & (own > 0.5 * _sample(level, ys, xs, (h, w), linear=False))
+    ok = ~inside & (own > floor) & (own > 0.5 * level[ys, xs])
     if not ok.any():
         return m
     # grown from the mask, so every added pixel is connected to it
@@ -747,28 +1000,6 @@ def _creep(m: np.ndarray, ys: np.ndarray, xs: np.ndarray, steps: int, *, grow: b
             break
         m, changed = (m | step if grow else m & ~step), True
     return m, changed
-
-
-def _sample(a: np.ndarray, ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int], *,
-            linear: bool) -> np.ndarray:
-    """``a`` (a copy of an image of ``shape``, scaled) at the full-size pixels ``ys, xs``, as
-    ``cv2.resize`` to ``shape`` would give it there: linear or nearest, centres aligned."""
-    h, w = shape
-    sh, sw = a.shape
-    if (sh, sw) == (h, w):
-        return a[ys, xs]
-    fy = (ys + 0.5) * (sh / h) - 0.5
-    fx = (xs + 0.5) * (sw / w) - 0.5
-    if not linear:
-        return a[np.clip(np.floor(fy + 0.5), 0, sh - 1).astype(np.intp),
-                 np.clip(np.floor(fx + 0.5), 0, sw - 1).astype(np.intp)]
-    fy, fx = np.clip(fy, 0, sh - 1), np.clip(fx, 0, sw - 1)
-    y0, x0 = np.floor(fy).astype(np.intp), np.floor(fx).astype(np.intp)
-    y1, x1 = np.minimum(y0 + 1, sh - 1), np.minimum(x0 + 1, sw - 1)
-    ty, tx = (fy - y0).astype(np.float32), (fx - x0).astype(np.float32)
-    top = a[y0, x0] * (1 - tx) + a[y0, x1] * tx
-    bottom = a[y1, x0] * (1 - tx) + a[y1, x1] * tx
-    return top * (1 - ty) + bottom * ty
 
 
 def fov_diameter(mask) -> float:
@@ -871,7 +1102,7 @@ def rim_depths(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | N
         ``-pi + 2 pi i / 72`` around the centroid.
     """
     m = np.asarray(mask, dtype=bool)
-    return _rim_depths(image, m, margin_distance(m), _centroid(m), tolerance, max_px, value_range)
+    return _rim_depths(image, m, _centroid(m), tolerance, max_px, value_range)[0]
 
 
 def _sector_position(ys, xs, centre) -> np.ndarray:
@@ -904,7 +1135,83 @@ def _on_trend(med: np.ndarray, max_px: int, width: int, limit: np.ndarray) -> np
     return on
 
 
-def _rim_depths(image, m, d, centre, tolerance, max_px, value_range=None):
+def _margin_rings(m: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``ys, xs, d``: the FOV pixels less than ``depth`` px from the margin and their
+    :func:`margin_distance` (float32). The distance transform runs around a rectangle of
+    pixels known to be deeper (from a reduced copy of the mask), not over it: a pixel's
+    distance below ``depth`` depends only on the pixels within ``depth`` of it."""
+    h, w = m.shape
+    deep = _deep_rectangle(m, depth + 2)
+    if deep is None:
+        pieces = [(0, h, 0, w)]
+    else:
+        y0, y1, x0, x1 = deep
+        pieces = [(0, y0, 0, w), (y1, h, 0, w), (y0, y1, 0, x0), (y0, y1, x1, w)]
+    pad = depth + 2
+    ys_all, xs_all, d_all = [], [], []
+    u8 = m.view(np.uint8)
+    for (a0, a1, b0, b1) in pieces:
+        if a1 <= a0 or b1 <= b0:
+            continue
+        c0, c1, e0, e1 = max(0, a0 - pad), min(h, a1 + pad), max(0, b0 - pad), min(w, b1 + pad)
+        padded = cv2.copyMakeBorder(u8[c0:c1, e0:e1], 1, 1, 1, 1, cv2.BORDER_REPLICATE)
+        dt = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        own = dt[1 + a0 - c0:1 + a1 - c0, 1 + b0 - e0:1 + b1 - e0]
+        flat = np.flatnonzero((own >= 1) & (own < depth + 1))  # inside (0 outside), shallow
+        ys, xs = np.divmod(flat, own.shape[1])
+        d_all.append(own[ys, xs] - 1.0)
+        ys_all.append(ys + a0)
+        xs_all.append(xs + b0)
+    if not ys_all:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0, np.float32)
+    return np.concatenate(ys_all), np.concatenate(xs_all), np.concatenate(d_all)
+
+
+def _deep_rectangle(m: np.ndarray, depth: int) -> tuple[int, int, int, int] | None:
+    """Rows ``y0:y1`` and columns ``x0:x1`` of a rectangle whose pixels are all at least
+    ``depth`` px inside the mask (the image border is not a margin), grown from the mask's
+    centroid on a copy reduced so the short side is about 300 px; None when small."""
+    h, w = m.shape
+    k = min(h, w) // 300
+    if k < 2:
+        return None
+    hs, ws = h // k, w // k
+    full = cv2.resize(m[:hs * k, :ws * k].view(np.uint8), (ws, hs),
+                      interpolation=cv2.INTER_AREA) == 1  # every pixel of the block inside
+    # the blocks of the ragged last rows and columns: inside only if those pixels are
+    padded = cv2.copyMakeBorder(full.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_REPLICATE)
+    ds = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    ok = (ds - 1.0) * k >= depth + 2 * k  # every pixel of the block that deep
+    if h % k or w % k:  # the rows and columns left over belong to no block: never skipped
+        ok[-1:, :] = False
+        ok[:, -1:] = False
+    if not ok.any():
+        return None
+    cy, cx = _centroid(full)
+    r, c = int(round(cy)), int(round(cx))
+    if not ok[r, c]:
+        return None
+    integ = cv2.integral(ok.view(np.uint8))
+    def all_ok(y0, y1, x0, x1):
+        return integ[y1, x1] - integ[y0, x1] - integ[y1, x0] + integ[y0, x0] == (y1 - y0) * (x1 - x0)
+    y0, y1, x0, x1 = r, r + 1, c, c + 1
+    grew = True
+    while grew:
+        grew = False
+        if y0 > 0 and all_ok(y0 - 1, y1, x0, x1):
+            y0, grew = y0 - 1, True
+        if y1 < hs and all_ok(y0, y1 + 1, x0, x1):
+            y1, grew = y1 + 1, True
+        if x0 > 0 and all_ok(y0, y1, x0 - 1, x1):
+            x0, grew = x0 - 1, True
+        if x1 < ws and all_ok(y0, y1, x0, x1 + 1):
+            x1, grew = x1 + 1, True
+    return y0 * k, y1 * k, x0 * k, x1 * k
+
+
+def _rim_depths(image, m, centre, tolerance, max_px, value_range=None):
+    """The depths of :func:`rim_depths`, and the pixels near the margin it looked at
+    (``ys, xs`` and their ring index)."""
     img = np.asarray(image)
     v = img if img.ndim == 3 else img[..., None]
     unit = _unit(img, value_range)
@@ -912,11 +1219,11 @@ def _rim_depths(image, m, d, centre, tolerance, max_px, value_range=None):
         max_px = max(2, int(round(RIM_MAX_FRACTION * fov_diameter(m))))
     width = max(RIM_TREND_RINGS, max_px)
     n_rings = max_px + RIM_CONFIRM + width
-    ys, xs = np.nonzero(m & (d < n_rings))
+    ys, xs, d = _margin_rings(m, n_rings)
+    ring = d.astype(np.int64)
     if ys.size == 0:
-        return np.zeros(_RIM_SECTORS, np.int64)
+        return np.zeros(_RIM_SECTORS, np.int64), ys, xs, ring
     sector = _sector_position(ys, xs, centre).astype(np.int64) % _RIM_SECTORS
-    ring = d[ys, xs].astype(np.int64)
     vals = v[ys, xs]
     if vals.dtype.kind == "f":
         vals = vals.astype(np.float64)
@@ -941,14 +1248,20 @@ def _rim_depths(image, m, d, centre, tolerance, max_px, value_range=None):
     # along the boundary: the second largest depth of 5 neighbouring sectors (one deep sector
     # alone is noise, two are a rim; a plain median left rings of a rim between shallower ones)
     padded = np.concatenate([depth[-2:], depth, depth[:2]])
-    return np.sort(np.lib.stride_tricks.sliding_window_view(padded, 5), axis=1)[:, 3].astype(np.int64)
+    depth = np.sort(np.lib.stride_tricks.sliding_window_view(padded, 5), axis=1)[:, 3]
+    return depth.astype(np.int64), ys, xs, ring
 
 
 def _centroid(m: np.ndarray) -> tuple[float, float]:
-    mo = cv2.moments(m.astype(np.uint8), binaryImage=True)
-    if mo["m00"] == 0:
+    """(y, x) of the mask's centroid, from its row and column counts (12x faster than
+    ``cv2.moments`` at 8 Mpx)."""
+    u8 = np.ascontiguousarray(m, dtype=bool).view(np.uint8)
+    cols = cv2.reduce(u8, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel().astype(np.float64)
+    rows = cv2.reduce(u8, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel().astype(np.float64)
+    n = cols.sum()
+    if n == 0:
         raise MaskError("mask is empty (no pixel inside the field of view)")
-    return mo["m01"] / mo["m00"], mo["m10"] / mo["m00"]
+    return float(rows @ np.arange(rows.size) / n), float(cols @ np.arange(cols.size) / n)
 
 
 def trim_rim(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | None = None,
@@ -981,17 +1294,18 @@ def trim_rim(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | Non
     (H, W) bool ndarray, a subset of ``mask`` (and the info dict with ``return_info``).
     """
     m = np.asarray(mask, dtype=bool)
-    d, centre = margin_distance(m), _centroid(m)
-    depth = _rim_depths(image, m, d, centre, tolerance, max_px, value_range)
+    centre = _centroid(m)
+    depth, ys, xs, ring = _rim_depths(image, m, centre, tolerance, max_px, value_range)
     out = m.copy()
     dmax = int(depth.max())
     if dmax > 0:
-        ys, xs = np.nonzero(m & (d < dmax))
+        near = ring < dmax
+        ys, xs, ring = ys[near], xs[near], ring[near]
         pos = _sector_position(ys, xs, centre) - 0.5
         i0 = np.floor(pos).astype(np.int64)
         frac = pos - i0
         dep = (1 - frac) * depth[i0 % _RIM_SECTORS] + frac * depth[(i0 + 1) % _RIM_SECTORS]
-        drop = d[ys, xs] < np.rint(dep)
+        drop = ring < np.rint(dep)
         out[ys[drop], xs[drop]] = False
     if not out.any():
         raise MaskError("mask is empty after trimming its rim")

@@ -83,6 +83,7 @@ def synthetic_fundus(
     dark_sector: float | None = None,
     vignette: float = 0.0,
     rim: int = 0,
+    frame: str | None = None,
 ) -> SyntheticFundus:
     """Make a synthetic fundus photograph with known illumination and FOV.
 
@@ -121,6 +122,13 @@ def synthetic_fundus(
     rim : int
         Width in pixels of a dark transition ring at the margin (40 % of the
         brightness inside it), as DRIVE's masks include.
+    frame : {"slide", "colour", "glow"}, optional
+        What lies outside the FOV instead of ``background``: ``"slide"`` a
+        scanned film slide's noisy grey-green frame (10 to 40 gray levels,
+        brighter towards the corners, a darker strip along the top and bottom
+        rows, film grain); ``"colour"`` an uneven bluish frame (15 to 45);
+        ``"glow"`` a black background with a glow ring fading out from the disc
+        (35 % of the disc's local level at the edge, over 4 % of the radius).
     """
     h, w = shape
     rng = np.random.default_rng(seed)
@@ -159,6 +167,8 @@ def synthetic_fundus(
     outside = ~mask
     img[outside] = np.float32(background) + rng.standard_normal(
         (int(outside.sum()), 3), dtype=np.float32) * np.float32(noise)
+    if frame is not None:
+        img[outside] = _frame(frame, shape, (cy, cx), radius, rng, field * gain)[outside]
     if text:
         canvas = np.zeros((h, w), np.uint8)
         fs = min(h, w) / 500
@@ -168,3 +178,33 @@ def synthetic_fundus(
     scale = np.iinfo(dtype).max / 255.0
     img = np.clip(np.rint(img * scale), 0, np.iinfo(dtype).max).astype(dtype)
     return SyntheticFundus(img, mask, field, vmap, refl)
+
+
+def _frame(kind: str, shape, centre, radius: float, rng, field) -> np.ndarray:
+    """(H, W, 3) float32 levels of a frame of ``kind`` (see :func:`synthetic_fundus`)."""
+    h, w = shape
+    cy, cx = centre
+    y, x = np.ogrid[0:h, 0:w]
+    corner = np.minimum(1.0, np.hypot((x - w / 2) / (w / 2), (y - h / 2) / (h / 2)) / 1.414)
+    if kind == "slide":
+        level = (10 + 30 * corner**2).astype(np.float32)
+        band = max(2, int(round(0.03 * h)))
+        level[:band] = 5
+        level[-band:] = 5
+        tint = np.array([0.85, 1.0, 0.75], np.float32)
+        grain = 4.0
+    elif kind == "colour":
+        level = (15 + 30 * corner).astype(np.float32)
+        tint = np.array([0.5, 0.8, 1.0], np.float32)
+        grain = 2.0
+    elif kind == "glow":
+        r = np.hypot(x - cx, y - cy)
+        level = 0.35 * 255 * _BASE[0] * field * np.exp(-np.clip(r - radius, 0, None) / (0.04 * radius))
+        level = level.astype(np.float32)
+        tint = np.array([1.0, 0.55, 0.25], np.float32)
+        grain = 1.5
+    else:
+        raise ValueError(f"unknown frame {kind!r}")
+    out = level[..., None] * tint
+    out = np.broadcast_to(out, (h, w, 3)).astype(np.float32)
+    return out + rng.standard_normal((h, w, 3), dtype=np.float32) * np.float32(grain)
