@@ -620,11 +620,19 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
     m = _settle_ring(img, k, run)
     if m.sum() < 0.01 * h * w:
         raise MaskError("cannot estimate a field of view: no bright disc found")
+    # the confidence of the settled mask, on the reduced copy
+    assert run.smooth is not None and run.is_bg is not None
+    sh, sw = run.smooth.shape
+    m_s = cv2.resize(m[: sh * k, : sw * k].view(np.uint8), (sw, sh),
+                     interpolation=cv2.INTER_AREA) > 0
+    # (with the circle of the settled mask: a glow ring can carry the reduced edge out)
+    circle_s, _ = _fov_circle(m_s, run.tol) if est.circle is not None else (None, None)
+    confidence = _confidence(_contour_checks(run.smooth, m_s, run.is_bg, circle_s, run.tol))
     off = (k - 1) / 2  # small pixel i covers full pixels i*k .. i*k + k - 1
     circle = None if est.circle is None else (est.circle[0] * k + off, est.circle[1] * k + off,
                                               est.circle[2] * k)
     residual = None if est.residual is None else est.residual * k
-    return FovEstimate(m, est.confidence, circle, residual, est.filled * k * k)
+    return FovEstimate(m, confidence, circle, residual, est.filled * k * k)
 
 
 #: fov_estimate: images whose short side is at least this are estimated on a reduced copy
@@ -657,6 +665,8 @@ class _Run:
     low: np.ndarray | None = None  # the 'not background' level
     colour: np.ndarray | None = None  # the padding colour, when the frame is padded
     blur: float = 0.7
+    is_bg: np.ndarray | None = None  # the level up to which the outside of an edge is background
+    tol: float = 1.5  # how near the fitted circle a contour point is on it (px)
 
 
 def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None) -> _Run:
@@ -703,19 +713,9 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None)
     m = _clean(inner | (near & (v > t)), open_r)
 
     # 3. geometric model: a circle through the contour (RANSAC), dark sectors inside it filled
-    ys, xs = _contour_points(m)
     tol = max(1.5, 0.006 * s)
     yy, xx = np.ogrid[0:h, 0:w]
-    circle = residual = None
-    if ys.size:
-        c, inl = _ransac_circle(xs.astype(np.float64), ys.astype(np.float64), tol,
-                                0.15 * s, 2.0 * max(h, w))
-        if c is not None:
-            ang = np.arctan2(ys[inl] - c[1], xs[inl] - c[0])
-            coverage = np.unique(((ang + np.pi) / (2 * np.pi) * 36).astype(int) % 36).size
-            if inl.sum() >= 0.3 * ys.size and coverage >= 9:
-                circle = c
-                residual = float(np.median(np.abs(np.hypot(xs[inl] - c[0], ys[inl] - c[1]) - c[2])))
+    circle, residual = _fov_circle(m, tol)
     inside = m.copy()
     if circle is not None:
         inside |= (xx - circle[0]) ** 2 + (yy - circle[1]) ** 2 <= (circle[2] - 1.0) ** 2
@@ -749,19 +749,54 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None)
     m = _settle_edge(m, raw, low, blur, v)
     if m.sum() < 0.01 * h * w:
         raise MaskError("cannot estimate a field of view: no bright disc found")
-    # confidence: contour points on the fitted circle, or with background right outside them
+    checks = _contour_checks(v, m, is_bg, circle, tol)
+    return _Run(FovEstimate(m, _confidence(checks), circle, residual, filled), raw=raw,
+                smooth=v, edge=t.astype(np.float32), low=low, colour=colour, blur=blur,
+                is_bg=is_bg.astype(np.float32), tol=tol)
+
+
+def _fov_circle(m: np.ndarray, tol: float):
+    """The circle (cx, cy, r) fitted by RANSAC to the mask's contour and the median distance
+    of its inliers from it, or (None, None) when fewer than 30 % of the contour points or
+    fewer than 9 of 36 directions support one."""
     ys, xs = _contour_points(m)
     if ys.size == 0:
-        confidence = 1.0
-    else:
-        width = max(2, int(round(0.015 * s)))
-        out_lvl = _outside_level(v, m, width)[ys, xs]
-        ok = np.nan_to_num(out_lvl, nan=np.inf) <= is_bg[ys, xs]
-        if circle is not None:
-            ok |= np.abs(np.hypot(xs - circle[0], ys - circle[1]) - circle[2]) < tol
-        confidence = float(np.mean(ok))
-    return _Run(FovEstimate(m, confidence, circle, residual, filled), raw=raw, smooth=v,
-                edge=t.astype(np.float32), low=low, colour=colour, blur=blur)
+        return None, None
+    h, w = m.shape
+    c, inl = _ransac_circle(xs.astype(np.float64), ys.astype(np.float64), tol,
+                            0.15 * min(h, w), 2.0 * max(h, w))
+    if c is None:
+        return None, None
+    ang = np.arctan2(ys[inl] - c[1], xs[inl] - c[0])
+    coverage = np.unique(((ang + np.pi) / (2 * np.pi) * 36).astype(int) % 36).size
+    if inl.sum() < 0.3 * ys.size or coverage < 9:
+        return None, None
+    return c, float(np.median(np.abs(np.hypot(xs[inl] - c[0], ys[inl] - c[1]) - c[2])))
+
+
+def _contour_checks(v: np.ndarray, m: np.ndarray, is_bg: np.ndarray,
+                    circle: tuple[float, float, float] | None, tol: float):
+    """The mask's contour points away from the image border (``ys, xs``), whether each has
+    background right outside it (the mean of ``v`` over a band outside, at most ``is_bg``)
+    and whether it lies on the fitted circle."""
+    ys, xs = _contour_points(m)
+    if ys.size == 0:
+        return ys, xs, np.zeros(0, bool), np.zeros(0, bool)
+    width = max(2, int(round(0.015 * min(m.shape))))
+    out_lvl = np.nan_to_num(_outside_level(v, m, width)[ys, xs], nan=np.inf)
+    bg_out = out_lvl <= is_bg[ys, xs]
+    on_circle = (np.abs(np.hypot(xs - circle[0], ys - circle[1]) - circle[2]) < tol
+                 if circle is not None else np.zeros(ys.size, bool))
+    return ys, xs, bg_out, on_circle
+
+
+def _confidence(checks) -> float:
+    """The fraction of the contour (away from the image border) on the fitted circle or with
+    background right outside it; 1.0 without a contour."""
+    ys, xs, bg_out, on_circle = checks
+    if ys.size == 0:
+        return 1.0
+    return float(np.mean(bg_out | on_circle))
 
 
 def _settle_ring(img: np.ndarray, k: int, run: _Run) -> np.ndarray:
@@ -860,12 +895,27 @@ def _settle_ring(img: np.ndarray, k: int, run: _Run) -> np.ndarray:
     ar = np.arange(top)
     last_in = np.maximum.accumulate(np.where(inn, ar, -1), axis=1)[rows, np.maximum(e - 1, 0)]
     last_in = np.where(e > 0, last_in, -1)
+    limited = last_in + 1 < e - 2 * moves  # still peeling at the window's end (a glow ring)
     e = np.maximum(last_in + 1, e - 2 * moves)
     next_out = np.minimum.accumulate(np.where(inn, top, ar)[:, ::-1], axis=1)[:, ::-1]
     nxt = np.where(e < top, next_out[rows, np.minimum(e, top - 1)], top)
     e = np.minimum(nxt, e + 2 * moves)
     radius = r0 + j[0] + 0.5 * (e - 0.5)
-    deep = cv2.erode(ms.view(np.uint8), _disk(int(math.ceil(2 * moves / k)) + 1))
+    # a glow ring outside the disc (above the background, below half the disc's level) can
+    # carry the reduced edge farther out than the window: those rays peel on inwards, up to
+    # 3 % of the image's short side
+    walk = int(math.ceil(0.03 * min(h, w)))
+    if limited.any():
+        i = np.flatnonzero(limited)
+        back = radius[i, None] - 0.5 * np.arange(1, 2 * walk + 1, dtype=np.float32)[None, :]
+        bx = (cx + cos[i, None] * back).astype(np.float32)
+        by = (cy + sin[i, None] * back).astype(np.float32)
+        q = _ring_level(img, bx, by, run.colour)
+        hit = (q > floor[i]) & (q > half[i])
+        first_in = np.argmax(hit, axis=1)
+        got = hit[np.arange(i.size), first_in]
+        radius[i[got]] = back[got, first_in[got]] + 0.25
+    deep = cv2.erode(ms.view(np.uint8), _disk(int(math.ceil((moves + walk) / k)) + 1))
     out = cv2.resize(deep, (w, h), interpolation=cv2.INTER_NEAREST)
     radius = np.maximum(radius, 0.0)
 
