@@ -505,7 +505,10 @@ def _ransac_circle(x: np.ndarray, y: np.ndarray, tol: float, min_r: float, max_r
     x, y = x[::step], y[::step]
     n = x.size
     rng = np.random.default_rng(0)
-    tri = np.array([rng.choice(n, 3, replace=False) for _ in range(iterations)])
+    # random triples of distinct points (drawn at once: rows with a repeat are dropped)
+    tri = rng.integers(0, n, (2 * iterations, 3))
+    tri = tri[(tri[:, 0] != tri[:, 1]) & (tri[:, 0] != tri[:, 2]) & (tri[:, 1] != tri[:, 2])]
+    tri = tri[:iterations]
     # every triple's circle at once (the circle through three points, as a least-squares fit
     # of exactly three points gives it), scored on all points
     x1, x2, x3 = x[tri].T
@@ -1191,13 +1194,8 @@ def _margin_rings(m: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np
     pixels known to be deeper (from a reduced copy of the mask), not over it: a pixel's
     distance below ``depth`` depends only on the pixels within ``depth`` of it."""
     h, w = m.shape
-    deep = _deep_rectangle(m, depth + 2)
-    if deep is None:
-        pieces = [(0, h, 0, w)]
-    else:
-        y0, y1, x0, x1 = deep
-        pieces = [(0, y0, 0, w), (y1, h, 0, w), (y0, y1, 0, x0), (y0, y1, x1, w)]
     pad = depth + 2
+    pieces = _shallow_pieces(m, depth + 2, max(64, 4 * pad))
     ys_all, xs_all, d_all = [], [], []
     u8 = m.view(np.uint8)
     for (a0, a1, b0, b1) in pieces:
@@ -1217,46 +1215,47 @@ def _margin_rings(m: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np
     return np.concatenate(ys_all), np.concatenate(xs_all), np.concatenate(d_all)
 
 
-def _deep_rectangle(m: np.ndarray, depth: int) -> tuple[int, int, int, int] | None:
-    """Rows ``y0:y1`` and columns ``x0:x1`` of a rectangle whose pixels are all at least
-    ``depth`` px inside the mask (the image border is not a margin), grown from the mask's
-    centroid on a copy reduced so the short side is about 300 px; None when small."""
+def _shallow_pieces(m: np.ndarray, depth: int, band: int) -> list[tuple[int, int, int, int]]:
+    """Rectangles ``(y0, y1, x0, x1)`` covering every pixel of the mask that may be less than
+    ``depth`` px from its margin: bands of ``band`` rows, each without the run of columns
+    (through the middle of the mask) whose pixels are all deeper, as a reduced copy of the
+    mask shows it (short side about 300 px; the image border is not a margin)."""
     h, w = m.shape
     k = min(h, w) // 300
     if k < 2:
-        return None
+        return [(0, h, 0, w)]
     hs, ws = h // k, w // k
-    full = cv2.resize(m[:hs * k, :ws * k].view(np.uint8), (ws, hs),
-                      interpolation=cv2.INTER_AREA) == 1  # every pixel of the block inside
-    # the blocks of the ragged last rows and columns: inside only if those pixels are
+    # every pixel of the block inside: the count of those outside, exactly (a uint8 block
+    # mean rounds 3 of 4 up to 1)
+    outside = cv2.resize((~m[:hs * k, :ws * k]).view(np.uint8).astype(np.float32), (ws, hs),
+                         interpolation=cv2.INTER_AREA)
+    full = outside == 0
     padded = cv2.copyMakeBorder(full.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_REPLICATE)
     ds = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
     ok = (ds - 1.0) * k >= depth + 2 * k  # every pixel of the block that deep
-    if h % k or w % k:  # the rows and columns left over belong to no block: never skipped
-        ok[-1:, :] = False
-        ok[:, -1:] = False
-    if not ok.any():
-        return None
-    cy, cx = _centroid(full)
-    r, c = int(round(cy)), int(round(cx))
-    if not ok[r, c]:
-        return None
-    integ = cv2.integral(ok.view(np.uint8))
-    def all_ok(y0, y1, x0, x1):
-        return integ[y1, x1] - integ[y0, x1] - integ[y1, x0] + integ[y0, x0] == (y1 - y0) * (x1 - x0)
-    y0, y1, x0, x1 = r, r + 1, c, c + 1
-    grew = True
-    while grew:
-        grew = False
-        if y0 > 0 and all_ok(y0 - 1, y1, x0, x1):
-            y0, grew = y0 - 1, True
-        if y1 < hs and all_ok(y0, y1 + 1, x0, x1):
-            y1, grew = y1 + 1, True
-        if x0 > 0 and all_ok(y0, y1, x0 - 1, x1):
-            x0, grew = x0 - 1, True
-        if x1 < ws and all_ok(y0, y1, x0, x1 + 1):
-            x1, grew = x1 + 1, True
-    return y0 * k, y1 * k, x0 * k, x1 * k
+    ok[-1:, :] = False  # (the ragged rows and columns beyond the blocks are never skipped)
+    ok[:, -1:] = False
+    cols = np.arange(ws)
+    centre = int(round(_centroid(full)[1])) if full.any() else ws // 2
+    pieces = []
+    for y0 in range(0, h, band):
+        y1 = min(h, y0 + band)
+        r0, r1 = y0 // k, min(hs, -(-y1 // k))
+        if r1 <= r0:
+            pieces.append((y0, y1, 0, w))
+            continue
+        run = ok[r0:r1].all(axis=0)
+        # the run of deep columns through the middle (or the longest one)
+        if not run.any():
+            pieces.append((y0, y1, 0, w))
+            continue
+        starts = np.flatnonzero(run & ~np.concatenate([[False], run[:-1]]))
+        ends = np.flatnonzero(run & ~np.concatenate([run[1:], [False]])) + 1
+        pick = np.flatnonzero((starts <= centre) & (ends > centre))
+        i = int(pick[0]) if pick.size else int(np.argmax(ends - starts))
+        x0, x1 = int(cols[starts[i]]) * k, int(ends[i]) * k
+        pieces += [(y0, y1, 0, x0), (y0, y1, x1, w)]
+    return pieces
 
 
 def _rim_depths(image, m, centre, tolerance, max_px, value_range=None):
@@ -1270,7 +1269,9 @@ def _rim_depths(image, m, centre, tolerance, max_px, value_range=None):
     width = max(RIM_TREND_RINGS, max_px)
     n_rings = max_px + RIM_CONFIRM + width
     ys, xs, d = _margin_rings(m, n_rings)
-    ring = d.astype(np.int64)
+    # (1e-3: no distance sqrt(n) to a pixel lies that close below an integer, and the
+    # transform of a piece may differ from the whole image's in the last bit)
+    ring = (d + 1e-3).astype(np.int64)
     if ys.size == 0:
         return np.zeros(_RIM_SECTORS, np.int64), ys, xs, ring
     sector = _sector_position(ys, xs, centre).astype(np.int64) % _RIM_SECTORS

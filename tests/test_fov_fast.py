@@ -40,8 +40,10 @@ def test_ring_distances_equal_the_full_transform(h, w, fy, fx, fr, depth, cut):
     want = _brute_rings(m, depth)
     order_g = np.lexsort((got[1], got[0]))
     order_w = np.lexsort((want[1], want[0]))
-    for g, wnt in zip(got, want):
-        assert np.array_equal(g[order_g], wnt[order_w])
+    assert np.array_equal(got[0][order_g], want[0][order_w])
+    assert np.array_equal(got[1][order_g], want[1][order_w])
+    # (the same distances; a piece's transform may differ from the whole's in the last bit)
+    assert np.allclose(got[2][order_g], want[2][order_w], rtol=0, atol=1e-5)
 
 
 def test_centroid_matches_the_mean_of_the_coordinates():
