@@ -16,31 +16,82 @@ from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import cv2
 
 from ._workers import default_jobs, mp_context, start_helpers
 from .dataset import Pair
-from .errors import DatasetError, RetinaPrepError, printable
+from .errors import DatasetError, Notice, RetinaPrepError, printable
 from .io import remove_stale_temporaries
 
-__all__ = ["Result", "Report", "run_batch", "run_one", "default_jobs", "output_clashes", "process",
+__all__ = ["Result", "Status", "Report", "run_batch", "run_one", "default_jobs", "output_clashes", "process",
            "Batch", "Manifest", "ManifestError", "check_manifest", "prepare_output_folder"]
+
+
+class Status(str, Enum):
+    """What became of one image (the values are the manifest's words)."""
+
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    def __str__(self) -> str:  # (its value, in f-strings and JSON alike, on every Python)
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
 
 
 @dataclass
 class Result:
-    """Outcome of one image."""
+    """Outcome of one image.
+
+    Attributes
+    ----------
+    pair : Pair
+    status : Status
+    outputs : list of Path
+        What it wrote (or would have: the expected outputs of a skipped image).
+    error : str or None
+        The failure's line, ``"<file>: <problem> (<advice>)"``, in the library's terms.
+    seconds : float
+    warnings : list of Notice
+        Each with a stable ``code``, the image's path, the parameters and the text.
+    info : dict
+        The manifest's ``params`` record of the image.
+    error_kind : str or None
+        The exception's class name.
+    error_code : str or None
+        A stable name of the failure (:attr:`RetinaPrepError.code`, or ``"os-error"``,
+        ``"value-error"``, ``"memory"``, ``"internal"``, ``"worker-died"``,
+        ``"output-collision"``): callers key their advice on it, never on the text.
+    error_message : str or None
+        ``error`` without the advice.
+    error_params : dict
+        The numbers and names the error was made from.
+    error_path : str or None
+        The file the error is about (an output that exists, a mask file), else the image.
+    """
 
     pair: Pair
-    status: str
+    status: Status | str
     outputs: list[Path] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[Notice] = field(default_factory=list)
     info: dict = field(default_factory=dict)
-    error_kind: str | None = None  # the exception's class name, for callers that word advice
+    error_kind: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    error_params: dict = field(default_factory=dict)
+    error_path: str | None = None
+
+    def __post_init__(self):
+        self.status = Status(self.status)
+        if self.error is not None and self.error_message is None:
+            self.error_message = self.error
 
 
 @dataclass
@@ -53,9 +104,9 @@ class Report:
     failures: list[Result] = field(default_factory=list)
 
     def add(self, result: Result) -> None:
-        if result.status == "done":
+        if result.status == Status.DONE:
             self.done += 1
-        elif result.status == "skipped":
+        elif result.status == Status.SKIPPED:
             self.skipped += 1
         else:
             self.failed += 1
@@ -78,6 +129,19 @@ def _describe(exc: BaseException) -> str:
     return f"internal error ({type(exc).__name__}: {exc})"
 
 
+def _code(exc: BaseException) -> str:
+    """The stable code of a failure (see :class:`Result`)."""
+    if isinstance(exc, RetinaPrepError):
+        return exc.code
+    if isinstance(exc, OSError):
+        return "os-error"
+    if isinstance(exc, ValueError):
+        return "value-error"
+    if isinstance(exc, MemoryError):
+        return "memory"
+    return "internal"
+
+
 def run_one(step: Callable[[Pair], Result], pair: Pair) -> Result:
     """Run ``step`` on one pair; an exception becomes a ``failed`` Result naming the file."""
     t0 = time.perf_counter()
@@ -92,7 +156,15 @@ def run_one(step: Callable[[Pair], Result], pair: Pair) -> Result:
             line = msg
         else:
             line = f"{printable(pair.image)}: {msg}"
-        result = Result(pair, "failed", error=line, error_kind=type(exc).__name__)
+        bare = line
+        if isinstance(exc, RetinaPrepError) and exc.advice is not None:
+            bare = " ".join(str(RetinaPrepError(exc.message, exc.path)).split("\n"))
+            if exc.path is None:
+                bare = f"{printable(pair.image)}: {bare}"
+        result = Result(pair, Status.FAILED, error=line, error_kind=type(exc).__name__,
+                        error_code=_code(exc), error_message=bare,
+                        error_params=getattr(exc, "params", {}),
+                        error_path=getattr(exc, "path", None) or os.fspath(pair.image))
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -135,9 +207,9 @@ def _run_isolated(new_pool, step, pair: Pair, attempts: int = 2) -> Result:
             continue
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-    result = Result(pair, "failed", error=f"{printable(pair.image)}: the worker process died"
+    result = Result(pair, Status.FAILED, error=f"{printable(pair.image)}: the worker process died"
                     " while processing this image (killed, out of memory, or a crash in a"
-                    " decoder)", error_kind="WorkerDied")
+                    " decoder)", error_kind="WorkerDied", error_code="worker-died")
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -325,7 +397,9 @@ class Manifest:
             "mask": str(result.pair.mask) if result.pair.mask else None,
             "mask_source": result.info.get("mask_source", result.pair.mask_source),
             "outputs": [str(o) for o in result.outputs], "status": result.status,
-            "error": result.error, "warnings": result.warnings,
+            "error": result.error, "error_code": result.error_code,
+            "warnings": [str(w) for w in result.warnings],
+            "warning_codes": [getattr(w, "code", None) for w in result.warnings],
             "seconds": round(result.seconds, 4),
             "params": {k: v for k, v in result.info.items() if k not in ("mask_source", "thumb")},
         })
@@ -441,10 +515,11 @@ class Batch:
         for p in self.pairs:
             outs = outputs_of(p)
             if p in self.clashes:
-                self.decided.append(Result(p, "failed", error=self.clashes[p],
-                                           error_kind="OutputCollision"))
+                self.decided.append(Result(p, Status.FAILED, error=self.clashes[p],
+                                           error_kind="OutputCollision",
+                                           error_code="output-collision"))
             elif skip_existing and all(o.is_file() for o in outs):
-                self.decided.append(Result(p, "skipped", outputs=outs))
+                self.decided.append(Result(p, Status.SKIPPED, outputs=outs))
             else:
                 self.todo.append(p)
         if self.manifest_path is not None:

@@ -27,7 +27,14 @@ import cv2
 import numpy as np
 
 from .core import MAX_KERNEL_SIZE, Kernel, as_kernel, as_native
-from .errors import ImageReadError, ImageTooLargeError, MaskError, OutputExistsError, RetinaPrepError
+from .errors import (
+    FormatError,
+    ImageReadError,
+    ImageTooLargeError,
+    MaskError,
+    OutputExistsError,
+    RetinaPrepError,
+)
 from .fov import _binarize_plane, _gray_fraction, _mask_plane
 
 __all__ = [
@@ -270,8 +277,8 @@ def _swap_red_blue(arr: np.ndarray) -> np.ndarray:
 def _check_count(path, n: int, max_pixels) -> None:
     if max_pixels is not None and n > max_pixels:
         raise ImageTooLargeError(
-            f"image has {n:,} pixels, above the limit of {max_pixels:,} (raise max_pixels if the"
-            " file is trusted)", path, pixels=n, limit=max_pixels)
+            f"image has {n:,} pixels, above the limit of {max_pixels:,}", path,
+            advice="raise max_pixels if the file is trusted", pixels=n, limit=max_pixels)
 
 
 def _check_pixels(path, shape, max_pixels):
@@ -577,7 +584,8 @@ def encode_image(image, fmt: str = "png", *, png_level: int | None = None,
     check_png_level(png_level)
     arr = as_native(image)
     if fmt == "png" and arr.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"PNG holds 8- or 16-bit images, not {arr.dtype}; write TIFF (format 'tif')")
+        raise FormatError(f"PNG holds 8- or 16-bit images, not {arr.dtype}", code="png-dtype",
+                          advice="write TIFF (format 'tif')", dtype=str(arr.dtype))
     if fmt == "tif":
         if arr.dtype == np.float16:
             arr = arr.astype(np.float32)

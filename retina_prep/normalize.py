@@ -140,7 +140,7 @@ def kernel_for(name: str, window=None, sigma: float | None = None, mask=None) ->
     return named_kernel(name, size=None if window is None else resolve_window(window), sigma=sigma)
 
 
-def check_kernel_args(name: str, window=None, sigma: float | None = None) -> None:
+def check_kernel_args(name: Kernel | str, window=None, sigma: float | None = None) -> None:
     """Raise ``ValueError`` now if :func:`kernel_for` would refuse these arguments for any
     image (an ``"auto"`` window, which needs the image's mask, is probed with a small size)."""
     if not isinstance(name, str):  # a kernel given as such has its own size
@@ -201,10 +201,13 @@ def image_range(image, value_range=None) -> tuple[float, float]:
         if finite.size and (float(finite.min()) < 0.0 or float(finite.max()) > 1.0):
             raise ValueRangeError(
                 f"float image values span {float(finite.min()):g}..{float(finite.max()):g}, outside"
-                " [0, 1]; say what range they have, e.g. value_range=(0, 255)")
+                " [0, 1]", code="float-range",
+                advice="say what range they have, e.g. value_range=(0, 255)",
+                low=float(finite.min()), high=float(finite.max()))
         return 0.0, 1.0
-    raise ValueRangeError(f"{dt} images need an explicit value_range=(lo, hi); or convert the"
-                          " image to uint8, uint16 or float in [0, 1]")
+    raise ValueRangeError(f"{dt} images need an explicit value range", code="dtype-range",
+                          advice="give value_range=(lo, hi), or convert the image to uint8,"
+                          " uint16 or float in [0, 1]", dtype=str(dt))
 
 
 def _dtype_range(dtype) -> tuple[float, float]:

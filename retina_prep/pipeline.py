@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch import Result
+from .batch import Result, Status
 from .clahe import CLAHE_COLOURS, DEFAULT_CLIP_LIMIT, DEFAULT_TILES, masked_clahe
 from .core import DEFAULT_RIDGE, MODES, Kernel, masked_filter
 from .dataset import Pair, find_label
-from .errors import MaskError, OutputExistsError, RetinaPrepError
+from .errors import MaskError, Notice, OutputExistsError, RetinaPrepError
 from .evaluate import METHODS as METHODS_EVALUATED
 from .evaluate import evaluate_image
 from .figures import PANEL_WIDTH, panel, thumbnail
@@ -396,12 +396,15 @@ def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings(), *,
         mask = est.mask
         source = "estimated"
         if not settings.auto_mask:
-            warnings.append(f"{pair.image}: no mask found; using an estimated field of view")
+            warnings.append(Notice("estimated-mask", "no mask found; using an estimated field"
+                                   " of view", pair.image))
         if est.low_confidence:
             # one wording for every image (the score is in the manifest), so a batch counts them
             # as one kind of warning
-            warnings.append(f"{pair.image}: estimated field of view has low confidence (part of"
-                            " its contour is not a clear disc edge); check it, or give a mask file")
+            warnings.append(Notice("low-confidence", "estimated field of view has low confidence"
+                                   " (part of its contour is not a clear disc edge)", pair.image,
+                                   advice="check it, or give a mask file",
+                                   confidence=round(float(est.confidence), 4)))
     if return_estimate:
         return mask, source, warnings, est
     return mask, source, warnings
@@ -476,9 +479,9 @@ def resolve_order(order, mask_info: dict | None, name=None) -> int:
     if order == "auto":
         return 1 if trimmed else 0
     if order == 1 and mask_info is not None and not trimmed:
-        mask_info.setdefault("warnings", []).append(
-            f"{name}: order 1 on an untrimmed mask extrapolates any dark rim at the margin"
-            " inward; trim the rim (rim 'auto') or erode the mask")
+        mask_info.setdefault("warnings", []).append(Notice(
+            "order1-untrimmed", "order 1 on an untrimmed mask extrapolates any dark rim at the"
+            " margin inward", name, advice="trim the rim (rim 'auto') or erode the mask"))
     return int(order)
 
 
@@ -507,10 +510,11 @@ def normalize_loaded(image, mask, settings: NormalizeSettings = NormalizeSetting
     if mask_info is not None and settings.value_range is None:
         few = _few_bits(image)
         if few:
-            mask_info.setdefault("warnings", []).append(
-                f"{name}: 16-bit image with {few}-bit values: I0 and the output use the whole"
-                f" 16-bit range, so the result is nearly flat gray; if the data is {few}-bit,"
-                f" give value range 0,{2 ** few - 1}")
+            mask_info.setdefault("warnings", []).append(Notice(
+                "few-bits", f"16-bit image with {few}-bit values: I0 and the output use the"
+                " whole 16-bit range, so the result is nearly flat gray", name,
+                advice=f"if the data is {few}-bit, give value range 0,{2 ** few - 1}",
+                bits=few, high=2 ** few - 1))
     if (settings.method == "mean" and not settings.ignore_mask and mask is not None
             and _shared(mask)):
         # a mask shared with earlier images: its filters and plane geometry are computed once
@@ -646,7 +650,7 @@ def normalize_pair(
         items.append((outs[-1], panel_bytes))
     outputs = _write(items, output)
     info.update(window=kernel.shape[0], kernel=kernel.name, order=order)
-    return Result(pair, "done", outputs=outputs, warnings=info.pop("warnings"), info=info)
+    return Result(pair, Status.DONE, outputs=outputs, warnings=info.pop("warnings"), info=info)
 
 
 def mask_outputs(pair: Pair, outdir) -> list[Path]:
@@ -670,7 +674,7 @@ def mask_pair(pair: Pair, outdir, mask_settings: MaskSettings = MaskSettings(), 
     if thumb_width:
         low = info.get("fov_estimate", {}).get("confidence", 1.0) < LOW_CONFIDENCE
         info["thumb"] = thumbnail(image, mask, width=thumb_width, flag="LOW CONFIDENCE" if low else None)
-    return Result(pair, "done", outputs=[out], warnings=info.pop("warnings"), info=info)
+    return Result(pair, Status.DONE, outputs=[out], warnings=info.pop("warnings"), info=info)
 
 
 @dataclass(frozen=True)
@@ -778,7 +782,7 @@ def filter_pair(pair: Pair, outdir, settings: FilterSettings,
         items.append((outs[1], weights_bytes))
     outputs = _write(items, output)
     info.update(kernel=kernel.name, mode=settings.mode)
-    return Result(pair, "done", outputs=outputs, warnings=info.pop("warnings"), info=info)
+    return Result(pair, Status.DONE, outputs=outputs, warnings=info.pop("warnings"), info=info)
 
 
 def filter_columns(image, mask, kernel: Kernel, *, mode: str = "normalized"):
@@ -854,7 +858,7 @@ def compare_pair(pair: Pair, out_path, *, kernel: Kernel | str = "gaussian", win
     if thumb_width:
         info["thumb"] = thumbnail(fig, None, width=thumb_width)
     info.update(kernel=kernel.name)
-    return Result(pair, "done", outputs=[out_path], warnings=info.pop("warnings"), info=info)
+    return Result(pair, Status.DONE, outputs=[out_path], warnings=info.pop("warnings"), info=info)
 
 
 def evaluate_pair(pair: Pair, *, window="auto", kernel_name: str = "mean", target: float = 128.0,
@@ -875,7 +879,7 @@ def evaluate_pair(pair: Pair, *, window="auto", kernel_name: str = "mean", targe
     ev = evaluate_image(image, fov, region > 0, vessels, kernel=kernel, target=target,
                         methods=tuple(METHODS_EVALUATED if methods is None else methods))
     info.update(window=win, labels=str(label_path) if label_path else None, evaluation=ev)
-    return Result(pair, "done", warnings=info.pop("warnings"), info=info)
+    return Result(pair, Status.DONE, warnings=info.pop("warnings"), info=info)
 
 
 def read_labels(path, fov, *, max_pixels=DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -1004,4 +1008,4 @@ def restore_pair(pair: Pair, outdir, transforms: dict[str, dict], *,
     outputs = _write([(outs[0], lambda: output.encode(back))], output)
     info = {"original": rec["input"], "output_of": rec["output"], "interpolation": interpolation,
             "size": list(transform.original_size)}
-    return Result(pair, "done", outputs=outputs, info=info)
+    return Result(pair, Status.DONE, outputs=outputs, info=info)

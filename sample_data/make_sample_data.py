@@ -82,6 +82,9 @@ def hard_cases_figure(photo: np.ndarray) -> np.ndarray:
                                                    dark_sector=0.08, noise=2.0).image,
         "notch": synthetic_fundus(shape, seed=3, notch="notch", noise=2.0).image,
         "vignetting_to_edge": synthetic_fundus(shape, seed=3, vignette=0.6, noise=2.0).image,
+        "scanned_slide_frame": synthetic_fundus((605, 700), seed=1, frame="slide", cut=0.85,
+                                                radius=0.5).image,
+        "glow_ring_outside": synthetic_fundus((1500, 1700), seed=1, frame="glow").image,
     }
     dark = photo.astype(np.float32)
     h, w = photo.shape[:2]

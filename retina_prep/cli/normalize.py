@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ..batch import Result, run_one
+from ..batch import Result, Status, run_one
 from ..clahe import CLAHE_COLOURS
 from ..core import DEFAULT_RIDGE
 from ..errors import OutputExistsError, RetinaPrepError
@@ -40,7 +40,7 @@ from .options import (
     output_or_file_opt,
     panel_width_opt,
 )
-from .runner import BoundsFile, cli_wording, collect_pairs, execute, flag_wording, log, run_options
+from .runner import BoundsFile, cli_wording, collect_pairs, execute, log, notice_wording, run_options
 
 
 @click.command(
@@ -255,14 +255,14 @@ def _one_image(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, ba
         result, _, _ = normalize_loaded(image, mask, settings, info, pair.image)
         result, _, _, _ = apply_geometry(pair, result, fov, mask, geometry, fill=settings.fill,
                                          max_pixels=mask_settings.max_pixels)
-        return Result(pair, "done", warnings=info["warnings"],
+        return Result(pair, Status.DONE, warnings=info["warnings"],
                       info={"data": output.encode(result)})
 
     res = run_one(step, pairs[0])
-    if res.status != "done":
+    if res.status != Status.DONE:
         raise click.ClickException(cli_wording(res))
     for w in res.warnings:  # one image: each warning in full (-q hides them, as everywhere)
-        log(f"warning: {flag_wording(w)}", logging.WARNING)
+        log(f"warning: {notice_wording(w)}", logging.WARNING)
     if path is not None:
         write_bytes(path, res.info["data"], overwrite=output.overwrite)
         return

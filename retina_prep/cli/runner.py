@@ -19,9 +19,9 @@ from pathlib import Path
 import click
 
 from .. import __version__
-from ..batch import Batch, ManifestError, Report, Result, default_jobs
+from ..batch import Batch, ManifestError, Report, Result, Status, default_jobs
 from ..dataset import Pair, find_pairs, shard_from_environment, shard_pairs
-from ..errors import DatasetError, RetinaPrepError, printable
+from ..errors import DatasetError, Notice, RetinaPrepError, printable
 from ..figures import contact_sheet
 from ..io import write_image
 from .options import (
@@ -40,44 +40,58 @@ def log(msg: str, level: int = logging.INFO) -> None:
     LOG.log(level, msg)
 
 
-#: Advice the command adds to library errors of these kinds.
-_HINTS = {
-    "OutputExistsError": " (use --overwrite to replace it, or --skip-existing to keep it)",
-    "NotAMaskError": " (--no-mask-check uses it anyway)",
+#: The command's advice, in its flags, by the stable code of a library error or warning (the
+#: library's own advice names its parameters); formatted with the error's parameters.
+_ADVICE = {
+    "output-exists": "use --overwrite to replace it, or --skip-existing to keep it",
+    "not-a-mask": "--no-mask-check uses it anyway",
+    "too-large": "raise it with --max-pixels if the file is trusted",
+    "float-range": "say what range they have, e.g. --value-range 0,255",
+    "dtype-range": "add --value-range LO,HI, or convert the image to uint8, uint16 or float in"
+                   " [0, 1]",
+    "png-dtype": "write TIFF (--format tif)",
+    "order1-untrimmed": "add --rim auto or --erode",
+    "few-bits": "if the data is {bits}-bit, add --value-range 0,{high}",
 }
 
-#: Library phrases (the library names no flags) in the command's terms, for its errors and
-#: warnings alike.
-_FLAG_WORDING = (
-    ("trim the rim (rim 'auto') or erode the mask", "add --rim auto or --erode"),
-    ("give value range ", "add --value-range "),
-    ("(raise max_pixels if", "(raise it with --max-pixels if"),
-    ("value_range=(lo, hi)", "--value-range LO,HI"),
-    ("value_range=(0, 255)", "--value-range 0,255"),
-    ("write TIFF (format 'tif')", "write TIFF (--format tif)"),
-)
+
+def _advice(code: str | None, params: dict, library: str | None) -> str | None:
+    """The command's advice for ``code`` (the library's when the command has none)."""
+    template = _ADVICE.get(code or "")
+    if template is None:
+        return library
+    try:
+        return template.format(**params)
+    except (KeyError, IndexError, ValueError):
+        return library
 
 
 #: A kind of warning met by at most this many images names them in its summary line.
 _NAMED_WARNINGS = 3
 
 
-def flag_wording(text: str) -> str:
-    """A library message worded with the command's flags."""
-    for library, flags in _FLAG_WORDING:
-        text = text.replace(library, flags)
-    return text
+def notice_wording(notice: Notice | str, *, with_path: bool = True) -> str:
+    """A library warning with the command's advice (keyed on its code)."""
+    if not isinstance(notice, Notice):
+        return str(notice)
+    advice = _advice(notice.code, notice.params, notice.advice)
+    text = notice.text if advice is None else f"{notice.text}; {advice}"
+    return f"{printable(notice.path)}: {text}" if with_path and notice.path is not None else text
 
 
-def _warning_kind(warning: str, pair: Pair) -> str:
-    """A per-image warning without its file name, to count alike warnings."""
-    prefix = f"{pair.image}: "
-    return warning[len(prefix):] if warning.startswith(prefix) else warning
+def _warning_kind(warning: Notice | str) -> str:
+    """What alike warnings share (a batch counts them as one kind): the code and the text."""
+    if isinstance(warning, Notice):
+        return notice_wording(warning, with_path=False)
+    return str(warning)
 
 
 def cli_wording(result: Result) -> str:
     """The error line of a failed result, with advice in terms of the command's flags."""
-    return flag_wording(result.error or "") + _HINTS.get(result.error_kind or "", "")
+    advice = _advice(result.error_code, result.error_params, None)
+    if advice is None:
+        return result.error or ""
+    return f"{result.error_message or result.error} ({advice})"
 
 
 # ------------------------------------------------------------------ options
@@ -414,20 +428,19 @@ def execute(
         if on_result is not None:
             on_result(result)
         for w in result.warnings:
-            log(f"warning: {flag_wording(w)}", logging.DEBUG)
-            kind = _warning_kind(w, result.pair)
-            warned.setdefault(kind, []).append(printable(result.pair.image))
-        if result.status == "failed" and result.error_kind == "OutputExistsError":
+            log(f"warning: {notice_wording(w)}", logging.DEBUG)
+            warned.setdefault(_warning_kind(w), []).append(printable(result.pair.image))
+        if result.status == Status.FAILED and result.error_code == "output-exists":
             exists.append(result)  # a rerun without --overwrite: said once, with the count
             log(f"error: {cli_wording(result)}", logging.DEBUG)
-        elif result.status == "failed":
+        elif result.status == Status.FAILED:
             log(f"error: {cli_wording(result)}", logging.ERROR)
-        elif result.status == "done" and batch.print0:
+        elif result.status == Status.DONE and batch.print0:
             stdout = sys.stdout.buffer
             for o in result.outputs:
                 stdout.write(os.fsencode(o) + b"\0")
             stdout.flush()
-        elif result.status == "done" and batch.print_outputs:
+        elif result.status == Status.DONE and batch.print_outputs:
             for o in result.outputs:
                 click.echo(str(o))
         report.add(result)
@@ -455,9 +468,9 @@ def execute(
             raise click.exceptions.Exit(130) from None
     verbose = LOG.getEffectiveLevel() <= logging.DEBUG
     if exists:
-        first = (exists[0].error or "").rsplit(": output exists", 1)[0]
+        first = printable(exists[0].error_path or exists[0].pair.image)
         more = f" ({first} and {len(exists) - 1} more)" if len(exists) > 1 else f" ({first})"
-        hint = _HINTS["OutputExistsError"] if len(exists) == 1 else \
+        hint = f" ({_ADVICE['output-exists']})" if len(exists) == 1 else \
             " (use --overwrite to replace them, or --skip-existing to keep them)"
         log(f"error: {len(exists)} of {len(run.todo)} images: output exists{more}{hint}",
             logging.ERROR)
@@ -469,7 +482,7 @@ def execute(
             hint = f": {', '.join(names)}"
         else:
             hint = " (listed in the manifest; -v shows each)"
-        log(f"warning: {n} of {len(run.todo)} images: {flag_wording(kind)}{hint}", logging.WARNING)
+        log(f"warning: {n} of {len(run.todo)} images: {kind}{hint}", logging.WARNING)
     if not quiet:
         extra = f", {report.skipped} skipped (exist)" if batch.skip_existing else ""
         log(f"{command}: {report.done} done, {report.failed} failed{extra}; outputs in {outdir}")
@@ -505,7 +518,7 @@ class BoundsFile:
             self._fh.flush()
 
     def __call__(self, result: Result) -> None:
-        g = result.info.get("geometry") if result.status == "done" else None
+        g = result.info.get("geometry") if result.status == Status.DONE else None
         if self._fh is None or g is None:
             return
         crop = g.get("crop") or ["", "", ""]
