@@ -116,7 +116,11 @@ def make_kernel(kind: str = "mean", window: int = 51, sigma: float | None = None
     return named_kernel(kind, size=window, sigma=sigma)
 
 
-def kernel_for(name: str, window=None, sigma: float | None = None, mask=None) -> Kernel:
+#: ``sigma="auto"``: this fraction of the FOV diameter (R / 30, Ben Graham's scale).
+AUTO_SIGMA_FRACTION = 1.0 / 60.0
+
+
+def kernel_for(name: str, window=None, sigma: float | str | None = None, mask=None) -> Kernel:
     """The kernel a command runs, by one rule for every command.
 
     ``name`` is a kernel name (:data:`~retina_prep.core.KERNEL_NAMES`);
@@ -128,8 +132,15 @@ def kernel_for(name: str, window=None, sigma: float | None = None, mask=None) ->
       pixels (large ones run on the pyramid path); everything else uses ``"auto"``.
 
     Fixed kernels (sharpen, laplacian, sobel) take no window but their own
-    size; ``"auto"`` and None leave it.
+    size; ``"auto"`` and None leave it. ``sigma="auto"`` (a Gaussian) is
+    :data:`AUTO_SIGMA_FRACTION` of the FOV diameter of ``mask``: R / 30, Ben
+    Graham's scale (sigma 10 for a radius of 300 px).
     """
+    if isinstance(sigma, str):
+        if sigma.strip().lower() != "auto" or name != "gaussian":
+            raise ValueError(f"sigma must be a number of pixels (or 'auto' for the gaussian"
+                             f" kernel), got {sigma!r}")
+        sigma = AUTO_SIGMA_FRACTION * (fov_diameter(mask) if mask is not None else 540.0)
     if name in KERNELS:
         if window is None and name == "gaussian" and sigma is not None:
             return named_kernel(name, sigma=sigma)
@@ -140,7 +151,7 @@ def kernel_for(name: str, window=None, sigma: float | None = None, mask=None) ->
     return named_kernel(name, size=None if window is None else resolve_window(window), sigma=sigma)
 
 
-def check_kernel_args(name: Kernel | str, window=None, sigma: float | None = None) -> None:
+def check_kernel_args(name: Kernel | str, window=None, sigma: float | str | None = None) -> None:
     """Raise ``ValueError`` now if :func:`kernel_for` would refuse these arguments for any
     image (an ``"auto"`` window, which needs the image's mask, is probed with a small size)."""
     if not isinstance(name, str):  # a kernel given as such has its own size
@@ -293,6 +304,7 @@ def normalize_illumination(
     std_floor: float = DEFAULT_STD_FLOOR,
     order: int = 0,
     ridge: float = DEFAULT_RIDGE,
+    gain: float = 1.0,
 ) -> np.ndarray:
     """Local illumination normalization ``I - masked_local_mean(I) + I0``.
 
@@ -348,6 +360,10 @@ def normalize_illumination(
         removed): a plane extrapolates a dark rim inward.
     ridge : float
         For ``order=1``: how strongly thin windows' slopes are damped.
+    gain : float
+        For ``method="mean"``: ``I0 + gain * (I - mean)``. Ben Graham's preprocessing is
+        ``gain=4`` with a Gaussian of sigma R / 30 (``kernel_for("gaussian", sigma="auto",
+        mask=mask)``), here through masked convolution.
 
     Returns
     -------
@@ -369,7 +385,7 @@ def normalize_illumination(
             normalize_illumination, mask=mask, window=window, kernel=kernel, target=target,
             fill=fill, ignore_mask=ignore_mask, value_range=value_range,
             output_dtype=output_dtype, method=method, scale=scale, std_floor=std_floor,
-            order=order, ridge=ridge)
+            order=order, ridge=ridge, gain=gain)
         if img.shape[2] == 1:  # OpenCV drops singleton channels: 2-D and back
             return again(img[..., 0])[..., None]
         rgb = again(img[..., :3])  # RGBA: alpha is not image data
@@ -380,6 +396,10 @@ def normalize_illumination(
         raise ValueError(f"order must be 0 or 1, got {order!r}")
     if order == 1 and method != "mean":
         raise ValueError("order 1 applies to method 'mean' only")
+    if not (isinstance(gain, (int, float, np.number)) and math.isfinite(gain) and gain > 0):
+        raise ValueError(f"gain must be a positive number, got {gain!r}")
+    if gain != 1 and method != "mean":
+        raise ValueError("gain applies to method 'mean' only (standardize has scale)")
     check_layout(img)
     prepared = None
     if isinstance(mask, PreparedMask):
@@ -443,7 +463,8 @@ def normalize_illumination(
         keep = None if inside is None else inside.view(np.uint8)
         for rows in _strips(*img.shape[:2]):
             part, factor = parts.pending(rows)  # mean = part * factor, applied by addWeighted
-            o = cv2.addWeighted(img[rows], 1.0, part, -factor, level, dtype=depth)
+            o = cv2.addWeighted(img[rows], float(gain), part, -factor * float(gain), level,
+                                dtype=depth)
             if keep is not None:  # the outside gets the fill value
                 o = cv2.bitwise_and(o, o, mask=keep[rows])
                 if value != 0:
@@ -465,6 +486,8 @@ def normalize_illumination(
         out *= np.float32(scale * in_scale) / std
     else:
         out -= mean
+        if gain != 1:
+            out *= np.float32(gain)
     # out is a deviation in input units: to 8-bit units, then to the output range
     if out_scale != in_scale:
         out *= np.float32(out_scale / in_scale)

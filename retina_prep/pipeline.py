@@ -183,12 +183,13 @@ class NormalizeSettings:
 
     window: int | str | None = None  # None: "auto", or 2*ceil(3*sigma)+1 for a Gaussian's sigma
     kernel: str = "mean"
-    sigma: float | None = None
+    sigma: float | str | None = None  # pixels, or "auto" (gaussian: the FOV diameter / 60)
     target: float = 128.0
     fill: float = 0.0
     ignore_mask: bool = False
     method: str = "mean"
     scale: float = DEFAULT_SCALE
+    gain: float = 1.0  # method "mean": I0 + gain * (I - mean)
     value_range: tuple[float, float] | None = None  # None: the dtype's range
     order: int | str = "auto"  # 0, 1, or "auto": 1 when the mask is trimmed (see resolve_order)
     ridge: float = DEFAULT_RIDGE
@@ -214,6 +215,10 @@ class NormalizeSettings:
             raise ValueError(f"CLAHE on {self.clahe_on!r}? valid: {', '.join(CLAHE_COLOURS)}")
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"scale must be a positive number, got {self.scale!r}")
+        if not (math.isfinite(self.gain) and self.gain > 0):
+            raise ValueError(f"gain must be a positive number, got {self.gain!r}")
+        if self.gain != 1 and self.method != "mean":
+            raise ValueError("gain applies to method 'mean' only (standardize has scale)")
         # the kernel's name, size and sigma are checked where kernels are made
         if self.kernel not in KERNELS:
             raise ValueError(f"unknown kernel {self.kernel!r}; valid kernels: {', '.join(KERNELS)}")
@@ -495,7 +500,7 @@ def _run_normalize(image, mask, kernel: Kernel | None, settings: NormalizeSettin
                             colour=settings.clahe_on, fill=settings.fill)
     return normalize_illumination(
         image, mask, kernel=kernel, target=settings.target, fill=settings.fill,
-        ignore_mask=ignore_mask, method=settings.method, scale=settings.scale,
+        ignore_mask=ignore_mask, method=settings.method, scale=settings.scale, gain=settings.gain,
         value_range=settings.value_range, order=order, ridge=settings.ridge,
     )
 

@@ -31,6 +31,7 @@ from ..pipeline import _load as load_with_fov  # (image, untrimmed FOV, mask, in
 from .options import (
     FiniteRange,
     RangeType,
+    SigmaType,
     WindowType,
     clahe_options,
     format_opt,
@@ -75,9 +76,10 @@ Examples:
 )
 @click.option(
     "--sigma",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SigmaType(),
     default=None,
-    help="Gaussian sigma in pixels [default: window / 2.5].",
+    help="Gaussian sigma in pixels [default: window / 2.5]; 'auto': the FOV diameter / 60"
+    " (R / 30, Ben Graham's scale), the kernel then spans 6 sigma.",
 )
 @click.option(
     "--method",
@@ -92,6 +94,14 @@ Examples:
 @clahe_options
 @click.option("--clahe-on", type=click.Choice(CLAHE_COLOURS), default="lab", show_default=True,
               help="--method clahe on colour images: L of Lab, each channel, or one channel.")
+@click.option(
+    "--gain",
+    type=FiniteRange(0, 1000, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="With --method mean: I0 + gain * (I - mean) (4 with --kernel gaussian --sigma auto"
+    " is Ben Graham's preprocessing, masked: --config ben-graham).",
+)
 @click.option(
     "--scale",
     type=click.FloatRange(min=0, min_open=True),
@@ -164,7 +174,8 @@ Examples:
 @run_options
 @click.pass_context
 def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask_check, erode, rim, feather,
-              window, kernel, sigma, method, clip_limit, tiles, clahe_on, scale, target, fill, order,
+              window, kernel, sigma, method, clip_limit, tiles, clahe_on, gain, scale, target, fill,
+              order,
               ridge, value_range, ignore_mask,
               panels_dir, panels_compare, panel_width, crop, resize, write_mask, labels, bounds,
               fmt, png_level, overwrite, max_pixels, ignore_orientation, batch, quiet):
@@ -179,7 +190,7 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask
         settings = NormalizeSettings(
             window=window, kernel=kernel, sigma=sigma, target=target, fill=fill,
             ignore_mask=ignore_mask, method=method,
-            scale=scale, value_range=value_range,
+            scale=scale, gain=gain, value_range=value_range,
             order=order if order == "auto" else int(order), ridge=ridge,
             clip_limit=clip_limit, tiles=tiles, clahe_on=clahe_on,
         )

@@ -38,6 +38,23 @@ class WindowType(click.ParamType):
             self.fail(f"{value!r} is not an odd number of pixels >= 1 or 'auto'", param, ctx)
 
 
+class SigmaType(click.ParamType):
+    """A Gaussian sigma: a number of pixels > 0, or ``auto``."""
+
+    name = "PX|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            v = math.nan
+        if not (math.isfinite(v) and v > 0):
+            self.fail(f"{value!r} is not a number of pixels > 0 or 'auto'", param, ctx)
+        return v
+
+
 class RangeType(click.ParamType):
     """``LO,HI``: two numbers with LO < HI."""
 
