@@ -102,3 +102,31 @@ def test_manifest_records_warning_codes_with_two_workers(tmp_path):
     assert "3 of 3 images: no mask found; using an estimated field of view" in r.output
     out = cv2.imread(str(tmp_path / "out" / "e0.png"))
     assert out is not None and np.isfinite(out).all()
+
+
+def test_stdout_closed_early_is_an_error(tmp_path, monkeypatch):
+    """``-o - | head -c 10``: when the reader goes away before the image is written, the
+    command says the output is incomplete and exits 1 (it exited 0). (On a machine whose
+    pipes take the whole image, nothing can tell; here the write raises as a closed pipe
+    makes it.)"""
+    import types
+
+    import retina_prep.cli.normalize as mod
+    from retina_prep.synthetic import synthetic_fundus
+
+    cv2.imwrite(str(tmp_path / "eye.png"), synthetic_fundus().image[..., ::-1])
+
+    class Closed:
+        def write(self, data):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    fake = types.SimpleNamespace(stdout=types.SimpleNamespace(buffer=Closed()),
+                                 stderr=__import__("sys").stderr)
+    monkeypatch.setattr(mod, "sys", fake)
+    r = CliRunner().invoke(cli, ["normalize", str(tmp_path / "eye.png"), "-o", "-"])
+    assert r.exit_code == 1
+    assert "standard output was closed before the image was written" in r.output
+    assert "eye.png" in r.output

@@ -14,7 +14,7 @@ import click
 from ..batch import Result, Status, run_one
 from ..clahe import CLAHE_COLOURS
 from ..core import DEFAULT_RIDGE
-from ..errors import OutputExistsError, RetinaPrepError
+from ..errors import OutputExistsError, RetinaPrepError, printable
 from ..io import IMAGE_EXTENSIONS, write_bytes
 from ..normalize import AUTO_WINDOW_FRACTION, DEFAULT_SCALE, DEFAULT_TARGET, KERNELS
 from ..pipeline import (
@@ -278,5 +278,14 @@ def _one_image(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, ba
         write_bytes(path, res.info["data"], overwrite=output.overwrite)
         return
     out = sys.stdout.buffer
-    out.write(res.info["data"])
-    out.flush()
+    try:
+        out.write(res.info["data"])
+        out.flush()
+    except BrokenPipeError:  # the reader went away (| head -c N): the image is cut, say so
+        try:  # (and keep the interpreter's last flush from complaining again)
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        except OSError:
+            pass
+        raise click.ClickException(f"{printable(pairs[0].image)}: standard output was closed"
+                                   " before the image was written (a broken pipe); the"
+                                   " output is incomplete") from None
