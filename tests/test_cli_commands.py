@@ -202,4 +202,4 @@ def test_presets_by_name_from_any_folder(tmp_path, monkeypatch):
     r = invoke("presets", "drive")
     assert r.exit_code == 0 and "window = 41" in r.output
     r = invoke("normalize", "eye.png", "-o", "out2", "--config", "drvie")
-    assert r.exit_code == 2 and "no preset of that name (presets: default, drive)" in r.output
+    assert r.exit_code == 2 and "no preset of that name (presets: ben-graham, default, drive)" in r.output

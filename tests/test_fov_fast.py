@@ -176,9 +176,10 @@ def test_confidence_is_low_on_bad_masks(monkeypatch, shape, seed):
     scanned slide takes in 22-30 % of frame (IoU 0.70-0.78); each such mask scores below
     0.85, so the CLI warns about it."""
     import retina_prep.fov as fov
+    import retina_prep.fov.estimate as fov_estimate_module
     from retina_prep.synthetic import synthetic_fundus
 
-    monkeypatch.setattr(fov, "_frame_top", lambda v, bg, sigma: -math.inf)
+    monkeypatch.setattr(fov_estimate_module, "_frame_top", lambda v, bg, sigma: -math.inf)
     s = synthetic_fundus(shape, seed=seed, frame="slide", cut=0.85, radius=0.5)
     est = fov.fov_estimate(s.image)
     assert _iou(est.mask, s.mask) < 0.95
