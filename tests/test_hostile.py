@@ -356,6 +356,8 @@ def test_no_process_of_a_run_survives(tmp_path, how):
         manifest = tmp_path / "out" / "manifest.jsonl"
         while ((len(_run_processes(marker)) < 3 or not manifest.exists()
                 or manifest.stat().st_size == 0) and time.monotonic() < deadline):
+            # (a run that ended already, a crash at start-up, fails here and says why)
+            assert proc.poll() is None, (tmp_path / "stderr").read_text()[-2000:]
             time.sleep(0.05)  # the pool is up and the run has begun (its first manifest line)
         time.sleep(0.1)
         if how == "kill9-main":
