@@ -100,6 +100,56 @@ class _Listings:
     def __init__(self) -> None:
         self._masks: dict[str, dict[str, str]] = {}
         self._near: dict[str, dict[str, str]] = {}
+        self._entries: dict[str, dict[str, tuple[int, int]] | None] = {}
+        self._devices: dict[str, int] = {}
+
+    def entries(self, folder: str) -> dict[str, tuple[int, int]] | None:
+        """The entries of ``folder`` by name: ``(kind, inode)``, kind a ``stat.S_IF*`` file type
+        from the listing itself (no call per file; 0 for a symbolic link, which the caller
+        stats), or None when the folder cannot be listed."""
+        if folder in self._entries:
+            return self._entries[folder]
+        out: dict[str, tuple[int, int]] | None = {}
+        try:
+            with os.scandir(folder or ".") as it:
+                for entry in it:
+                    try:
+                        if entry.is_symlink():
+                            kind = 0
+                        elif entry.is_dir(follow_symlinks=False):
+                            kind = stat.S_IFDIR
+                        elif entry.is_file(follow_symlinks=False):
+                            kind = stat.S_IFREG
+                        else:
+                            kind = 0  # (a FIFO, a device: the caller stats it)
+                        out[entry.name] = (kind, entry.inode())  # type: ignore[index]
+                    except OSError:
+                        out[entry.name] = (0, 0)  # type: ignore[index]
+        except OSError:
+            out = None
+        self._entries[folder] = out
+        return out
+
+    def stat_of(self, path: str) -> tuple[int, int, int] | None:
+        """``(mode, device, inode)`` of ``path`` as ``os.stat`` gives them (type bits only), from
+        its folder's listing when the listing knows it; None if it does not exist. A link,
+        and a name the listing does not hold, are stat-ed."""
+        folder, name = os.path.split(path)
+        listed = self.entries(folder) if name not in ("", ".", "..") else None
+        kind, inode = listed.get(name, (0, 0)) if listed is not None else (0, 0)
+        if kind:
+            dev = self._devices.get(folder)
+            if dev is None:
+                dev = self._devices[folder] = os.stat(folder or ".").st_dev
+            if kind == stat.S_IFDIR:  # a mount point reports another device: ask the folder
+                st = os.stat(path)
+                return st.st_mode, st.st_dev, st.st_ino
+            return kind, dev, inode
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return None
+        return st.st_mode, st.st_dev, st.st_ino
 
     def masks(self, folder: str) -> dict[str, str]:
         """The mask files of ``folder`` by the stem of their image (lower case): the first, in
@@ -107,23 +157,20 @@ class _Listings:
         found = self._masks.get(folder)
         if found is None:
             groups: dict[str, list[str]] = {}
-            try:
-                with os.scandir(folder) as it:
-                    for entry in it:
-                        base, ext = os.path.splitext(entry.name)
-                        if ext.lower() not in IMAGE_EXTENSIONS or entry.name.startswith("."):
-                            continue
-                        low = base.lower()
-                        end = next((e for e in ("_mask", "_fov") if low.endswith(e)), None)
-                        try:
-                            if end is None or not entry.is_file():
-                                continue
-                        except OSError:
-                            continue
-                        groups.setdefault(low[: -len(end)], []).append(
-                            os.path.join(folder, entry.name))
-            except OSError:  # not a folder, or not listable: no masks there
-                pass
+            for name, (kind, _) in (self.entries(folder) or {}).items():
+                low = name.lower()
+                if not ("_mask" in low or "_fov" in low) or name.startswith("."):
+                    continue
+                base, ext = os.path.splitext(low)
+                if ext not in IMAGE_EXTENSIONS:
+                    continue
+                end = "_mask" if base.endswith("_mask") else "_fov" if base.endswith("_fov") else None
+                if end is None:
+                    continue
+                full = os.path.join(folder, name)
+                if kind != stat.S_IFREG and not (kind == 0 and os.path.isfile(full)):
+                    continue
+                groups.setdefault(base[: -len(end)], []).append(full)
             found = {stem: min(paths) for stem, paths in groups.items()}
             self._masks[folder] = found
         return found
@@ -287,13 +334,14 @@ def find_pairs(
     found: list[tuple[Path, Path | None]] = []
     unreadable: list[tuple[Path, str, Path]] = []
     known: dict[int, tuple[int, int]] = {}  # the file identity of inputs stat-ed here, by index
+    listings = _Listings()  # (each folder listed once: its files need no call each)
     for item in inputs:
         p = Path(item)
         try:
-            st = os.stat(p)
-            mode = st.st_mode
+            st = listings.stat_of(os.fspath(p))
         except (OSError, ValueError):
-            st, mode = None, 0
+            st = None
+        mode = st[0] if st is not None else 0
         if stat.S_ISDIR(mode):
             if _inside_any(p, excluded):
                 raise DatasetError("the input folder is the output folder or inside it; outputs"
@@ -308,7 +356,7 @@ def find_pairs(
             folder_name = os.path.basename(os.path.dirname(os.fspath(p)))
             if not (_is_mask_or_label_name(p) or (folder_name and _is_skipped_dir(folder_name))):
                 if st is not None and stat.S_ISREG(mode):
-                    known[len(found)] = (st.st_dev, st.st_ino)
+                    known[len(found)] = (st[1], st[2])
                 found.append((p, _base_of(p, base)))
         else:
             raise DatasetError("no such file or folder", p)
@@ -318,7 +366,6 @@ def find_pairs(
     found = _unique(found, known)
     pairs = []
     m: Path | None
-    listings = _Listings()
     for img, root in found:
         if mask is not None:
             m, src = Path(mask), "given"

@@ -158,3 +158,33 @@ def test_stepped_slurm_arrays():
         shard_from_environment(environ={**env, "SLURM_ARRAY_TASK_ID": "3"})
     assert shard_from_environment(environ={"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "1",
                                            "SLURM_ARRAY_TASK_COUNT": "10"}) == (7, 10)
+
+
+def test_listing_stats_equal_os_stat(tmp_path):
+    """Inputs are classified from their folder's listing (one call per folder, not one per
+    file, which mattered at 100 000 inputs): the same file type and identity as os.stat, for
+    files, folders, links to either, broken links, a FIFO and names that do not exist."""
+    import os
+    import stat as st_
+
+    from retina_prep.dataset import _Listings
+
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "la.png").symlink_to(tmp_path / "a.png")
+    (tmp_path / "ld").symlink_to(tmp_path / "d")
+    (tmp_path / "broken.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(tmp_path / "f.png")
+    listings = _Listings()
+    for name in ("a.png", "d", "la.png", "ld", "broken.png", "f.png", "missing.png", "d/../a.png"):
+        path = str(tmp_path / name)
+        got = listings.stat_of(path)
+        try:
+            want = os.stat(path)
+        except OSError:
+            assert got is None, name
+            continue
+        assert got is not None, name
+        assert st_.S_IFMT(got[0]) == st_.S_IFMT(want.st_mode), name
+        if st_.S_ISREG(want.st_mode):
+            assert (got[1], got[2]) == (want.st_dev, want.st_ino), name
