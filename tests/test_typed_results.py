@@ -130,3 +130,30 @@ def test_stdout_closed_early_is_an_error(tmp_path, monkeypatch):
     assert r.exit_code == 1
     assert "standard output was closed before the image was written" in r.output
     assert "eye.png" in r.output
+
+
+def test_report_writers_are_library_calls(tmp_path):
+    """evaluate's tables and files, and the bounds CSV, from the library (no click)."""
+    from retina_prep.batch import Result, Status
+    from retina_prep.reports import BOUNDS_COLUMNS, BoundsFile, markdown_report, write_reports
+
+    summary = {"images": 1, "labelled_images": 0, "bands": ["0-2"],
+               "bias": {"none": {"0-2": [1.0, 2.0, 3.0]}}, "edge_interior": {"none": 0.5},
+               "pixels": {"none": {"0-2": 10}}, "auc": {}}
+    assert "| none | +1.0/+2.0/+3.0 | 0.50 |" in markdown_report(summary)
+    written = write_reports(summary, tmp_path / "rep")
+    assert sorted(p.name for p in written) == ["auc.csv", "bias.csv", "report.json"]
+    assert (tmp_path / "rep" / "bias.csv").read_text().splitlines()[1] == \
+        "none,0-2,1.0000,2.0000,3.0000,10"
+    with pytest.raises(RetinaPrepError) as info:
+        BoundsFile(tmp_path / "rep" / "bias.csv" / "x.csv")  # (a file where a folder must be)
+    assert info.value.code == "bounds-file"
+    geometry = {"original_size": [10, 8], "output_size": [4, 4], "fov_centre": [5.0, 4.0],
+                "fov_radius": 3.0, "fov_bounds": [2, 1, 8, 7], "crop": None,
+                "matrix": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]}
+    with BoundsFile(tmp_path / "b.csv") as rows:
+        for _ in range(2):  # a rerun of the same output keeps its last row
+            rows(Result(Pair("a.png", None, "estimated", None), Status.DONE,
+                        outputs=[tmp_path / "o.png"], info={"geometry": geometry}))
+    lines = (tmp_path / "b.csv").read_text().splitlines()
+    assert lines[0].split(",") == list(BOUNDS_COLUMNS) and len(lines) == 2

@@ -2,83 +2,19 @@
 
 from __future__ import annotations
 
-import csv
 import functools
-import io as _io
-import json
-import math
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from ..evaluate import RESPONSES, methods_for, summarize
-from ..figures import roc_figure
-from ..io import write_bytes, write_image
+from ..evaluate import methods_for, summarize
 from ..normalize import DEFAULT_TARGET, KERNELS
 from ..pipeline import MaskSettings, evaluate_pair
+from ..reports import markdown_report, write_reports
 from .options import FiniteRange, WindowType, mask_options
 from .runner import collect_pairs, execute, log, run_options
-
-
-def _fmt(v, digits=1, sign=True):
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
-
-
-def markdown(summary: dict) -> str:
-    """The report as markdown tables."""
-    lines = [f"Images: {summary['images']} ({summary['labelled_images']} with vessel labels).", "",
-             "Margin bias: mean of output − I0 over background FOV pixels (vessels excluded), by"
-             " distance from the FOV margin (px at DRIVE scale), R/G/B, 8-bit units; 'none' is the"
-             " raw image − I0.", ""]
-    bands = summary["bands"]
-    lines.append("| method | " + " | ".join(bands) + " | edge/interior |")
-    lines.append("|---|" + "---|" * (len(bands) + 1))
-    for method, row in summary["bias"].items():
-        cells = ["/".join(_fmt(v) for v in row[b]) for b in bands]
-        lines.append(f"| {method} | " + " | ".join(cells)
-                     + f" | {_fmt(summary['edge_interior'][method], 2, False)} |")
-    if summary["labelled_images"]:
-        lines += ["", "Vessel separability: ROC AUC of a training-free response, whole FOV and the"
-                  " margin band (outer 10 % of the FOV radius).", ""]
-        head = [f"{r} ({reg})" for r in RESPONSES for reg in ("FOV", "margin band")]
-        lines.append("| method | " + " | ".join(head) + " |")
-        lines.append("|---|" + "---|" * len(head))
-        for method, per in summary["auc"].items():
-            cells = [_fmt(per[r].get(reg), 4, False) for r in RESPONSES
-                     for reg in ("FOV", "margin band")]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _write_reports(summary: dict, outdir: Path, overwrite: bool) -> list[Path]:
-    written = []
-    rows = [["method", "band", "R", "G", "B", "pixels"]]
-    for method, per in summary["bias"].items():
-        for band, vals in per.items():
-            rows.append([method, band, *[f"{v:.4f}" for v in (vals + [math.nan] * 3)[:3]],
-                         summary["pixels"][method][band]])
-    auc_rows = [["method", "response", "region", "auc"]]
-    for method, per in summary["auc"].items():
-        for response, regions in per.items():
-            for region, v in regions.items():
-                auc_rows.append([method, response, region, f"{v:.6f}"])
-    for name, table in (("bias.csv", rows), ("auc.csv", auc_rows)):
-        buf = _io.StringIO()
-        csv.writer(buf).writerows(table)
-        written.append(write_bytes(outdir / name, buf.getvalue().encode(), overwrite=overwrite))
-    data = {k: v for k, v in summary.items() if k != "roc"}
-    written.append(write_bytes(outdir / "report.json",
-                               json.dumps(data, indent=2, allow_nan=True).encode(),
-                               overwrite=overwrite))
-    if summary["labelled_images"]:
-        for response in RESPONSES:
-            p = outdir / f"roc_{response.replace(' ', '_')}.png"
-            written.append(write_image(p, roc_figure(summary, response), overwrite=overwrite))
-    return written
 
 
 @click.command(
@@ -159,8 +95,8 @@ def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask_
     if not evaluations:
         raise click.ClickException("no image could be evaluated")
     summary = summarize(evaluations, methods)
-    click.echo(markdown(summary))
-    written = _write_reports(summary, outdir, overwrite)
+    click.echo(markdown_report(summary))
+    written = write_reports(summary, outdir, overwrite=overwrite)
     if batch.print_outputs or batch.print0:
         for p in written:
             if batch.print0:

@@ -19,7 +19,7 @@ from .options import (
     mask_options,
     output_opt,
 )
-from .runner import BoundsFile, collect_pairs, execute, run_options
+from .runner import bounds_file, collect_pairs, execute, run_options
 
 
 @click.command(
@@ -88,7 +88,7 @@ def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mas
                           outdir=outdir, batch=batch, auto_mask=auto_mask)
     step = functools.partial(filter_pair, outdir=outdir, settings=settings,
                              mask_settings=mask_settings, output=output, geometry=geometry)
-    with BoundsFile(None if batch.dry_run else bounds) as rows:
+    with bounds_file(None if batch.dry_run else bounds) as rows:
         report = execute("filter", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
                          expected_outputs=lambda p: filter_outputs(p, outdir, settings, output,
                                                                    geometry),

@@ -41,7 +41,15 @@ from .options import (
     output_or_file_opt,
     panel_width_opt,
 )
-from .runner import BoundsFile, cli_wording, collect_pairs, execute, log, notice_wording, run_options
+from .runner import (
+    bounds_file,
+    cli_wording,
+    collect_pairs,
+    execute,
+    log,
+    notice_wording,
+    run_options,
+)
 
 
 @click.command(
@@ -230,7 +238,7 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask
                              mask_settings=mask_settings, panels_dir=panels_dir,
                              panels_compare=panels_compare, output=output,
                              panel_width=panel_width, geometry=geometry)
-    with BoundsFile(None if batch.dry_run else bounds) as rows:
+    with bounds_file(None if batch.dry_run else bounds) as rows:
         report = execute("normalize", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
                          expected_outputs=lambda p: normalize_outputs(p, outdir, output, panels_dir,
                                                                       geometry),

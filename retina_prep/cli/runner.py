@@ -3,10 +3,8 @@ progress, per-file errors, resume, manifest and the summary line."""
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import functools
-import io
 import logging
 import os
 import signal
@@ -24,6 +22,7 @@ from ..dataset import Pair, find_pairs, shard_from_environment, shard_pairs
 from ..errors import DatasetError, Notice, RetinaPrepError, printable
 from ..figures import contact_sheet
 from ..io import write_image
+from ..reports import BoundsFile
 from .options import (
     LOG,
     config_opt,
@@ -489,82 +488,10 @@ def execute(
     return report
 
 
-#: Columns of the --bounds CSV.
-BOUNDS_COLUMNS = ("image", "output", "original_width", "original_height", "output_width",
-                  "output_height", "fov_centre_x", "fov_centre_y", "fov_radius", "fov_x0",
-                  "fov_y0", "fov_x1", "fov_y1", "crop_x0", "crop_y0", "crop_side",
-                  "m00", "m01", "m02", "m10", "m11", "m12")
-
-
-class BoundsFile:
-    """The --bounds CSV: one row per image that ran, appended as results come in (a header
-    when the file is new), so an interrupted or resumed run keeps every row it made. When the
-    run ends, an output that has several rows (a rerun with --overwrite) keeps its last."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        self._fh = None
-        if path is None:
-            return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            new = not path.exists() or path.stat().st_size == 0
-            self._fh = open(path, "a", newline="", encoding="utf-8")
-        except OSError as exc:
-            raise click.BadParameter(f"{path}: {exc.strerror or exc}", param_hint="--bounds") from None
-        self._writer = csv.writer(self._fh)
-        if new:
-            self._writer.writerow(BOUNDS_COLUMNS)
-            self._fh.flush()
-
-    def __call__(self, result: Result) -> None:
-        g = result.info.get("geometry") if result.status == Status.DONE else None
-        if self._fh is None or g is None:
-            return
-        crop = g.get("crop") or ["", "", ""]
-        (m00, m01, m02), (m10, m11, m12) = g["matrix"]
-        self._writer.writerow([
-            str(result.pair.image), str(result.outputs[0]), *g["original_size"],
-            *g["output_size"], *(round(v, 3) for v in g["fov_centre"]), g["fov_radius"],
-            *g["fov_bounds"], *crop, *(repr(float(v)) for v in (m00, m01, m02, m10, m11, m12))])
-        self._fh.flush()
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-            self._compact()
-
-    def _compact(self) -> None:
-        """Keep the last row of each output, in the order the rows first came."""
-        assert self.path is not None
-        try:
-            with open(self.path, newline="", encoding="utf-8") as fh:
-                rows = list(csv.reader(fh))
-        except (OSError, UnicodeDecodeError, csv.Error):
-            return  # not ours to repair
-        if not rows or rows[0] != list(BOUNDS_COLUMNS):
-            return
-        last: dict[str, list[str]] = {}
-        for row in rows[1:]:
-            if len(row) > 1:
-                last.pop(row[1], None)  # (re-inserted: the order of the latest rows)
-                last[row[1]] = row
-        if len(last) == len(rows) - 1:
-            return
-        from ..io import write_bytes
-
-        text = io.StringIO()
-        writer = csv.writer(text)
-        writer.writerow(BOUNDS_COLUMNS)
-        writer.writerows(last.values())
-        try:
-            write_bytes(self.path, text.getvalue().encode("utf-8"), overwrite=True)
-        except OSError:
-            pass
-
-    def __enter__(self) -> BoundsFile:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+def bounds_file(path: Path | None) -> BoundsFile:
+    """The run's :class:`~retina_prep.reports.BoundsFile`; one that cannot be written is a usage
+    error of ``--bounds``."""
+    try:
+        return BoundsFile(path)
+    except RetinaPrepError as exc:
+        raise click.BadParameter(str(exc), param_hint="--bounds") from None
