@@ -16,7 +16,7 @@ from .clahe import masked_clahe
 from .core import gaussian_kernel, masked_convolve
 from .fov import _centroid, fov_diameter, margin_distance
 from .metrics import margin_bias_profile
-from .normalize import dtype_scale, normalize_illumination
+from .normalize import DEFAULT_TARGET, dtype_scale, normalize_illumination
 
 __all__ = [
     "METHODS",
@@ -186,7 +186,7 @@ def vessel_responses(image, mask, *, scale: float = 1.0) -> dict:
     return {"inverted green": -g, "black top-hat": tophat}
 
 
-def preprocess(image, mask, method, *, kernel, target: float = 128.0):
+def preprocess(image, mask, method, *, kernel, target: float = DEFAULT_TARGET):
     """The image as one of :data:`METHODS` (or :data:`PEERS`) leaves it."""
     if method in PEERS:
         return _peer(image, mask, method, kernel=kernel, target=target)
@@ -223,7 +223,7 @@ class ImageEvaluation:
     bands: tuple = ()
 
 
-def evaluate_image(image, fov, region, labels=None, *, kernel, target: float = 128.0,
+def evaluate_image(image, fov, region, labels=None, *, kernel, target: float = DEFAULT_TARGET,
                    methods=tuple(METHODS), max_samples: int = 400_000) -> ImageEvaluation:
     """Margin bias per band and vessel-response samples for every method, on one image.
 

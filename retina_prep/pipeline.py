@@ -184,7 +184,7 @@ class NormalizeSettings:
     window: int | str | None = None  # None: "auto", or 2*ceil(3*sigma)+1 for a Gaussian's sigma
     kernel: str = "mean"
     sigma: float | str | None = None  # pixels, or "auto" (gaussian: the FOV diameter / 60)
-    target: float = 128.0
+    target: float = DEFAULT_TARGET
     fill: float = 0.0
     ignore_mask: bool = False
     method: str = "mean"
@@ -866,7 +866,7 @@ def compare_pair(pair: Pair, out_path, *, kernel: Kernel | str = "gaussian", win
     return Result(pair, Status.DONE, outputs=[out_path], warnings=info.pop("warnings"), info=info)
 
 
-def evaluate_pair(pair: Pair, *, window="auto", kernel_name: str = "mean", target: float = 128.0,
+def evaluate_pair(pair: Pair, *, window="auto", kernel_name: str = "mean", target: float = DEFAULT_TARGET,
                   methods=None,
                   mask_settings: MaskSettings = MaskSettings(), labels="auto") -> Result:
     """Evaluate one image (see :mod:`retina_prep.evaluate`); the numbers go in ``info``.
