@@ -171,7 +171,23 @@ def dtype_scale(dtype) -> float:
 
 
 def box_kernel(size: int) -> Kernel:
-    """Mean filter of ``size x size`` pixels (the mask-convolution paper, eq. 9): weights ``1/size**2``."""
+    """Mean filter of ``size x size`` pixels (the mask-convolution paper, eq. 9): weights ``1/size**2``.
+
+    Parameters
+    ----------
+    size : int
+        Odd side in pixels.
+
+    Returns
+    -------
+    Kernel
+        Box structure (the fast path).
+
+    Examples
+    --------
+    >>> float(box_kernel(5).array.sum().round(6))
+    1.0
+    """
     size = _odd_size(size, "box size")
     w = 1.0 / (size * size)
     one = np.full(size, 1.0 / size)
@@ -225,6 +241,25 @@ def gaussian_kernel(sigma: float, size: int | None = None, *, exact: bool | None
     Gaussian's by under 0.05 gray levels on fundus photographs (measured up
     to sigma 80 at HRF size; the box cascade it replaced was off by up to
     1.3). ``exact=True`` always gives the true (separable) Gaussian.
+
+    Parameters
+    ----------
+    sigma : float
+        Standard deviation in pixels (> 0).
+    size : int, optional
+        Odd side; default ``2 * ceil(3 * sigma) + 1``.
+    exact : bool, optional
+        True: never the pyramid path.
+
+    Returns
+    -------
+    Kernel
+        Separable (``factors``), possibly on the pyramid path (``pyramid``).
+
+    Examples
+    --------
+    >>> gaussian_kernel(2.0).array.shape
+    (13, 13)
     """
     sigma = float(sigma)
     if not (math.isfinite(sigma) and sigma > 0):
@@ -311,7 +346,24 @@ def named_kernel(name: str, *, size: int | None = None, sigma: float | None = No
 
 
 def as_kernel(kernel) -> Kernel:
-    """Return ``kernel`` as a :class:`Kernel`, detecting box and separable structure."""
+    """Return ``kernel`` as a :class:`Kernel`, detecting box and separable structure.
+
+    Parameters
+    ----------
+    kernel : Kernel or (kh, kw) array_like
+        Odd sizes; kept as it is when already a :class:`Kernel`.
+
+    Returns
+    -------
+    Kernel
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> k = as_kernel(np.ones((3, 3)) / 9)
+    >>> k.is_box, k.array.shape
+    (True, (3, 3))
+    """
     if isinstance(kernel, Kernel):
         return kernel
     arr = np.asarray(kernel, dtype=np.float64)
@@ -505,6 +557,22 @@ def as_mask(mask, shape: tuple[int, int] | None = None) -> np.ndarray:
     float32. An ``(H, W, 1)`` mask is squeezed. Anything else raises
     ``ValueError`` saying what is wrong; so does a shape other than
     ``shape`` when it is given.
+
+    Parameters
+    ----------
+    mask : (H, W) or (H, W, 1) array_like
+    shape : (H, W), optional
+        The shape the mask must have.
+
+    Returns
+    -------
+    (H, W) bool or float32 ndarray
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> as_mask(np.array([[0, 255], [255, 0]], np.uint8)).dtype
+    dtype('bool')
     """
     m = as_native(mask)
     if m.ndim == 3 and m.shape[2] == 1:
@@ -592,6 +660,16 @@ def mask_weights(mask, kernel, *, path: str = "auto") -> np.ndarray:
 
     1 where the whole window lies inside the mask and the image, 0 where it
     holds no valid pixel.
+
+    Parameters
+    ----------
+    mask : (H, W) bool or float array_like
+    kernel : Kernel or array_like
+    path : {"auto", "box", "pyramid", "separable", "filter2d"}
+
+    Returns
+    -------
+    (H, W) float32 ndarray
     """
     k = as_kernel(kernel)
     m = _as_weights(mask, None)
@@ -989,6 +1067,20 @@ def masked_filter(
     ``"weighted"``
         Weighted convolution (Kang et al., eq. 1 and 3): the same output with a
         real-valued mask, and the real-valued update ``n = sum(M) / sum(1)``.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) array_like
+    mask : (H, W) bool or float array_like
+        The valid pixels (or their weights in ``[0, 1]``).
+    kernel : Kernel or array_like
+    mode : {"normalized", "partial", "weighted"}
+    min_weight : float
+        Certainty below which an output pixel is ``fill``.
+    fill : float or None
+        Value where no valid pixel is in the window (None: 0).
+    path : {"auto", "box", "pyramid", "separable", "filter2d"}
+        The OpenCV path (``auto`` picks the fastest the kernel allows).
 
     Returns
     -------

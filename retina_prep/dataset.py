@@ -197,6 +197,14 @@ def find_mask(image: Path, *, _listings: _Listings | None = None) -> Path | None
     Looks for ``<stem>_mask.<ext>`` in ``mask/`` or ``masks/`` beside the
     image's folder (DRIVE: ``images/21_training.tif`` ->
     ``mask/21_training_mask.gif``), then in the image's own folder.
+
+    Parameters
+    ----------
+    image : path-like
+
+    Returns
+    -------
+    Path or None
     """
     path = os.fspath(image)
     parent, name = os.path.split(path)

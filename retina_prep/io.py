@@ -398,6 +398,20 @@ def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, orientation
     viewers show them. ``meta``, a dict, receives what was read beside the
     pixels: ``orientation`` (when not 1), and for DICOM files ``pixel_spacing``.
 
+    Parameters
+    ----------
+    path : path-like
+    max_pixels : int or None
+        Refuse images declaring more pixels (decompression bombs); None: no limit.
+    orientation : bool
+        Apply the EXIF orientation.
+    meta : dict, optional
+        Filled with what was read beside the pixels.
+
+    Returns
+    -------
+    (H, W) or (H, W, 3) ndarray
+
     Raises
     ------
     ImageReadError
@@ -492,6 +506,17 @@ def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     text entries (as ``retina-prep mask`` writes them), and ``gray_fraction``
     (:func:`~retina_prep.fov.mask_gray_fraction`: how much of the file is
     neither dark nor bright, for :func:`~retina_prep.fov.check_fov_mask`).
+
+    Parameters
+    ----------
+    path : path-like
+    max_pixels : int or None
+    orientation : bool
+    meta : dict, optional
+
+    Returns
+    -------
+    (H, W) bool ndarray
 
     Raises
     ------
@@ -743,7 +768,24 @@ def _unlink_quietly(path) -> None:
 def write_image(path, image, *, fmt: str | None = None, overwrite: bool = False,
                 text: dict[str, str] | None = None) -> Path:
     """Encode ``image`` and write it atomically; the format follows the file ending by default.
-    ``text``: PNG ``tEXt`` entries (see :func:`encode_image`)."""
+    ``text``: PNG ``tEXt`` entries (see :func:`encode_image`).
+
+    Parameters
+    ----------
+    path : path-like
+    image : (H, W) or (H, W, 3) ndarray
+        RGB; uint8 or uint16 for PNG; TIFF also float32.
+    fmt : {"png", "tif"}, optional
+        Default: from the ending.
+    overwrite : bool
+        Replace an existing file (else :class:`~retina_prep.errors.OutputExistsError`).
+    text : dict, optional
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
     path = Path(path)
     if fmt is None:
         ext = path.suffix.lower()

@@ -87,6 +87,22 @@ def resolve_window(window, mask=None) -> int:
 
     ``"auto"`` uses :data:`AUTO_WINDOW_FRACTION` of :func:`fov_diameter`
     rounded to the nearest odd number (at least 3); it needs a mask.
+
+    Parameters
+    ----------
+    window : int or "auto"
+    mask : (H, W) bool array_like, optional
+        Needed for ``"auto"``.
+
+    Returns
+    -------
+    int
+        Odd, >= 1.
+
+    Examples
+    --------
+    >>> resolve_window(21)
+    21
     """
     if isinstance(window, str):
         if window.strip().lower() != "auto":
@@ -110,6 +126,22 @@ def make_kernel(kind: str = "mean", window: int = 51, sigma: float | None = None
 
     For ``"gaussian"`` the kernel is ``window`` pixels wide; ``sigma``
     defaults to ``window / 2.5`` (the mask-convolution paper's size 50, sigma 20).
+
+    Parameters
+    ----------
+    kind : {"mean", "gaussian"}
+    window : int
+        Odd side in pixels.
+    sigma : float, optional
+
+    Returns
+    -------
+    Kernel
+
+    Examples
+    --------
+    >>> make_kernel("mean", 21).is_box
+    True
     """
     if kind not in KERNELS:
         raise ValueError(f"unknown kernel {kind!r}; valid kernels: {', '.join(KERNELS)}")
@@ -185,6 +217,27 @@ def image_range(image, value_range=None) -> tuple[float, float]:
     range. With ``value_range=(lo, hi)`` any numeric image is accepted and
     its values are taken to span ``lo..hi`` (e.g. ``(0, 255)`` for a float
     image converted from 8 bits, ``(0, 4095)`` for 12-bit data in uint16).
+
+    Parameters
+    ----------
+    image : ndarray
+    value_range : (lo, hi), optional
+
+    Returns
+    -------
+    (lo, hi) : tuple of float
+
+    Raises
+    ------
+    ValueRangeError
+        A float image outside ``[0, 1]`` or a dtype without a natural range, and no
+        ``value_range``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> image_range(np.zeros((2, 2), np.uint16))
+    (0.0, 65535.0)
     """
     img = as_native(image)
     dt = img.dtype
@@ -257,6 +310,19 @@ def prepare_mask(mask, *, window=None, kernel: Kernel | None = None, order: int 
     (and, for ``order=1``, the margin band's plane geometry), which are most of the cost of
     first-order normalization. ``window``/``kernel`` and ``ridge`` as for
     :func:`normalize_illumination`; ``order=1`` prepares both orders.
+
+    Parameters
+    ----------
+    mask : (H, W) bool or float array_like
+    window : int or "auto", optional
+    kernel : Kernel, optional
+    order : {0, 1}
+    ridge : float
+
+    Returns
+    -------
+    PreparedMask
+        Pass it as ``mask`` to :func:`normalize_illumination`.
     """
     m = as_mask(mask)
     if not m.any():

@@ -252,6 +252,14 @@ def estimate_fov(image, *, edge_fraction: float = EDGE_FRACTION,
 
     The mask of :func:`fov_estimate`; see there for the method.
 
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) array_like
+    edge_fraction : float
+        Where the edge is placed between background (0) and disc (1).
+    threshold : float, optional
+        A fixed threshold on the brightest channel instead.
+
     Returns
     -------
     (H, W) bool ndarray, one filled connected region.
@@ -260,6 +268,14 @@ def estimate_fov(image, *, edge_fraction: float = EDGE_FRACTION,
     ------
     MaskError
         If no field of view is found.
+
+    Examples
+    --------
+    >>> from retina_prep.synthetic import synthetic_fundus
+    >>> s = synthetic_fundus((300, 280))
+    >>> m = estimate_fov(s.image)
+    >>> bool((m & s.mask).sum() / (m | s.mask).sum() > 0.98)
+    True
     """
     return fov_estimate(image, edge_fraction=edge_fraction, threshold=threshold).mask
 

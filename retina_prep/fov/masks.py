@@ -23,10 +23,27 @@ def binarize_mask(array, *, path=None) -> np.ndarray:
     pixels (alpha up to half its maximum) are outside; a mask of one colour
     is then given by its alpha alone (a FOV saved as transparency).
 
+    Parameters
+    ----------
+    array : array_like
+        The decoded mask file.
+    path : path-like, optional
+        The mask file, named in errors.
+
+    Returns
+    -------
+    (H, W) bool ndarray
+
     Raises
     ------
     MaskError
         If the mask is empty (no pixel inside) or has an unusable shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> binarize_mask(np.array([[0, 200], [255, 10]], np.uint8)).tolist()
+    [[False, True], [True, False]]
     """
     return _binarize_plane(*_mask_plane(array, path), path)
 
@@ -179,6 +196,16 @@ def erode_mask(mask, px: float) -> np.ndarray:
     as background, so a FOV that touches the image border keeps its pixels
     there. ``px = 0`` returns a copy.
 
+    Parameters
+    ----------
+    mask : (H, W) bool array_like
+    px : float
+        Pixels, rounded; >= 0.
+
+    Returns
+    -------
+    (H, W) bool ndarray
+
     Raises
     ------
     MaskError
@@ -225,6 +252,25 @@ def fov_diameter(mask) -> float:
     The largest of the bounding box's sides and the diameter of the circle
     of equal area, so flat cuts at the top and bottom or a disc crossing the
     image border do not shrink it much.
+
+    Parameters
+    ----------
+    mask : (H, W) bool array_like
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    MaskError
+        If the mask is empty.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> fov_diameter(np.ones((4, 10), bool))
+    10.0
     """
     m = np.asarray(mask)
     m8 = m.view(np.uint8) if m.dtype == np.bool_ else (m > 0).astype(np.uint8)
