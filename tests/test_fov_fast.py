@@ -184,3 +184,40 @@ def test_confidence_is_low_on_bad_masks(monkeypatch, shape, seed):
     est = fov.fov_estimate(s.image)
     assert _iou(est.mask, s.mask) < 0.95
     assert est.low_confidence, est.confidence
+
+
+@pytest.mark.parametrize("kind", ["u16", "f32 nan", "f64", "gray", "rgba", "5ch", "int32",
+                                  "tiny disc", "elongated", "600 px", "off-centre"])
+def test_reduced_estimate_on_every_layout(kind):
+    """The reduced copy and the ring take every dtype and channel count the estimator takes,
+    and odd geometries (a disc 10 % of a 12 Mpx frame, 1:5 frames, the smallest reduced size,
+    a disc crossing two borders off centre): the synthetic truth within IoU 0.999."""
+    from retina_prep.synthetic import synthetic_fundus
+
+    s = synthetic_fundus((900, 1200), seed=5)
+    img, truth = s.image, s.mask
+    if kind == "u16":
+        img = img.astype(np.uint16) * 257
+    elif kind == "f32 nan":
+        img = img.astype(np.float32) / 255
+        img[::37, ::41] = np.nan
+    elif kind == "f64":
+        img = img.astype(np.float64) / 255
+    elif kind == "gray":
+        img = img[..., 1]
+    elif kind == "rgba":
+        img = np.dstack([img, np.full(truth.shape, 255, np.uint8)])
+    elif kind == "5ch":
+        img = np.dstack([img, img[..., :2]])
+    elif kind == "int32":
+        img = img.astype(np.int32)
+    else:
+        shape, kw = {"tiny disc": ((3000, 4000), dict(seed=6, radius=0.1)),
+                     "elongated": ((600, 3000), dict(seed=7)),
+                     "600 px": ((600, 601), dict(seed=8)),
+                     "off-centre": ((1500, 1500), dict(seed=9, center=(0.2, 0.8), radius=0.5)),
+                     }[kind]
+        s = synthetic_fundus(shape, **kw)
+        img, truth = s.image, s.mask
+    est = fov_estimate(img)
+    assert _iou(est.mask, truth) >= 0.999 and not est.low_confidence
