@@ -182,9 +182,13 @@ def _fill_rays(out: np.ndarray, cx: float, cy: float, theta: np.ndarray,
         return np.rint(np.stack([(cx + np.cos(theta) * r) * (1 << shift),
                                  (cy + np.sin(theta) * r) * (1 << shift)], axis=-1)).astype(np.int32)
 
-    cv2.fillPoly(out, [poly(np.maximum(radius - 1.5, 0.0))], 1, lineType=cv2.LINE_8, shift=shift)
+    inner = poly(np.maximum(radius - 1.5, 0.0))
+    cv2.fillPoly(out, [inner], 1, lineType=cv2.LINE_8, shift=shift)
+    # the band to decide: inside the edge grown by 1.5 px, not inside the inner polygon
+    # (two fills: a thick polyline costs twice as much at 8 Mpx)
     band = np.zeros((h, w), np.uint8)
-    cv2.polylines(band, [poly(radius)], True, 1, thickness=7, lineType=cv2.LINE_8, shift=shift)
+    cv2.fillPoly(band, [poly(radius + 1.5)], 1, lineType=cv2.LINE_8, shift=shift)
+    cv2.fillPoly(band, [inner], 0, lineType=cv2.LINE_8, shift=shift)
     found = cv2.findNonZero(band)
     if found is None:
         return out.view(bool)
