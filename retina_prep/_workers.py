@@ -11,8 +11,16 @@ import sys
 
 __all__ = ["default_jobs", "mp_context", "start_helpers", "start_early"]
 
-#: Modules the fork server imports once, so that every worker it forks has them.
-PRELOAD = ["numpy", "cv2", "PIL.Image", "retina_prep.pipeline", "retina_prep._forkserver"]
+#: Modules the fork server imports once, so that every worker it forks has them. The first
+#: makes the server die with the main process: first, so that a main process killed while the
+#: server imports the heavy ones (a second or more on a loaded machine) is noticed at once.
+PRELOAD = ["retina_prep._forkserver", "numpy", "cv2", "PIL.Image", "retina_prep.pipeline"]
+
+#: The main process's pid, for the fork server to check its parent against (set when the
+#: server is started): a process orphaned under a subreaper gets a parent other than 1.
+PARENT_ENV = "RETINA_PREP_PARENT_PID"
+
+_parent_pid: int | None = None  # in the fork server: its own pid, for the workers it forks
 
 
 def default_jobs() -> int:
@@ -23,9 +31,11 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(expected: int | None = None) -> None:
     """Linux: get SIGTERM when the parent process dies (a kill -9 of the main process), and
-    exit at once if it died already (before the request took effect)."""
+    exit at once if it died already, before the request took effect: the parent is then init
+    (pid 1) or, under a subreaper (a container's init, a service manager), another process
+    than ``expected``."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -33,15 +43,29 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # pragma: no cover - no prctl
         return
-    if os.getppid() == 1:
+    parent = os.getppid()
+    if parent == 1 or (expected is not None and parent != expected):
         os._exit(1)
 
 
+def _remember_parent() -> None:  # pragma: no cover - runs in the fork server, before a fork
+    global _parent_pid
+    _parent_pid = os.getpid()
+
+
+def _child_dies_with_parent() -> None:  # pragma: no cover - runs in a forked worker
+    _die_with_parent(_parent_pid)
+
+
 def _forkserver_init():  # pragma: no cover - runs in the fork server
-    _die_with_parent()  # (exits if the main process died while the server was importing)
+    try:
+        expected = int(os.environ.get(PARENT_ENV, ""))
+    except ValueError:
+        expected = None
+    _die_with_parent(expected)  # (exits if the main process died while the server started)
     # every process the server forks dies with the server, from its first instruction on
     # (a worker still starting up when the main process is killed would otherwise be orphaned)
-    os.register_at_fork(after_in_child=_die_with_parent)
+    os.register_at_fork(before=_remember_parent, after_in_child=_child_dies_with_parent)
     # a worker that cannot start because the run is being stopped (its queues are gone) would
     # print a traceback; the main process reports any real failure to start (a broken pool)
     sys.excepthook = _quiet_excepthook
@@ -72,6 +96,7 @@ def start_helpers(ctx) -> None:
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:  # not the main thread: leave the signals alone
         old = None
+    os.environ[PARENT_ENV] = str(os.getpid())  # (the server checks its parent against it)
     try:
         forkserver.ensure_running()
     finally:

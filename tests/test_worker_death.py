@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path, PurePath
+
+import pytest
 
 from retina_prep.batch import Result, run_batch
 from retina_prep.dataset import Pair
@@ -43,3 +47,19 @@ def test_a_killed_worker_does_not_stop_the_batch(tmp_path):
         bad = next(r for r in results if r.pair.image.name == "bad0")
         assert "worker process died while processing this image" in bad.error
         assert bad.error.startswith("bad0: ")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl")
+def test_a_helper_orphaned_before_it_asked_to_die_with_its_parent_exits():
+    """The fork server asks to die with the main process while it starts; a main process
+    killed before that (a loaded machine) left it and the resource tracker running for good
+    when a subreaper, not init, adopted it (about one CI run in ten). It now checks its
+    parent against the main process's pid: another parent means it was orphaned."""
+    code = ("import sys; from retina_prep._workers import _die_with_parent;"
+            " _die_with_parent(int(sys.argv[1])); print('alive')")
+    me = os.getpid()
+    ok = subprocess.run([sys.executable, "-c", code, str(me)], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.strip() == "alive", ok.stderr
+    orphan = subprocess.run([sys.executable, "-c", code, str(me + 1_000_000)],
+                            capture_output=True, text=True)
+    assert orphan.returncode == 1 and orphan.stdout == ""

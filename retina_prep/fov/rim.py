@@ -163,17 +163,18 @@ def _shallow_pieces(m: np.ndarray, depth: int, band: int) -> list[tuple[int, int
     k = min(h, w) // 300
     if k < 2:
         return [(0, h, 0, w)]
-    hs, ws = h // k, w // k
+    hs, ws = -(-h // k), -(-w // k)
     # every pixel of the block inside: the count of those outside, exactly (a uint8 block
-    # mean rounds 3 of 4 up to 1)
-    outside = cv2.resize((~m[:hs * k, :ws * k]).view(np.uint8).astype(np.float32), (ws, hs),
-                         interpolation=cv2.INTER_AREA)
+    # mean rounds 3 of 4 up to 1). The rows and columns beyond a multiple of k are replicated
+    # into whole blocks, as the distance transform's border is (the image's edge is no
+    # margin): an outside pixel there counts for its block, and so for its neighbours' depth
+    grid = cv2.copyMakeBorder((~m).view(np.uint8), 0, hs * k - h, 0, ws * k - w,
+                              cv2.BORDER_REPLICATE)
+    outside = cv2.resize(grid.astype(np.float32), (ws, hs), interpolation=cv2.INTER_AREA)
     full = outside == 0
     padded = cv2.copyMakeBorder(full.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_REPLICATE)
     ds = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
     ok = (ds - 1.0) * k >= depth + 2 * k  # every pixel of the block that deep
-    ok[-1:, :] = False  # (the ragged rows and columns beyond the blocks are never skipped)
-    ok[:, -1:] = False
     cols = np.arange(ws)
     centre = int(round(_centroid(full)[1])) if full.any() else ws // 2
     pieces = []
@@ -192,7 +193,7 @@ def _shallow_pieces(m: np.ndarray, depth: int, band: int) -> list[tuple[int, int
         ends = np.flatnonzero(run & ~np.concatenate([run[1:], [False]])) + 1
         pick = np.flatnonzero((starts <= centre) & (ends > centre))
         i = int(pick[0]) if pick.size else int(np.argmax(ends - starts))
-        x0, x1 = int(cols[starts[i]]) * k, int(ends[i]) * k
+        x0, x1 = int(cols[starts[i]]) * k, min(int(ends[i]) * k, w)
         pieces += [(y0, y1, 0, x0), (y0, y1, x1, w)]
     return pieces
 
