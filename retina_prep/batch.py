@@ -150,19 +150,16 @@ def run_one(step: Callable[[Pair], Result], pair: Pair) -> Result:
             raise DatasetError(pair.error, pair.image)
         result = step(pair)
     except Exception as exc:  # recorded, the batch goes on
-        msg = _describe(exc)
-        msg = " ".join(msg.split("\n"))  # one line, whatever the exception said
-        if isinstance(exc, RetinaPrepError) and exc.path is not None:
-            line = msg
-        else:
-            line = f"{printable(pair.image)}: {msg}"
-        bare = line
-        if isinstance(exc, RetinaPrepError) and exc.advice is not None:
-            bare = " ".join(str(RetinaPrepError(exc.message, exc.path)).split("\n"))
-            if exc.path is None:
-                bare = f"{printable(pair.image)}: {bare}"
-        result = Result(pair, Status.FAILED, error=line, error_kind=type(exc).__name__,
-                        error_code=_code(exc), error_message=bare,
+        named = isinstance(exc, RetinaPrepError) and exc.path is not None
+
+        def line(msg: str) -> str:  # one line, whatever the exception said, naming the file
+            msg = " ".join(msg.split("\n"))
+            return msg if named else f"{printable(pair.image)}: {msg}"
+
+        bare = exc.describe(advice=False) if isinstance(exc, RetinaPrepError) else _describe(exc)
+        result = Result(pair, Status.FAILED, error=line(_describe(exc)),
+                        error_kind=type(exc).__name__, error_code=_code(exc),
+                        error_message=line(bare),
                         error_params=getattr(exc, "params", {}),
                         error_path=getattr(exc, "path", None) or os.fspath(pair.image))
     result.seconds = time.perf_counter() - t0

@@ -109,7 +109,8 @@ class _Listings:
         stats), or None when the folder cannot be listed."""
         if folder in self._entries:
             return self._entries[folder]
-        out: dict[str, tuple[int, int]] | None = {}
+        listed: dict[str, tuple[int, int]] = {}
+        out: dict[str, tuple[int, int]] | None = listed
         try:
             with os.scandir(folder or ".") as it:
                 for entry in it:
@@ -122,9 +123,9 @@ class _Listings:
                             kind = stat.S_IFREG
                         else:
                             kind = 0  # (a FIFO, a device: the caller stats it)
-                        out[entry.name] = (kind, entry.inode())  # type: ignore[index]
+                        listed[entry.name] = (kind, entry.inode())
                     except OSError:
-                        out[entry.name] = (0, 0)  # type: ignore[index]
+                        listed[entry.name] = (0, 0)
         except OSError:
             out = None
         self._entries[folder] = out

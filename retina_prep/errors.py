@@ -64,7 +64,12 @@ class RetinaPrepError(Exception):
             setattr(self, name, value)
 
     def __str__(self) -> str:
-        text = self.message if self.advice is None else f"{self.message} ({self.advice})"
+        return self.describe()
+
+    def describe(self, *, advice: bool = True) -> str:
+        """``"<path>: <message> (<advice>)"``; without the advice when ``advice`` is false (for
+        callers that give their own)."""
+        text = self.message if self.advice is None or not advice else f"{self.message} ({self.advice})"
         if self.path is None:
             return text
         return f"{printable(self.path)}: {text}"

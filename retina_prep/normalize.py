@@ -172,7 +172,9 @@ def kernel_for(name: str, window=None, sigma: float | str | None = None, mask=No
         if sigma.strip().lower() != "auto" or name != "gaussian":
             raise ValueError(f"sigma must be a number of pixels (or 'auto' for the gaussian"
                              f" kernel), got {sigma!r}")
-        sigma = AUTO_SIGMA_FRACTION * (fov_diameter(mask) if mask is not None else 540.0)
+        if mask is None:
+            raise ValueError("sigma 'auto' is a fraction of the FOV diameter: it needs a mask")
+        sigma = AUTO_SIGMA_FRACTION * fov_diameter(mask)
     if name in KERNELS:
         if window is None and name == "gaussian" and sigma is not None:
             return named_kernel(name, sigma=sigma)
@@ -193,6 +195,10 @@ def check_kernel_args(name: Kernel | str, window=None, sigma: float | str | None
     auto = window is None or (isinstance(window, str) and window.strip().lower() == "auto")
     sized_by_sigma = window is None and name == "gaussian" and sigma is not None
     probe = 3 if auto and name in KERNELS and not sized_by_sigma else window
+    # (an "auto" sigma, which also needs the mask, is probed with a small one once its name
+    # and kernel are known to take it)
+    if isinstance(sigma, str) and sigma.strip().lower() == "auto" and name == "gaussian":
+        sigma = 1.0
     kernel_for(name, probe, sigma)
 
 

@@ -543,8 +543,8 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None)
     if m.sum() < 0.01 * h * w:
         raise MaskError("cannot estimate a field of view: no bright disc found")
     checks = _contour_checks(v, m, is_bg, circle, tol)
-    return _Run(FovEstimate(m, _confidence(checks), circle, residual, filled), raw=raw,
-                smooth=v, edge=t.astype(np.float32), low=low, colour=colour, blur=blur,
+    return _Run(FovEstimate(m, _confidence(checks), circle, residual, filled),
+                smooth=v, edge=t.astype(np.float32), low=low, colour=colour,
                 is_bg=is_bg.astype(np.float32), tol=tol)
 
 

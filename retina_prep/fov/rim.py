@@ -175,7 +175,6 @@ def _shallow_pieces(m: np.ndarray, depth: int, band: int) -> list[tuple[int, int
     padded = cv2.copyMakeBorder(full.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_REPLICATE)
     ds = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
     ok = (ds - 1.0) * k >= depth + 2 * k  # every pixel of the block that deep
-    cols = np.arange(ws)
     centre = int(round(_centroid(full)[1])) if full.any() else ws // 2
     pieces = []
     for y0 in range(0, h, band):
@@ -193,7 +192,7 @@ def _shallow_pieces(m: np.ndarray, depth: int, band: int) -> list[tuple[int, int
         ends = np.flatnonzero(run & ~np.concatenate([run[1:], [False]])) + 1
         pick = np.flatnonzero((starts <= centre) & (ends > centre))
         i = int(pick[0]) if pick.size else int(np.argmax(ends - starts))
-        x0, x1 = int(cols[starts[i]]) * k, min(int(ends[i]) * k, w)
+        x0, x1 = int(starts[i]) * k, min(int(ends[i]) * k, w)
         pieces += [(y0, y1, 0, x0), (y0, y1, x1, w)]
     return pieces
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .masks import _disk
+from .masks import _centroid, _disk, channel_max
 
 if TYPE_CHECKING:  # (estimate imports this module)
     from .estimate import FovEstimate
@@ -22,12 +22,10 @@ class _Run:
     """An estimate and the maps it was made from (for settling a reduced run's edge)."""
 
     estimate: FovEstimate
-    raw: np.ndarray | None = None  # the brightest channel (or distance from a padding colour)
-    smooth: np.ndarray | None = None  # ``raw`` blurred
+    smooth: np.ndarray | None = None  # the brightest channel (or distance from padding), blurred
     edge: np.ndarray | None = None  # the edge threshold
     low: np.ndarray | None = None  # the 'not background' level
     colour: np.ndarray | None = None  # the padding colour, when the frame is padded
-    blur: float = 0.7
     is_bg: np.ndarray | None = None  # the level up to which the outside of an edge is background
     tol: float = 1.5  # how near the fitted circle a contour point is on it (px)
 
@@ -44,16 +42,15 @@ def _settle_ring(img: np.ndarray, k: int, run: _Run) -> np.ndarray:
     the rays' edges, over the reduced mask eroded past the ring (for any part of the mask a
     ray from the centre does not reach)."""
     est = run.estimate
-    assert run.raw is not None and run.smooth is not None and run.edge is not None \
-        and run.low is not None
+    assert run.smooth is not None and run.edge is not None and run.low is not None
     ms = est.mask
     h, w = img.shape[:2]
     sh, sw = ms.shape
     off = (k - 1) / 2
-    width = int(math.ceil(2 * max(0.7, min(h, w) / 800))) + 1
+    blur = max(0.7, min(h, w) / 800)  # (the full-resolution estimator's blur)
+    width = int(math.ceil(2 * blur)) + 1
     moves = width + k + 1  # the farthest the settle moves an edge (full px)
-    mo = cv2.moments(ms.view(np.uint8), binaryImage=True)
-    cxs, cys = mo["m10"] / mo["m00"], mo["m01"] / mo["m00"]
+    cys, cxs = _centroid(ms)
     # on the reduced copy: rays every reduced contour pixel, samples 0.5 px apart
     far = math.hypot(max(cxs, sw - cxs), max(cys, sh - cys)) + 2
     nc = int(max(720, math.ceil(2 * math.pi * far)))
@@ -92,10 +89,9 @@ def _settle_ring(img: np.ndarray, k: int, run: _Run) -> np.ndarray:
     cx, cy = cxs * k + off, cys * k + off
     n = int(min(40000, max(nc, math.ceil(2 * math.pi * float(r_c.max()) * k))))
     theta = (np.arange(n) + 0.5) * (2 * math.pi / n)
-    t_w = np.concatenate([tc[-1:] - 2 * math.pi, tc, tc[:1] + 2 * math.pi])
 
-    def around(a):
-        return np.interp(theta, t_w, np.concatenate([a[-1:], a, a[:1]]))
+    def around(a):  # the coarse rays' values at the full-resolution rays
+        return _around_at(theta, tc, a)
 
     r0 = around(r_c * k).astype(np.float32)
     floor = around(floor_c).astype(np.float32)[:, None]
@@ -108,7 +104,6 @@ def _settle_ring(img: np.ndarray, k: int, run: _Run) -> np.ndarray:
     p[(X <= -0.5) | (X >= w - 0.5) | (Y <= -0.5) | (Y >= h - 0.5)] = -np.inf  # beyond: outside
     # the full-resolution start: the profile smoothed as the run smoothed its image (along
     # the ray) crosses the edge threshold, nearest the reduced copy's crossing
-    blur = max(0.7, min(h, w) / 800)
     g = cv2.getGaussianKernel(2 * int(math.ceil(6 * blur)) + 1, 2 * blur)  # (samples 0.5 px apart)
     smooth = cv2.sepFilter2D(np.where(np.isfinite(p), p, 0).astype(np.float32), -1, g,
                              np.ones(1), borderType=cv2.BORDER_REPLICATE)
@@ -119,7 +114,6 @@ def _settle_ring(img: np.ndarray, k: int, run: _Run) -> np.ndarray:
     best = np.argmin(dist, axis=1)
     rows = np.arange(n)
     e = np.where(dist[rows, best] <= 2 * (k + 1), best + 1, 2 * moves)  # the first outside sample
-    top = j.size
     # settle: a sample is in where above the background's level and half the edge's level;
     # the edge is peeled back to the last such sample before it, then grown to the first one
     # that is not, each at most ``moves`` px (2 * moves samples)
@@ -177,10 +171,11 @@ def _fill_rays(out: np.ndarray, cx: float, cy: float, theta: np.ndarray,
     and a half inside the edge, and the pixels along the edge are decided one by one.)"""
     h, w = out.shape
     shift = 4
+    cos, sin = np.cos(theta), np.sin(theta)
 
     def poly(r):
-        return np.rint(np.stack([(cx + np.cos(theta) * r) * (1 << shift),
-                                 (cy + np.sin(theta) * r) * (1 << shift)], axis=-1)).astype(np.int32)
+        return np.rint(np.stack([(cx + cos * r) * (1 << shift),
+                                 (cy + sin * r) * (1 << shift)], axis=-1)).astype(np.int32)
 
     inner = poly(np.maximum(radius - 1.5, 0.0))
     cv2.fillPoly(out, [inner], 1, lineType=cv2.LINE_8, shift=shift)
@@ -222,9 +217,7 @@ def _ring_level(img: np.ndarray, X: np.ndarray, Y: np.ndarray,
         if colour is not None:
             a = np.abs(a - np.asarray(colour, np.float32)[c0:c0 + a.shape[-1]])
         c0 += a.shape[-1]
-        lv = a[..., 0]
-        for c in range(1, a.shape[-1]):  # (NumPy's max over a last axis of 3 is slow)
-            lv = np.maximum(lv, a[..., c])
+        lv = channel_max(a)
         out = lv if out is None else np.maximum(out, lv)
     assert out is not None
     return out
