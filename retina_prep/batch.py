@@ -61,6 +61,10 @@ class Result:
         Each with a stable ``code``, the image's path, the parameters and the text.
     info : dict
         The manifest's ``params`` record of the image.
+    products : dict
+        What the step made besides files, for its caller (a ``"thumb"`` for a contact sheet,
+        the ``"evaluation"`` numbers); not in the manifest, and not sent back from worker
+        processes unless the step made it.
     error_kind : str or None
         The exception's class name.
     error_code : str or None
@@ -82,6 +86,7 @@ class Result:
     seconds: float = 0.0
     warnings: list[Notice] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    products: dict = field(default_factory=dict)
     error_kind: str | None = None
     error_code: str | None = None
     error_message: str | None = None
@@ -266,7 +271,9 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
                 # image that kills its worker again fails; then a new pool takes the rest.
                 lost = [(pair, fut)] + list(futures)
                 futures.clear()
-                pool.shutdown(wait=True, cancel_futures=True)
+                # (no cancelling: the pool's manager thread is failing those futures itself, and
+                # cancelling one under it raises there on Python < 3.12, gh-107219)
+                pool.shutdown(wait=True)
                 for p, f in lost:
                     if f is not None and f.done() and not f.cancelled() and f.exception() is None:
                         yield f.result()
@@ -279,12 +286,13 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
             yield result
     except BaseException:
         inflight = [f for _, f in futures if f is not None]
-        for f in inflight:
-            f.cancel()
+        # the workers are stopped, not their tasks cancelled: the pool then fails every task
+        # still pending itself (cancelling a future while its manager thread fails it raises
+        # there on Python < 3.12 and prints a traceback: gh-107219)
         for proc in list(getattr(pool, "_processes", {}).values()):
             if proc.is_alive():
                 proc.terminate()  # SIGTERM: workers unwind and clean up
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True)
         if finished_on_stop is not None:
             for f in inflight:
                 if f.done() and not f.cancelled() and f.exception() is None:
@@ -398,7 +406,7 @@ class Manifest:
             "warnings": [str(w) for w in result.warnings],
             "warning_codes": [getattr(w, "code", None) for w in result.warnings],
             "seconds": round(result.seconds, 4),
-            "params": {k: v for k, v in result.info.items() if k not in ("mask_source", "thumb")},
+            "params": {k: v for k, v in result.info.items() if k != "mask_source"},
         })
 
     def close(self) -> None:

@@ -6,7 +6,6 @@ Nothing here is used by the processing code.
 
 from __future__ import annotations
 
-import functools
 import os
 import platform
 import statistics
@@ -25,7 +24,8 @@ from .core import box_kernel, convolve, gaussian_kernel, masked_convolve
 from .dataset import Pair, find_pairs
 from .io import encode_image, read_image, read_mask, write_image
 from .normalize import kernel_for, normalize_illumination, prepare_mask
-from .pipeline import MaskSettings, NormalizeSettings, OutputSettings, clear_caches, normalize_pair
+from .pipeline import MaskSettings, NormalizeSettings, OutputSettings, normalize_pair
+from .steps import Caches, NormalizeStep
 from .synthetic import synthetic_fundus
 
 __all__ = [
@@ -258,15 +258,16 @@ def end_to_end_rows(shape=(2336, 3504), repeat: int = 3):
                               ("png --png-level 0", replace(base, png_level=0)),
                               ("png --png-level 6", replace(base, png_level=6)),
                               ("tif", replace(base, format="tif"))]:
+            caches = Caches()
             for shared in (False, True):
                 def run(output=output, shared=shared):
                     if not shared:
-                        clear_caches()
+                        caches.clear()
                     # shared: a camera mask used as given (--rim none) is read and prepared once;
                     # the default rim trim looks at each image
                     normalize_pair(pair, tmp / "out", NormalizeSettings(window=101),
                                    MaskSettings(rim="none") if shared else MaskSettings(),
-                                   output=output)
+                                   output=output, caches=caches)
 
                 t = time_call(run, repeat)
                 size = sum(f.stat().st_size for f in (tmp / "out").iterdir()) / 1e6
@@ -353,8 +354,7 @@ def parallel_row(drive_root: Path | None = None, n_generated: int = 40, repeat: 
                 best[jobs] = min(best[jobs], time.perf_counter() - t0)
         start = min(_startup_seconds() for _ in range(repeat))
         # the images alone: run_batch in this process, the worker pool's start included
-        step = functools.partial(normalize_pair, outdir=tmp / "inproc",
-                                 output=OutputSettings(overwrite=True))
+        step = NormalizeStep(tmp / "inproc", output_settings=OutputSettings(overwrite=True))
         inproc = {1: float("inf"), 2: float("inf")}
         for _ in range(repeat):
             for jobs in (1, 2):

@@ -6,26 +6,22 @@ These glue :mod:`io`, :mod:`fov` and the array functions together for one
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
-from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .batch import Result, Status
+from .batch import Result
 from .clahe import CLAHE_COLOURS, DEFAULT_CLIP_LIMIT, DEFAULT_TILES, masked_clahe
 from .core import DEFAULT_RIDGE, MODES, Kernel, masked_filter
 from .dataset import Pair, find_label
 from .errors import MaskError, Notice, OutputExistsError, RetinaPrepError
-from .evaluate import METHODS as METHODS_EVALUATED
-from .evaluate import evaluate_image
-from .figures import PANEL_WIDTH, panel, thumbnail
+from .figures import PANEL_WIDTH
 from .fov import (
-    LOW_CONFIDENCE,
     channel_max,
     check_fov_mask,
     erode_mask,
@@ -34,7 +30,7 @@ from .fov import (
     fov_estimate,
     trim_rim,
 )
-from .geometry import Transform, fov_bounds, fov_transform, to_original, warp
+from .geometry import fov_bounds, fov_transform, warp
 from .io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -43,7 +39,6 @@ from .io import (
     encode_image,
     read_image,
     read_mask,
-    write_image,
     write_outputs,
 )
 from .normalize import (
@@ -55,11 +50,12 @@ from .normalize import (
     check_kernel_args,
     dtype_scale,
     kernel_for,
-    make_kernel,
     normalize_illumination,
     prepare_mask,
-    resolve_window,
 )
+
+if TYPE_CHECKING:  # (steps import this module)
+    from .steps import Caches
 
 __all__ = [
     "MaskSettings", "NormalizeSettings", "OutputSettings", "load_pair", "output_path",
@@ -69,7 +65,6 @@ __all__ = [
     "GeometrySettings",
     "apply_geometry",
     "read_transforms",
-    "clear_caches",
     "match_transform",
     "restore_pair",
     "restore_outputs",
@@ -259,9 +254,12 @@ def resolve_erode(erode, mask) -> int:
     return int(round(float(erode)))
 
 
-def load_pair(pair: Pair, settings: MaskSettings = MaskSettings(), value_range=None):
+def load_pair(pair: Pair, settings: MaskSettings = MaskSettings(), value_range=None,
+              caches: Caches | None = None):
     """Read the image and its mask (or estimate one), trim its rim and erode it as
     ``settings`` say (``value_range``: what the image's values span, if not its dtype's range).
+    With ``caches`` (:class:`~retina_prep.steps.Caches`), a mask file read for an earlier image
+    with the same settings is not read again (it is then read-only).
 
     Returns
     -------
@@ -269,44 +267,10 @@ def load_pair(pair: Pair, settings: MaskSettings = MaskSettings(), value_range=N
     mask : (H, W) bool ndarray, eroded
     info : dict
         ``mask_source`` ("given", "dataset", "estimated"), ``erode`` (px),
-        and ``warnings`` (list of str).
+        and ``warnings`` (list of :class:`~retina_prep.errors.Notice`).
     """
-    image, _, mask, info = _load(pair, settings, value_range)
+    image, _, mask, info = _load(pair, settings, value_range, caches)
     return image, mask, info
-
-
-class _Cache:
-    """A small least-recently-used map, per process."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.items: OrderedDict = OrderedDict()
-
-    def get(self, key):
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
-        return None
-
-    def put(self, key, value):
-        self.items[key] = value
-        self.items.move_to_end(key)
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
-
-
-#: Mask files read and trimmed, by the file's identity (path, device, inode, size, mtime) and
-#: the mask settings: images that share one mask file (one mask per camera) read it once.
-_MASKS = _Cache(8)
-#: Prepared masks (:func:`~retina_prep.normalize.prepare_mask`) of masks met more than once
-#: (one: about 8 bytes per pixel, plus the margin band's plane coefficients).
-_PREPARED = _Cache(1)
-
-
-def clear_caches() -> None:
-    """Forget the masks kept for images that share one mask file (this process)."""
-    _MASKS.items.clear()
-    _PREPARED.items.clear()
 
 
 def _mask_key(pair: Pair, settings: MaskSettings):
@@ -322,14 +286,15 @@ def _mask_key(pair: Pair, settings: MaskSettings):
             pair.mask_source, settings)
 
 
-def _load(pair: Pair, settings: MaskSettings, value_range=None):
+def _load(pair: Pair, settings: MaskSettings, value_range=None, caches: Caches | None = None):
     """Image, untrimmed FOV, trimmed mask and info (see :func:`load_pair`); ``value_range`` is
-    what the image's values span, for the rim trim, when it is not the dtype's range."""
+    what the image's values span, for the rim trim, when it is not the dtype's range. With
+    ``caches`` (:class:`~retina_prep.steps.Caches`) a mask file met before is not read again."""
     meta: dict = {}
     image = read_image(pair.image, max_pixels=settings.max_pixels,
                        orientation=not settings.ignore_orientation, meta=meta)
-    key = _mask_key(pair, settings)
-    hit = None if key is None else _MASKS.get(key)
+    key = None if caches is None else _mask_key(pair, settings)
+    hit = None if caches is None or key is None else caches.masks.get(key)
     if hit is not None:
         fov, mask, info, uses = hit
         _check_mask_file(fov, image, pair, settings)  # the file passed; this image must fit it
@@ -347,10 +312,10 @@ def _load(pair: Pair, settings: MaskSettings, value_range=None):
         info["mask_trimmed"] = True
     if est is not None:
         info["fov_estimate"] = est.summary()
-    if key is not None and not warnings:
+    if caches is not None and key is not None and not warnings:
         for a in (fov, mask):
             a.setflags(write=False)  # shared by the images of this mask: read-only
-        _MASKS.put(key, (fov, mask, dict(info), [0]))
+        caches.masks.put(key, (fov, mask, dict(info), [0]))
     return image, fov, mask, {**info, **meta, "warnings": warnings}
 
 
@@ -369,11 +334,6 @@ def _check_mask_file(mask, image, pair: Pair, settings: MaskSettings,
             check_fov_mask(mask, image, gray_fraction=gray_fraction)
         except MaskError as exc:
             raise type(exc)(exc.message, pair.mask) from None
-
-
-def _shared(mask) -> bool:
-    """Whether ``mask`` is a cached mask already used by an earlier image."""
-    return any(v[1] is mask and v[3][0] > 0 for v in _MASKS.items.values())
 
 
 def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings(), *,
@@ -506,10 +466,11 @@ def _run_normalize(image, mask, kernel: Kernel | None, settings: NormalizeSettin
 
 
 def normalize_loaded(image, mask, settings: NormalizeSettings = NormalizeSettings(),
-                     mask_info: dict | None = None, name=None):
+                     mask_info: dict | None = None, name=None, *, caches: Caches | None = None):
     """Normalize an image already read (and its prepared mask): ``(result, kernel, order)``.
     ``mask_info`` (from :func:`load_pair`) decides ``order="auto"`` and gets any warning
-    about image ``name`` (see :func:`resolve_order`)."""
+    about image ``name`` (see :func:`resolve_order`). With ``caches``, a mask file's mask that
+    earlier images used too is prepared once (its filters and plane geometry)."""
     kernel = kernel_for(settings.kernel, settings.window, settings.sigma, mask)
     order = resolve_order(settings.order if settings.method == "mean" else 0, mask_info, name)
     if mask_info is not None and settings.value_range is None:
@@ -520,14 +481,14 @@ def normalize_loaded(image, mask, settings: NormalizeSettings = NormalizeSetting
                 " whole 16-bit range, so the result is nearly flat gray", name,
                 advice=f"if the data is {few}-bit, give value range 0,{2 ** few - 1}",
                 bits=few, high=2 ** few - 1))
-    if (settings.method == "mean" and not settings.ignore_mask and mask is not None
-            and _shared(mask)):
+    if (caches is not None and settings.method == "mean" and not settings.ignore_mask
+            and mask is not None and caches.shared(mask)):
         # a mask shared with earlier images: its filters and plane geometry are computed once
         key = (id(mask), settings.kernel, settings.window, settings.sigma, order, settings.ridge)
-        prepared = _PREPARED.get(key)
+        prepared = caches.prepared.get(key)
         if prepared is None or prepared.mask is not mask:
             prepared = prepare_mask(mask, kernel=kernel, order=order, ridge=settings.ridge)
-            _PREPARED.put(key, prepared)
+            caches.prepared.put(key, prepared)
         result = _run_normalize(image, prepared, None, settings, False, order)
     else:
         result = _run_normalize(image, mask, kernel, settings, settings.ignore_mask, order)
@@ -548,12 +509,12 @@ def normalize_outputs(pair: Pair, outdir, output: OutputSettings = OutputSetting
                       panels_dir=None, geometry: GeometrySettings = GeometrySettings()
                       ) -> list[Path]:
     """The files :func:`normalize_pair` writes: the image, the mask and label images that
-    ``geometry`` asks for, and the panel with ``panels_dir``."""
-    outs = [output_path(outdir, pair, output.format)]
-    outs += geometry.outputs(outs[0])
-    if panels_dir is not None:
-        outs.append(output_path(panels_dir, pair, "png"))
-    return outs
+    ``geometry`` asks for, and the panel with ``panels_dir``
+    (:meth:`~retina_prep.steps.NormalizeStep.outputs`)."""
+    from .steps import NormalizeStep
+
+    return NormalizeStep(Path(outdir), output_settings=output, panels_dir=panels_dir,
+                         geometry=geometry).output_list(pair)
 
 
 def apply_geometry(pair: Pair, result, fov, mask, geometry: GeometrySettings, *,
@@ -562,9 +523,10 @@ def apply_geometry(pair: Pair, result, fov, mask, geometry: GeometrySettings, *,
 
     ``fov`` is the untrimmed field of view (its bounding square is the crop), ``mask`` the
     trimmed mask the result was computed with (written with ``write_mask``). Returns
-    ``(result, extras, transform, info)``: ``extras`` the arrays of
-    :meth:`GeometrySettings.outputs` in order; ``transform`` (for other arrays of the image)
-    and ``info``, the record for the manifest, are None when nothing was cut or resized.
+    ``(result, extras, transform, info)``: ``extras`` the cut arrays asked for, by role
+    (``"mask"``, ``"labels"``: the files of :meth:`GeometrySettings.outputs`);
+    ``transform`` (for other arrays of the image) and ``info``, the record for the manifest,
+    are None when nothing was cut or resized.
     """
     info = None
     transform = None
@@ -590,9 +552,9 @@ def apply_geometry(pair: Pair, result, fov, mask, geometry: GeometrySettings, *,
         # outermost pixels with the fill, and those are set to the fill, as outside the FOV
         cut_mask = warp(cut_mask, transform)
         result[~cut_mask] = level
-    extras = []
+    extras: dict[str, np.ndarray] = {}
     if geometry.write_mask:
-        extras.append(cut_mask.view(np.uint8) * np.uint8(255))
+        extras["mask"] = cut_mask.view(np.uint8) * np.uint8(255)
     if geometry.labels is not None:
         label_path = (find_label(pair.image) if geometry.labels == "auto"
                       else _label_in(geometry.labels, pair.image))
@@ -605,7 +567,7 @@ def apply_geometry(pair: Pair, result, fov, mask, geometry: GeometrySettings, *,
         if labels.shape[:2] != fov.shape:
             raise MaskError(f"labels are {labels.shape[1]}x{labels.shape[0]} px but the image is"
                             f" {fov.shape[1]}x{fov.shape[0]} px", label_path)
-        extras.append(warp(labels, transform, interpolation="nearest") if transform else labels)
+        extras["labels"] = warp(labels, transform, interpolation="nearest") if transform else labels
         if info is not None:
             info["labels"] = str(label_path)
     return result, extras, transform, info
@@ -622,64 +584,43 @@ def normalize_pair(
     output: OutputSettings = OutputSettings(),
     panel_width: int | None = PANEL_WIDTH,
     geometry: GeometrySettings = GeometrySettings(),
+    caches: Caches | None = None,
 ) -> Result:
-    """Normalize one image and write ``OUTDIR/<rel>.<format>``.
+    """Normalize one image and write ``OUTDIR/<rel>.<format>``: a
+    :class:`~retina_prep.steps.NormalizeStep` run once (see there).
 
     With ``panels_dir``, also write a labelled panel ``PANELS/<rel>.png``:
     original | normalized, or with ``panels_compare`` the mask-convolution
     paper's Fig. 4: without IN | IN without mask | IN with mask. The outputs
     of an image are written together or not at all; ``output`` says the
-    format and what happens to outputs that exist.
+    format and what happens to outputs that exist. ``caches`` lets images
+    that share one mask file read and prepare it once.
     """
-    outs = normalize_outputs(pair, outdir, output, panels_dir, geometry)
-    _check_outputs(outs, pair, output)
-    image, fov, mask, info = _load(pair, mask_settings, settings.value_range)
-    result, kernel, order = normalize_loaded(image, mask, settings, info, pair.image)
-    cut, extras, _, ginfo = apply_geometry(pair, result, fov, mask, geometry, fill=settings.fill,
-                                           max_pixels=mask_settings.max_pixels)
-    items = [(outs[0], lambda: output.encode(cut))]
-    items += [(o, functools.partial(encode_image, a, "png")) for o, a in zip(outs[1:], extras)]
-    if ginfo is not None:
-        info["geometry"] = ginfo
-    if panels_dir is not None:
-        def panel_bytes():
-            if panels_compare:
-                done = {settings.ignore_mask: result}
-                cols = normalize_columns(image, mask, kernel, settings=settings, done=done,
-                                         order=order)
-            else:
-                cols = [("original", image),
-                        ("IN without mask" if settings.ignore_mask else "IN with mask", result)]
-            return encode_image(panel(cols, mask=mask > 0, inset="auto", profile=True,
-                                      max_width=panel_width), "png")
-        items.append((outs[-1], panel_bytes))
-    outputs = _write(items, output)
-    info.update(window=kernel.shape[0], kernel=kernel.name, order=order)
-    return Result(pair, Status.DONE, outputs=outputs, warnings=info.pop("warnings"), info=info)
+    from .steps import Caches, NormalizeStep
+
+    return NormalizeStep(Path(outdir), settings, mask_settings, output, panels_dir, panels_compare,
+                         panel_width, geometry, caches or Caches())(pair)
 
 
 def mask_outputs(pair: Pair, outdir) -> list[Path]:
     """The file :func:`mask_pair` writes: ``OUTDIR/<rel>_mask.png``."""
-    return [(Path(outdir) / pair.rel).with_name(pair.rel.name + "_mask.png")]
+    from .steps import MaskStep
+
+    return MaskStep(Path(outdir)).output_list(pair)
 
 
 def mask_pair(pair: Pair, outdir, mask_settings: MaskSettings = MaskSettings(), *,
               overwrite: bool = False, thumb_width: int | None = None) -> Result:
-    """Estimate the FOV of one image and write ``OUTDIR/<rel>_mask.png`` (0/255).
+    """Estimate the FOV of one image and write ``OUTDIR/<rel>_mask.png`` (0/255): a
+    :class:`~retina_prep.steps.MaskStep` run once.
 
     Existing mask files are not used: the mask always comes from the image.
-    With ``thumb_width``, ``result.info["thumb"]`` holds a thumbnail with the
-    contour drawn, for a contact sheet.
+    With ``thumb_width``, ``result.products["thumb"]`` holds a thumbnail with
+    the contour drawn, for a contact sheet.
     """
-    (out,) = mask_outputs(pair, outdir)
-    _check_output(out, pair, overwrite)
-    image, _, mask, info = _load(pair, replace(mask_settings, auto_mask=True))
-    write_image(out, mask.astype(np.uint8) * 255, overwrite=overwrite,
-                text={MASK_TEXT_KEY: MASK_TRIMMED} if _trimmed(info) else None)
-    if thumb_width:
-        low = info.get("fov_estimate", {}).get("confidence", 1.0) < LOW_CONFIDENCE
-        info["thumb"] = thumbnail(image, mask, width=thumb_width, flag="LOW CONFIDENCE" if low else None)
-    return Result(pair, Status.DONE, outputs=[out], warnings=info.pop("warnings"), info=info)
+    from .steps import MaskStep
+
+    return MaskStep(Path(outdir), mask_settings, overwrite, thumb_width)(pair)
 
 
 @dataclass(frozen=True)
@@ -750,11 +691,10 @@ def filter_outputs(pair: Pair, outdir, settings: FilterSettings,
                    geometry: GeometrySettings = GeometrySettings()) -> list[Path]:
     """The files :func:`filter_pair` writes: the image, ``<rel>_weights`` on request, and the
     mask and label images ``geometry`` asks for."""
-    out = output_path(outdir, pair, output.format)
-    outs = [out]
-    if settings.write_weights:
-        outs.append(out.with_name(out.stem + "_weights" + out.suffix))
-    return outs + geometry.outputs(out)
+    from .steps import FilterStep
+
+    return FilterStep(Path(outdir), settings, output_settings=output,
+                      geometry=geometry).output_list(pair)
 
 
 def filter_pair(pair: Pair, outdir, settings: FilterSettings,
@@ -763,31 +703,11 @@ def filter_pair(pair: Pair, outdir, settings: FilterSettings,
                 geometry: GeometrySettings = GeometrySettings()) -> Result:
     """Filter one image; write ``OUTDIR/<rel>.<format>`` and, on request, ``<rel>_weights``
     (together or not at all; ``output`` as in :func:`normalize_pair`); ``geometry`` as there
-    (the weights are cut with linear interpolation)."""
-    settings.check_output(output)
-    outs = filter_outputs(pair, outdir, settings, output, geometry)
-    _check_outputs(outs, pair, output)
-    image, fov, mask, info = _load(pair, mask_settings)
-    result, validity, kernel = filter_array(image, mask, settings)
-    result, extras, transform, ginfo = apply_geometry(
-        pair, result, fov, mask, geometry, fill=settings.fill, max_pixels=mask_settings.max_pixels)
-    if transform is not None:
-        info["geometry"] = ginfo
-        validity = warp(validity, transform, interpolation="linear")
-    n = 2 if settings.write_weights else 1
-    items = [(outs[0], lambda: output.encode(result))]
-    items += [(o, functools.partial(encode_image, a, "png")) for o, a in zip(outs[n:], extras)]
-    if settings.write_weights:
-        def weights_bytes():
-            if output.format == "tif":
-                wimg = validity.astype(np.float32)
-            else:
-                wimg = np.rint(np.clip(validity, 0, 1) * 65535).astype(np.uint16)
-            return output.encode(wimg)
-        items.append((outs[1], weights_bytes))
-    outputs = _write(items, output)
-    info.update(kernel=kernel.name, mode=settings.mode)
-    return Result(pair, Status.DONE, outputs=outputs, warnings=info.pop("warnings"), info=info)
+    (the weights are cut with linear interpolation). A :class:`~retina_prep.steps.FilterStep`
+    run once."""
+    from .steps import FilterStep
+
+    return FilterStep(Path(outdir), settings, mask_settings, output, geometry)(pair)
 
 
 def filter_columns(image, mask, kernel: Kernel, *, mode: str = "normalized"):
@@ -839,52 +759,33 @@ def compare_pair(pair: Pair, out_path, *, kernel: Kernel | str = "gaussian", win
                  overwrite: bool = False, thumb_width: int | None = None,
                  panel_width: int | None = PANEL_WIDTH, order: int | str = "auto",
                  clahe: tuple[float, int] | None = None) -> Result:
-    """Write one comparison figure for ``pair`` to ``out_path``.
+    """Write one comparison figure for ``pair`` to ``out_path``: a
+    :class:`~retina_prep.steps.CompareStep` run once.
 
     ``kernel`` is a :class:`Kernel`, or a kernel name sized by ``window`` and
     ``sigma`` for this image (see :func:`~retina_prep.normalize.kernel_for`). With ``clahe``
     ``(clip_limit, tiles)``, the figure is :func:`clahe_columns` instead.
     """
+    from .steps import CompareStep
+
     out_path = Path(out_path)
-    _check_output(out_path, pair, overwrite)
-    image, mask, info = load_pair(pair, mask_settings)
-    if not isinstance(kernel, Kernel):
-        kernel = kernel_for(kernel, window, sigma, mask)
-    if clahe is not None:
-        cols = clahe_columns(image, mask, clip_limit=clahe[0], tiles=int(clahe[1]))
-    elif normalize:
-        run_order = info["order"] = resolve_order(order, info, pair.image)
-        cols = normalize_columns(image, mask, kernel, order=run_order)
-    else:
-        cols = filter_columns(image, mask, kernel)
-    fig = panel(cols, mask=mask > 0, inset=inset, profile=profile and inset is not None,
-                max_width=panel_width)
-    write_image(out_path, fig, overwrite=overwrite)
-    if thumb_width:
-        info["thumb"] = thumbnail(fig, None, width=thumb_width)
-    info.update(kernel=kernel.name)
-    return Result(pair, Status.DONE, outputs=[out_path], warnings=info.pop("warnings"), info=info)
+    return CompareStep(out_path.parent, out_path, kernel, window, sigma, mask_settings, normalize,
+                       inset, profile, overwrite, thumb_width, panel_width, order, clahe)(pair)
 
 
 def evaluate_pair(pair: Pair, *, window="auto", kernel_name: str = "mean", target: float = DEFAULT_TARGET,
                   methods=None,
                   mask_settings: MaskSettings = MaskSettings(), labels="auto") -> Result:
-    """Evaluate one image (see :mod:`retina_prep.evaluate`); the numbers go in ``info``.
+    """Evaluate one image (see :mod:`retina_prep.evaluate`); the numbers go in
+    ``result.products["evaluation"]``. An :class:`~retina_prep.steps.EvaluateStep` run once.
 
     ``labels``: "auto" (dataset conventions), None, or a folder holding a
     file named after the image stem (or its number prefix, as DRIVE's).
     """
-    image, fov, region, info = _load(pair, mask_settings)
-    label_path = find_label(pair.image) if labels == "auto" else _label_in(labels, pair.image)
-    vessels = None
-    if label_path is not None:
-        vessels = read_labels(label_path, fov, max_pixels=mask_settings.max_pixels)
-    win = resolve_window(window, region)
-    kernel = make_kernel(kernel_name, win)
-    ev = evaluate_image(image, fov, region > 0, vessels, kernel=kernel, target=target,
-                        methods=tuple(METHODS_EVALUATED if methods is None else methods))
-    info.update(window=win, labels=str(label_path) if label_path else None, evaluation=ev)
-    return Result(pair, Status.DONE, warnings=info.pop("warnings"), info=info)
+    from .steps import EvaluateStep
+
+    return EvaluateStep(window, kernel_name, target, None if methods is None else tuple(methods),
+                        mask_settings, labels)(pair)
 
 
 def read_labels(path, fov, *, max_pixels=DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -996,21 +897,8 @@ def restore_pair(pair: Pair, outdir, transforms: dict[str, dict], *,
                  interpolation: str = "linear", output: OutputSettings = OutputSettings(),
                  max_pixels=DEFAULT_MAX_PIXELS) -> Result:
     """Map the prediction ``pair.image`` (made on a cut output) back onto its original
-    photograph's pixel grid, and write ``OUTDIR/<rel>.<format>``."""
-    outs = restore_outputs(pair, outdir, output)
-    _check_outputs(outs, pair, output)
-    rec = match_transform(pair.image, transforms, pair.rel)
-    if rec is None:
-        raise RetinaPrepError("no output in the manifest is named like this prediction (its"
-                              " name must start with the output's name)", pair.image)
-    transform = Transform.from_dict(rec["geometry"])
-    pred = read_image(pair.image, max_pixels=max_pixels)
-    w, h = transform.output_size
-    if pred.shape[:2] != (h, w):
-        raise RetinaPrepError(f"prediction is {pred.shape[1]}x{pred.shape[0]} px but its output"
-                              f" {Path(rec['output']).name} was {w}x{h} px", pair.image)
-    back = to_original(pred, transform, interpolation=interpolation)
-    outputs = _write([(outs[0], lambda: output.encode(back))], output)
-    info = {"original": rec["input"], "output_of": rec["output"], "interpolation": interpolation,
-            "size": list(transform.original_size)}
-    return Result(pair, Status.DONE, outputs=outputs, info=info)
+    photograph's pixel grid, and write ``OUTDIR/<rel>.<format>``: a
+    :class:`~retina_prep.steps.RestoreStep` run once."""
+    from .steps import RestoreStep
+
+    return RestoreStep(Path(outdir), transforms, interpolation, output, max_pixels)(pair)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
 
 from ..core import KERNEL_NAMES
 from ..io import IMAGE_EXTENSIONS
-from ..pipeline import MaskSettings, compare_pair
+from ..pipeline import MaskSettings
+from ..steps import CompareStep
 from .options import (
     KernelSpec,
     WindowType,
@@ -116,28 +116,15 @@ def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, mask_c
         raise click.UsageError(f"-o {output} names one figure but {len(pairs)} images were given;"
                                " give a folder")
     contact = ContactSheet(sheet, overwrite=overwrite, columns=2 if len(pairs) > 1 else 1)
-    one = output if single_file else None
-    step = functools.partial(compare_one, output=one, outdir=outdir,
-                             kernel=kernel_spec, window=window, sigma=sigma,
-                             mask_settings=mask_settings, normalize=normalize_fig,
-                             inset=None if inset == "none" else inset, profile=profile,
-                             overwrite=overwrite, thumb_width=480 if sheet else None,
-                             panel_width=panel_width,
-                             order=order if order == "auto" else int(order),
-                             clahe=(clip_limit, tiles) if method == "clahe" else None)
-    report = execute("compare", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
-                     expected_outputs=lambda p: [figure_path(p, one, outdir)],
+    step = CompareStep(outdir, output if single_file else None, kernel=kernel_spec,
+                       window=window, sigma=sigma, mask_settings=mask_settings,
+                       normalize=normalize_fig, inset=None if inset == "none" else inset,
+                       profile=profile, overwrite=overwrite, thumb_width=480 if sheet else None,
+                       panel_width=panel_width, order=order if order == "auto" else int(order),
+                       clahe=(clip_limit, tiles) if method == "clahe" else None)
+    report = execute(step, pairs, outdir=outdir, batch=batch, quiet=quiet,
                      params=dict(ctx.params), on_result=contact,
                      default_manifest=not single_file)
     contact.write("compare", quiet)
     ctx.exit(report.exit_code)
 
-
-def figure_path(pair, output, outdir) -> Path:
-    """Where a figure goes: ``output`` when given (a single image), else ``OUTDIR/<rel>.png``."""
-    return output if output is not None else (outdir / pair.rel).with_suffix(".png")
-
-
-def compare_one(pair, *, output, outdir, **kwargs):
-    """One figure for ``pair`` (module level, so worker processes can run it)."""
-    return compare_pair(pair, figure_path(pair, output, outdir), **kwargs)

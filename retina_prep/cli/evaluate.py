@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from pathlib import Path
@@ -11,8 +10,9 @@ import click
 
 from ..evaluate import methods_for, summarize
 from ..normalize import DEFAULT_TARGET, KERNELS
-from ..pipeline import MaskSettings, evaluate_pair
+from ..pipeline import MaskSettings
 from ..reports import markdown_report, write_reports
+from ..steps import EvaluateStep
 from .options import FiniteRange, WindowType, mask_options
 from .runner import collect_pairs, execute, log, run_options
 
@@ -80,16 +80,14 @@ def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask_
     evaluations = []
 
     def keep(result):
-        ev = result.info.pop("evaluation", None)
+        ev = result.products.get("evaluation")
         if ev is not None:
             evaluations.append(ev)
 
     methods = methods_for((0, 1) if order == "both" else (int(order),), peers=peers)
-    step = functools.partial(evaluate_pair, window=window, kernel_name=kernel, target=target,
-                             methods=methods,
-                             mask_settings=mask_settings, labels=labels_arg)
-    report = execute("evaluate", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
-                     expected_outputs=lambda p: [], params=dict(ctx.params), on_result=keep)
+    step = EvaluateStep(window, kernel, target, tuple(methods), mask_settings, labels_arg)
+    report = execute(step, pairs, outdir=outdir, batch=batch, quiet=quiet,
+                     params=dict(ctx.params), on_result=keep)
     if batch.dry_run:
         return
     if not evaluations:

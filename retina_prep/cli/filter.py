@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-
 import click
 
 from ..core import KERNEL_NAMES, MODES
 from ..normalize import AUTO_WINDOW_FRACTION
-from ..pipeline import FilterSettings, MaskSettings, filter_outputs, filter_pair
+from ..pipeline import FilterSettings, MaskSettings
+from ..steps import FilterStep
 from .options import (
     FiniteRange,
     KernelSpec,
@@ -86,12 +85,9 @@ def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mas
         raise click.UsageError(str(exc)) from None
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
                           outdir=outdir, batch=batch, auto_mask=auto_mask)
-    step = functools.partial(filter_pair, outdir=outdir, settings=settings,
-                             mask_settings=mask_settings, output=output, geometry=geometry)
+    step = FilterStep(outdir, settings, mask_settings, output, geometry)
     with bounds_file(None if batch.dry_run else bounds) as rows:
-        report = execute("filter", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
-                         expected_outputs=lambda p: filter_outputs(p, outdir, settings, output,
-                                                                   geometry),
+        report = execute(step, pairs, outdir=outdir, batch=batch, quiet=quiet,
                          params={**ctx.params, "kernel": kernel_spec if isinstance(kernel_spec, str)
                                  else kernel_spec.name}, on_result=rows)
     ctx.exit(report.exit_code)

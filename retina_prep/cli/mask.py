@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
 
-from ..pipeline import MaskSettings, mask_outputs, mask_pair
+from ..pipeline import MaskSettings
+from ..steps import MaskStep
 from .options import mask_trim_options, output_opt
 from .runner import ContactSheet, collect_pairs, execute, run_options
 
@@ -52,10 +52,8 @@ def mask(ctx, inputs, outdir, erode, rim, sheet, overwrite, max_pixels, ignore_o
     pairs = collect_pairs(inputs, mask=None, mask_dir=None, mask_pattern=None,
                           outdir=outdir, batch=batch, auto_mask=True)
 
-    step = functools.partial(mask_pair, outdir=outdir, mask_settings=settings, overwrite=overwrite,
-                             thumb_width=240 if sheet is not None else None)
-    report = execute("mask", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
-                     expected_outputs=lambda p: mask_outputs(p, outdir), params=dict(ctx.params),
+    step = MaskStep(outdir, settings, overwrite, thumb_width=240 if sheet is not None else None)
+    report = execute(step, pairs, outdir=outdir, batch=batch, quiet=quiet, params=dict(ctx.params),
                      on_result=contact)
     contact.write("mask", quiet)
     ctx.exit(report.exit_code)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
@@ -21,13 +20,9 @@ from ..pipeline import (
     NORMALIZE_METHODS,
     MaskSettings,
     NormalizeSettings,
-    apply_geometry,
-    normalize_loaded,
-    normalize_outputs,
-    normalize_pair,
 )
 from ..pipeline import _check_output as check_output
-from ..pipeline import _load as load_with_fov  # (image, untrimmed FOV, mask, info)
+from ..steps import NormalizeStep
 from .options import (
     FiniteRange,
     RangeType,
@@ -234,14 +229,10 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask
                           outdir=[outdir, panels_dir], batch=batch, auto_mask=auto_mask)
     if panels_dir is not None and not batch.dry_run:
         panels_dir.mkdir(parents=True, exist_ok=True)
-    step = functools.partial(normalize_pair, outdir=outdir, settings=settings,
-                             mask_settings=mask_settings, panels_dir=panels_dir,
-                             panels_compare=panels_compare, output=output,
-                             panel_width=panel_width, geometry=geometry)
+    step = NormalizeStep(outdir, settings, mask_settings, output, panels_dir, panels_compare,
+                         panel_width, geometry)
     with bounds_file(None if batch.dry_run else bounds) as rows:
-        report = execute("normalize", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
-                         expected_outputs=lambda p: normalize_outputs(p, outdir, output, panels_dir,
-                                                                      geometry),
+        report = execute(step, pairs, outdir=outdir, batch=batch, quiet=quiet,
                          params=dict(ctx.params), on_result=rows)
     ctx.exit(report.exit_code)
 
@@ -268,26 +259,24 @@ def _one_image(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, ba
         except RetinaPrepError as exc:
             raise click.UsageError(str(exc)) from None
 
-    def step(pair):
-        # the same steps as normalize_pair: read, trim, normalize, then --crop and --resize
-        image, fov, mask, info = load_with_fov(pair, mask_settings, settings.value_range)
-        result, _, _ = normalize_loaded(image, mask, settings, info, pair.image)
-        result, _, _, _ = apply_geometry(pair, result, fov, mask, geometry, fill=settings.fill,
-                                         max_pixels=mask_settings.max_pixels)
-        return Result(pair, Status.DONE, warnings=info["warnings"],
-                      info={"data": output.encode(result)})
+    # the batch's own step, rendered: the image's bytes, nothing written
+    step = NormalizeStep(None, settings, mask_settings, output, geometry=geometry)
 
-    res = run_one(step, pairs[0])
+    def render(pair):
+        made = step.render(pair)
+        return Result(pair, Status.DONE, warnings=made.warnings, products={"data": made.data("image")})
+
+    res = run_one(render, pairs[0])
     if res.status != Status.DONE:
         raise click.ClickException(cli_wording(res))
     for w in res.warnings:  # one image: each warning in full (-q hides them, as everywhere)
         log(f"warning: {notice_wording(w)}", logging.WARNING)
     if path is not None:
-        write_bytes(path, res.info["data"], overwrite=output.overwrite)
+        write_bytes(path, res.products["data"], overwrite=output.overwrite)
         return
     out = sys.stdout.buffer
     try:
-        out.write(res.info["data"])
+        out.write(res.products["data"])
         out.flush()
     except BrokenPipeError:  # the reader went away (| head -c N): the image is cut, say so
         try:  # (and keep the interpreter's last flush from complaining again)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
 
 from ..errors import RetinaPrepError
-from ..pipeline import read_transforms, restore_outputs, restore_pair
+from ..pipeline import read_transforms
+from ..steps import RestoreStep
 from .options import format_opt, output_opt
 from .runner import collect_pairs, execute, run_options
 
@@ -56,9 +56,6 @@ def restore(ctx, inputs, outdir, source, interpolation, fmt, png_level, overwrit
         raise click.UsageError(str(exc)) from None
     pairs = collect_pairs(inputs, mask=None, mask_dir=None, mask_pattern=None, outdir=outdir,
                           batch=batch)
-    step = functools.partial(restore_pair, outdir=outdir, transforms=transforms,
-                             interpolation=interpolation, output=output, max_pixels=max_pixels)
-    report = execute("restore", pairs, step, outdir=outdir, batch=batch, quiet=quiet,
-                     expected_outputs=lambda p: restore_outputs(p, outdir, output),
-                     params=dict(ctx.params))
+    step = RestoreStep(outdir, transforms, interpolation, output, max_pixels)
+    report = execute(step, pairs, outdir=outdir, batch=batch, quiet=quiet, params=dict(ctx.params))
     ctx.exit(report.exit_code)

@@ -23,6 +23,7 @@ from ..errors import DatasetError, Notice, RetinaPrepError, printable
 from ..figures import contact_sheet
 from ..io import write_image
 from ..reports import BoundsFile
+from ..steps import Step
 from .options import (
     LOG,
     config_opt,
@@ -294,7 +295,8 @@ def collect_pairs(inputs, *, mask, mask_dir, mask_pattern, outdir, batch: BatchO
 
 
 class ContactSheet:
-    """Collects the thumbnails steps put in ``result.info["thumb"]`` and writes one contact sheet.
+    """Collects the thumbnails steps put in ``result.products["thumb"]`` and writes one contact
+    sheet.
 
     Pass the instance as ``on_result`` to :func:`execute`, then call :meth:`write`.
     An existing sheet is refused up front unless ``overwrite``.
@@ -307,7 +309,7 @@ class ContactSheet:
         self.tiles: list = []
 
     def __call__(self, result: Result) -> None:
-        thumb = result.info.pop("thumb", None)
+        thumb = result.products.get("thumb")
         if thumb is not None:
             self.tiles.append((str(result.pair.rel), thumb))
 
@@ -377,23 +379,25 @@ def _manifest_path(outdir: Path, batch: BatchOptions) -> Path:
 
 
 def execute(
-    command: str,
+    step: Step,
     pairs: list[Pair],
-    step: Callable[[Pair], Result],
     *,
     outdir: Path,
     batch: BatchOptions,
     quiet: bool,
-    expected_outputs: Callable[[Pair], list[Path]],
     params: dict,
     on_result: Callable[[Result], None] | None = None,
     default_manifest: bool = True,
 ) -> Report:
-    """Run ``step`` over ``pairs``: the one batch loop of every command.
+    """Run ``step`` (a :class:`~retina_prep.steps.Step`) over ``pairs``: the one batch loop of
+    every command; the outputs it lists for a pair are what the dry run, resume and output
+    checks see.
 
     Dry run, resume (--skip-existing), worker processes, progress bar,
     per-file error lines, the manifest and --print-outputs all live here.
     """
+    command = step.name
+    expected_outputs = step.output_list
     if batch.dry_run:
         # the columns of `retina-prep pairs`, with the full output paths instead of the names
         lines = ["image\tmask\tmask_source\toutputs"]
