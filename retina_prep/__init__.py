@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 #: names, so `import retina_prep` (and the command line's start-up) stays light.
 _LAZY = {
     "clahe": ("masked_clahe",),
-    "core": ("Kernel", "as_kernel", "as_mask", "box_kernel", "convolve", "gaussian_kernel",
-             "mask_weights", "masked_convolve", "masked_filter"),
+    "convolution": ("as_mask", "convolve", "mask_weights", "masked_convolve", "masked_filter"),
+    "kernels": ("Kernel", "as_kernel", "box_kernel", "gaussian_kernel"),
     "dataset": ("Pair", "find_mask", "find_pairs"),
     "errors": ("DatasetError", "ImageReadError", "MaskError", "NotAMaskError", "OutputExistsError",
                "RetinaPrepError"),
@@ -34,8 +34,9 @@ _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 
 #: Submodules reachable as attributes (``rp.geometry.to_original``) without importing them first.
-_SUBMODULES = ("core", "normalize", "fov", "io", "dataset", "geometry", "pipeline", "batch",
-               "evaluate", "figures", "metrics", "synthetic", "errors", "clahe", "presets")
+_SUBMODULES = ("core", "kernels", "convolution", "first_order", "normalize", "fov", "io",
+               "dataset", "geometry", "pipeline", "steps", "batch", "reports", "evaluate",
+               "figures", "metrics", "synthetic", "errors", "clahe", "presets")
 
 
 def __getattr__(name):
@@ -57,17 +58,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
     from .clahe import masked_clahe
-    from .core import (
-        Kernel,
-        as_kernel,
-        as_mask,
-        box_kernel,
-        convolve,
-        gaussian_kernel,
-        mask_weights,
-        masked_convolve,
-        masked_filter,
-    )
+    from .convolution import as_mask, convolve, mask_weights, masked_convolve, masked_filter
     from .dataset import Pair, find_mask, find_pairs
     from .errors import (
         DatasetError,
@@ -79,6 +70,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     )
     from .fov import binarize_mask, check_fov_mask, erode_mask, estimate_fov, fov_diameter, trim_rim
     from .io import read_image, read_mask, write_image
+    from .kernels import Kernel, as_kernel, box_kernel, gaussian_kernel
     from .normalize import (
         PreparedMask,
         image_range,

@@ -20,10 +20,11 @@ import cv2
 import numpy as np
 
 from .batch import run_batch
-from .core import box_kernel, convolve, gaussian_kernel, masked_convolve
+from .convolution import convolve, masked_convolve
 from .dataset import Pair, find_pairs
 from .io import encode_image, read_image, read_mask, write_image
-from .normalize import kernel_for, normalize_illumination, prepare_mask
+from .kernels import box_kernel, gaussian_kernel, make_kernel
+from .normalize import normalize_illumination, prepare_mask
 from .pipeline import MaskSettings, NormalizeSettings, OutputSettings, normalize_pair
 from .steps import Caches, NormalizeStep
 from .synthetic import synthetic_fundus
@@ -148,7 +149,7 @@ def _window_sums_only(img, mask, kernel):
     mask's five moments and the image's two per channel, as box filters over the margin band's
     padded blocks (inputs made beforehand; no products, no solve, no gathers): a floor for
     ``order1_ms`` that no arithmetic saving can go under."""
-    from .core import plane_geometry
+    from .first_order import plane_geometry
 
     m = mask > 0
     geometry = plane_geometry(m, kernel, where=m)
@@ -327,10 +328,10 @@ def fov_stage_rows(shape=(2336, 3504), repeat: int = 3):
 
 def gaussian_vs_box_row(shape=(2336, 3504), sigma: float = 80.0, box: int = 161, repeat: int = 3):
     """The kernels ``normalize --kernel gaussian --sigma S`` and ``--window B`` run (one rule,
-    :func:`~retina_prep.normalize.kernel_for`), through normalize_illumination on one image."""
+    :func:`~retina_prep.kernels.make_kernel`), through normalize_illumination on one image."""
     img, mask = _fundus(shape)
-    g = kernel_for("gaussian", None, sigma, mask)
-    b = kernel_for("mean", box, None, mask)
+    g = make_kernel("gaussian", None, sigma, mask=mask)
+    b = make_kernel("mean", box, None, mask=mask)
     tg = time_call(lambda: normalize_illumination(img, mask, kernel=g), repeat)
     tb = time_call(lambda: normalize_illumination(img, mask, kernel=b), repeat)
     return {"case": f"HRF, {g.name} vs box {box}",

@@ -22,7 +22,7 @@ import math
 import cv2
 import numpy as np
 
-from .core import dtype_scale
+from .convolution import dtype_scale
 
 __all__ = ["masked_clahe", "clahe_plane", "CLAHE_COLOURS", "DEFAULT_CLIP_LIMIT", "DEFAULT_TILES"]
 

@@ -13,8 +13,9 @@ import cv2
 import numpy as np
 
 from .clahe import masked_clahe
-from .core import gaussian_kernel, masked_convolve
+from .convolution import masked_convolve
 from .fov import _centroid, fov_diameter, margin_distance
+from .kernels import gaussian_kernel
 from .metrics import margin_bias_profile
 from .normalize import DEFAULT_TARGET, dtype_scale, normalize_illumination
 

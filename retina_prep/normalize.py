@@ -13,29 +13,32 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .core import (
-    DEFAULT_RIDGE,
-    Kernel,
-    PlaneGeometry,
+from .convolution import (
     _drop_pixels,
     _mean_divisor,
     _mean_parts,
     _MeanParts,
     _strips,
-    apply_plane,
-    as_kernel,
     as_mask,
     as_native,
     check_layout,
     dtype_scale,
     finite_pixels,
     masked_convolve,
-    named_kernel,
-    plane_geometry,
     set_where,
 )
 from .errors import ValueRangeError
-from .fov import fov_diameter
+from .first_order import DEFAULT_RIDGE, PlaneGeometry, apply_plane, plane_geometry
+from .kernels import (  # noqa: F401 (the kernel rule, where it always was)
+    AUTO_SIGMA_FRACTION,
+    AUTO_WINDOW_FRACTION,
+    KERNELS,
+    Kernel,
+    as_kernel,
+    check_kernel_args,
+    make_kernel,
+    resolve_window,
+)
 
 __all__ = [
     "METHODS",
@@ -47,7 +50,6 @@ __all__ = [
     "DEFAULT_TARGET",
     "resolve_window",
     "make_kernel",
-    "kernel_for",
     "check_kernel_args",
     "local_mean",
     "normalize_illumination",
@@ -70,136 +72,9 @@ DEFAULT_SCALE = 32.0
 #: ``method="standardize"``: the local standard deviation is floored at this (8-bit units).
 DEFAULT_STD_FLOOR = 2.0
 
-#: Local-mean kernels accepted by :func:`make_kernel`.
-KERNELS = ("mean", "gaussian")
-
-#: ``window="auto"``: the window is this fraction of the FOV diameter
-#: (21 px on DRIVE, whose field of view is about 540 px wide).
-AUTO_WINDOW_FRACTION = 0.04
-
 #: Default target level I0, in 8-bit units.
 DEFAULT_TARGET = 128.0
 
-
-
-def resolve_window(window, mask=None) -> int:
-    """Window size in pixels: an odd int, or ``"auto"`` (a fraction of the FOV diameter).
-
-    ``"auto"`` uses :data:`AUTO_WINDOW_FRACTION` of :func:`fov_diameter`
-    rounded to the nearest odd number (at least 3); it needs a mask.
-
-    Parameters
-    ----------
-    window : int or "auto"
-    mask : (H, W) bool array_like, optional
-        Needed for ``"auto"``.
-
-    Returns
-    -------
-    int
-        Odd, >= 1.
-
-    Examples
-    --------
-    >>> resolve_window(21)
-    21
-    """
-    if isinstance(window, str):
-        if window.strip().lower() != "auto":
-            try:
-                window = int(window)
-            except ValueError:
-                raise ValueError(
-                    f"window must be an odd number of pixels or 'auto', got {window!r}") from None
-        else:
-            if mask is None:
-                raise ValueError("window 'auto' needs a field-of-view mask")
-            size = AUTO_WINDOW_FRACTION * fov_diameter(mask)
-            return max(3, 2 * int(math.floor(size / 2)) + 1)
-    if isinstance(window, bool) or int(window) != window or window < 1 or int(window) % 2 == 0:
-        raise ValueError(f"window must be an odd number of pixels >= 1, got {window!r}")
-    return int(window)
-
-
-def make_kernel(kind: str = "mean", window: int = 51, sigma: float | None = None) -> Kernel:
-    """The local-mean kernel: ``"mean"`` (box ``window x window``) or ``"gaussian"``.
-
-    For ``"gaussian"`` the kernel is ``window`` pixels wide; ``sigma``
-    defaults to ``window / 2.5`` (the mask-convolution paper's size 50, sigma 20).
-
-    Parameters
-    ----------
-    kind : {"mean", "gaussian"}
-    window : int
-        Odd side in pixels.
-    sigma : float, optional
-
-    Returns
-    -------
-    Kernel
-
-    Examples
-    --------
-    >>> make_kernel("mean", 21).is_box
-    True
-    """
-    if kind not in KERNELS:
-        raise ValueError(f"unknown kernel {kind!r}; valid kernels: {', '.join(KERNELS)}")
-    return named_kernel(kind, size=window, sigma=sigma)
-
-
-#: ``sigma="auto"``: this fraction of the FOV diameter (R / 30, Ben Graham's scale).
-AUTO_SIGMA_FRACTION = 1.0 / 60.0
-
-
-def kernel_for(name: str, window=None, sigma: float | str | None = None, mask=None) -> Kernel:
-    """The kernel a command runs, by one rule for every command.
-
-    ``name`` is a kernel name (:data:`~retina_prep.core.KERNEL_NAMES`);
-    ``window`` an odd size in pixels, ``"auto"`` (a fraction of the FOV
-    diameter of ``mask``) or None. For ``mean`` and ``gaussian``:
-
-    - an explicit ``window`` sizes the kernel (a Gaussian is truncated to it);
-    - with no ``window``, a Gaussian with ``sigma`` spans ``2*ceil(3*sigma)+1``
-      pixels (large ones run on the pyramid path); everything else uses ``"auto"``.
-
-    Fixed kernels (sharpen, laplacian, sobel) take no window but their own
-    size; ``"auto"`` and None leave it. ``sigma="auto"`` (a Gaussian) is
-    :data:`AUTO_SIGMA_FRACTION` of the FOV diameter of ``mask``: R / 30, Ben
-    Graham's scale (sigma 10 for a radius of 300 px).
-    """
-    if isinstance(sigma, str):
-        if sigma.strip().lower() != "auto" or name != "gaussian":
-            raise ValueError(f"sigma must be a number of pixels (or 'auto' for the gaussian"
-                             f" kernel), got {sigma!r}")
-        if mask is None:
-            raise ValueError("sigma 'auto' is a fraction of the FOV diameter: it needs a mask")
-        sigma = AUTO_SIGMA_FRACTION * fov_diameter(mask)
-    if name in KERNELS:
-        if window is None and name == "gaussian" and sigma is not None:
-            return named_kernel(name, sigma=sigma)
-        size = resolve_window("auto" if window is None else window, mask)
-        return make_kernel(name, size, sigma)
-    if isinstance(window, str) and window.strip().lower() == "auto":
-        window = None
-    return named_kernel(name, size=None if window is None else resolve_window(window), sigma=sigma)
-
-
-def check_kernel_args(name: Kernel | str, window=None, sigma: float | str | None = None) -> None:
-    """Raise ``ValueError`` now if :func:`kernel_for` would refuse these arguments for any
-    image (an ``"auto"`` window, which needs the image's mask, is probed with a small size)."""
-    if not isinstance(name, str):  # a kernel given as such has its own size
-        if window is not None or sigma is not None:
-            raise ValueError("window and sigma apply to named kernels only")
-        return
-    auto = window is None or (isinstance(window, str) and window.strip().lower() == "auto")
-    sized_by_sigma = window is None and name == "gaussian" and sigma is not None
-    probe = 3 if auto and name in KERNELS and not sized_by_sigma else window
-    # (an "auto" sigma, which also needs the mask, is probed with a small one once its name
-    # and kernel are known to take it)
-    if isinstance(sigma, str) and sigma.strip().lower() == "auto" and name == "gaussian":
-        sigma = 1.0
-    kernel_for(name, probe, sigma)
 
 
 def parse_value_range(value) -> tuple[float, float]:
@@ -337,7 +212,7 @@ def prepare_mask(mask, *, window=None, kernel: Kernel | None = None, order: int 
         raise ValueError("give window or kernel, not both")
     if order not in ORDERS:
         raise ValueError(f"order must be 0 or 1, got {order!r}")
-    k = kernel_for("mean", window, None, m) if kernel is None else as_kernel(kernel)
+    k = make_kernel("mean", window, None, mask=m) if kernel is None else as_kernel(kernel)
     if not k.is_nonnegative:
         raise ValueError("a prepared mask needs a non-negative local-mean kernel")
     inverse, weights = _mean_divisor(m, k)
@@ -434,7 +309,7 @@ def normalize_illumination(
         For ``order=1``: how strongly thin windows' slopes are damped.
     gain : float
         For ``method="mean"``: ``I0 + gain * (I - mean)``. Ben Graham's preprocessing is
-        ``gain=4`` with a Gaussian of sigma R / 30 (``kernel_for("gaussian", sigma="auto",
+        ``gain=4`` with a Gaussian of sigma R / 30 (``make_kernel("gaussian", sigma="auto",
         mask=mask)``), here through masked convolution.
 
     Returns
@@ -488,8 +363,8 @@ def normalize_illumination(
         raise ValueError("give window or kernel, not both")
     if kernel is None:
         # mask None is the whole image: "auto" is then a fraction of the image's own size
-        kernel = kernel_for("mean", window, None,
-                            mask if mask is not None else np.ones(img.shape[:2], bool))
+        kernel = make_kernel("mean", window,
+                             mask=mask if mask is not None else np.ones(img.shape[:2], bool))
     in_lo, in_hi = image_range(img, value_range)
     if output_dtype is None:
         out_dtype, (out_lo, out_hi) = img.dtype, (in_lo, in_hi)

@@ -17,10 +17,11 @@ import numpy as np
 
 from .batch import Result
 from .clahe import CLAHE_COLOURS, DEFAULT_CLIP_LIMIT, DEFAULT_TILES, masked_clahe
-from .core import DEFAULT_RIDGE, MODES, Kernel, masked_filter
+from .convolution import MODES, masked_filter
 from .dataset import Pair, find_label
 from .errors import MaskError, Notice, OutputExistsError, RetinaPrepError
 from .figures import PANEL_WIDTH
+from .first_order import DEFAULT_RIDGE
 from .fov import (
     channel_max,
     check_fov_mask,
@@ -41,6 +42,7 @@ from .io import (
     read_mask,
     write_outputs,
 )
+from .kernels import Kernel, make_kernel
 from .normalize import (
     DEFAULT_SCALE,
     DEFAULT_TARGET,
@@ -49,7 +51,6 @@ from .normalize import (
     ORDERS,
     check_kernel_args,
     dtype_scale,
-    kernel_for,
     normalize_illumination,
     prepare_mask,
 )
@@ -471,7 +472,7 @@ def normalize_loaded(image, mask, settings: NormalizeSettings = NormalizeSetting
     ``mask_info`` (from :func:`load_pair`) decides ``order="auto"`` and gets any warning
     about image ``name`` (see :func:`resolve_order`). With ``caches``, a mask file's mask that
     earlier images used too is prepared once (its filters and plane geometry)."""
-    kernel = kernel_for(settings.kernel, settings.window, settings.sigma, mask)
+    kernel = make_kernel(settings.kernel, settings.window, settings.sigma, mask=mask)
     order = resolve_order(settings.order if settings.method == "mean" else 0, mask_info, name)
     if mask_info is not None and settings.value_range is None:
         few = _few_bits(image)
@@ -627,10 +628,10 @@ def mask_pair(pair: Pair, outdir, mask_settings: MaskSettings = MaskSettings(), 
 class FilterSettings:
     """Options of masked filtering (see :func:`~retina_prep.core.masked_filter`)."""
 
-    kernel: Kernel | str  # a Kernel, or a name sized by window/sigma per image (kernel_for)
+    kernel: Kernel | str  # a Kernel, or a name sized by window/sigma per image (make_kernel)
     mode: str = "normalized"
     ignore_mask: bool = False
-    window: int | str | None = None  # for named kernels: pixels, "auto", or None (kernel_for)
+    window: int | str | None = None  # for named kernels: pixels, "auto", or None (make_kernel)
     sigma: float | None = None
     offset: float | None = None  # 8-bit units; None: mid-gray for zero-sum kernels, else 0
     fill: float = 0.0
@@ -651,12 +652,6 @@ class FilterSettings:
         if self.dtype == "float32" and output.format != "tif":
             raise ValueError("float32 output needs format tif")
 
-    def kernel_for(self, mask) -> Kernel:
-        """The kernel for an image with FOV ``mask`` (a named kernel may be sized by it)."""
-        if isinstance(self.kernel, Kernel):
-            return self.kernel
-        return kernel_for(self.kernel, self.window, self.sigma, mask)
-
     def offset_for(self, kernel: Kernel) -> float:
         """The offset added to the result: mid-gray for zero-sum kernels unless given."""
         if self.offset is not None:
@@ -666,7 +661,7 @@ class FilterSettings:
 
 def filter_array(image, mask, settings: FilterSettings):
     """Filter one image as ``settings`` say; returns (output array, validity map, kernel)."""
-    kernel = settings.kernel_for(mask)
+    kernel = make_kernel(settings.kernel, settings.window, settings.sigma, mask=mask)
     result, validity = masked_filter(
         image, None if settings.ignore_mask else mask, kernel, mode=settings.mode, fill=0.0,
     )
@@ -763,7 +758,7 @@ def compare_pair(pair: Pair, out_path, *, kernel: Kernel | str = "gaussian", win
     :class:`~retina_prep.steps.CompareStep` run once.
 
     ``kernel`` is a :class:`Kernel`, or a kernel name sized by ``window`` and
-    ``sigma`` for this image (see :func:`~retina_prep.normalize.kernel_for`). With ``clahe``
+    ``sigma`` for this image (see :func:`~retina_prep.kernels.make_kernel`). With ``clahe``
     ``(clip_limit, tiles)``, the figure is :func:`clahe_columns` instead.
     """
     from .steps import CompareStep

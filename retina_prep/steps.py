@@ -33,7 +33,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .batch import Result, Status
-from .core import Kernel
 from .dataset import Pair, find_label
 from .errors import Notice, RetinaPrepError
 from .evaluate import METHODS as METHODS_EVALUATED
@@ -42,7 +41,8 @@ from .figures import PANEL_WIDTH, panel, thumbnail
 from .fov import LOW_CONFIDENCE
 from .geometry import Transform, to_original, warp
 from .io import DEFAULT_MAX_PIXELS, encode_image, read_image, write_outputs
-from .normalize import DEFAULT_TARGET, kernel_for, make_kernel, resolve_window
+from .kernels import Kernel, make_kernel, resolve_window
+from .normalize import DEFAULT_TARGET
 from .pipeline import (
     MASK_TEXT_KEY,
     MASK_TRIMMED,
@@ -392,7 +392,7 @@ class CompareStep(Step):
         image, _, mask, info = _load(pair, self.mask_settings, None, self.caches)
         kernel = self.kernel
         if not isinstance(kernel, Kernel):
-            kernel = kernel_for(kernel, self.window, self.sigma, mask)
+            kernel = make_kernel(kernel, self.window, self.sigma, mask=mask)
         if self.clahe is not None:
             cols = clahe_columns(image, mask, clip_limit=self.clahe[0], tiles=int(self.clahe[1]))
         elif self.normalize:

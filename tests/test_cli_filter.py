@@ -5,9 +5,10 @@ import pytest
 from click.testing import CliRunner
 
 from retina_prep.cli.main import cli
-from retina_prep.core import masked_filter, named_kernel
+from retina_prep.convolution import masked_filter
 from retina_prep.fov import feather_mask, margin_distance
 from retina_prep.io import read_image, read_mask, write_image
+from retina_prep.kernels import named_kernel
 from retina_prep.normalize import normalize_illumination
 from retina_prep.synthetic import synthetic_fundus
 

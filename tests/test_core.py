@@ -4,19 +4,14 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from retina_prep.core import (
-    MODES,
-    PATHS,
+from retina_prep.convolution import MODES, PATHS, convolve, mask_weights, masked_convolve, masked_filter
+from retina_prep.first_order import masked_plane_mean
+from retina_prep.kernels import (
     Kernel,
     as_kernel,
     box_kernel,
-    convolve,
     gaussian_kernel,
     laplacian_kernel,
-    mask_weights,
-    masked_convolve,
-    masked_filter,
-    masked_plane_mean,
     named_kernel,
     sharpen_kernel,
     sobel_kernel,
@@ -135,7 +130,8 @@ def test_pyramid_path_as_written_out(shape, sigma):
     partial cells, 1 px images); the public functions hand out contiguous arrays."""
     import cv2
 
-    from retina_prep.core import _gaussian_1d, _pyramid_filter
+    from retina_prep.convolution import _pyramid_filter
+    from retina_prep.kernels import _gaussian_1d
 
     src = np.random.default_rng(0).random(shape).astype(np.float32) * 255
     k = gaussian_kernel(sigma)

@@ -65,8 +65,8 @@ def test_signed_kernels_no_ring_at_drive_margin(drive, tmp_path):
 def test_order_one_bounds_on_all_drive_images(drive):
     """First order, official masks eroded 6 px: every band from 3 px inward within +-2 gray levels
     at box 21 and within +-3 up to box 51 (order 0 exceeds 3 beyond box 21)."""
-    from retina_prep.core import box_kernel
     from retina_prep.fov import erode_mask
+    from retina_prep.kernels import box_kernel
     from retina_prep.normalize import normalize_illumination
 
     items = []

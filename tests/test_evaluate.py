@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retina_prep.cli.main import cli
-from retina_prep.core import box_kernel
 from retina_prep.evaluate import evaluate_image, roc_auc, roc_curve, summarize
+from retina_prep.kernels import box_kernel
 from retina_prep.synthetic import synthetic_fundus
 
 from .conftest import REPO

@@ -6,7 +6,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import retina_prep as rp
-from retina_prep.core import box_kernel, gaussian_kernel, masked_convolve, masked_plane_mean
+from retina_prep.convolution import mask_weights, masked_convolve
+from retina_prep.first_order import masked_plane_mean
+from retina_prep.kernels import box_kernel, gaussian_kernel
 from retina_prep.synthetic import synthetic_fundus
 
 from .reference import plane_mean_ref
@@ -179,7 +181,7 @@ def test_cli_order_one_flattens_the_vignetted_margin(tmp_path):
 @given(seed=st.integers(0, 10_000), density=st.floats(0.01, 0.6),
        ry=st.integers(0, 12), rx=st.integers(0, 12))
 def test_band_blocks_cover_every_band_pixel_once(seed, density, ry, rx):
-    from retina_prep.core import _band_blocks
+    from retina_prep.first_order import _band_blocks
 
     rng = np.random.default_rng(seed)
     band = rng.random((rng.integers(1, 90), rng.integers(1, 90))) < density
@@ -257,11 +259,11 @@ def test_strip_blocks_and_one_block_agree(monkeypatch):
     rounding) all four ways."""
     import functools
 
-    import retina_prep.core as core
+    import retina_prep.first_order as core
 
     s = synthetic_fundus((700, 760), seed=6, vignette=0.6)
     k = box_kernel(61)
-    weights = core.mask_weights(s.mask, k)
+    weights = mask_weights(s.mask, k)
     zero = masked_convolve(s.image.astype(np.float32), s.mask, k, fill=None)
 
     def plane(img):
@@ -282,11 +284,11 @@ def test_large_blocks_leave_int32_for_float_without_overflow(monkeypatch):
     small blocks' exact integer one."""
     import functools
 
-    import retina_prep.core as core
+    import retina_prep.first_order as core
 
     s = synthetic_fundus((1200, 2400), seed=8, vignette=0.6)
     k = box_kernel(101)
-    weights = core.mask_weights(s.mask, k)
+    weights = mask_weights(s.mask, k)
     zero = masked_convolve(s.image.astype(np.float32), s.mask, k, fill=None)
 
     def plane():
@@ -306,7 +308,7 @@ def test_pyramid_gaussian_plane_blocks_match_whole_image(monkeypatch):
     tenth of a gray level of the exact Gaussian's plane."""
     import functools
 
-    import retina_prep.core as core
+    import retina_prep.first_order as core
 
     s = synthetic_fundus((1000, 1040), seed=9, vignette=0.6)
     img = s.image.astype(np.float32)
@@ -327,7 +329,7 @@ def test_pyramid_gaussian_plane_blocks_match_whole_image(monkeypatch):
 def test_prepared_plane_with_and_without_kept_coefficients(monkeypatch):
     """A prepared geometry keeps its coefficients replicated to the image's channels when they
     are small, else makes them block by block: the same output either way, image after image."""
-    import retina_prep.core as core
+    import retina_prep.first_order as core
 
     s = synthetic_fundus((300, 320), seed=12, vignette=0.5)
     direct = rp.normalize_illumination(s.image, s.mask, window=31, order=1)

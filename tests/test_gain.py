@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retina_prep.cli.main import cli
-from retina_prep.core import gaussian_kernel
 from retina_prep.fov import fov_diameter
-from retina_prep.normalize import AUTO_SIGMA_FRACTION, kernel_for, normalize_illumination
+from retina_prep.kernels import AUTO_SIGMA_FRACTION, gaussian_kernel, make_kernel
+from retina_prep.normalize import normalize_illumination
 
 from .reference import masked_convolve_ref
 
@@ -66,14 +66,14 @@ def test_gain_checks():
 
 def test_sigma_auto_is_the_fov_diameter_over_60():
     m = _disc(600, 700, 270)
-    k = kernel_for("gaussian", None, "auto", m)
+    k = make_kernel("gaussian", None, "auto", mask=m)
     want = AUTO_SIGMA_FRACTION * fov_diameter(m)
     assert math.isclose(want, 541 / 60, rel_tol=0.01)
     assert k.array.shape[0] == 2 * math.ceil(3 * want) + 1
-    ref = kernel_for("gaussian", None, want, m)
+    ref = make_kernel("gaussian", None, want, mask=m)
     assert np.allclose(k.array, ref.array)
     with pytest.raises(ValueError, match="sigma"):
-        kernel_for("mean", None, "auto", m)
+        make_kernel("mean", None, "auto", mask=m)
 
 
 def test_ben_graham_preset_end_to_end(tmp_path):

@@ -36,7 +36,7 @@ def test_gif_decoded_by_pillow_as_imageio_gives_it(tmp_path, kind, rng):
     its palette's mode, exactly as imageio reads it."""
     from PIL import Image
 
-    from retina_prep.io import _decode_by
+    from retina_prep.io.read import _decode_by
 
     a = rng.integers(0, 256, (30, 40), dtype=np.uint8)
     path = tmp_path / "x.gif"

@@ -161,7 +161,7 @@ def test_rounding_rule_exact_except_at_ties(seed, window, ignore, gaussian, dtyp
 def test_unmasked_fast_path_is_the_rectangle_normalized_mean(rng, kernel):
     """ignore_mask runs one plain filter, divided by the image rectangle's certainty near the
     edges only: the same as the general path with every pixel valid (filter2D)."""
-    from retina_prep.core import masked_convolve
+    from retina_prep.convolution import masked_convolve
 
     image = rng.integers(0, 256, (70, 83, 3)).astype(np.uint8)
     mask = np.ones((70, 83), bool)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..core import KERNEL_NAMES
 from ..io import IMAGE_EXTENSIONS
+from ..kernels import KERNEL_NAMES
 from ..pipeline import MaskSettings
 from ..steps import CompareStep
 from .options import (

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..core import KERNEL_NAMES, MODES
+from ..convolution import MODES
+from ..kernels import KERNEL_NAMES
 from ..normalize import AUTO_WINDOW_FRACTION
 from ..pipeline import FilterSettings, MaskSettings
 from ..steps import FilterStep

@@ -12,8 +12,8 @@ import click
 
 from ..batch import Result, Status, run_one
 from ..clahe import CLAHE_COLOURS
-from ..core import DEFAULT_RIDGE
 from ..errors import OutputExistsError, RetinaPrepError, printable
+from ..first_order import DEFAULT_RIDGE
 from ..io import IMAGE_EXTENSIONS, write_bytes
 from ..normalize import AUTO_WINDOW_FRACTION, DEFAULT_SCALE, DEFAULT_TARGET, KERNELS
 from ..pipeline import (

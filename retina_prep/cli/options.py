@@ -16,10 +16,10 @@ try:  # Python 3.11+
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from ..core import KERNEL_NAMES, as_kernel
 from ..errors import RetinaPrepError
 from ..figures import PANEL_WIDTH
 from ..io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, PNG_LEVELS, load_kernel
+from ..kernels import KERNEL_NAMES, as_kernel
 from ..normalize import check_kernel_args, parse_value_range, resolve_window
 from ..pipeline import AUTO_ERODE_FRACTION, RIM_CHOICES, GeometrySettings, parse_erode
 

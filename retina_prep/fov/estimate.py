@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..core import as_native, check_layout, gaussian_kernel, masked_convolve
+from ..convolution import as_native, check_layout, masked_convolve
 from ..errors import MaskError
+from ..kernels import gaussian_kernel
 from .masks import _disk, _largest_component, channel_max, fill_holes
 from .ring import _Run, _settle_ring
 

@@ -10,7 +10,7 @@ import warnings
 import cv2
 import numpy as np
 
-from ..core import dtype_scale
+from ..convolution import dtype_scale
 from ..errors import MaskError
 from .masks import _centroid, fov_diameter
 
