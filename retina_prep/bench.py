@@ -302,7 +302,7 @@ def clahe_row(shape=(2336, 3504), repeat: int = 3):
 def fov_stage_rows(shape=(2336, 3504), repeat: int = 3):
     """The FOV stage at HRF size against the JPEG decode it follows, and the default flow with
     no mask file (decode, estimate, rim trim, IN, PNG) against the decode + PNG-encode floor."""
-    from .fov import fov_estimate, trim_rim
+    from .fov import estimate_fov, trim_rim
 
     with tempfile.TemporaryDirectory() as tmpname:
         tmp = Path(tmpname)
@@ -312,8 +312,8 @@ def fov_stage_rows(shape=(2336, 3504), repeat: int = 3):
         pair = Pair(tmp / "im.jpg", None, "estimated", Path("im"))
         t = time_calls({
             "decode": lambda: read_image(tmp / "im.jpg"),
-            "estimate": lambda: fov_estimate(img),
-            "trim": lambda: trim_rim(img, fov_estimate(img).mask),
+            "estimate": lambda: estimate_fov(img, details=True),
+            "trim": lambda: trim_rim(img, estimate_fov(img, details=True).mask),
             "floor": lambda: _decode_encode([pair], tmp),
             "flow": lambda: normalize_pair(pair, tmp / "out", NormalizeSettings(),
                                            MaskSettings(auto_mask=True),

@@ -26,9 +26,9 @@ from .fov import (
     channel_max,
     check_fov_mask,
     erode_mask,
+    estimate_fov,
     feather_mask,
     fov_diameter,
-    fov_estimate,
     trim_rim,
 )
 from .geometry import fov_bounds, fov_transform, warp
@@ -356,7 +356,7 @@ def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings(), *,
         source = pair.mask_source
     else:
         try:
-            est = fov_estimate(image)
+            est = estimate_fov(image, details=True)
         except MaskError as exc:
             raise MaskError(exc.message, pair.image) from None
         mask = est.mask

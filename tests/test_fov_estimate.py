@@ -84,7 +84,7 @@ def test_padding_that_is_not_dark_is_background(colour, gray):
     """A disc padded with grey or white (exports, scans, preprocessed sets): once taken for a crop
     inside the FOV (the whole image, with full confidence). The padding is background, and so
     is its JPEG-noisy version; with a crossing of the border too."""
-    from retina_prep.fov import fov_estimate
+    from retina_prep.fov import estimate_fov
 
     for kw in ({}, dict(center=(0.5, 0.6), radius=0.5)):
         s = synthetic_fundus((480, 640), seed=3, background=0, **kw)
@@ -94,7 +94,7 @@ def test_padding_that_is_not_dark_is_background(colour, gray):
                            cv2.IMREAD_UNCHANGED)
         if gray:
             img = img[..., 1]
-        est = fov_estimate(img)
+        est = estimate_fov(img, details=True)
         assert not est.whole_image
         assert iou(est.mask, s.mask) >= 0.98, (colour, gray, kw, iou(est.mask, s.mask))
 
@@ -183,10 +183,10 @@ HARD = {
 
 @pytest.mark.parametrize("name", list(HARD))
 def test_hard_cameras(name):
-    from retina_prep.fov import fov_estimate
+    from retina_prep.fov import estimate_fov
 
     s = _case(HARD[name])
-    est = fov_estimate(s.image)
+    est = estimate_fov(s.image, details=True)
     assert iou(est.mask, s.mask) >= 0.99, name
     assert not est.low_confidence, est.confidence
     # nothing of the dark quarter is lost beyond the blur of its edge
@@ -194,10 +194,10 @@ def test_hard_cameras(name):
 
 
 def test_dark_quarter_is_filled_up_to_the_circle():
-    from retina_prep.fov import fov_estimate
+    from retina_prep.fov import estimate_fov
 
     s = synthetic_fundus((584, 565), seed=3, noise=2.0, dark_sector=0.07)
-    est = fov_estimate(s.image)
+    est = estimate_fov(s.image, details=True)
     assert est.filled > 0.1 * s.mask.sum() and est.circle is not None
     cx, cy, r = est.circle
     true_r = 0.46 * 565
@@ -206,22 +206,22 @@ def test_dark_quarter_is_filled_up_to_the_circle():
 
 def test_unfillable_dark_part_gives_low_confidence():
     """A square field of view (no circle to fit) with a dark quarter: the mask cannot be trusted."""
-    from retina_prep.fov import fov_estimate
+    from retina_prep.fov import estimate_fov
 
     rng = np.random.default_rng(0)
     img = np.zeros((500, 500), np.float32)
     img[50:450, 50:450] = 170
     img[250:450, 250:450] = 12
     img = np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
-    est = fov_estimate(img)
+    est = estimate_fov(img, details=True)
     assert est.low_confidence
 
 
 def test_flat_cuts_stay_straight():
-    from retina_prep.fov import fov_estimate, trim_rim
+    from retina_prep.fov import estimate_fov, trim_rim
 
     s = synthetic_fundus((1168, 1752), seed=3, noise=2.0, cut=0.8, radius=0.55)
-    est = fov_estimate(s.image)
+    est = estimate_fov(s.image, details=True)
     m = trim_rim(s.image, est.mask)
     # rows of the top cut: the first FOV row in each column over the straight part is one row
     cols = np.nonzero(s.mask.any(axis=0))[0]
@@ -275,3 +275,16 @@ def test_fov_diameter_matches_a_numpy_reference(seed):
     want = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1, 2 * np.sqrt(ys.size / np.pi))
     assert fov_diameter(m) == pytest.approx(want)
     assert fov_diameter(m.astype(np.uint8) * 255) == pytest.approx(want)
+
+
+def test_one_name_for_the_estimate():
+    from retina_prep.fov import FovEstimate, estimate_fov
+    from retina_prep.fov.estimate import fov_estimate
+
+    s = synthetic_fundus((220, 230), seed=4)
+    est = estimate_fov(s.image, details=True)
+    assert isinstance(est, FovEstimate)
+    np.testing.assert_array_equal(est.mask, estimate_fov(s.image))
+    with pytest.warns(DeprecationWarning, match="details=True"):
+        old = fov_estimate(s.image)
+    np.testing.assert_array_equal(old.mask, est.mask)

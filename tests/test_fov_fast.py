@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retina_prep.fov import _centroid, _margin_rings, fov_estimate, margin_distance, trim_rim
+from retina_prep.fov import _centroid, _margin_rings, estimate_fov, margin_distance, trim_rim
 
 
 def _brute_rings(m, depth):
@@ -63,7 +63,7 @@ def test_reduced_estimate_is_exact_on_a_crisp_disc(shape, cut):
     truth = _disc(h, w, h / 2 + 0.3, w / 2 - 0.2, 0.47 * min(h, w) if not cut else 0.56 * min(h, w))
     img = np.zeros((h, w, 3), np.uint8)
     img[truth] = (190, 95, 40)
-    est = fov_estimate(img)
+    est = estimate_fov(img, details=True)
     assert np.array_equal(est.mask, truth), ((est.mask & ~truth).sum(), (truth & ~est.mask).sum())
 
 
@@ -78,7 +78,7 @@ def test_reduced_estimate_keeps_a_notch_and_a_straight_cut():
     truth[ys[notch], xs[notch]] = False
     img = np.zeros((h, w, 3), np.uint8)
     img[truth] = (180, 90, 30)
-    est = fov_estimate(img).mask
+    est = estimate_fov(img, details=True).mask
     assert (est ^ truth).sum() <= 0.002 * truth.sum(), ((est & ~truth).sum(), (truth & ~est).sum())
     # (the pixels along the notch's sides lie between a ray through it and one beside it)
     assert est[ys[notch], xs[notch]].mean() <= 0.05
@@ -112,7 +112,7 @@ def test_scanned_slide_frame_is_not_taken_in(shape, seed):
     from retina_prep.synthetic import synthetic_fundus
 
     s = synthetic_fundus(shape, seed=seed, frame="slide", cut=0.85, radius=0.5)
-    est = fov_estimate(s.image)
+    est = estimate_fov(s.image, details=True)
     inter = (est.mask & s.mask).sum()
     assert inter / (est.mask | s.mask).sum() >= 0.995
     assert est.confidence >= 0.85
@@ -123,7 +123,7 @@ def test_uneven_coloured_frame(shape):
     from retina_prep.synthetic import synthetic_fundus
 
     s = synthetic_fundus(shape, seed=4, frame="colour")
-    est = fov_estimate(s.image)
+    est = estimate_fov(s.image, details=True)
     assert (est.mask & s.mask).sum() / (est.mask | s.mask).sum() >= 0.995
 
 
@@ -162,7 +162,7 @@ def test_confidence_is_high_on_good_masks(case):
         s = synthetic_fundus(shape, seed=1, frame=kind, cut=0.85 if kind == "slide" else None,
                              radius=0.5 if kind == "slide" else 0.46)
         img, truth = s.image, s.mask
-    est = fov_estimate(img)
+    est = estimate_fov(img, details=True)
     assert _iou(est.mask, truth) >= 0.98
     assert est.confidence >= 0.85, est.confidence
     if kind == "wedge":  # the estimate leaves out the dim wedge, and says so (a little)
@@ -181,7 +181,7 @@ def test_confidence_is_low_on_bad_masks(monkeypatch, shape, seed):
 
     monkeypatch.setattr(fov_estimate_module, "_frame_top", lambda v, bg, sigma: -math.inf)
     s = synthetic_fundus(shape, seed=seed, frame="slide", cut=0.85, radius=0.5)
-    est = fov.fov_estimate(s.image)
+    est = fov.estimate_fov(s.image, details=True)
     assert _iou(est.mask, s.mask) < 0.95
     assert est.low_confidence, est.confidence
 
@@ -219,5 +219,5 @@ def test_reduced_estimate_on_every_layout(kind):
                      }[kind]
         s = synthetic_fundus(shape, **kw)
         img, truth = s.image, s.mask
-    est = fov_estimate(img)
+    est = estimate_fov(img, details=True)
     assert _iou(est.mask, truth) >= 0.999 and not est.low_confidence

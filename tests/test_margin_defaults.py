@@ -282,10 +282,10 @@ def test_low_confidence_is_one_warning_line_naming_the_images(tmp_path, monkeypa
     import retina_prep.pipeline as pl
     from retina_prep.fov import FovEstimate
 
-    real = pl.fov_estimate
+    real = pl.estimate_fov
     scores = iter([0.5, 0.7])
-    monkeypatch.setattr(pl, "fov_estimate",
-                        lambda image: FovEstimate(real(image).mask, next(scores)))
+    monkeypatch.setattr(pl, "estimate_fov",
+                        lambda image, details: FovEstimate(real(image), next(scores)))
     for i in range(2):
         s = synthetic_fundus((200, 210), seed=i, background=3)
         write_image(tmp_path / "in" / f"e{i}.png", s.image)

@@ -87,7 +87,6 @@ __all__ = [
     "binarize_mask",
     "erode_mask",
     "estimate_fov",
-    "fov_estimate",
     "FovEstimate",
     "LOW_CONFIDENCE",
     "fov_diameter",

@@ -1,4 +1,4 @@
-"""The field of view estimated from the image alone (:func:`fov_estimate`): the frame and
+"""The field of view estimated from the image alone (:func:`estimate_fov`): the frame and
 background, the edge threshold, the RANSAC circle, the dark-sector fill, the edge settled by
 its own pixels, and the confidence.
 """
@@ -6,7 +6,9 @@ its own pixels, and the confidence.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import cv2
 import numpy as np
@@ -247,40 +249,6 @@ class FovEstimate:
 LOW_CONFIDENCE = 0.85
 
 
-def estimate_fov(image, *, edge_fraction: float = EDGE_FRACTION,
-                 threshold: float | None = None) -> np.ndarray:
-    """Estimate the field-of-view mask of a fundus photograph from the image alone.
-
-    The mask of :func:`fov_estimate`; see there for the method.
-
-    Parameters
-    ----------
-    image : (H, W) or (H, W, C) array_like
-    edge_fraction : float
-        Where the edge is placed between background (0) and disc (1).
-    threshold : float, optional
-        A fixed threshold on the brightest channel instead.
-
-    Returns
-    -------
-    (H, W) bool ndarray, one filled connected region.
-
-    Raises
-    ------
-    MaskError
-        If no field of view is found.
-
-    Examples
-    --------
-    >>> from retina_prep.synthetic import synthetic_fundus
-    >>> s = synthetic_fundus((300, 280))
-    >>> m = estimate_fov(s.image)
-    >>> bool((m & s.mask).sum() / (m | s.mask).sum() > 0.98)
-    True
-    """
-    return fov_estimate(image, edge_fraction=edge_fraction, threshold=threshold).mask
-
-
 def _fit_circle(x: np.ndarray, y: np.ndarray):
     """Least-squares (Kasa) circle through points: (cx, cy, r) or None."""
     a = np.column_stack([x, y, np.ones_like(x)])
@@ -362,9 +330,18 @@ def _contour_points(m: np.ndarray, margin: int = 2):
     return np.nonzero(edge)
 
 
-def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
-                 threshold: float | None = None) -> FovEstimate:
-    """Estimate the field of view of a fundus photograph from the image alone, with a confidence.
+@overload
+def estimate_fov(image, *, edge_fraction: float = ..., threshold: float | None = ...,
+                 details: Literal[False] = ...) -> np.ndarray: ...
+@overload
+def estimate_fov(image, *, edge_fraction: float = ..., threshold: float | None = ...,
+                 details: Literal[True]) -> FovEstimate: ...
+def estimate_fov(image, *, edge_fraction: float = EDGE_FRACTION, threshold: float | None = None,
+                 details: bool = False) -> np.ndarray | FovEstimate:
+    """Estimate the field of view of a fundus photograph from the image alone.
+
+    Returns the mask, or with ``details=True`` a :class:`FovEstimate`: the mask with its
+    confidence, the fitted circle and what was filled in.
 
     1. The brightest channel (robust to colour casts; the red channel of a
        fundus image is rarely dark) is smoothed. The background level and
@@ -404,16 +381,42 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
         Position of the edge between background (0) and disc (1) levels.
     threshold : float, optional
         A fixed threshold on the brightest channel instead of steps 1-3.
+    details : bool
+        Return the :class:`FovEstimate` instead of the mask alone.
 
     Returns
     -------
-    FovEstimate
+    (H, W) bool ndarray, one filled connected region; or FovEstimate with ``details``.
 
     Raises
     ------
     MaskError
         If no field of view is found.
+
+    Examples
+    --------
+    >>> from retina_prep.synthetic import synthetic_fundus
+    >>> s = synthetic_fundus((300, 280))
+    >>> m = estimate_fov(s.image)
+    >>> bool((m & s.mask).sum() / (m | s.mask).sum() > 0.98)
+    True
+    >>> estimate_fov(s.image, details=True).confidence
+    1.0
     """
+    est = _estimate(image, edge_fraction, threshold)
+    return est if details else est.mask
+
+
+def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
+                 threshold: float | None = None) -> FovEstimate:
+    """Deprecated: ``estimate_fov(image, details=True)``."""
+    warnings.warn("fov_estimate(image) is estimate_fov(image, details=True)", DeprecationWarning,
+                  stacklevel=2)
+    return _estimate(image, edge_fraction, threshold)
+
+
+def _estimate(image, edge_fraction: float, threshold: float | None) -> FovEstimate:
+    """The estimate of :func:`estimate_fov`."""
     img = as_native(image)
     check_layout(img)
     if img.ndim == 3 and img.shape[-1] in (2, 4):
@@ -444,7 +447,7 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
     return FovEstimate(m, confidence, circle, residual, est.filled * k * k)
 
 
-#: fov_estimate: images whose short side is at least this are estimated on a reduced copy
+#: estimate_fov: images whose short side is at least this are estimated on a reduced copy
 #: (short side 300-450 px) and settled at full resolution in a ring around the edge.
 REDUCED_SIDE = 600
 
@@ -464,7 +467,7 @@ def _reduced(img: np.ndarray, k: int) -> np.ndarray:
 
 
 def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None) -> _Run:
-    """:func:`fov_estimate` at the image's own resolution, with the maps it used."""
+    """:func:`estimate_fov` at the image's own resolution, with the maps it used."""
     vi = channel_max(img)
     v = vi.astype(np.float32)
     if img.dtype.kind == "f" and not np.isfinite(v).all():
