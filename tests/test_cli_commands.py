@@ -203,3 +203,26 @@ def test_presets_by_name_from_any_folder(tmp_path, monkeypatch):
     assert r.exit_code == 0 and "window = 41" in r.output
     r = invoke("normalize", "eye.png", "-o", "out2", "--config", "drvie")
     assert r.exit_code == 2 and "no preset of that name (presets: ben-graham, default, drive)" in r.output
+
+
+def test_help_lists_every_command_as_click_would_without_importing_them():
+    import subprocess
+    import sys
+
+    from retina_prep.cli.main import COMMANDS, cli
+
+    code = ("import sys; sys.argv = ['retina-prep', '--help']\n"
+            "from retina_prep.cli.entry import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('cv2', 'numpy', 'retina_prep.pipeline') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in out.stdout, out.stdout[-300:]
+    # the lines --help reads from the source are the ones click makes from the commands
+    ctx = cli.make_context("retina-prep", [], resilient_parsing=True)
+    for name in COMMANDS:
+        cmd = cli.get_command(ctx, name)
+        want = cmd.get_short_help_str(ctx.make_formatter().width - 6 - max(map(len, COMMANDS)))
+        assert f"  {name} " in out.stdout
+        line = next(x for x in out.stdout.splitlines() if x.startswith(f"  {name} "))
+        assert line.split(None, 1)[1] == want, name

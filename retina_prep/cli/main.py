@@ -6,15 +6,14 @@ import importlib
 import warnings
 
 import click
-import cv2
 
 from .. import __version__
 from .entry import set_quiet_env
-from .options import setup_logging
 
-#: Command name -> (module, attribute). A command's module is imported only when it runs (or
-#: when --help lists the commands), so `retina-prep normalize` does not pay for `bench`.
-COMMANDS = {
+#: Command name -> (module, attribute). A command's module is imported only when it runs, so
+#: `retina-prep normalize` does not pay for `bench`; `--help` reads the commands' first lines
+#: from their source, so listing them imports none.
+COMMANDS: dict[str, tuple[str, str]] = {
     "normalize": ("normalize", "normalize"),
     "mask": ("mask", "mask"),
     "filter": ("filter", "filter_cmd"),
@@ -27,11 +26,34 @@ COMMANDS = {
 }
 
 
+def _first_line(module: str, attr: str, limit: int) -> str:
+    """The first sentence of the docstring of the function ``attr`` in the command's module,
+    read from its source (shortened as click shortens help)."""
+    import ast
+    from pathlib import Path
+
+    source = (Path(__file__).parent / f"{module}.py").read_text(encoding="utf-8")
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef) and node.name == attr:
+            doc = ast.get_docstring(node) or ""
+            return click.Command(attr, help=doc).get_short_help_str(limit)
+    return ""
+
+
 class LazyGroup(click.Group):
     """A group whose commands are imported on first use."""
 
     def list_commands(self, ctx):
         return list(COMMANDS)
+
+    def format_commands(self, ctx, formatter):
+        """The command list of --help from each command's first docstring line, read without
+        importing it (the commands import NumPy and OpenCV: half a second)."""
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)  # (as click's)
+        rows = [(name, _first_line(COMMANDS[name][0], COMMANDS[name][1], limit))
+                for name in COMMANDS]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def get_command(self, ctx, cmd_name):
         if cmd_name not in COMMANDS:
@@ -51,6 +73,8 @@ def cli():
       retina-prep normalize sample_data -o out
       retina-prep mask photos/ -o masks --sheet masks/sheet.png
     """
+    from .options import setup_logging
+
     _silence_libraries()
     setup_logging()
 
@@ -58,6 +82,8 @@ def cli():
 def _silence_libraries() -> None:
     """One line per file: OpenCV's [WARN]/[ERROR] log lines and library warnings are not shown
     (the error they lead to is). Worker processes inherit it through the environment."""
+    import cv2
+
     set_quiet_env()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     warnings.simplefilter("ignore")
