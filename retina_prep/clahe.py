@@ -214,6 +214,14 @@ def masked_clahe(image, mask=None, *, clip_limit: float = DEFAULT_CLIP_LIMIT,
     Returns
     -------
     ndarray of the image's shape and dtype.
+
+    Examples
+    --------
+    >>> from retina_prep.synthetic import synthetic_fundus
+    >>> s = synthetic_fundus((200, 210))
+    >>> out = masked_clahe(s.image, s.mask, clip_limit=2.0, tiles=8)
+    >>> out.shape == s.image.shape, int(out[~s.mask].max())  # outside the FOV: the fill
+    (True, 0)
     """
     img = np.asarray(image)
     if img.dtype not in (np.uint8, np.uint16):

@@ -168,7 +168,19 @@ def _dtype_range(dtype) -> tuple[float, float]:
 @dataclass(frozen=True, eq=False)
 class PreparedMask:
     """A field-of-view mask with everything :func:`normalize_illumination` derives from the mask
-    alone, computed once (see :func:`prepare_mask`): pass it as the ``mask`` of many images."""
+    alone, computed once (see :func:`prepare_mask`): pass it as the ``mask`` of many images.
+
+    Attributes
+    ----------
+    mask : (H, W) bool or float32 ndarray
+    kernel : Kernel
+    order : {0, 1}
+    ridge : float
+    inverse : (H, W) float32 ndarray
+        ``sum(K) / (M conv K)``: the local mean's divisor.
+    plane : PlaneGeometry or None
+        The margin band's plane coefficients (``order=1``).
+    """
 
     mask: np.ndarray = field(repr=False)
     kernel: Kernel
@@ -319,7 +331,23 @@ def normalize_illumination(
     Notes
     -----
     Channels are normalized independently with the same kernel and mask.
-    Integer outputs are rounded to the nearest integer.
+    Integer outputs are rounded to the nearest integer. In formulas, with ``K`` the kernel,
+    ``M`` the mask and ``I0 = target``:
+
+        mean = ((I M) conv K) / (M conv K),    out = I0 + gain * (I - mean)
+
+    (the mask-convolution paper, eq. 5-6 and 8-9); ``order=1`` replaces the mean by the
+    plane fitted to each window.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from retina_prep.synthetic import synthetic_fundus
+    >>> s = synthetic_fundus((200, 210), seed=1)
+    >>> out = normalize_illumination(s.image, s.mask, window=21)
+    >>> inside = out[s.mask]
+    >>> bool(abs(float(np.median(inside)) - 128) < 6), int(out[~s.mask].max())
+    (True, 0)
     """
     for name, value in (("target", target), ("fill", fill)):
         if not (isinstance(value, (int, float, np.number)) and math.isfinite(value)
