@@ -176,9 +176,10 @@ def _worker_init():
     cv2.setNumThreads(1)
     # Ctrl-C goes to the whole process group: the parent stops the workers, which stay quiet
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # a SIGTERM to a worker unwinds quietly (SystemExit prints no traceback), so atomic writes
-    # remove their temporary files
-    signal.signal(signal.SIGTERM, _exit_quietly)
+    # between steps a SIGTERM ends the worker at once (the default action, which the kernel
+    # carries out whichever thread the signal reaches); during a step it unwinds the step
+    # (see _run_in_worker)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # dying with the parent was arranged when the fork server forked this process
 
 
@@ -187,13 +188,20 @@ def _exit_quietly(signum, frame):
 
 
 def _run_in_worker(step, pair) -> Result:
-    """:func:`run_one` in a pool worker. A SIGTERM (or the parent's death) unwinds the step, so
-    atomic writes remove their temporaries, and then ends the process: the pool machinery would
-    otherwise catch the SystemExit and keep the worker alive."""
+    """:func:`run_one` in a pool worker. A SIGTERM (or the parent's death) during the step
+    unwinds it quietly (SystemExit prints no traceback), so atomic writes remove their
+    temporaries, and then ends the process: the pool machinery would otherwise catch the
+    SystemExit and keep the worker alive. Between steps the default action ends the worker:
+    a Python handler runs only when the main thread next runs Python code, and a worker idle
+    on the pool's queue whose signal reached another thread (a library's) slept on, orphaned,
+    holding the resource tracker's pipe (about one run in 25)."""
+    signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         return run_one(step, pair)
     except SystemExit as exc:
         os._exit(exc.code if isinstance(exc.code, int) else 1)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run_isolated(new_pool, step, pair: Pair, attempts: int = 2) -> Result:
@@ -217,7 +225,8 @@ def _run_isolated(new_pool, step, pair: Pair, attempts: int = 2) -> Result:
 
 
 def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: int = 1,
-              finished_on_stop: list | None = None) -> Generator[Result, None, None]:
+              finished_on_stop: list | None = None,
+              lost_on_stop: list | None = None) -> Generator[Result, None, None]:
     """Run ``step`` on every pair, yielding a :class:`Result` for each, in input order.
 
     ``step`` returns a Result with status ``done``; any exception it raises
@@ -227,12 +236,20 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
     results still come in input order. Interrupting the iteration (or closing
     the generator) stops the workers; the results of images that workers had
     already finished, whose outputs therefore exist, are appended to
-    ``finished_on_stop`` so the caller can still record them.
+    ``finished_on_stop`` so the caller can still record them; the pairs in flight whose results
+    did not come back (a worker stopped between writing and reporting, or its report still in
+    the pool's queue) to ``lost_on_stop``.
     """
     pairs = list(pairs)
     if jobs <= 1 or len(pairs) <= 1:
         for pair in pairs:
-            yield run_one(step, pair)
+            try:
+                result = run_one(step, pair)
+            except BaseException:  # stopped in the step: it may have written its outputs
+                if lost_on_stop is not None:
+                    lost_on_stop.append(pair)
+                raise
+            yield result
         return
     ctx = mp_context()
     start_helpers(ctx)
@@ -258,8 +275,10 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
                 futures.append((nxt, fut))
 
         refill()
+        # an item leaves `futures` only once its result is in hand, just before it is yielded:
+        # a stop at any other moment finds it there (finished, or lost: see below)
         while futures:
-            pair, fut = futures.popleft()
+            pair, fut = futures[0]
             try:
                 if fut is None:
                     raise BrokenProcessPool("a worker died")
@@ -269,23 +288,24 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
                 # flight is lost with the pool. Those that had finished keep their results;
                 # the others run again one at a time, each in a pool of its own, so only an
                 # image that kills its worker again fails; then a new pool takes the rest.
-                lost = [(pair, fut)] + list(futures)
-                futures.clear()
                 # (no cancelling: the pool's manager thread is failing those futures itself, and
                 # cancelling one under it raises there on Python < 3.12, gh-107219)
                 pool.shutdown(wait=True)
-                for p, f in lost:
+                while futures:
+                    p, f = futures[0]
                     if f is not None and f.done() and not f.cancelled() and f.exception() is None:
-                        yield f.result()
+                        again = f.result()
                     else:
-                        yield _run_isolated(new_pool, step, p)
+                        again = _run_isolated(new_pool, step, p)
+                    futures.popleft()
+                    yield again
                 pool = new_pool(min(jobs, len(pairs)))
                 refill()
                 continue
+            futures.popleft()
             refill()
             yield result
     except BaseException:
-        inflight = [f for _, f in futures if f is not None]
         # the workers are stopped, not their tasks cancelled: the pool then fails every task
         # still pending itself (cancelling a future while its manager thread fails it raises
         # there on Python < 3.12 and prints a traceback: gh-107219)
@@ -293,10 +313,12 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
             if proc.is_alive():
                 proc.terminate()  # SIGTERM: workers unwind and clean up
         pool.shutdown(wait=True)
-        if finished_on_stop is not None:
-            for f in inflight:
-                if f.done() and not f.cancelled() and f.exception() is None:
+        for p, f in list(futures):
+            if f is not None and f.done() and not f.cancelled() and f.exception() is None:
+                if finished_on_stop is not None:
                     finished_on_stop.append(f.result())
+            elif lost_on_stop is not None:
+                lost_on_stop.append(p)
         raise
     else:
         pool.shutdown(wait=True)
@@ -535,6 +557,23 @@ class Batch:
     def manifest_error(self) -> str | None:
         return None if self._manifest is None else self._manifest.error
 
+    def _written_before_stop(self, lost: list[Pair], started: float) -> list[Result]:
+        """Images stopped in flight whose every output was written in this run (a worker
+        stopped after writing them, before its result came back): done, so that every output
+        that exists is recorded. Writes are atomic, so a file in place is complete."""
+        done = []
+        for p in lost:
+            outs = self.outputs_of(p)
+            try:
+                fresh = bool(outs) and all(o.is_file() and o.stat().st_mtime >= started - 0.01
+                                           for o in outs)
+            except OSError:
+                fresh = False
+            if fresh:
+                done.append(Result(p, Status.DONE, outputs=outs,
+                                   info={"recorded": "after the run was stopped, from its files"}))
+        return done
+
     def _record(self, result: Result) -> None:
         if self._manifest is not None:
             self._manifest.image(result)
@@ -546,14 +585,17 @@ class Batch:
             for r in self.decided:
                 self._record(r)
                 yield r
+            started = time.time()
+            lost: list[Pair] = []
             results = run_batch(self.todo, self.step, jobs=self.jobs,
-                                finished_on_stop=self.finished_on_stop)
+                                finished_on_stop=self.finished_on_stop, lost_on_stop=lost)
             try:
                 for r in results:
                     self._record(r)
                     yield r
             except BaseException:
                 results.close()  # stop the workers; what they had finished is recorded
+                self.finished_on_stop += self._written_before_stop(lost, started)
                 for r in self.finished_on_stop:
                     self._record(r)
                 raise

@@ -339,8 +339,15 @@ def _describe_process(pid: int) -> str:
         status = open(f"/proc/{pid}/status").read().splitlines()
     except OSError:
         return f"{pid} (gone)"
-    keep = [x for x in status if x.split(":")[0] in ("State", "PPid", "SigBlk", "SigIgn", "SigCgt")]
-    return f"{pid} {cmd} {' '.join(keep)}"
+    keep = [x for x in status if x.split(":")[0] in ("State", "PPid", "SigBlk", "SigIgn", "SigCgt",
+                                                     "Threads")]
+    extra = []
+    for name in ("wchan", "syscall"):
+        try:
+            extra.append(f"{name}={open(f'/proc/{pid}/{name}').read().strip()}")
+        except OSError:
+            pass
+    return f"{pid} {cmd} {' '.join(keep)} {' '.join(extra)}"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
