@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
@@ -180,11 +181,27 @@ def _worker_init():
     # carries out whichever thread the signal reaches); during a step it unwinds the step
     # (see _run_in_worker)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.unraisablehook = _unraisable
     # dying with the parent was arranged when the fork server forked this process
 
 
+_stopping = False  # in a worker: a SIGTERM came during a step
+
+
 def _exit_quietly(signum, frame):
+    global _stopping
+    _stopping = True
     raise SystemExit(128 + signum)
+
+
+def _unraisable(unraisable) -> None:
+    """In a worker: a SIGTERM whose SystemExit was raised inside a callback that cannot raise
+    (a weakref callback of the import machinery, a ``__del__``) is sent again, to unwind the
+    step from its next line, instead of being printed and lost."""
+    if _stopping and isinstance(unraisable.exc_value, SystemExit):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _run_in_worker(step, pair) -> Result:

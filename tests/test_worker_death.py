@@ -63,3 +63,29 @@ def test_a_helper_orphaned_before_it_asked_to_die_with_its_parent_exits():
     orphan = subprocess.run([sys.executable, "-c", code, str(me + 1_000_000)],
                             capture_output=True, text=True)
     assert orphan.returncode == 1 and orphan.stdout == ""
+
+
+def test_a_stop_raised_where_it_cannot_unwind_is_sent_again():
+    """A worker's SIGTERM whose SystemExit lands in a weakref callback (the import machinery's)
+    is re-sent, not printed as 'Exception ignored' and lost."""
+    import subprocess
+    import sys
+
+    code = """
+import signal, sys, weakref
+import retina_prep.batch as b
+got = []
+b._worker_init()
+b._stopping = True
+signal.signal(signal.SIGTERM, lambda *a: got.append('again'))
+class X: pass
+def cb(ref):
+    raise SystemExit(143)
+x = X(); r = weakref.ref(x, cb); del x
+for _ in range(1000):
+    if got: break
+print('RESENT' if got else 'LOST')
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "RESENT", (out.stdout, out.stderr)
+    assert "Exception ignored" not in out.stderr
