@@ -154,6 +154,16 @@ def _margin_rings(m: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np
     for (a0, a1, b0, b1) in pieces:
         if a1 <= a0 or b1 <= b0:
             continue
+        # only the bounding box of the piece's inside pixels (the background beside the disc
+        # is most of a piece; a pixel less than depth from the margin has its nearest outside
+        # pixel within pad of it, so inside the padded box)
+        sub = m[a0:a1, b0:b1]
+        cols = np.flatnonzero(sub.any(axis=0))
+        if cols.size == 0:
+            continue
+        rows = np.flatnonzero(sub[:, cols[0]:cols[-1] + 1].any(axis=1))
+        a0, a1 = a0 + int(rows[0]), a0 + int(rows[-1]) + 1
+        b0, b1 = b0 + int(cols[0]), b0 + int(cols[-1]) + 1
         c0, c1, e0, e1 = max(0, a0 - pad), min(h, a1 + pad), max(0, b0 - pad), min(w, b1 + pad)
         padded = cv2.copyMakeBorder(u8[c0:c1, e0:e1], 1, 1, 1, 1, cv2.BORDER_REPLICATE)
         dt = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
