@@ -425,7 +425,7 @@ def _estimate(image, edge_fraction: float, threshold: float | None) -> FovEstima
     k = min(h, w) // (REDUCED_SIDE // 2) if threshold is None else 1
     if k < 2:
         return _estimate_at(img, edge_fraction, threshold).estimate
-    run = _estimate_at(_reduced(img, k), edge_fraction, None)
+    run = _estimate_at(_reduced(img, k), edge_fraction, None, confidence=False)
     est = run.estimate
     if est.whole_image:
         return FovEstimate(np.ones((h, w), bool), 1.0, whole_image=True)
@@ -466,8 +466,11 @@ def _reduced(img: np.ndarray, k: int) -> np.ndarray:
     return cv2.resize(a, (a.shape[1] // k, a.shape[0] // k), interpolation=cv2.INTER_AREA)
 
 
-def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None) -> _Run:
-    """:func:`estimate_fov` at the image's own resolution, with the maps it used."""
+def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None, *,
+                 confidence: bool = True) -> _Run:
+    """:func:`estimate_fov` at the image's own resolution, with the maps it used. Without
+    ``confidence`` the estimate's confidence is left at 1 (a reduced run's: the settled mask
+    gets its own)."""
     vi = channel_max(img)
     v = vi.astype(np.float32)
     if img.dtype.kind == "f" and not np.isfinite(v).all():
@@ -546,8 +549,8 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None)
     m = _settle_edge(m, raw, low, blur, v)
     if m.sum() < 0.01 * h * w:
         raise MaskError("cannot estimate a field of view: no bright disc found")
-    checks = _contour_checks(v, m, is_bg, circle, tol)
-    return _Run(FovEstimate(m, _confidence(checks), circle, residual, filled),
+    score = _confidence(_contour_checks(v, m, is_bg, circle, tol)) if confidence else 1.0
+    return _Run(FovEstimate(m, score, circle, residual, filled),
                 smooth=v, edge=t.astype(np.float32), low=low, colour=colour,
                 is_bg=is_bg.astype(np.float32), tol=tol)
 
