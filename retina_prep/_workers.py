@@ -57,7 +57,7 @@ def _child_dies_with_parent() -> None:  # pragma: no cover - runs in a forked wo
     _die_with_parent(_parent_pid)
 
 
-def _forkserver_init():  # pragma: no cover - runs in the fork server
+def _forkserver_init() -> None:  # pragma: no cover - runs in the fork server
     try:
         expected = int(os.environ.get(PARENT_ENV, ""))
     except ValueError:
@@ -71,7 +71,7 @@ def _forkserver_init():  # pragma: no cover - runs in the fork server
     sys.excepthook = _quiet_excepthook
 
 
-def _quiet_excepthook(exc_type, exc, tb):  # pragma: no cover - runs in forked workers
+def _quiet_excepthook(exc_type, exc, tb) -> None:  # pragma: no cover - runs in forked workers
     pass
 
 

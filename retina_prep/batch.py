@@ -94,7 +94,7 @@ class Result:
     error_params: dict = field(default_factory=dict)
     error_path: str | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.status = Status(self.status)
         if self.error is not None and self.error_message is None:
             self.error_message = self.error
@@ -172,7 +172,7 @@ def run_one(step: Callable[[Pair], Result], pair: Pair) -> Result:
     return result
 
 
-def _worker_init():
+def _worker_init() -> None:
     # one OpenCV thread per worker process: the pool already uses every core
     cv2.setNumThreads(1)
     # Ctrl-C goes to the whole process group: the parent stops the workers, which stay quiet
@@ -392,7 +392,7 @@ class Manifest:
     the reason, and later lines are not attempted.
     """
 
-    def __init__(self, path):
+    def __init__(self, path) -> None:
         self.path = Path(path)
         self.error: str | None = None
         try:
@@ -544,7 +544,7 @@ class Batch:
     skipped), ``todo`` the pairs that run."""
 
     def __init__(self, pairs, step, *, outputs_of, outdir, jobs=1, skip_existing=False,
-                 manifest=None, run_info=None):
+                 manifest=None, run_info=None) -> None:
         self.pairs, self.step, self.outputs_of = list(pairs), step, outputs_of
         self.outdir, self.jobs, self.skip_existing = Path(outdir), jobs, skip_existing
         self.manifest_path = None if manifest is None else Path(manifest)

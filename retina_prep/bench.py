@@ -157,7 +157,7 @@ def _window_sums_only(img, mask, kernel):
     blocks = [(m[Y0:Y1, X0:X1].astype(np.int32), np.ascontiguousarray(img[Y0:Y1, X0:X1], np.int32))
               for _, (Y0, Y1, X0, X1), _, _ in geometry.blocks]
 
-    def run():
+    def run() -> None:
         normalize_illumination(img, mask, kernel=kernel, order=0)
         for mb, ib in blocks:
             for _ in range(5):
@@ -230,7 +230,7 @@ def batch_row(drive_root: Path | None = None, n_generated: int = 40):
         pairs = find_pairs([folder])
         settings = NormalizeSettings(window=51)
 
-        def full():
+        def full() -> None:
             for p in pairs:
                 normalize_pair(p, tmp / "out", settings, output=OutputSettings(overwrite=True))
 
@@ -261,7 +261,7 @@ def end_to_end_rows(shape=(2336, 3504), repeat: int = 3):
                               ("tif", replace(base, format="tif"))]:
             caches = Caches()
             for shared in (False, True):
-                def run(output=output, shared=shared):
+                def run(output=output, shared=shared) -> None:
                     if not shared:
                         caches.clear()
                     # shared: a camera mask used as given (--rim none) is read and prepared once;

@@ -404,7 +404,7 @@ class _MeanParts:
     ``den``. Once divided, ``num`` is the mean."""
 
     def __init__(self, num, den=None, *, inverse=None, scale: float = 1.0, floor: float = 0.0,
-                 weighted=None):
+                 weighted=None) -> None:
         self.weighted = weighted  # I M, when the caller asked to keep it (first order)
         self.num = num
         self.den = den
@@ -470,7 +470,7 @@ def _rect_parts(img: np.ndarray, k: Kernel, path: str):
     h, w = img.shape[:2]
     ry, rx = min(k.shape[0] // 2, h), min(k.shape[1] // 2, w)
 
-    def divide(rows, cols, weights):
+    def divide(rows, cols, weights) -> None:
         part = num[rows, cols]
         part /= (weights[..., None] if part.ndim == 3 else weights).astype(np.float32)
 

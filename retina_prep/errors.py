@@ -52,7 +52,7 @@ class RetinaPrepError(Exception):
     code: str = "error"
 
     def __init__(self, message: str, path: str | os.PathLike | None = None, *,
-                 code: str | None = None, advice: str | None = None, **params):
+                 code: str | None = None, advice: str | None = None, **params) -> None:
         super().__init__(message)
         self.message = message
         self.path = None if path is None else os.fspath(path)
@@ -101,7 +101,7 @@ class Notice:
     __slots__ = ("code", "text", "path", "advice", "params")
 
     def __init__(self, code: str, text: str, path: str | os.PathLike | None = None, *,
-                 advice: str | None = None, **params):
+                 advice: str | None = None, **params) -> None:
         self.code = code
         self.text = text
         self.path = None if path is None else os.fspath(path)

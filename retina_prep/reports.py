@@ -98,7 +98,7 @@ class BoundsFile:
     when the file is new), so an interrupted or resumed run keeps every row it made. When the
     run ends, an output that has several rows (a rerun with --overwrite) keeps its last."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None) -> None:
         self.path = path
         self._fh = None
         if path is None:

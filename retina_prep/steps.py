@@ -74,7 +74,7 @@ __all__ = ["Caches", "Rendered", "Step", "NormalizeStep", "FilterStep", "MaskSte
 class _LRU:
     """A small least-recently-used map."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int) -> None:
         self.size = size
         self.items: OrderedDict[Any, Any] = OrderedDict()
 
@@ -114,7 +114,7 @@ class Caches:
         coefficients).
     """
 
-    def __init__(self, masks: int = 8, prepared: int = 1):
+    def __init__(self, masks: int = 8, prepared: int = 1) -> None:
         self.token = uuid.uuid4().hex
         self.masks = _LRU(masks)
         self.prepared = _LRU(prepared)
@@ -285,7 +285,7 @@ class FilterStep(Step):
     caches: Caches = field(default_factory=Caches, compare=False, repr=False)
     name: ClassVar[str] = "filter"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.settings.check_output(self.output_settings)
 
     def output(self) -> OutputSettings:

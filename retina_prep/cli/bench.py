@@ -42,7 +42,7 @@ Examples:
               help="DRIVE size only, fewer repetitions (seconds instead of minutes).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="OpenCV threads [default: OpenCV's choice, usually all cores].")
-def bench(drive, quick, threads):
+def bench(drive, quick, threads) -> None:
     """Measure masked vs unmasked illumination normalization, the general filter2D path,
     the brute-force reference, batch throughput against the decode+encode floor, and peak
     memory. Prints a markdown table on stdout; progress on stderr.

@@ -79,7 +79,7 @@ def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask_
                           outdir=outdir, batch=batch, auto_mask=auto_mask)
     evaluations = []
 
-    def keep(result):
+    def keep(result) -> None:
         ev = result.products.get("evaluation")
         if ev is not None:
             evaluations.append(ev)

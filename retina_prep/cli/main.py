@@ -46,7 +46,7 @@ class LazyGroup(click.Group):
     def list_commands(self, ctx):
         return list(COMMANDS)
 
-    def format_commands(self, ctx, formatter):
+    def format_commands(self, ctx, formatter) -> None:
         """The command list of --help from each command's first docstring line, read without
         importing it (the commands import NumPy and OpenCV: half a second)."""
         limit = formatter.width - 6 - max(len(name) for name in COMMANDS)  # (as click's)
@@ -64,7 +64,7 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="retina-prep")
-def cli():
+def cli() -> None:
     """Prepare retinal fundus photographs: masked illumination normalization
     that stays correct at the edge of the field of view.
 

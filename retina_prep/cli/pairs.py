@@ -20,7 +20,7 @@ Examples:
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=str))
 @mask_source_options
 @input_options
-def pairs(inputs, mask, mask_dir, mask_pattern, auto_mask, mask_check, batch):
+def pairs(inputs, mask, mask_dir, mask_pattern, auto_mask, mask_check, batch) -> None:
     """Show the images found in INPUT and their masks and vessel labels, as a table on stdout.
 
     Tab-separated: image, mask (or '-' when it will be estimated), where the

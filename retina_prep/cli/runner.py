@@ -302,7 +302,7 @@ class ContactSheet:
     An existing sheet is refused up front unless ``overwrite``.
     """
 
-    def __init__(self, path: Path | None, *, overwrite: bool, columns: int | None = None):
+    def __init__(self, path: Path | None, *, overwrite: bool, columns: int | None = None) -> None:
         if path is not None and path.exists() and not overwrite:
             raise click.UsageError(f"{path}: sheet exists (use --overwrite to replace it)")
         self.path, self.overwrite, self.columns = path, overwrite, columns

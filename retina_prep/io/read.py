@@ -247,7 +247,7 @@ def _check_count(path, n: int, max_pixels) -> None:
             advice="raise max_pixels if the file is trusted", pixels=n, limit=max_pixels)
 
 
-def _check_pixels(path, shape, max_pixels):
+def _check_pixels(path, shape, max_pixels) -> None:
     _check_count(path, int(shape[0]) * int(shape[1]), max_pixels)
 
 
