@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import cv2
 
-from ._workers import default_jobs, mp_context, start_helpers
+from ._workers import PARENT_ENV, default_jobs, mp_context, start_helpers
 from .dataset import Pair
 from .errors import DatasetError, Notice, RetinaPrepError, printable
 from .io import remove_stale_temporaries
@@ -182,7 +183,32 @@ def _worker_init() -> None:
     # (see _run_in_worker)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sys.unraisablehook = _unraisable
-    # dying with the parent was arranged when the fork server forked this process
+    # dying with the parent was arranged when the fork server forked this process; a watch
+    # on the main process covers what that misses (seen: a worker forked as the main process
+    # was killed, idle on the pool's queue for good, about one run in 15)
+    try:
+        main = int(os.environ.get(PARENT_ENV, ""))
+    except ValueError:
+        return
+    threading.Thread(target=_watch_main, args=(main, os.getppid()), daemon=True,
+                     name="retina-prep-watch").start()
+
+
+def _watch_main(main: int, parent: int) -> None:  # pragma: no cover - runs in workers
+    """In a worker: stop (a SIGTERM to itself: a step in progress unwinds, an idle worker ends)
+    once the main process or the fork server is gone."""
+    while True:
+        time.sleep(0.5)
+        try:
+            os.kill(main, 0)
+            gone = os.getppid() != parent
+        except ProcessLookupError:
+            gone = True
+        except PermissionError:  # (a pid reused by another user's process)
+            gone = True
+        if gone:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
 
 
 _stopping = False  # in a worker: a SIGTERM came during a step
@@ -326,16 +352,18 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
         # the workers are stopped, not their tasks cancelled: the pool then fails every task
         # still pending itself (cancelling a future while its manager thread fails it raises
         # there on Python < 3.12 and prints a traceback: gh-107219)
-        for proc in list(getattr(pool, "_processes", {}).values()):
-            if proc.is_alive():
-                proc.terminate()  # SIGTERM: workers unwind and clean up
-        pool.shutdown(wait=True)
-        for p, f in list(futures):
-            if f is not None and f.done() and not f.cancelled() and f.exception() is None:
-                if finished_on_stop is not None:
-                    finished_on_stop.append(f.result())
-            elif lost_on_stop is not None:
-                lost_on_stop.append(p)
+        try:
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                if proc.is_alive():
+                    proc.terminate()  # SIGTERM: workers unwind and clean up
+            pool.shutdown(wait=True)
+        finally:  # (whatever the stopping raised, what was in flight is accounted for)
+            for p, f in list(futures):
+                if f is not None and f.done() and not f.cancelled() and f.exception() is None:
+                    if finished_on_stop is not None:
+                        finished_on_stop.append(f.result())
+                elif lost_on_stop is not None:
+                    lost_on_stop.append(p)
         raise
     else:
         pool.shutdown(wait=True)
@@ -611,10 +639,12 @@ class Batch:
                     self._record(r)
                     yield r
             except BaseException:
-                results.close()  # stop the workers; what they had finished is recorded
-                self.finished_on_stop += self._written_before_stop(lost, started)
-                for r in self.finished_on_stop:
-                    self._record(r)
+                try:
+                    results.close()  # stop the workers; what they had finished is recorded
+                finally:
+                    self.finished_on_stop += self._written_before_stop(lost, started)
+                    for r in self.finished_on_stop:
+                        self._record(r)
                 raise
         finally:
             if self._manifest is not None:

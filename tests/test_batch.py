@@ -302,3 +302,22 @@ def test_fork_server_starts_early_only_for_batch_runs_with_workers(monkeypatch):
         assert not w.start_early(argv)
     monkeypatch.setattr(w, "default_jobs", lambda: 1)
     assert not w.start_early(["normalize", "in"]) and len(started) == 1
+
+
+def test_outputs_written_before_a_stop_are_recorded_from_the_files(tmp_path):
+    import time as _time
+
+    from retina_prep.batch import Batch, Status
+    from retina_prep.dataset import Pair
+
+    pairs = [Pair(tmp_path / f"{i}.png", None, "none", PurePath(str(i))) for i in range(3)]
+    outs = {p: [tmp_path / "out" / f"{p.rel}.png"] for p in pairs}
+    run = Batch(pairs, lambda p: None, outputs_of=lambda p: outs[p], outdir=tmp_path / "out")
+    old = outs[pairs[0]][0]
+    old.write_bytes(b"from an earlier run")
+    started = _time.time() + 0.05
+    _time.sleep(0.1)
+    outs[pairs[1]][0].write_bytes(b"written in this run")  # pairs[2]: nothing written
+    got = run._written_before_stop(pairs, started)
+    assert [r.pair for r in got] == [pairs[1]] and got[0].status == Status.DONE
+    assert got[0].outputs == outs[pairs[1]]

@@ -387,7 +387,7 @@ def test_no_process_of_a_run_survives(tmp_path, how):
         while _run_processes(marker) and time.monotonic() < deadline:
             time.sleep(0.1)
         left = _run_processes(marker)
-        assert left == [], [_describe_process(p) for p in left]
+        assert left == [], "\n".join(_describe_process(p) for p in left)
         assert not list((tmp_path / "out").glob(".retina-prep-tmp-*"))
         if how != "kill9-main":
             assert proc.returncode == 130
