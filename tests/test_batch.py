@@ -306,6 +306,7 @@ def test_fork_server_starts_early_only_for_batch_runs_with_workers(monkeypatch):
 
 def test_outputs_written_before_a_stop_are_recorded_from_the_files(tmp_path):
     import time as _time
+    from pathlib import PurePath
 
     from retina_prep.batch import Batch, Status
     from retina_prep.dataset import Pair
