@@ -31,7 +31,7 @@ from .fov import (
     fov_diameter,
     trim_rim,
 )
-from .geometry import fov_bounds, fov_transform, warp
+from .geometry import Transform, fov_bounds, fov_transform, warp
 from .io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -49,6 +49,7 @@ from .normalize import (
     KERNELS,
     METHODS,
     ORDERS,
+    PreparedMask,
     check_kernel_args,
     dtype_scale,
     normalize_illumination,
@@ -109,7 +110,7 @@ class MaskSettings:
     ignore_orientation: bool = False  # pixels as stored, not turned by the EXIF orientation
     check: bool = True  # refuse mask files that are not a FOV mask of their image (check_fov_mask)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         parse_erode(self.erode)
         if self.rim not in RIM_CHOICES:
             raise ValueError(f"unknown rim handling {self.rim!r}; valid: {', '.join(RIM_CHOICES)}")
@@ -126,7 +127,7 @@ class OutputSettings:
     keep_existing: bool = False
     png_level: int | None = None  # zlib level 0-9; None: OpenCV's default (fast and small)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.format not in OUTPUT_FORMATS:
             raise ValueError(
                 f"unknown format {self.format!r}; valid formats: {', '.join(OUTPUT_FORMATS)}")
@@ -134,7 +135,7 @@ class OutputSettings:
             raise ValueError("overwrite and keep_existing exclude each other")
         check_png_level(self.png_level)
 
-    def encode(self, image) -> bytes:
+    def encode(self, image: np.ndarray) -> bytes:
         """``image`` encoded in this format."""
         return encode_image(image, self.format, png_level=self.png_level)
 
@@ -152,7 +153,7 @@ class GeometrySettings:
     write_mask: bool = False
     labels: str | Path | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.resize is not None and (isinstance(self.resize, bool) or int(self.resize) != self.resize
                                         or self.resize < 1):
             raise ValueError(f"resize must be a number of pixels >= 1, got {self.resize!r}")
@@ -193,7 +194,7 @@ class NormalizeSettings:
     tiles: int = DEFAULT_TILES  # method "clahe": an N x N grid
     clahe_on: str = "lab"  # method "clahe": L of Lab, each channel, or one channel
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.order not in ("auto", *ORDERS):
             raise ValueError(f"order must be 0, 1 or 'auto', got {self.order!r}")
         if not (math.isfinite(self.ridge) and self.ridge >= 0):
@@ -223,7 +224,7 @@ class NormalizeSettings:
             raise ValueError("target must be a finite number")
 
 
-def parse_erode(erode) -> float | str:
+def parse_erode(erode: float | str) -> float | str:
     """An erosion setting checked: a finite number of pixels >= 0, or ``"auto"``."""
     if isinstance(erode, str):
         if erode.strip().lower() == "auto":
@@ -247,7 +248,7 @@ def parse_erode(erode) -> float | str:
 MAX_ERODE = 10_000
 
 
-def resolve_erode(erode, mask) -> int:
+def resolve_erode(erode: float | str, mask: np.ndarray) -> int:
     """Erosion in pixels: a number >= 0, or ``"auto"`` (a fraction of the FOV diameter)."""
     erode = parse_erode(erode)
     if erode == "auto":
@@ -255,8 +256,9 @@ def resolve_erode(erode, mask) -> int:
     return int(round(float(erode)))
 
 
-def load_pair(pair: Pair, settings: MaskSettings = MaskSettings(), value_range=None,
-              caches: Caches | None = None):
+def load_pair(pair: Pair, settings: MaskSettings = MaskSettings(),
+              value_range: tuple[float, float] | None = None, caches: Caches | None = None
+              ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Read the image and its mask (or estimate one), trim its rim and erode it as
     ``settings`` say (``value_range``: what the image's values span, if not its dtype's range).
     With ``caches`` (:class:`~retina_prep.steps.Caches`), a mask file read for an earlier image
@@ -274,7 +276,7 @@ def load_pair(pair: Pair, settings: MaskSettings = MaskSettings(), value_range=N
     return image, mask, info
 
 
-def _mask_key(pair: Pair, settings: MaskSettings):
+def _mask_key(pair: Pair, settings: MaskSettings) -> tuple | None:
     """The cache key of the trimmed mask of ``pair``, or None when it is not cacheable (no mask
     file, or a rim trim that looks at the image: rim "auto", and "default")."""
     if pair.mask is None or settings.auto_mask or settings.rim != "none":
@@ -287,7 +289,8 @@ def _mask_key(pair: Pair, settings: MaskSettings):
             pair.mask_source, settings)
 
 
-def _load(pair: Pair, settings: MaskSettings, value_range=None, caches: Caches | None = None):
+def _load(pair: Pair, settings: MaskSettings, value_range: tuple[float, float] | None = None,
+          caches: Caches | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Image, untrimmed FOV, trimmed mask and info (see :func:`load_pair`); ``value_range`` is
     what the image's values span, for the rim trim, when it is not the dtype's range. With
     ``caches`` (:class:`~retina_prep.steps.Caches`) a mask file met before is not read again."""
@@ -320,7 +323,7 @@ def _load(pair: Pair, settings: MaskSettings, value_range=None, caches: Caches |
     return image, fov, mask, {**info, **meta, "warnings": warnings}
 
 
-def _check_mask_file(mask, image, pair: Pair, settings: MaskSettings,
+def _check_mask_file(mask: np.ndarray, image: np.ndarray, pair: Pair, settings: MaskSettings,
                      gray_fraction: float | None = None) -> None:
     """A mask file must have the image's size and (unless ``settings.check`` is off) look like
     the image's field of view (:func:`~retina_prep.fov.check_fov_mask`, naming the file)."""
@@ -337,8 +340,8 @@ def _check_mask_file(mask, image, pair: Pair, settings: MaskSettings,
             raise type(exc)(exc.message, pair.mask) from None
 
 
-def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings(), *,
-             return_estimate: bool = False, meta: dict | None = None):
+def read_fov(pair: Pair, image: np.ndarray, settings: MaskSettings = MaskSettings(), *,
+             return_estimate: bool = False, meta: dict | None = None) -> tuple:
     """The untrimmed FOV of ``pair``: from its mask file, else estimated.
 
     Returns (mask, source, warnings), and the :class:`~retina_prep.fov.FovEstimate`
@@ -376,8 +379,9 @@ def read_fov(pair: Pair, image, settings: MaskSettings = MaskSettings(), *,
     return mask, source, warnings
 
 
-def trim_mask(image, mask, settings: MaskSettings, *, path=None, trimmed: bool = False,
-              value_range=None):
+def trim_mask(image: np.ndarray, mask: np.ndarray, settings: MaskSettings, *,
+              path: str | os.PathLike | None = None, trimmed: bool = False,
+              value_range: tuple[float, float] | None = None) -> tuple[np.ndarray, dict]:
     """Apply rim trimming and erosion as ``settings`` say; returns (mask, info).
 
     ``rim="default"`` trims every mask, estimated or from a file, unless ``trimmed`` says the
@@ -398,12 +402,12 @@ def trim_mask(image, mask, settings: MaskSettings, *, path=None, trimmed: bool =
     return mask, {"rim": rim, **rim_info, "erode": px, "feather": settings.feather}
 
 
-def output_path(outdir, pair: Pair, fmt: str) -> Path:
+def output_path(outdir: str | os.PathLike, pair: Pair, fmt: str) -> Path:
     """Where the output of ``pair`` goes: ``OUTDIR/<rel>.<ext>``."""
     return Path(outdir) / pair.rel.with_suffix(OUTPUT_FORMATS[fmt])
 
 
-def _check_output(out: Path, pair: Pair, overwrite: bool, keep_existing: bool = False):
+def _check_output(out: Path, pair: Pair, overwrite: bool, keep_existing: bool = False) -> None:
     """Refuse to overwrite an input (ever) or an existing output (without ``overwrite``;
     with ``keep_existing`` an existing output is kept and not an error)."""
     if not out.exists():
@@ -416,12 +420,12 @@ def _check_output(out: Path, pair: Pair, overwrite: bool, keep_existing: bool = 
         raise OutputExistsError("output exists", out)
 
 
-def _check_outputs(outs, pair: Pair, output: OutputSettings) -> None:
+def _check_outputs(outs: list[Path], pair: Pair, output: OutputSettings) -> None:
     for o in outs:
         _check_output(o, pair, output.overwrite, output.keep_existing)
 
 
-def _write(items, output: OutputSettings) -> list[Path]:
+def _write(items: list, output: OutputSettings) -> list[Path]:
     return write_outputs(items, overwrite=output.overwrite, keep_existing=output.keep_existing)
 
 
@@ -435,7 +439,8 @@ def _trimmed(info: dict) -> bool:
     return info.get("rim") == "auto" or bool(info.get("erode")) or bool(info.get("mask_trimmed"))
 
 
-def resolve_order(order, mask_info: dict | None, name=None) -> int:
+def resolve_order(order: int | str, mask_info: dict | None,
+                  name: str | os.PathLike | None = None) -> int:
     """The order to run: ``"auto"`` is 1 when the mask was trimmed (rim trim or erosion, as
     ``mask_info`` from :func:`load_pair` says) and 0 otherwise. An explicit 1 on an untrimmed
     mask adds a warning about image ``name`` to ``mask_info["warnings"]``, since a plane
@@ -451,8 +456,8 @@ def resolve_order(order, mask_info: dict | None, name=None) -> int:
     return int(order)
 
 
-def _run_normalize(image, mask, kernel: Kernel | None, settings: NormalizeSettings, ignore_mask: bool,
-                   order: int = 0):
+def _run_normalize(image: np.ndarray, mask: np.ndarray | PreparedMask | None, kernel: Kernel | None,
+                   settings: NormalizeSettings, ignore_mask: bool, order: int = 0) -> np.ndarray:
     if settings.method == "clahe":
         if settings.value_range is not None:  # (masked_clahe refuses other dtypes itself)
             raise ValueError("CLAHE takes 8- or 16-bit images as they are, not a value range")
@@ -466,8 +471,10 @@ def _run_normalize(image, mask, kernel: Kernel | None, settings: NormalizeSettin
     )
 
 
-def normalize_loaded(image, mask, settings: NormalizeSettings = NormalizeSettings(),
-                     mask_info: dict | None = None, name=None, *, caches: Caches | None = None):
+def normalize_loaded(image: np.ndarray, mask: np.ndarray,
+                     settings: NormalizeSettings = NormalizeSettings(),
+                     mask_info: dict | None = None, name: str | os.PathLike | None = None, *,
+                     caches: Caches | None = None) -> tuple[np.ndarray, Kernel, int]:
     """Normalize an image already read (and its prepared mask): ``(result, kernel, order)``.
     ``mask_info`` (from :func:`load_pair`) decides ``order="auto"`` and gets any warning
     about image ``name`` (see :func:`resolve_order`). With ``caches``, a mask file's mask that
@@ -496,7 +503,7 @@ def normalize_loaded(image, mask, settings: NormalizeSettings = NormalizeSetting
     return result, kernel, order
 
 
-def _few_bits(image) -> int | None:
+def _few_bits(image: np.ndarray) -> int | None:
     """For a uint16 image whose values all fit in at most 14 bits (10-, 12- and 14-bit sensor
     data stored in 16-bit files), that bit count; else None."""
     if image.dtype != np.uint16:
@@ -506,20 +513,25 @@ def _few_bits(image) -> int | None:
     return bits if bits <= 14 else None
 
 
-def normalize_outputs(pair: Pair, outdir, output: OutputSettings = OutputSettings(),
-                      panels_dir=None, geometry: GeometrySettings = GeometrySettings()
+def normalize_outputs(pair: Pair, outdir: str | os.PathLike,
+                      output: OutputSettings = OutputSettings(),
+                      panels_dir: str | os.PathLike | None = None,
+                      geometry: GeometrySettings = GeometrySettings()
                       ) -> list[Path]:
     """The files :func:`normalize_pair` writes: the image, the mask and label images that
     ``geometry`` asks for, and the panel with ``panels_dir``
     (:meth:`~retina_prep.steps.NormalizeStep.outputs`)."""
     from .steps import NormalizeStep
 
-    return NormalizeStep(Path(outdir), output_settings=output, panels_dir=panels_dir,
+    return NormalizeStep(Path(outdir), output_settings=output,
+                         panels_dir=None if panels_dir is None else Path(panels_dir),
                          geometry=geometry).output_list(pair)
 
 
-def apply_geometry(pair: Pair, result, fov, mask, geometry: GeometrySettings, *,
-                   fill: float = 0.0, max_pixels=DEFAULT_MAX_PIXELS):
+def apply_geometry(pair: Pair, result: np.ndarray, fov: np.ndarray, mask: np.ndarray,
+                   geometry: GeometrySettings, *, fill: float = 0.0,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray], Transform | None, dict | None]:
     """Cut ``result`` (and the mask and labels ``geometry`` asks for) as it says.
 
     ``fov`` is the untrimmed field of view (its bounding square is the crop), ``mask`` the
@@ -576,11 +588,11 @@ def apply_geometry(pair: Pair, result, fov, mask, geometry: GeometrySettings, *,
 
 def normalize_pair(
     pair: Pair,
-    outdir,
+    outdir: str | os.PathLike,
     settings: NormalizeSettings = NormalizeSettings(),
     mask_settings: MaskSettings = MaskSettings(),
     *,
-    panels_dir=None,
+    panels_dir: str | os.PathLike | None = None,
     panels_compare: bool = False,
     output: OutputSettings = OutputSettings(),
     panel_width: int | None = PANEL_WIDTH,
@@ -599,18 +611,19 @@ def normalize_pair(
     """
     from .steps import Caches, NormalizeStep
 
-    return NormalizeStep(Path(outdir), settings, mask_settings, output, panels_dir, panels_compare,
+    return NormalizeStep(Path(outdir), settings, mask_settings, output,
+                         None if panels_dir is None else Path(panels_dir), panels_compare,
                          panel_width, geometry, caches or Caches())(pair)
 
 
-def mask_outputs(pair: Pair, outdir) -> list[Path]:
+def mask_outputs(pair: Pair, outdir: str | os.PathLike) -> list[Path]:
     """The file :func:`mask_pair` writes: ``OUTDIR/<rel>_mask.png``."""
     from .steps import MaskStep
 
     return MaskStep(Path(outdir)).output_list(pair)
 
 
-def mask_pair(pair: Pair, outdir, mask_settings: MaskSettings = MaskSettings(), *,
+def mask_pair(pair: Pair, outdir: str | os.PathLike, mask_settings: MaskSettings = MaskSettings(), *,
               overwrite: bool = False, thumb_width: int | None = None) -> Result:
     """Estimate the FOV of one image and write ``OUTDIR/<rel>_mask.png`` (0/255): a
     :class:`~retina_prep.steps.MaskStep` run once.
@@ -638,7 +651,7 @@ class FilterSettings:
     dtype: str = "same"  # "same" as the input, or "float32" (tif only)
     write_weights: bool = False  # also the validity map <rel>_weights
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.kernel, (Kernel, str)):
             raise ValueError("a kernel (a Kernel or a kernel name) is required")
         check_kernel_args(self.kernel, self.window, self.sigma)
@@ -659,7 +672,8 @@ class FilterSettings:
         return DEFAULT_TARGET if abs(kernel.total) < 1e-9 else 0.0
 
 
-def filter_array(image, mask, settings: FilterSettings):
+def filter_array(image: np.ndarray, mask: np.ndarray | None, settings: FilterSettings
+                 ) -> tuple[np.ndarray, np.ndarray, Kernel]:
     """Filter one image as ``settings`` say; returns (output array, validity map, kernel)."""
     kernel = make_kernel(settings.kernel, settings.window, settings.sigma, mask=mask)
     result, validity = masked_filter(
@@ -681,7 +695,7 @@ def filter_array(image, mask, settings: FilterSettings):
     return result.astype(dt), validity, kernel
 
 
-def filter_outputs(pair: Pair, outdir, settings: FilterSettings,
+def filter_outputs(pair: Pair, outdir: str | os.PathLike, settings: FilterSettings,
                    output: OutputSettings = OutputSettings(),
                    geometry: GeometrySettings = GeometrySettings()) -> list[Path]:
     """The files :func:`filter_pair` writes: the image, ``<rel>_weights`` on request, and the
@@ -692,7 +706,7 @@ def filter_outputs(pair: Pair, outdir, settings: FilterSettings,
                       geometry=geometry).output_list(pair)
 
 
-def filter_pair(pair: Pair, outdir, settings: FilterSettings,
+def filter_pair(pair: Pair, outdir: str | os.PathLike, settings: FilterSettings,
                 mask_settings: MaskSettings = MaskSettings(), *,
                 output: OutputSettings = OutputSettings(),
                 geometry: GeometrySettings = GeometrySettings()) -> Result:
@@ -705,7 +719,8 @@ def filter_pair(pair: Pair, outdir, settings: FilterSettings,
     return FilterStep(Path(outdir), settings, mask_settings, output, geometry)(pair)
 
 
-def filter_columns(image, mask, kernel: Kernel, *, mode: str = "normalized"):
+def filter_columns(image: np.ndarray, mask: np.ndarray, kernel: Kernel, *,
+                   mode: str = "normalized") -> list[tuple[str, np.ndarray]]:
     """The mask-convolution paper's Fig. 7-9 columns: original | on black BG | on white BG | mask convolution.
 
     The background outside the FOV is filled with black (zero padding) or
@@ -723,9 +738,10 @@ def filter_columns(image, mask, kernel: Kernel, *, mode: str = "normalized"):
             ("(c) mask convolution", filter_array(image, mask, masked)[0])]
 
 
-def normalize_columns(image, mask, kernel: Kernel, *,
-                      settings: NormalizeSettings = NormalizeSettings(), done=None,
-                      order: int = 0):
+def normalize_columns(image: np.ndarray, mask: np.ndarray, kernel: Kernel, *,
+                      settings: NormalizeSettings = NormalizeSettings(),
+                      done: dict[bool, np.ndarray] | None = None,
+                      order: int = 0) -> list[tuple[str, np.ndarray]]:
     """The mask-convolution paper's Fig. 4 columns: without IN | IN without mask | IN with mask.
 
     ``done`` maps ``ignore_mask`` (True/False) to results already computed.
@@ -738,19 +754,20 @@ def normalize_columns(image, mask, kernel: Kernel, *,
             ("(c) IN with mask", done[False])]
 
 
-def clahe_columns(image, mask, *, clip_limit: float = DEFAULT_CLIP_LIMIT,
-                  tiles: int = DEFAULT_TILES, colour: str = "lab"):
+def clahe_columns(image: np.ndarray, mask: np.ndarray, *, clip_limit: float = DEFAULT_CLIP_LIMIT,
+                  tiles: int = DEFAULT_TILES, colour: str = "lab") -> list[tuple[str, np.ndarray]]:
     """original | CLAHE of the whole image (OpenCV's, the background included) | masked CLAHE."""
-    def run(m):
+    def run(m: np.ndarray | None) -> np.ndarray:
         return masked_clahe(image, m, clip_limit=clip_limit, tiles=tiles, colour=colour)
 
     return [("(a) original", image), ("(b) CLAHE, no mask (OpenCV)", run(None)),
             ("(c) masked CLAHE", run(np.asarray(mask) > 0))]
 
 
-def compare_pair(pair: Pair, out_path, *, kernel: Kernel | str = "gaussian", window=None,
+def compare_pair(pair: Pair, out_path: str | os.PathLike, *, kernel: Kernel | str = "gaussian",
+                 window: int | str | None = None,
                  sigma: float | None = None, mask_settings: MaskSettings = MaskSettings(),
-                 normalize: bool = False, inset="auto", profile: bool = True,
+                 normalize: bool = False, inset: str | tuple | None = "auto", profile: bool = True,
                  overwrite: bool = False, thumb_width: int | None = None,
                  panel_width: int | None = PANEL_WIDTH, order: int | str = "auto",
                  clahe: tuple[float, int] | None = None) -> Result:
@@ -768,9 +785,10 @@ def compare_pair(pair: Pair, out_path, *, kernel: Kernel | str = "gaussian", win
                        inset, profile, overwrite, thumb_width, panel_width, order, clahe)(pair)
 
 
-def evaluate_pair(pair: Pair, *, window="auto", kernel_name: str = "mean", target: float = DEFAULT_TARGET,
-                  methods=None,
-                  mask_settings: MaskSettings = MaskSettings(), labels="auto") -> Result:
+def evaluate_pair(pair: Pair, *, window: int | str = "auto", kernel_name: str = "mean",
+                  target: float = DEFAULT_TARGET, methods: tuple[str, ...] | list[str] | None = None,
+                  mask_settings: MaskSettings = MaskSettings(),
+                  labels: str | os.PathLike | None = "auto") -> Result:
     """Evaluate one image (see :mod:`retina_prep.evaluate`); the numbers go in
     ``result.products["evaluation"]``. An :class:`~retina_prep.steps.EvaluateStep` run once.
 
@@ -783,7 +801,8 @@ def evaluate_pair(pair: Pair, *, window="auto", kernel_name: str = "mean", targe
                         mask_settings, labels)(pair)
 
 
-def read_labels(path, fov, *, max_pixels=DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_labels(path: str | os.PathLike, fov: np.ndarray, *,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read a vessel label image for an image whose field of view is ``fov``: boolean ``(H, W)``.
 
     Raises :class:`MaskError` (naming ``path``) unless the file holds two values at most (a
@@ -809,7 +828,7 @@ def read_labels(path, fov, *, max_pixels=DEFAULT_MAX_PIXELS) -> np.ndarray:
     return vessels
 
 
-def _label_in(folder, image: Path):
+def _label_in(folder: str | os.PathLike | None, image: Path) -> Path | None:
     if folder is None:
         return None
     folder = Path(folder)
@@ -822,7 +841,7 @@ def _label_in(folder, image: Path):
 
 
 
-def read_transforms(manifest) -> dict[str, dict]:
+def read_transforms(manifest: str | os.PathLike) -> dict[str, dict]:
     """The geometry records of a manifest (``normalize --crop/--resize``), by output path:
     ``{output: {"geometry": ..., "input": ..., "output": ...}}`` (a later run's record wins).
 
@@ -853,7 +872,8 @@ def read_transforms(manifest) -> dict[str, dict]:
     return found
 
 
-def match_transform(pred: Path, transforms: dict[str, dict], rel=None):
+def match_transform(pred: Path, transforms: dict[str, dict],
+                    rel: str | os.PathLike | None = None) -> dict | None:
     """The record of the output a prediction file belongs to, or None.
 
     The output's name (without ending) is the prediction's, or begins it followed by ``_``,
@@ -883,14 +903,15 @@ def match_transform(pred: Path, transforms: dict[str, dict], rel=None):
     return transforms[best[0]] if best else None
 
 
-def restore_outputs(pair: Pair, outdir, output: OutputSettings = OutputSettings()) -> list[Path]:
+def restore_outputs(pair: Pair, outdir: str | os.PathLike,
+                    output: OutputSettings = OutputSettings()) -> list[Path]:
     """The file :func:`restore_pair` writes: ``OUTDIR/<rel>.<format>``."""
     return [output_path(outdir, pair, output.format)]
 
 
-def restore_pair(pair: Pair, outdir, transforms: dict[str, dict], *,
+def restore_pair(pair: Pair, outdir: str | os.PathLike, transforms: dict[str, dict], *,
                  interpolation: str = "linear", output: OutputSettings = OutputSettings(),
-                 max_pixels=DEFAULT_MAX_PIXELS) -> Result:
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Result:
     """Map the prediction ``pair.image`` (made on a cut output) back onto its original
     photograph's pixel grid, and write ``OUTDIR/<rel>.<format>``: a
     :class:`~retina_prep.steps.RestoreStep` run once."""

@@ -23,6 +23,7 @@ cache is that worker's own for the whole run.
 from __future__ import annotations
 
 import functools
+import os
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -418,7 +419,7 @@ class EvaluateStep(Step):
     target: float = DEFAULT_TARGET
     methods: tuple[str, ...] | None = None
     mask_settings: MaskSettings = MaskSettings()
-    labels: str | Path | None = "auto"
+    labels: str | os.PathLike | None = "auto"
     caches: Caches = field(default_factory=Caches, compare=False, repr=False)
     name: ClassVar[str] = "evaluate"
 
