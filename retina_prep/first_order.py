@@ -6,10 +6,12 @@ many images sharing one mask (:func:`plane_geometry`, :func:`apply_plane`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .convolution import (
     DEFAULT_MIN_WEIGHT,
@@ -45,15 +47,15 @@ def _axis_variances(k: Kernel) -> tuple[float, float]:
 
 
 def masked_plane_mean(
-    image,
-    mask,
-    kernel,
+    image: ArrayLike,
+    mask: ArrayLike | None,
+    kernel: Kernel | ArrayLike,
     *,
     ridge: float = DEFAULT_RIDGE,
     min_weight: float = DEFAULT_MIN_WEIGHT,
     fill: float | None = np.nan,
     return_weights: bool = False,
-):
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """First-order normalized convolution: the value at each pixel of the plane fitted to the
     valid pixels of its window (Knutsson & Westin 1993).
 
@@ -136,7 +138,8 @@ _COMPLETE = 1.0 - 1e-6
 _STEP, _CAP = 4, 8
 
 
-def _band_blocks(band: np.ndarray, ry: int, rx: int, one_block: bool = False):
+def _band_blocks(band: np.ndarray, ry: int, rx: int, one_block: bool = False
+                 ) -> Iterator[tuple[int, int, int, int]]:
     """Rectangles ``(y0, y1, x0, x1)`` that together cover every True pixel of ``band``: one
     strip of rows at a time, split at column gaps wider than the kernel and capped in width
     (so block-local coordinates stay small), each cut to the rows it needs; or with
@@ -201,7 +204,7 @@ class PlaneGeometry:
         return kept[i] if kept else [_replicate(a, c) for a in self.blocks[i][3]]
 
 
-    def coordinates(self, i: int, c: int, ctype) -> tuple[np.ndarray, np.ndarray]:
+    def coordinates(self, i: int, c: int, ctype: DTypeLike) -> tuple[np.ndarray, np.ndarray]:
         """Block ``i``'s x offsets repeated for ``c`` channels (a row, for the ``(rows, columns
         * channels)`` layout) and y offsets (a column), as ``ctype``."""
         key = (i, c, np.dtype(ctype).char)
@@ -218,8 +221,10 @@ class PlaneGeometry:
 _REPLICA_BYTES = 32 << 20
 
 
-def plane_geometry(mask, kernel, weights=None, *, ridge: float = DEFAULT_RIDGE,
-                   min_weight: float = DEFAULT_MIN_WEIGHT, where=None) -> PlaneGeometry:
+def plane_geometry(mask: ArrayLike | None, kernel: Kernel | ArrayLike,
+                   weights: np.ndarray | None = None, *, ridge: float = DEFAULT_RIDGE,
+                   min_weight: float = DEFAULT_MIN_WEIGHT,
+                   where: np.ndarray | None = None) -> PlaneGeometry:
     """The mask's part of first-order normalized convolution (see :func:`masked_plane_mean`).
 
     ``mask`` as accepted by :func:`as_mask` (None: every pixel valid, but then
@@ -312,7 +317,8 @@ _FLOAT32_RIDGE = 1e-2
 _INT32_MAX = 2**31 - 1
 
 
-def _padded(y0: int, y1: int, x0: int, x1: int, k: Kernel, shape: tuple[int, int]):
+def _padded(y0: int, y1: int, x0: int, x1: int, k: Kernel, shape: tuple[int, int]
+            ) -> tuple[int, int, int, int]:
     """The rectangle that the window sums on ``(y0:y1, x0:x1)`` need: padded by the kernel's
     radius, and for the pyramid path by 4 cells more with its origin on the cell grid, so that
     a block's cells are the whole image's and its sums the same."""
@@ -325,7 +331,7 @@ def _padded(y0: int, y1: int, x0: int, x1: int, k: Kernel, shape: tuple[int, int
     return max(y0 - ry, 0) // d * d, min(y1 + ry, h), max(x0 - rx, 0) // d * d, min(x1 + rx, w)
 
 
-def _fits_int32(bound) -> bool:
+def _fits_int32(bound: float) -> bool:
     return bound < _INT32_MAX
 
 
@@ -340,17 +346,17 @@ def _block_coords(lo: int, hi: int) -> np.ndarray:
     return np.arange(lo, hi, dtype=np.int64) - (lo + (hi - lo) // 2)
 
 
-def _row(xs: np.ndarray, shape: tuple[int, int], dtype) -> np.ndarray:
+def _row(xs: np.ndarray, shape: tuple[int, int], dtype: DTypeLike) -> np.ndarray:
     """``xs`` repeated down ``shape[0]`` rows: a contiguous map of ``dtype``."""
     return np.ascontiguousarray(np.broadcast_to(xs.astype(dtype), shape))
 
 
-def _col(ys: np.ndarray, shape: tuple[int, int], dtype) -> np.ndarray:
+def _col(ys: np.ndarray, shape: tuple[int, int], dtype: DTypeLike) -> np.ndarray:
     """``ys`` repeated along ``shape[1]`` columns."""
     return np.ascontiguousarray(np.broadcast_to(ys.astype(dtype)[:, None], shape))
 
 
-def apply_plane(image, mask, mean: np.ndarray, geometry: PlaneGeometry,
+def apply_plane(image: np.ndarray, mask: ArrayLike | None, mean: np.ndarray, geometry: PlaneGeometry,
                 weighted: np.ndarray | None = None) -> np.ndarray:
     """Turn the zero-order masked ``mean`` of ``image`` (both (H, W) or (H, W, C); the mean
     float32, the image with non-finite pixels already dropped) into the first-order one, in

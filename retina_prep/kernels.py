@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["Kernel", "box_kernel", "gaussian_kernel", "sharpen_kernel", "laplacian_kernel",
            "sobel_kernel", "named_kernel", "as_kernel", "KERNEL_NAMES", "MAX_KERNEL_SIZE",
@@ -45,7 +46,7 @@ class Kernel:
     is_box: bool = False
     pyramid: tuple[int, float] | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         arr = np.asarray(self.array, dtype=np.float64)
         if arr.ndim != 2 or arr.size == 0:
             raise ValueError(f"kernel must be a non-empty 2-D array, got shape {arr.shape}")
@@ -273,7 +274,7 @@ def named_kernel(name: str, *, size: int | None = None, sigma: float | None = No
     return k
 
 
-def as_kernel(kernel) -> Kernel:
+def as_kernel(kernel: Kernel | ArrayLike) -> Kernel:
     """Return ``kernel`` as a :class:`Kernel`, detecting box and separable structure.
 
     Parameters
@@ -305,7 +306,7 @@ def as_kernel(kernel) -> Kernel:
     return Kernel(arr, factors=factors)
 
 
-def _rank_one_factors(arr: np.ndarray):
+def _rank_one_factors(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     u, s, vt = np.linalg.svd(arr)
     if s[0] == 0 or (len(s) > 1 and s[1] > 1e-10 * s[0]):
         return None
@@ -322,10 +323,11 @@ def _rank_one_factors(arr: np.ndarray):
 MAX_KERNEL_SIZE = 4001
 
 
-def _odd_size(size, what: str) -> int:
-    if isinstance(size, bool) or int(size) != size:
-        raise ValueError(f"{what} must be an odd whole number of pixels, got {size!r}")
-    size = int(size)
+def _odd_size(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+            or int(value) != value:
+        raise ValueError(f"{what} must be an odd whole number of pixels, got {value!r}")
+    size = int(value)
     if size < 1 or size % 2 == 0:
         raise ValueError(f"{what} must be an odd number >= 1, got {size}")
     if size > MAX_KERNEL_SIZE:
@@ -348,17 +350,17 @@ AUTO_WINDOW_FRACTION = 0.04
 AUTO_SIGMA_FRACTION = 1.0 / 60.0
 
 
-def _is_auto(value) -> bool:
+def _is_auto(value: object) -> bool:
     return isinstance(value, str) and value.strip().lower() == "auto"
 
 
-def _fov_diameter(mask) -> float:
+def _fov_diameter(mask: ArrayLike) -> float:
     from .fov.masks import fov_diameter  # (fov's estimator imports this module)
 
     return fov_diameter(mask)
 
 
-def resolve_window(window, mask=None) -> int:
+def resolve_window(window: int | str, mask: ArrayLike | None = None) -> int:
     """Window size in pixels: an odd int, or ``"auto"`` (a fraction of the FOV diameter).
 
     ``"auto"`` uses :data:`AUTO_WINDOW_FRACTION` of
@@ -403,7 +405,7 @@ def resolve_window(window, mask=None) -> int:
 
 
 def make_kernel(name: str | Kernel = "mean", window: int | str | None = None,
-                sigma: float | str | None = None, *, mask=None) -> Kernel:
+                sigma: float | str | None = None, *, mask: ArrayLike | None = None) -> Kernel:
     """The kernel a command or a library call runs: the one rule by which a name, a window and
     a sigma become a :class:`Kernel`.
 
@@ -460,7 +462,8 @@ def make_kernel(name: str | Kernel = "mean", window: int | str | None = None,
     return named_kernel(name, size=None if window is None else resolve_window(window), sigma=sigma)
 
 
-def check_kernel_args(name: Kernel | str, window=None, sigma: float | str | None = None) -> None:
+def check_kernel_args(name: Kernel | str, window: int | str | None = None,
+                      sigma: float | str | None = None) -> None:
     """Raise ``ValueError`` now if :func:`make_kernel` would refuse these arguments for any
     image (an ``"auto"`` size, which needs the image's mask, is probed with a small one)."""
     if isinstance(name, Kernel):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .convolution import (
     _drop_pixels,
@@ -77,7 +78,7 @@ DEFAULT_TARGET = 128.0
 
 
 
-def parse_value_range(value) -> tuple[float, float]:
+def parse_value_range(value: str | tuple | list) -> tuple[float, float]:
     """``(lo, hi)`` from two numbers (a pair, or the text ``"lo,hi"``): finite, ``lo < hi``."""
     parts = value.split(",") if isinstance(value, str) else value
     try:
@@ -89,7 +90,8 @@ def parse_value_range(value) -> tuple[float, float]:
     return lo, hi
 
 
-def image_range(image, value_range=None) -> tuple[float, float]:
+def image_range(image: ArrayLike, value_range: tuple[float, float] | None = None
+                ) -> tuple[float, float]:
     """The value range ``(lo, hi)`` that 8-bit units are scaled to for ``image``.
 
     Without ``value_range``: uint8 ``(0, 255)``, uint16 ``(0, 65535)``, float
@@ -155,7 +157,7 @@ def image_range(image, value_range=None) -> tuple[float, float]:
                           " uint16 or float in [0, 1]", dtype=str(dt))
 
 
-def _dtype_range(dtype) -> tuple[float, float]:
+def _dtype_range(dtype: DTypeLike) -> tuple[float, float]:
     dt = np.dtype(dtype)
     if dt == np.bool_:
         raise ValueError("cannot normalize into a boolean image")
@@ -194,7 +196,8 @@ class PreparedMask:
         return self.mask.shape
 
 
-def prepare_mask(mask, *, window=None, kernel: Kernel | None = None, order: int = 0,
+def prepare_mask(mask: ArrayLike, *, window: int | str | None = None,
+                 kernel: Kernel | None = None, order: int = 0,
                  ridge: float = DEFAULT_RIDGE) -> PreparedMask:
     """Compute the mask's part of :func:`normalize_illumination` once, for images sharing a mask.
 
@@ -233,8 +236,9 @@ def prepare_mask(mask, *, window=None, kernel: Kernel | None = None, order: int 
                         plane=plane)
 
 
-def local_mean(image, mask, *, kernel: Kernel, ignore_mask: bool = False,
-               fill: float | None = np.nan):
+def local_mean(image: ArrayLike, mask: ArrayLike | None, *, kernel: Kernel,
+               ignore_mask: bool = False, fill: float | None = np.nan
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Masked local mean of ``image`` and its weight map.
 
     With ``ignore_mask=True`` the mask is not used: the mean is a plain
@@ -248,16 +252,16 @@ def local_mean(image, mask, *, kernel: Kernel, ignore_mask: bool = False,
 
 
 def normalize_illumination(
-    image,
-    mask,
+    image: ArrayLike,
+    mask: ArrayLike | PreparedMask | None,
     *,
-    window=None,
+    window: int | str | None = None,
     kernel: Kernel | None = None,
     target: float = DEFAULT_TARGET,
     fill: float = 0.0,
     ignore_mask: bool = False,
-    value_range=None,
-    output_dtype=None,
+    value_range: tuple[float, float] | None = None,
+    output_dtype: DTypeLike | None = None,
     method: str = "mean",
     scale: float = DEFAULT_SCALE,
     std_floor: float = DEFAULT_STD_FLOOR,

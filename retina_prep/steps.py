@@ -129,7 +129,7 @@ class Caches:
         """Whether ``mask`` is a kept mask file's that an earlier image used already."""
         return any(v[1] is mask and v[3][0] > 0 for v in self.masks.items.values())
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple:
         return (_caches_named, (self.token, self.masks.size, self.prepared.size))
 
 
