@@ -62,6 +62,8 @@ def _forkserver_init() -> None:  # pragma: no cover - runs in the fork server
         expected = int(os.environ.get(PARENT_ENV, ""))
     except ValueError:
         expected = None
+    if hasattr(signal, "pthread_sigmask"):  # SIGTERM (the parent's death) must reach the server
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     _die_with_parent(expected)  # (exits if the main process died while the server started)
     # every process the server forks dies with the server, from its first instruction on
     # (a worker still starting up when the main process is killed would otherwise be orphaned)

@@ -7,6 +7,7 @@ failure of one image is recorded and the batch goes on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -182,6 +183,8 @@ def _worker_init() -> None:
     # carries out whichever thread the signal reaches); during a step it unwinds the step
     # (see _run_in_worker)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):  # (whatever mask the process was forked with)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS - {signal.SIGINT})
     sys.unraisablehook = _unraisable
     # dying with the parent was arranged when the fork server forked this process; a watch
     # on the main process covers what that misses (seen: a worker forked as the main process
@@ -247,6 +250,29 @@ def _run_in_worker(step, pair) -> Result:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _stop_signals_to_main_thread() -> Iterator[None]:
+    """Threads a pool starts inside (its manager thread, its queue's feeder) block SIGINT and
+    SIGTERM, so that a stop signal reaches the main thread at once: a process-directed signal
+    that lands in another thread leaves the main thread's wait unbroken, and the main process
+    went on rerunning images (in pools started after the signal) before it noticed the stop.
+    A process started meanwhile (a fork server restarted by the submit) inherits the blocked
+    signals: the server and the workers unblock SIGTERM first thing, and the resource tracker
+    ignores both."""
+    if (not hasattr(signal, "pthread_sigmask")
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _run_isolated(new_pool, step, pair: Pair, attempts: int = 2) -> Result:
     """Run ``step`` on ``pair`` in a worker pool of its own (the image may only have been in
     flight when another worker died, so it gets ``attempts`` tries); a worker that dies every
@@ -255,7 +281,9 @@ def _run_isolated(new_pool, step, pair: Pair, attempts: int = 2) -> Result:
     for _ in range(attempts):
         pool = new_pool(1)
         try:
-            return pool.submit(_run_in_worker, step, pair).result()
+            with _stop_signals_to_main_thread():
+                fut = pool.submit(_run_in_worker, step, pair)
+            return fut.result()
         except BrokenProcessPool:
             continue
         finally:
@@ -312,7 +340,8 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
                 if nxt is None:
                     return
                 try:
-                    fut = pool.submit(_run_in_worker, step, nxt)
+                    with _stop_signals_to_main_thread():
+                        fut = pool.submit(_run_in_worker, step, nxt)
                 except BrokenProcessPool:  # the pool broke since the last result
                     fut = None
                 futures.append((nxt, fut))
