@@ -32,8 +32,12 @@ All computation is done in float32 with OpenCV. The backend paths:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any, Literal, overload
+
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .kernels import Kernel, _gaussian_1d, as_kernel
 
@@ -63,7 +67,7 @@ DEFAULT_MIN_WEIGHT = 1e-5
 _BORDER = cv2.BORDER_CONSTANT  # outside the image rectangle: weight 0
 
 
-def dtype_scale(dtype) -> float:
+def dtype_scale(dtype: DTypeLike) -> float:
     """Factor from 8-bit units to ``dtype`` units.
 
     uint8: 1; uint16: 65535/255 = 257 (so I0 = 128 becomes 32896); other
@@ -193,14 +197,14 @@ def finite_pixels(img: np.ndarray) -> np.ndarray | None:
     return finite.all(axis=2) if img.ndim == 3 else finite
 
 
-def as_native(arr) -> np.ndarray:
+def as_native(arr: ArrayLike) -> np.ndarray:
     """``arr`` as an array in the machine's byte order (a big-endian ``>u2`` image from a FITS or
     raw reader is the same uint16 data; kept as it was, it would not count as uint16)."""
     arr = np.asarray(arr)
     return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
 
 
-def _as_image(image) -> np.ndarray:
+def _as_image(image: ArrayLike) -> np.ndarray:
     """Validate; keep uint8, uint16 and float32 (OpenCV reads them directly), else float32."""
     img = as_native(image)
     check_layout(img)
@@ -213,11 +217,11 @@ def _as_image(image) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def _as_float_image(image) -> np.ndarray:
+def _as_float_image(image: ArrayLike) -> np.ndarray:
     return _as_image(image).astype(np.float32, copy=False)
 
 
-def as_mask(mask, shape: tuple[int, int] | None = None) -> np.ndarray:
+def as_mask(mask: ArrayLike, shape: tuple[int, int] | None = None) -> np.ndarray:
     """A field-of-view mask as a boolean or float32 weight ``(H, W)`` array.
 
     Accepted: bool; integer masks holding only 0/1 or only 0/255 (the usual
@@ -269,7 +273,7 @@ def as_mask(mask, shape: tuple[int, int] | None = None) -> np.ndarray:
     return m
 
 
-def _binary_u8(mask) -> np.ndarray | None:
+def _binary_u8(mask: np.ndarray) -> np.ndarray | None:
     """A boolean mask as a 0/1 uint8 view (no copy); None for float weight masks."""
     m = np.asarray(mask)
     if m.dtype == np.bool_:
@@ -277,11 +281,12 @@ def _binary_u8(mask) -> np.ndarray | None:
     return None
 
 
-def _as_weights(mask, shape: tuple[int, int] | None) -> np.ndarray:
+def _as_weights(mask: ArrayLike, shape: tuple[int, int] | None) -> np.ndarray:
     return as_mask(mask, shape).astype(np.float32, copy=False)
 
 
-def _drop_nonfinite(img: np.ndarray, mask):
+def _drop_nonfinite(img: np.ndarray, mask: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
     """Non-finite pixels (NaN, inf in any channel) of a float image become invalid: weight 0.
 
     Returns ``(image, mask)``: unchanged when every pixel is finite, else a
@@ -290,7 +295,8 @@ def _drop_nonfinite(img: np.ndarray, mask):
     return _drop_pixels(img, mask, finite_pixels(img))
 
 
-def _drop_pixels(img: np.ndarray, mask, finite: np.ndarray | None):
+def _drop_pixels(img: np.ndarray, mask: np.ndarray | None, finite: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`_drop_nonfinite` with the image's :func:`finite_pixels` already known."""
     if finite is None:
         return img, mask
@@ -302,7 +308,7 @@ def _drop_pixels(img: np.ndarray, mask, finite: np.ndarray | None):
     return img, mask * finite
 
 
-def convolve(image, kernel, *, path: str = "auto") -> np.ndarray:
+def convolve(image: ArrayLike, kernel: Kernel | ArrayLike, *, path: str = "auto") -> np.ndarray:
     """Plain convolution with zeros outside the image rectangle, in float32.
 
     Parameters
@@ -323,7 +329,8 @@ def convolve(image, kernel, *, path: str = "auto") -> np.ndarray:
     return _filter(img, k, path)
 
 
-def mask_weights(mask, kernel, *, path: str = "auto") -> np.ndarray:
+def mask_weights(mask: ArrayLike, kernel: Kernel | ArrayLike, *, path: str = "auto"
+                 ) -> np.ndarray:
     """The certainty ``(M conv |K|) / sum(|K|)`` of every output pixel, in ``[0, 1]``.
 
     1 where the whole window lies inside the mask and the image, 0 where it
@@ -357,7 +364,7 @@ def _weights(m: np.ndarray, k: Kernel, path: str) -> np.ndarray:
 _STRIP_PIXELS = 1 << 17
 
 
-def _strips(h: int, w: int):
+def _strips(h: int, w: int) -> Iterator[slice]:
     """Row slices covering ``0..h`` in strips of about :data:`_STRIP_PIXELS` pixels."""
     rows = max(1, _STRIP_PIXELS // max(w, 1))
     for y0 in range(0, h, rows):
@@ -555,7 +562,7 @@ def _normalized_mean(weighted, m, k: Kernel, path: str, min_weight: float):
     return mean, weights, weights < min_weight
 
 
-def set_where(arr: np.ndarray, where: np.ndarray, value) -> np.ndarray:
+def set_where(arr: np.ndarray, where: np.ndarray, value: float | None) -> np.ndarray:
     """``arr[where] = value`` for (H, W[, C]) arrays and an (H, W) bool ``where``, with OpenCV.
 
     Much faster than NumPy's boolean indexing on large multi-channel images.
@@ -575,16 +582,28 @@ def set_where(arr: np.ndarray, where: np.ndarray, value) -> np.ndarray:
     return out.reshape(arr.shape)
 
 
+@overload
+def masked_convolve(image: ArrayLike, mask: ArrayLike | None, kernel: Kernel | ArrayLike, *,
+                    min_weight: float = ..., fill: float | None = ..., path: str = ...,
+                    return_weights: Literal[False] = ...) -> np.ndarray: ...
+@overload
+def masked_convolve(image: ArrayLike, mask: ArrayLike | None, kernel: Kernel | ArrayLike, *,
+                    min_weight: float = ..., fill: float | None = ..., path: str = ...,
+                    return_weights: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def masked_convolve(image: ArrayLike, mask: ArrayLike | None, kernel: Kernel | ArrayLike, *,
+                    min_weight: float = ..., fill: float | None = ..., path: str = ...,
+                    return_weights: bool = ...) -> Any: ...
 def masked_convolve(
-    image,
-    mask,
-    kernel,
+    image: ArrayLike,
+    mask: ArrayLike | None,
+    kernel: Kernel | ArrayLike,
     *,
     min_weight: float = DEFAULT_MIN_WEIGHT,
     fill: float | None = np.nan,
     path: str = "auto",
     return_weights: bool = False,
-):
+) -> Any:
     """Masked (normalized) convolution, stable for signed kernels.
 
     For a non-negative kernel ``K`` this is the mask-convolution paper's eq. 5,
@@ -715,15 +734,15 @@ MODES = ("normalized", "partial", "weighted")
 
 
 def masked_filter(
-    image,
-    mask,
-    kernel,
+    image: ArrayLike,
+    mask: ArrayLike | None,
+    kernel: Kernel | ArrayLike,
     *,
     mode: str = "normalized",
     min_weight: float = DEFAULT_MIN_WEIGHT,
     fill: float | None = np.nan,
     path: str = "auto",
-):
+) -> tuple[np.ndarray, np.ndarray]:
     """Masked filtering in one of three normalization modes, with the updated validity.
 
     ``"normalized"``
