@@ -184,7 +184,7 @@ def _worker_init() -> None:
     # (see _run_in_worker)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):  # (whatever mask the process was forked with)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS - {signal.SIGINT})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     sys.unraisablehook = _unraisable
     # dying with the parent was arranged when the fork server forked this process; a watch
     # on the main process covers what that misses (seen: a worker forked as the main process
@@ -205,9 +205,7 @@ def _watch_main(main: int, parent: int) -> None:  # pragma: no cover - runs in w
         try:
             os.kill(main, 0)
             gone = os.getppid() != parent
-        except ProcessLookupError:
-            gone = True
-        except PermissionError:  # (a pid reused by another user's process)
+        except (ProcessLookupError, PermissionError):  # (Permission: a pid reused by another user)
             gone = True
         if gone:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -251,6 +249,11 @@ def _run_in_worker(step, pair) -> Result:
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _finished(fut) -> bool:
+    """Whether a pool future holds a result (not pending, cancelled or failed)."""
+    return fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None
 
 
 @contextlib.contextmanager
@@ -365,7 +368,7 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
                 pool.shutdown(wait=True)
                 while futures:
                     p, f = futures[0]
-                    if f is not None and f.done() and not f.cancelled() and f.exception() is None:
+                    if _finished(f):
                         again = f.result()
                     else:
                         again = _run_isolated(new_pool, step, p)
@@ -388,7 +391,7 @@ def run_batch(pairs: Iterable[Pair], step: Callable[[Pair], Result], *, jobs: in
             pool.shutdown(wait=True)
         finally:  # (whatever the stopping raised, what was in flight is accounted for)
             for p, f in list(futures):
-                if f is not None and f.done() and not f.cancelled() and f.exception() is None:
+                if _finished(f):
                     if finished_on_stop is not None:
                         finished_on_stop.append(f.result())
                 elif lost_on_stop is not None:

@@ -40,7 +40,6 @@ from .io import (
     encode_image,
     read_image,
     read_mask,
-    write_outputs,
 )
 from .kernels import Kernel, make_kernel
 from .normalize import (
@@ -163,14 +162,14 @@ class GeometrySettings:
         """Whether outputs are cut or resized."""
         return self.crop or self.resize is not None
 
-    def outputs(self, image_out: Path) -> list[Path]:
-        """The extra files beside an output image ``OUT/<rel>.<ext>``: ``<rel>_mask.png``,
-        ``<rel>_label.png``."""
-        extra = []
+    def outputs(self, image_out: Path) -> dict[str, Path]:
+        """The extra files beside an output image ``OUT/<rel>.<ext>``, by role: ``"mask"``
+        (``<rel>_mask.png``) and ``"labels"`` (``<rel>_label.png``), as asked for."""
+        extra = {}
         if self.write_mask:
-            extra.append(image_out.with_name(image_out.stem + "_mask.png"))
+            extra["mask"] = image_out.with_name(image_out.stem + "_mask.png")
         if self.labels is not None:
-            extra.append(image_out.with_name(image_out.stem + "_label.png"))
+            extra["labels"] = image_out.with_name(image_out.stem + "_label.png")
         return extra
 
 
@@ -418,15 +417,6 @@ def _check_output(out: Path, pair: Pair, overwrite: bool, keep_existing: bool = 
                                   out)
     if not overwrite and not (keep_existing and out.is_file()):
         raise OutputExistsError("output exists", out)
-
-
-def _check_outputs(outs: list[Path], pair: Pair, output: OutputSettings) -> None:
-    for o in outs:
-        _check_output(o, pair, output.overwrite, output.keep_existing)
-
-
-def _write(items: list, output: OutputSettings) -> list[Path]:
-    return write_outputs(items, overwrite=output.overwrite, keep_existing=output.keep_existing)
 
 
 #: The PNG text entry `mask` writes into a mask whose rim it trimmed (or eroded): read back as a
@@ -906,7 +896,9 @@ def match_transform(pred: Path, transforms: dict[str, dict],
 def restore_outputs(pair: Pair, outdir: str | os.PathLike,
                     output: OutputSettings = OutputSettings()) -> list[Path]:
     """The file :func:`restore_pair` writes: ``OUTDIR/<rel>.<format>``."""
-    return [output_path(outdir, pair, output.format)]
+    from .steps import RestoreStep
+
+    return RestoreStep(Path(outdir), {}, output_settings=output).output_list(pair)
 
 
 def restore_pair(pair: Pair, outdir: str | os.PathLike, transforms: dict[str, dict], *,

@@ -239,7 +239,7 @@ class NormalizeStep(Step):
         if self.outdir is None:
             raise ValueError("a step without an output folder is only rendered")
         image = output_path(self.outdir, pair, self.output_settings.format)
-        outs = {"image": image, **_geometry_outputs(self.geometry, image)}
+        outs = {"image": image, **self.geometry.outputs(image)}
         if self.panels_dir is not None:
             outs["panel"] = output_path(self.panels_dir, pair, "png")
         return outs
@@ -297,7 +297,7 @@ class FilterStep(Step):
         outs = {"image": image}
         if self.settings.write_weights:
             outs["weights"] = image.with_name(image.stem + "_weights" + image.suffix)
-        return {**outs, **_geometry_outputs(self.geometry, image)}
+        return {**outs, **self.geometry.outputs(image)}
 
     def render(self, pair: Pair) -> Rendered:
         ms, output = self.mask_settings, self.output_settings
@@ -477,13 +477,6 @@ class RestoreStep(Step):
         info = {"original": rec["input"], "output_of": rec["output"],
                 "interpolation": self.interpolation, "size": list(transform.original_size)}
         return Rendered({"image": functools.partial(self.output_settings.encode, back)}, [], info)
-
-
-def _geometry_outputs(geometry: GeometrySettings, image: Path) -> dict[str, Path]:
-    """The files beside an output image that ``geometry`` asks for, by role."""
-    roles = (["mask"] if geometry.write_mask else []) + (["labels"] if geometry.labels is not None
-                                                         else [])
-    return dict(zip(roles, geometry.outputs(image)))
 
 
 def _geometry_files(extras: dict[str, np.ndarray]) -> dict[str, bytes | Callable[[], bytes]]:
