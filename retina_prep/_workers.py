@@ -8,6 +8,8 @@ import multiprocessing
 import os
 import signal
 import sys
+from multiprocessing.context import BaseContext
+from types import TracebackType
 
 __all__ = ["default_jobs", "mp_context", "start_helpers", "start_early"]
 
@@ -73,11 +75,12 @@ def _forkserver_init() -> None:  # pragma: no cover - runs in the fork server
     sys.excepthook = _quiet_excepthook
 
 
-def _quiet_excepthook(exc_type, exc, tb) -> None:  # pragma: no cover - runs in forked workers
+def _quiet_excepthook(exc_type: type[BaseException], exc: BaseException,
+                      tb: TracebackType | None) -> None:  # pragma: no cover - runs in forked workers
     pass
 
 
-def mp_context():
+def mp_context() -> BaseContext:
     """forkserver on Linux: never fork a process whose OpenCV thread pool is running (that can
     deadlock); the server preloads the heavy modules, so workers still start quickly."""
     if sys.platform.startswith("linux"):
@@ -87,7 +90,7 @@ def mp_context():
     return multiprocessing.get_context("spawn")
 
 
-def start_helpers(ctx) -> None:
+def start_helpers(ctx: BaseContext) -> None:
     """Start the fork server (and resource tracker) with SIGINT ignored: they inherit that
     while they import, so a Ctrl-C to the process group then prints no traceback from them."""
     if ctx.get_start_method() != "forkserver":

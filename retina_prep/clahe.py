@@ -21,6 +21,7 @@ import math
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .convolution import dtype_scale
 
@@ -107,7 +108,7 @@ def _luts(plane: np.ndarray, mask: np.ndarray, tiles: int, clip_limit: float,
     return luts, counts
 
 
-def clahe_plane(plane, mask=None, *, clip_limit: float = DEFAULT_CLIP_LIMIT,
+def clahe_plane(plane: ArrayLike, mask: ArrayLike | None = None, *, clip_limit: float = DEFAULT_CLIP_LIMIT,
                 tiles: int = DEFAULT_TILES) -> np.ndarray:
     """Masked CLAHE of one ``(H, W)`` uint8 or uint16 plane; the plane's dtype out.
 
@@ -195,7 +196,7 @@ def clahe_plane(plane, mask=None, *, clip_limit: float = DEFAULT_CLIP_LIMIT,
     return out
 
 
-def masked_clahe(image, mask=None, *, clip_limit: float = DEFAULT_CLIP_LIMIT,
+def masked_clahe(image: ArrayLike, mask: ArrayLike | None = None, *, clip_limit: float = DEFAULT_CLIP_LIMIT,
                  tiles: int = DEFAULT_TILES, colour: str = "lab", fill: float = 0.0) -> np.ndarray:
     """Masked CLAHE of a fundus photograph (see :func:`clahe_plane`); the image's dtype out.
 
@@ -250,7 +251,7 @@ def masked_clahe(image, mask=None, *, clip_limit: float = DEFAULT_CLIP_LIMIT,
     return out
 
 
-def _clahe_lab(img: np.ndarray, m, clip_limit: float, tiles: int) -> np.ndarray:
+def _clahe_lab(img: np.ndarray, m: np.ndarray | None, clip_limit: float, tiles: int) -> np.ndarray:
     """CLAHE on L of Lab: 8-bit through OpenCV's 8-bit Lab, 16-bit through float Lab with L
     quantized to 16 bits."""
     if img.dtype == np.uint8:

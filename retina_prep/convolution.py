@@ -410,8 +410,9 @@ class _MeanParts:
     floor)``, or ``num * inverse`` with ``inverse`` precomputed, or ``num * scale`` without
     ``den``. Once divided, ``num`` is the mean."""
 
-    def __init__(self, num, den=None, *, inverse=None, scale: float = 1.0, floor: float = 0.0,
-                 weighted=None) -> None:
+    def __init__(self, num: np.ndarray, den: np.ndarray | None = None, *,
+                 inverse: np.ndarray | None = None, scale: float = 1.0, floor: float = 0.0,
+                 weighted: np.ndarray | None = None) -> None:
         self.weighted = weighted  # I M, when the caller asked to keep it (first order)
         self.num = num
         self.den = den
@@ -449,7 +450,8 @@ class _MeanParts:
         return self.num
 
 
-def _separable_weights(k: Kernel, shape: tuple[int, int]):
+def _separable_weights(k: Kernel, shape: tuple[int, int]
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
     """For a rank-one kernel, the certainty of an all-valid image, ``(M conv K) / sum(K)`` with
     ``M = 1`` inside the image rectangle, as its two 1-D factors ``(wy, wx)``; None when the
     kernel is not rank one."""
@@ -457,14 +459,14 @@ def _separable_weights(k: Kernel, shape: tuple[int, int]):
         return None
     ky, kx = (np.asarray(f, np.float64) for f in k.factors)
 
-    def along(n, f):  # zero-padded convolution of n ones with f, centred
+    def along(n: int, f: np.ndarray) -> np.ndarray:  # zero-padded convolution of n ones with f, centred
         c = len(f) // 2
         return np.convolve(np.ones(n), f, mode="full")[c:c + n] / f.sum()
 
     return along(shape[0], ky), along(shape[1], kx)
 
 
-def _rect_parts(img: np.ndarray, k: Kernel, path: str):
+def _rect_parts(img: np.ndarray, k: Kernel, path: str) -> _MeanParts | None:
     """The local mean over the image rectangle (no mask: ``M = 1`` inside the image) as
     :class:`_MeanParts`: one plain filter, divided by the rectangle's certainty only within the
     kernel's radius of the image's edges (elsewhere it is 1); None for kernels that are not
@@ -477,7 +479,7 @@ def _rect_parts(img: np.ndarray, k: Kernel, path: str):
     h, w = img.shape[:2]
     ry, rx = min(k.shape[0] // 2, h), min(k.shape[1] // 2, w)
 
-    def divide(rows, cols, weights) -> None:
+    def divide(rows: slice, cols: slice, weights: np.ndarray) -> None:
         part = num[rows, cols]
         part /= (weights[..., None] if part.ndim == 3 else weights).astype(np.float32)
 
@@ -495,9 +497,10 @@ def _rect_parts(img: np.ndarray, k: Kernel, path: str):
 _KEEP_WEIGHTED_BYTES = 32 << 20
 
 
-def _mean_parts(image, mask, k: Kernel, *, min_weight: float = DEFAULT_MIN_WEIGHT,
-                rect_fast: bool = True, want_weights: bool = False, inverse=None,
-                keep_weighted: bool = False):
+def _mean_parts(image: ArrayLike, mask: np.ndarray | None, k: Kernel, *,
+                min_weight: float = DEFAULT_MIN_WEIGHT, rect_fast: bool = True,
+                want_weights: bool = False, inverse: np.ndarray | None = None,
+                keep_weighted: bool = False) -> tuple[_MeanParts, np.ndarray | None]:
     """The masked local mean of ``image`` as :class:`_MeanParts` (the mean is ``sum(K)`` times
     the weighted mean, as :func:`masked_convolve` has it), and with ``want_weights`` the
     certainty ``(M conv K) / sum(K)``. ``image`` finite (see :func:`_drop_nonfinite`), ``mask``
@@ -530,7 +533,8 @@ def _mean_parts(image, mask, k: Kernel, *, min_weight: float = DEFAULT_MIN_WEIGH
     return parts, (den * np.float32(1.0 / raw) if want_weights else None)
 
 
-def _mean_divisor(mask, k: Kernel, *, min_weight: float = DEFAULT_MIN_WEIGHT):
+def _mean_divisor(mask: np.ndarray, k: Kernel, *, min_weight: float = DEFAULT_MIN_WEIGHT
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """What :func:`_mean_parts` divides by for ``mask`` (checked, see :func:`as_mask`) and a
     non-negative ``k``, computed once: ``(inverse, weights)`` -- pass ``inverse`` back to
     :func:`_mean_parts` for images with this mask; ``weights`` is the certainty
@@ -554,7 +558,8 @@ def _masked_input(image: np.ndarray, m: np.ndarray, binary: np.ndarray | None) -
     return img * (mm[..., None] if img.ndim == 3 else mm)
 
 
-def _normalized_mean(weighted, m, k: Kernel, path: str, min_weight: float):
+def _normalized_mean(weighted: np.ndarray, m: np.ndarray, k: Kernel, path: str,
+                     min_weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Weighted mean of valid pixels under ``k`` (>= 0): (mean, weights, undefined)."""
     weights = _weights(m, k, path)
     mean = _MeanParts(_filter(weighted, k, path), weights, scale=1.0 / k.total,

@@ -8,6 +8,7 @@ Errors about a particular file carry its path, so a batch can report
 from __future__ import annotations
 
 import os
+from typing import Any
 
 __all__ = [
     "RetinaPrepError",
@@ -51,8 +52,8 @@ class RetinaPrepError(Exception):
     #: The default :attr:`code` of errors of this class.
     code: str = "error"
 
-    def __init__(self, message: str, path: str | os.PathLike | None = None, *,
-                 code: str | None = None, advice: str | None = None, **params) -> None:
+    def __init__(self, message: str, path: str | os.PathLike[str] | None = None, *,
+                 code: str | None = None, advice: str | None = None, **params: Any) -> None:
         super().__init__(message)
         self.message = message
         self.path = None if path is None else os.fspath(path)
@@ -74,12 +75,13 @@ class RetinaPrepError(Exception):
             return text
         return f"{printable(self.path)}: {text}"
 
-    def __reduce__(self):  # (keyword arguments survive pickling to and from workers)
+    def __reduce__(self) -> tuple[Any, ...]:  # (keyword arguments survive pickling to and from workers)
         return (_rebuild, (type(self), self.message, self.path, self.code, self.advice,
                            self.params))
 
 
-def _rebuild(cls, message, path, code, advice, params):
+def _rebuild(cls: type[RetinaPrepError], message: str, path: str | None, code: str,
+             advice: str | None, params: dict[str, Any]) -> RetinaPrepError:
     err = cls.__new__(cls)
     RetinaPrepError.__init__(err, message, path, code=code, advice=advice, **params)
     return err
@@ -100,8 +102,8 @@ class Notice:
 
     __slots__ = ("code", "text", "path", "advice", "params")
 
-    def __init__(self, code: str, text: str, path: str | os.PathLike | None = None, *,
-                 advice: str | None = None, **params) -> None:
+    def __init__(self, code: str, text: str, path: str | os.PathLike[str] | None = None, *,
+                 advice: str | None = None, **params: Any) -> None:
         self.code = code
         self.text = text
         self.path = None if path is None else os.fspath(path)
@@ -115,21 +117,22 @@ class Notice:
     def __repr__(self) -> str:
         return f"Notice({self.code!r}, {str(self)!r})"
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Notice) and str(self) == str(other) and self.code == other.code
 
     def __hash__(self) -> int:
         return hash((self.code, str(self)))
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_notice, (self.code, self.text, self.path, self.advice, self.params))
 
 
-def _notice(code, text, path, advice, params):
+def _notice(code: str, text: str, path: str | None, advice: str | None,
+            params: dict[str, Any]) -> Notice:
     return Notice(code, text, path, advice=advice, **params)
 
 
-def printable(name) -> str:
+def printable(name: str | os.PathLike[str]) -> str:
     """A file name on one line: control characters (newlines) escaped, undecodable bytes shown."""
     text = os.fspath(name) if not isinstance(name, str) else name
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -6,18 +6,23 @@ command read files and write reports.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .clahe import masked_clahe
 from .convolution import masked_convolve
 from .fov import _centroid, fov_diameter, margin_distance
-from .kernels import gaussian_kernel
+from .kernels import Kernel, gaussian_kernel
 from .metrics import margin_bias_profile
 from .normalize import DEFAULT_TARGET, dtype_scale, normalize_illumination
+
+#: Distance bands (lo, hi) in pixels from the FOV margin, half open.
+Bands = tuple[tuple[float, float], ...]
 
 __all__ = [
     "METHODS",
@@ -54,7 +59,7 @@ PEERS = ("CLAHE, no mask (OpenCV)", "masked CLAHE", "Ben Graham, 0.9 R crop", "B
          "mirror padding, then IN without mask")
 
 
-def methods_for(orders=(0, 1), peers: bool = False) -> tuple[str, ...]:
+def methods_for(orders: Sequence[int] = (0, 1), peers: bool = False) -> tuple[str, ...]:
     """The methods to compare when IN with mask runs in these orders (0, 1 or both), and the
     peers' margin treatments (:data:`PEERS`) when asked."""
     ours = tuple(name for name, spec in METHODS.items()
@@ -62,13 +67,13 @@ def methods_for(orders=(0, 1), peers: bool = False) -> tuple[str, ...]:
     return ours + (PEERS if peers else ())
 
 
-def _circle(mask) -> tuple[float, float, float]:
+def _circle(mask: np.ndarray) -> tuple[float, float, float]:
     """The FOV's centre (x, y) and radius."""
     cy, cx = _centroid(mask)
     return cx, cy, fov_diameter(mask) / 2
 
 
-def _ben_graham(image, mask, *, masked: bool, target: float) -> np.ndarray:
+def _ben_graham(image: np.ndarray, mask: np.ndarray, *, masked: bool, target: float) -> np.ndarray:
     """4 (I - G_sigma * I) + I0 with sigma = R / 30 (his scale of 300 px radius, sigma 10); as
     published the blur is unmasked and the result beyond 0.9 R is I0; masked, the local mean is
     a masked Gaussian and the result is kept to the FOV."""
@@ -91,7 +96,7 @@ def _ben_graham(image, mask, *, masked: bool, target: float) -> np.ndarray:
     return np.clip(np.rint(out) if img.dtype.kind in "ui" else out, 0, top).astype(img.dtype)
 
 
-def _mirrored(image, mask) -> np.ndarray:
+def _mirrored(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The image with every pixel outside the FOV circle replaced by its mirror image across the
     circle (radius 2R - r on the same ray), as fundusprep pads before filtering."""
     img = np.asarray(image)
@@ -109,7 +114,7 @@ def _mirrored(image, mask) -> np.ndarray:
 RESPONSES = ("inverted green", "black top-hat")
 
 #: Distance bands from the FOV margin at DRIVE resolution (pixels).
-BANDS = ((0, 3), (3, 6), (6, 12), (12, 25), (25, 50), (50, np.inf))
+BANDS: Bands = ((0, 3), (3, 6), (6, 12), (12, 25), (25, 50), (50, np.inf))
 
 #: FOV diameter the bands are given for (DRIVE); other resolutions scale them by diameter / this.
 REFERENCE_DIAMETER = 540.0
@@ -118,7 +123,7 @@ REFERENCE_DIAMETER = 540.0
 MARGIN_FRACTION = 0.10
 
 
-def roc_auc(scores, labels) -> float:
+def roc_auc(scores: ArrayLike, labels: ArrayLike) -> float:
     """Exact ROC AUC by ranks (Mann-Whitney U), ties counted as one half.
 
     Returns NaN when either class is empty.
@@ -141,7 +146,8 @@ def roc_auc(scores, labels) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def roc_curve(scores, labels, n_points: int = 256):
+def roc_curve(scores: ArrayLike, labels: ArrayLike, n_points: int = 256
+              ) -> tuple[np.ndarray, np.ndarray]:
     """(false positive rate, true positive rate) at up to ``n_points`` thresholds."""
     s = np.asarray(scores, np.float64).ravel()
     y = np.asarray(labels, bool).ravel()
@@ -156,19 +162,20 @@ def roc_curve(scores, labels, n_points: int = 256):
     return fpr, tpr
 
 
-def scaled_bands(mask, bands=BANDS):
+def scaled_bands(mask: ArrayLike, bands: Bands = BANDS) -> Bands:
     """The distance bands scaled from DRIVE to this FOV's diameter."""
     f = fov_diameter(mask) / REFERENCE_DIAMETER
     return tuple((lo * f, hi * f) for lo, hi in bands)
 
 
-def _green(image) -> np.ndarray:
+def _green(image: ArrayLike) -> np.ndarray:
     img = np.asarray(image)
     g = img[..., 1] if img.ndim == 3 and img.shape[2] >= 3 else (img if img.ndim == 2 else img[..., 0])
     return g.astype(np.float32)
 
 
-def vessel_responses(image, mask, *, scale: float = 1.0) -> dict:
+def vessel_responses(image: ArrayLike, mask: ArrayLike, *, scale: float = 1.0
+                     ) -> dict[str, np.ndarray]:
     """Training-free vessel responses of one preprocessed image, higher = more vessel-like.
 
     ``inverted green``: minus the green channel. ``black top-hat``:
@@ -187,7 +194,8 @@ def vessel_responses(image, mask, *, scale: float = 1.0) -> dict:
     return {"inverted green": -g, "black top-hat": tophat}
 
 
-def preprocess(image, mask, method, *, kernel, target: float = DEFAULT_TARGET):
+def preprocess(image: ArrayLike, mask: ArrayLike, method: str, *, kernel: Kernel,
+               target: float = DEFAULT_TARGET) -> np.ndarray:
     """The image as one of :data:`METHODS` (or :data:`PEERS`) leaves it."""
     if method in PEERS:
         return _peer(image, mask, method, kernel=kernel, target=target)
@@ -199,7 +207,8 @@ def preprocess(image, mask, method, *, kernel, target: float = DEFAULT_TARGET):
                                   method=how, order=order)
 
 
-def _peer(image, mask, method, *, kernel, target: float):
+def _peer(image: ArrayLike, mask: ArrayLike, method: str, *, kernel: Kernel,
+          target: float) -> np.ndarray:
     img = np.asarray(image)
     m = np.asarray(mask) > 0
     if method == "CLAHE, no mask (OpenCV)":
@@ -224,8 +233,10 @@ class ImageEvaluation:
     bands: tuple = ()
 
 
-def evaluate_image(image, fov, region, labels=None, *, kernel, target: float = DEFAULT_TARGET,
-                   methods=tuple(METHODS), max_samples: int = 400_000) -> ImageEvaluation:
+def evaluate_image(image: ArrayLike, fov: np.ndarray, region: np.ndarray,
+                   labels: np.ndarray | None = None, *, kernel: Kernel,
+                   target: float = DEFAULT_TARGET, methods: Sequence[str] = tuple(METHODS),
+                   max_samples: int = 400_000) -> ImageEvaluation:
     """Margin bias per band and vessel-response samples for every method, on one image.
 
     Parameters
@@ -272,7 +283,7 @@ def evaluate_image(image, fov, region, labels=None, *, kernel, target: float = D
     return ev
 
 
-def _unit(image) -> float:
+def _unit(image: ArrayLike) -> float:
     return dtype_scale(np.asarray(image).dtype)
 
 
@@ -280,7 +291,8 @@ def _unit(image) -> float:
 INTERIOR_FLOOR = 1.0
 
 
-def summarize(evaluations, methods=tuple(METHODS)) -> dict:
+def summarize(evaluations: Sequence[ImageEvaluation],
+              methods: Sequence[str] = tuple(METHODS)) -> dict[str, Any]:
     """Pool per-image evaluations into bias tables, edge/interior ratios and AUCs.
 
     Returns a dict with ``bands`` (DRIVE-scale labels), ``bias`` (method ->

@@ -7,12 +7,17 @@ filtering differ, can be seen.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .fov import margin_distance
+
+#: A point (x, y) in pixel coordinates.
+Point = tuple[float, float]
 
 #: Default largest width of a panel (pixels): HRF-sized columns are shown downscaled.
 PANEL_WIDTH = 2400
@@ -34,7 +39,7 @@ THEME: dict[str, Any] = {
 }
 
 
-def to_display(image) -> np.ndarray:
+def to_display(image: ArrayLike) -> np.ndarray:
     """Any image (gray or RGB; uint8, uint16 or float in [0, 1]) as uint8 RGB."""
     img = np.asarray(image)
     if img.dtype == np.uint8:
@@ -53,7 +58,7 @@ def to_display(image) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def _draw_contour(img: np.ndarray, mask, thickness: int) -> np.ndarray:
+def _draw_contour(img: np.ndarray, mask: ArrayLike, thickness: int) -> np.ndarray:
     m = np.asarray(mask, bool).astype(np.uint8)
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     over = img.copy()
@@ -84,7 +89,8 @@ def _gray(img: np.ndarray) -> np.ndarray:
     return img.astype(np.float32).mean(axis=2)
 
 
-def choose_inset(images, mask, size: int):
+def choose_inset(images: Sequence[ArrayLike], mask: ArrayLike, size: int
+                 ) -> tuple[int, int, int]:
     """Top-left ``(x, y)`` of the ``size`` x ``size`` stretch of FOV margin where ``images`` differ most.
 
     The difference is the largest absolute difference (gray) between any two
@@ -114,7 +120,7 @@ def choose_inset(images, mask, size: int):
     return int(np.clip(cx - half, 0, w - size)), int(np.clip(cy - half, 0, h - size)), size
 
 
-def _profile_line(mask, inset):
+def _profile_line(mask: ArrayLike, inset: tuple[int, int, int]) -> tuple[Point, Point]:
     """End points of a line along the radius of the FOV through the inset, placed so that it
     crosses the FOV margin where the inset holds it (it ran through the inset's centre, which
     in some figures lies a way from the margin: the profile then never crossed it)."""
@@ -142,14 +148,15 @@ def _profile_line(mask, inset):
     return (cx - vx * half, cy - vy * half), (cx + vx * half, cy + vy * half)
 
 
-def _sample(img_gray, p0, p1, n):
+def _sample(img_gray: np.ndarray, p0: Point, p1: Point, n: int) -> np.ndarray:
     xs = np.linspace(p0[0], p1[0], n).astype(np.float32)
     ys = np.linspace(p0[1], p1[1], n).astype(np.float32)
     return cv2.remap(img_gray, xs[None], ys[None], cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REPLICATE)[0]
 
 
-def _profile_strip(grays, titles, p0, p1, mask, width: int, height: int) -> np.ndarray:
+def _profile_strip(grays: Sequence[np.ndarray], titles: Sequence[str], p0: Point, p1: Point,
+                   mask: ArrayLike, width: int, height: int) -> np.ndarray:
     """A plot of gray level along p0 -> p1, one line per column, with a legend and the margin."""
     strip = np.full((height, width, 3), THEME["background"], np.uint8)
     n = max(2, int(np.hypot(p1[0] - p0[0], p1[1] - p0[1])) + 1)
@@ -193,13 +200,15 @@ def _profile_strip(grays, titles, p0, p1, mask, width: int, height: int) -> np.n
     return strip
 
 
-def _halo_line(img, a, b, thickness: int) -> None:
+def _halo_line(img: np.ndarray, a: tuple[int, int], b: tuple[int, int], thickness: int) -> None:
     """A line visible on any background: dark outline, light core."""
     cv2.line(img, a, b, (0, 0, 0), thickness + 2, cv2.LINE_AA)
     cv2.line(img, a, b, (255, 255, 255), thickness, cv2.LINE_AA)
 
 
-def panel(columns, *, mask=None, contour: bool = True, inset=None, profile: bool = False,
+def panel(columns: Sequence[tuple[str, ArrayLike]], *, mask: ArrayLike | None = None,
+          contour: bool = True, inset: tuple[int, int, int] | str | None = None,
+          profile: bool = False,
           max_width: int | None = None) -> np.ndarray:
     """A row of labelled images of equal size, with an optional zoomed inset row and profile strip.
 
@@ -278,7 +287,8 @@ def panel(columns, *, mask=None, contour: bool = True, inset=None, profile: bool
               + (prof_h + pad if prof_h else 0) + cap_h)
     out = np.full((height, width, 3), THEME["background"], np.uint8)
     thickness = max(1, int(round(sw / 400)))
-    line = _profile_line(mask, inset) if profile else None
+    line = (_profile_line(mask, inset) if profile and mask is not None and inset is not None
+            else None)
     small_mask = None
     if mask is not None:
         small_mask = mask if scale == 1 else cv2.resize(
@@ -286,8 +296,8 @@ def panel(columns, *, mask=None, contour: bool = True, inset=None, profile: bool
     for i, (t, im) in enumerate(cols):
         x0 = pad + i * (sw + pad)
         small = im if scale == 1 else cv2.resize(im, (sw, sh), interpolation=cv2.INTER_AREA)
-        shown = (_draw_contour(small, small_mask, thickness) if contour and mask is not None
-                 else small.copy())
+        shown = (_draw_contour(small, small_mask, thickness)
+                 if contour and small_mask is not None else small.copy())
         if inset is not None:
             ix, iy, isz = inset
             crop = im[iy:iy + isz, ix:ix + isz]  # full-resolution pixels
@@ -314,7 +324,7 @@ def panel(columns, *, mask=None, contour: bool = True, inset=None, profile: bool
                 " insets and profile use full-resolution pixels")
         out[height - cap_h:, pad:width - pad] = _title(note, width - 2 * pad, cap_h)
     if profile:
-        assert line is not None  # a profile is drawn along the inset's line
+        assert line is not None and mask is not None  # a profile is drawn along the inset's line
         grays = [_gray(im) for _, im in cols]
         strip = _profile_strip(grays, [t for t, _ in cols], line[0], line[1], mask,
                                width - 2 * pad, prof_h)
@@ -323,7 +333,8 @@ def panel(columns, *, mask=None, contour: bool = True, inset=None, profile: bool
     return out
 
 
-def thumbnail(image, mask=None, *, width: int = 240, flag: str | None = None) -> np.ndarray:
+def thumbnail(image: ArrayLike, mask: ArrayLike | None = None, *, width: int = 240,
+              flag: str | None = None) -> np.ndarray:
     """A small uint8 RGB copy of ``image`` ``width`` px wide, with the FOV contour drawn boldly.
 
     ``flag``: a warning text drawn in a red frame (for example a low-confidence mask).
@@ -348,7 +359,7 @@ def thumbnail(image, mask=None, *, width: int = 240, flag: str | None = None) ->
     return small
 
 
-def contact_sheet(tiles, *, columns: int | None = None) -> np.ndarray:
+def contact_sheet(tiles: Sequence[tuple[str, np.ndarray]], *, columns: int | None = None) -> np.ndarray:
     """A grid of labelled tiles (title, uint8 RGB image) for reviewing many images at once.
 
     Tiles may differ in size; every cell is as wide as the widest tile and each row as high as

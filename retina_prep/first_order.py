@@ -277,7 +277,8 @@ def plane_geometry(mask: ArrayLike | None, kernel: Kernel | ArrayLike,
         ctype = np.int32 if exact else ftype
         sub = band[y0:y1, x0:x1]
 
-        def moment(a, inner=inner, sub=sub):  # the window sums at the block's band pixels
+        def moment(a: np.ndarray, inner: tuple[slice, slice] = inner,
+                   sub: np.ndarray = sub) -> np.ndarray:  # the window sums at the block's band pixels
             return _filter(a, k, path, depth, raw=True)[inner][sub].astype(ftype, copy=False)
 
         xr, yc = xs.astype(ctype)[None, :], ys.astype(ctype)[:, None]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "Transform",
@@ -93,11 +94,12 @@ class Transform:
                    output_size=(out[0], out[1]), crop=box)
 
 
-def _rows(m: np.ndarray):
-    return tuple(tuple(float(v) for v in row) for row in m)
+def _rows(m: np.ndarray) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    (a, b, c), (d, e, f) = (tuple(float(v) for v in row) for row in m)
+    return (a, b, c), (d, e, f)
 
 
-def fov_bounds(mask) -> tuple[int, int, int, int]:
+def fov_bounds(mask: ArrayLike) -> tuple[int, int, int, int]:
     """The bounding box ``(x, y, width, height)`` of the mask's pixels."""
     m = np.asarray(mask)
     if m.ndim != 2:
@@ -109,7 +111,7 @@ def fov_bounds(mask) -> tuple[int, int, int, int]:
     return int(x), int(y), int(w), int(h)
 
 
-def fov_square(mask) -> tuple[int, int, int]:
+def fov_square(mask: ArrayLike) -> tuple[int, int, int]:
     """The FOV's bounding square ``(x0, y0, side)``: centred on the bounding box of the mask,
     as wide as its longer side. Where the disc is cut by the frame, the square reaches
     outside the image (the cut side is restored, centred on the disc)."""
@@ -118,7 +120,7 @@ def fov_square(mask) -> tuple[int, int, int]:
     return x - (side - w) // 2, y - (side - h) // 2, side
 
 
-def fov_transform(mask, *, crop: bool = True, size: int | None = None) -> Transform:
+def fov_transform(mask: ArrayLike, *, crop: bool = True, size: int | None = None) -> Transform:
     """The transform of cropping to the FOV's bounding square (:func:`fov_square`) and/or
     resizing to ``size`` x ``size`` (without ``crop``, the whole image is resized to that
     square, its aspect changed)."""
@@ -142,7 +144,8 @@ def fov_transform(mask, *, crop: bool = True, size: int | None = None) -> Transf
     return Transform(matrix=_rows(matrix), original_size=(w, h), output_size=out, crop=box)
 
 
-def warp(array, transform: Transform, *, interpolation: str = "area", fill=0) -> np.ndarray:
+def warp(array: ArrayLike, transform: Transform, *, interpolation: str = "area",
+         fill: float = 0) -> np.ndarray:
     """``array`` (an original-sized image, mask or label map) cut and resized as ``transform``
     says; outside the original: ``fill``. A boolean array is warped with nearest neighbour and
     stays boolean. ``"area"`` averages pixel areas when shrinking (the usual choice for
@@ -177,7 +180,7 @@ def warp(array, transform: Transform, *, interpolation: str = "area", fill=0) ->
     return res.reshape((out_h, out_w) + a.shape[2:])
 
 
-def _sized(array, size: tuple[int, int], what: str) -> np.ndarray:
+def _sized(array: ArrayLike, size: tuple[int, int], what: str) -> np.ndarray:
     """``array`` as an ndarray, checked to be ``size`` (width, height)."""
     a = np.asarray(array)
     w, h = size
@@ -186,13 +189,13 @@ def _sized(array, size: tuple[int, int], what: str) -> np.ndarray:
     return a
 
 
-def _border_value(a: np.ndarray, fill):
+def _border_value(a: np.ndarray, fill: float) -> tuple[float, ...]:
     c = 1 if a.ndim == 2 else a.shape[2]
     return (float(fill),) * min(c, 4)
 
 
-def to_original(array, transform: Transform, size: tuple[int, int] | None = None, *,
-                interpolation: str = "linear", fill=0,
+def to_original(array: ArrayLike, transform: Transform, size: tuple[int, int] | None = None, *,
+                interpolation: str = "linear", fill: float = 0,
                 shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Map an output-sized ``array`` (a probability map, a label map with
     ``interpolation="nearest"``) back onto the original pixel grid: the inverse of
@@ -223,14 +226,14 @@ def to_original(array, transform: Transform, size: tuple[int, int] | None = None
     return res.reshape((int(h), int(w)) + a.shape[2:])
 
 
-def points_to_original(xy, transform: Transform) -> np.ndarray:
+def points_to_original(xy: ArrayLike, transform: Transform) -> np.ndarray:
     """Output pixel coordinates ``(N, 2)`` (x, y; e.g. a lesion box's corners) -> original."""
     p = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     inv = transform.inverse
     return p @ inv[:, :2].T + inv[:, 2]
 
 
-def points_to_output(xy, transform: Transform) -> np.ndarray:
+def points_to_output(xy: ArrayLike, transform: Transform) -> np.ndarray:
     """Original pixel coordinates ``(N, 2)`` -> output."""
     p = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     a = transform.array

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .fov import margin_distance
 
@@ -12,7 +15,10 @@ __all__ = ["DEFAULT_BANDS", "margin_distance", "margin_bias_profile"]
 DEFAULT_BANDS = ((0, 3), (3, 6), (6, 9), (9, 12), (12, 25), (25, 50), (50, np.inf))
 
 
-def margin_bias_profile(output, mask, *, target: float, region=None, exclude=None, bands=DEFAULT_BANDS):
+def margin_bias_profile(output: ArrayLike, mask: ArrayLike, *, target: float,
+                        region: ArrayLike | None = None, exclude: ArrayLike | None = None,
+                        bands: Sequence[tuple[float, float]] = DEFAULT_BANDS
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Mean of ``output - target`` over FOV pixels by distance band from the margin.
 
     Parameters

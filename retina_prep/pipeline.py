@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -389,7 +389,7 @@ def trim_mask(image: np.ndarray, mask: np.ndarray, settings: MaskSettings, *,
     if rim == "default":
         rim = "none" if trimmed else "auto"
     px = resolve_erode(settings.erode, mask)
-    rim_info = {}
+    rim_info: dict[str, Any] = {}
     try:
         if rim == "auto":
             mask, rim_info = trim_rim(image, mask, value_range=value_range, return_info=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from numpy.typing import DTypeLike
 
 __all__ = ["SyntheticFundus", "synthetic_fundus", "illumination_field"]
 
@@ -27,7 +28,7 @@ class SyntheticFundus:
     reflectance: np.ndarray  # (H, W, 3) float in [0, 1]
 
 
-def illumination_field(shape, *, strength: float = 1.0, seed: int = 0) -> np.ndarray:
+def illumination_field(shape: tuple[int, int], *, strength: float = 1.0, seed: int = 0) -> np.ndarray:
     """A smooth, strongly uneven illumination field, about 0.3 to 1.3.
 
     A linear ramp across the image, a bright blob off centre and a dark
@@ -46,7 +47,8 @@ def illumination_field(shape, *, strength: float = 1.0, seed: int = 0) -> np.nda
     return np.clip(field, 0.15, None)
 
 
-def _vessel_tree(shape, center, radius, rng) -> np.ndarray:
+def _vessel_tree(shape: tuple[int, int], center: tuple[float, float], radius: float,
+                 rng: np.random.Generator) -> np.ndarray:
     h, w = shape
     canvas = np.zeros((h, w), np.uint8)
     scale = min(h, w) / 565
@@ -66,15 +68,15 @@ def _vessel_tree(shape, center, radius, rng) -> np.ndarray:
 
 
 def synthetic_fundus(
-    shape=(584, 565),
+    shape: tuple[int, int] = (584, 565),
     *,
     seed: int = 0,
     background: int = 0,
     strength: float = 1.0,
     vessels: bool = True,
     noise: float = 1.5,
-    dtype=np.uint8,
-    center=None,
+    dtype: DTypeLike = np.uint8,
+    center: tuple[float, float] | None = None,
     radius: float = 0.46,
     cut: float | None = None,
     notch: str | None = None,
@@ -180,7 +182,8 @@ def synthetic_fundus(
     return SyntheticFundus(img, mask, field, vmap, refl)
 
 
-def _frame(kind: str, shape, centre, radius: float, rng, field) -> np.ndarray:
+def _frame(kind: str, shape: tuple[int, int], centre: tuple[float, float], radius: float,
+           rng: np.random.Generator, field: np.ndarray) -> np.ndarray:
     """(H, W, 3) float32 levels of a frame of ``kind`` (see :func:`synthetic_fundus`)."""
     h, w = shape
     cy, cx = centre

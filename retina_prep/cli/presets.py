@@ -17,7 +17,7 @@ Examples:
 """,
 )
 @click.argument("name", required=False)
-def presets(name):
+def presets(name: str | None) -> None:
     """List the presets that ship with retina-prep (name and what it is for), or print
     preset NAME as TOML on stdout, to read or to copy and edit. Use one with --config NAME."""
     if name is None:

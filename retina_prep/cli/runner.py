@@ -450,7 +450,7 @@ def execute(
         if run.manifest_error and not manifest_reported:
             manifest_reported = True
             report.failed += 1
-            log(f"error: {printable(run.manifest_path)}: {run.manifest_error}; outputs are still"
+            log(f"error: {printable(str(run.manifest_path))}: {run.manifest_error}; outputs are still"
                 " written", logging.ERROR)
 
     results = iter(run)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, overload
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..convolution import as_native, check_layout, masked_convolve
 from ..errors import MaskError
@@ -63,7 +65,7 @@ def _frame_is_bright(v: np.ndarray) -> bool:
 UNIFORM_FRAME = 0.6
 
 
-def _percentiles(v: np.ndarray, qs, integral: np.ndarray | None = None) -> list[float]:
+def _percentiles(v: np.ndarray, qs: Sequence[float], integral: np.ndarray | None = None) -> list[float]:
     """``np.percentile(v, qs)`` (linear interpolation); from a histogram of ``integral`` (the
     same values as 8- or 16-bit integers) when given: exact, and 20x faster at 8 Mpx."""
     if integral is None or integral.dtype not in (np.uint8, np.uint16):
@@ -249,7 +251,7 @@ class FovEstimate:
 LOW_CONFIDENCE = 0.85
 
 
-def _fit_circle(x: np.ndarray, y: np.ndarray):
+def _fit_circle(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float] | None:
     """Least-squares (Kasa) circle through points: (cx, cy, r) or None."""
     a = np.column_stack([x, y, np.ones_like(x)])
     b = x * x + y * y
@@ -265,7 +267,8 @@ def _fit_circle(x: np.ndarray, y: np.ndarray):
 
 
 def _ransac_circle(x: np.ndarray, y: np.ndarray, tol: float, min_r: float, max_r: float,
-                   iterations: int = 400):
+                   iterations: int = 400
+                   ) -> tuple[tuple[float, float, float] | None, np.ndarray | None]:
     """A robust circle through edge points: (circle, inlier mask) or (None, None).
 
     Random triples of points propose circles; the one with the most points
@@ -321,7 +324,7 @@ def _outside_level(v: np.ndarray, m: np.ndarray, width: int) -> np.ndarray:
     return masked_convolve(v, band, gaussian_kernel(max(1.0, width / 1.5)), min_weight=1e-3)
 
 
-def _contour_points(m: np.ndarray, margin: int = 2):
+def _contour_points(m: np.ndarray, margin: int = 2) -> tuple[np.ndarray, ...]:
     """(ys, xs) of the mask's boundary pixels that are not at the image border."""
     h, w = m.shape
     edge = m & ~cv2.erode(m.astype(np.uint8), _disk(1), borderType=cv2.BORDER_REPLICATE).astype(bool)
@@ -331,12 +334,12 @@ def _contour_points(m: np.ndarray, margin: int = 2):
 
 
 @overload
-def estimate_fov(image, *, edge_fraction: float = ..., threshold: float | None = ...,
+def estimate_fov(image: ArrayLike, *, edge_fraction: float = ..., threshold: float | None = ...,
                  details: Literal[False] = ...) -> np.ndarray: ...
 @overload
-def estimate_fov(image, *, edge_fraction: float = ..., threshold: float | None = ...,
+def estimate_fov(image: ArrayLike, *, edge_fraction: float = ..., threshold: float | None = ...,
                  details: Literal[True]) -> FovEstimate: ...
-def estimate_fov(image, *, edge_fraction: float = EDGE_FRACTION, threshold: float | None = None,
+def estimate_fov(image: ArrayLike, *, edge_fraction: float = EDGE_FRACTION, threshold: float | None = None,
                  details: bool = False) -> np.ndarray | FovEstimate:
     """Estimate the field of view of a fundus photograph from the image alone.
 
@@ -407,7 +410,7 @@ def estimate_fov(image, *, edge_fraction: float = EDGE_FRACTION, threshold: floa
     return est if details else est.mask
 
 
-def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
+def fov_estimate(image: ArrayLike, *, edge_fraction: float = EDGE_FRACTION,
                  threshold: float | None = None) -> FovEstimate:
     """Deprecated: ``estimate_fov(image, details=True)``."""
     warnings.warn("fov_estimate(image) is estimate_fov(image, details=True)", DeprecationWarning,
@@ -415,7 +418,7 @@ def fov_estimate(image, *, edge_fraction: float = EDGE_FRACTION,
     return _estimate(image, edge_fraction, threshold)
 
 
-def _estimate(image, edge_fraction: float, threshold: float | None) -> FovEstimate:
+def _estimate(image: ArrayLike, edge_fraction: float, threshold: float | None) -> FovEstimate:
     """The estimate of :func:`estimate_fov`."""
     img = as_native(image)
     check_layout(img)
@@ -555,7 +558,8 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None,
                 is_bg=is_bg.astype(np.float32), tol=tol)
 
 
-def _fov_circle(m: np.ndarray, tol: float):
+def _fov_circle(m: np.ndarray, tol: float
+                ) -> tuple[tuple[float, float, float], float] | tuple[None, None]:
     """The circle (cx, cy, r) fitted by RANSAC to the mask's contour and the median distance
     of its inliers from it, or (None, None) when fewer than 30 % of the contour points or
     fewer than 9 of 36 directions support one."""
@@ -565,7 +569,7 @@ def _fov_circle(m: np.ndarray, tol: float):
     h, w = m.shape
     c, inl = _ransac_circle(xs.astype(np.float64), ys.astype(np.float64), tol,
                             0.15 * min(h, w), 2.0 * max(h, w))
-    if c is None:
+    if c is None or inl is None:
         return None, None
     ang = np.arctan2(ys[inl] - c[1], xs[inl] - c[0])
     coverage = np.unique(((ang + np.pi) / (2 * np.pi) * 36).astype(int) % 36).size
@@ -575,7 +579,8 @@ def _fov_circle(m: np.ndarray, tol: float):
 
 
 def _contour_checks(v: np.ndarray, m: np.ndarray, is_bg: np.ndarray,
-                    circle: tuple[float, float, float] | None, tol: float):
+                    circle: tuple[float, float, float] | None, tol: float
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The mask's contour points away from the image border (``ys, xs``), whether each has
     background right outside it (the mean of ``v`` over a band outside, at most ``is_bg``)
     and whether it lies on the fitted circle."""
@@ -590,7 +595,7 @@ def _contour_checks(v: np.ndarray, m: np.ndarray, is_bg: np.ndarray,
     return ys, xs, bg_out, on_circle
 
 
-def _confidence(checks) -> float:
+def _confidence(checks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> float:
     """The fraction of the contour (away from the image border) on the fitted circle or with
     background right outside it; 1.0 without a contour."""
     ys, xs, bg_out, on_circle = checks
@@ -641,7 +646,8 @@ def _settle_edge(m: np.ndarray, raw: np.ndarray, low: np.ndarray, blur: float,
     return fill_holes(grown) if grew else m  # (what it grew may close a gap)
 
 
-def _creep(m: np.ndarray, ys: np.ndarray, xs: np.ndarray, steps: int, *, grow: bool):
+def _creep(m: np.ndarray, ys: np.ndarray, xs: np.ndarray, steps: int, *, grow: bool
+           ) -> tuple[np.ndarray, bool]:
     """Move the mask's edge through the pixels ``ys, xs`` a pixel at a time, at most ``steps``
     times: ``grow`` takes those that touch the mask, else those inside that touch the outside
     are dropped. Returns the mask and whether it changed."""

@@ -5,14 +5,16 @@ image, erosion, holes, feathering, the distance to the margin and the diameter.
 from __future__ import annotations
 
 import math
+import os
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import MaskError, NotAMaskError
 
 
-def binarize_mask(array, *, path=None) -> np.ndarray:
+def binarize_mask(array: ArrayLike, *, path: str | os.PathLike[str] | None = None) -> np.ndarray:
     """Turn a decoded mask image into a boolean ``(H, W)`` mask.
 
     Accepts what mask files decode to: ``(H, W)``, ``(H, W, C)`` (RGB or
@@ -48,7 +50,8 @@ def binarize_mask(array, *, path=None) -> np.ndarray:
     return _binarize_plane(*_mask_plane(array, path), path)
 
 
-def _binarize_plane(m: np.ndarray, alpha: np.ndarray | None, path=None) -> np.ndarray:
+def _binarize_plane(m: np.ndarray, alpha: np.ndarray | None,
+                    path: str | os.PathLike[str] | None = None) -> np.ndarray:
     """:func:`binarize_mask` of a plane :func:`_mask_plane` made."""
     if alpha is not None and m.min() == m.max():
         inside = alpha  # the colour says nothing: the FOV is where the mask is opaque
@@ -79,7 +82,8 @@ def channel_max(img: np.ndarray) -> np.ndarray:
     return img.max(axis=-1)
 
 
-def _mask_plane(array, path=None) -> tuple[np.ndarray, np.ndarray | None]:
+def _mask_plane(array: ArrayLike, path: str | os.PathLike[str] | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
     """A decoded mask's ``(H, W)`` plane (colour channels combined by their maximum, the first
     frame) and its alpha test (None where alpha does not vary)."""
     m = np.asarray(array)
@@ -96,7 +100,7 @@ def _mask_plane(array, path=None) -> tuple[np.ndarray, np.ndarray | None]:
     return m, alpha
 
 
-def mask_gray_fraction(array) -> float:
+def mask_gray_fraction(array: ArrayLike) -> float:
     """The fraction of a decoded mask's pixels that are neither dark nor bright: strictly
     between 10 % and 90 % of its maximum (a 0/255 mask has none, a JPEG-saved or anti-aliased
     one a thin line along its edge, a photograph most of its pixels). NaN pixels count as
@@ -122,7 +126,7 @@ MASK_GRAY_LIMIT = 0.25
 MASK_BACKGROUND_LIMIT = 0.5
 
 
-def check_fov_mask(mask, image, *, gray_fraction: float | None = None) -> None:
+def check_fov_mask(mask: ArrayLike, image: ArrayLike, *, gray_fraction: float | None = None) -> None:
     """Refuse a mask that is not a field-of-view mask of ``image``.
 
     Three tests, each failing with :class:`~retina_prep.errors.NotAMaskError`:
@@ -189,7 +193,7 @@ def _disk(radius: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (d, d))
 
 
-def erode_mask(mask, px: float) -> np.ndarray:
+def erode_mask(mask: ArrayLike, px: float) -> np.ndarray:
     """Erode a boolean mask by ``px`` pixels with a round structuring element.
 
     Only the FOV margin is eroded: the image rectangle's edge is not treated
@@ -225,7 +229,7 @@ def erode_mask(mask, px: float) -> np.ndarray:
     return out
 
 
-def fill_holes(mask) -> np.ndarray:
+def fill_holes(mask: ArrayLike) -> np.ndarray:
     """Fill every hole of a boolean mask (background not connected to the border)."""
     m = np.asarray(mask, dtype=bool)
     h, w = m.shape
@@ -246,7 +250,7 @@ def _largest_component(m: np.ndarray) -> np.ndarray:
     return labels == best
 
 
-def fov_diameter(mask) -> float:
+def fov_diameter(mask: ArrayLike) -> float:
     """Diameter of the field of view in pixels.
 
     The largest of the bounding box's sides and the diameter of the circle
@@ -281,7 +285,7 @@ def fov_diameter(mask) -> float:
     return float(max(bw, bh, 2.0 * math.sqrt(count / math.pi)))
 
 
-def margin_distance(mask) -> np.ndarray:
+def margin_distance(mask: ArrayLike) -> np.ndarray:
     """Euclidean distance (pixels) of every FOV pixel to the nearest pixel outside it.
 
     Pixels touching the margin are at distance 0; pixels outside the mask
@@ -305,7 +309,7 @@ def _centroid(m: np.ndarray) -> tuple[float, float]:
     return float(rows @ np.arange(rows.size) / n), float(cols @ np.arange(cols.size) / n)
 
 
-def feather_mask(mask, px: float) -> np.ndarray:
+def feather_mask(mask: ArrayLike, px: float) -> np.ndarray:
     """Turn a boolean FOV into a soft one: weights ramp from 1/px at the margin to 1 at px inside.
 
     ``weight = min(1, (d + 1) / px)`` inside the mask (``d``: distance to the

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any, Literal, overload
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..convolution import dtype_scale
 from ..errors import MaskError
@@ -72,7 +74,7 @@ def _group_medians(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.n
     return out
 
 
-def _unit(img: np.ndarray, value_range=None) -> float:
+def _unit(img: np.ndarray, value_range: tuple[float, float] | None = None) -> float:
     """One 8-bit gray level in the image's units: of ``value_range`` (lo, hi) when given, else
     of the dtype's range (float images: 0..1)."""
     if value_range is not None:
@@ -82,8 +84,9 @@ def _unit(img: np.ndarray, value_range=None) -> float:
     return 1.0  # other integers: their own units (normalize asks them for a value range)
 
 
-def rim_depths(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | None = None,
-               value_range=None):
+def rim_depths(image: ArrayLike, mask: ArrayLike, *, tolerance: float = RIM_TOLERANCE,
+               max_px: int | None = None,
+               value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Depth (px) of the transition rim in each of 72 angular sectors around the FOV centroid.
 
     In each sector the median brightness (robust to vessels) of every 1-px
@@ -111,7 +114,7 @@ def rim_depths(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | N
     return _rim_depths(image, m, _centroid(m), tolerance, max_px, value_range)[0]
 
 
-def _sector_position(ys, xs, centre) -> np.ndarray:
+def _sector_position(ys: np.ndarray, xs: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
     """Angular position around ``centre`` in sector units (0 .. 72)."""
     cy, cx = centre
     return (np.arctan2(ys - cy, xs - cx) + np.pi) / (2 * np.pi) * _RIM_SECTORS
@@ -221,7 +224,9 @@ def _shallow_pieces(m: np.ndarray, depth: int, band: int) -> list[tuple[int, int
     return pieces
 
 
-def _rim_depths(image, m, centre, tolerance, max_px, value_range=None):
+def _rim_depths(image: ArrayLike, m: np.ndarray, centre: tuple[float, float], tolerance: float,
+                max_px: int | None, value_range: tuple[float, float] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The depths of :func:`rim_depths`, and the pixels near the margin it looked at
     (``ys, xs`` and their ring index)."""
     img = np.asarray(image)
@@ -266,8 +271,17 @@ def _rim_depths(image, m, centre, tolerance, max_px, value_range=None):
     return depth.astype(np.int64), ys, xs, ring
 
 
-def trim_rim(image, mask, *, tolerance: float = RIM_TOLERANCE, max_px: int | None = None,
-             value_range=None, return_info: bool = False):
+@overload
+def trim_rim(image: ArrayLike, mask: ArrayLike, *, tolerance: float = ...,
+             max_px: int | None = ..., value_range: tuple[float, float] | None = ...,
+             return_info: Literal[False] = ...) -> np.ndarray: ...
+@overload
+def trim_rim(image: ArrayLike, mask: ArrayLike, *, tolerance: float = ...,
+             max_px: int | None = ..., value_range: tuple[float, float] | None = ...,
+             return_info: Literal[True]) -> tuple[np.ndarray, dict[str, Any]]: ...
+def trim_rim(image: ArrayLike, mask: ArrayLike, *, tolerance: float = RIM_TOLERANCE,
+             max_px: int | None = None, value_range: tuple[float, float] | None = None,
+             return_info: bool = False) -> np.ndarray | tuple[np.ndarray, dict[str, Any]]:
     """Drop the transition rim at the FOV margin where the image shows one.
 
     A real FOV may end in a ring a few pixels wide that is darker (and on

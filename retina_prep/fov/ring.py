@@ -5,6 +5,7 @@ in a ring a few pixels wide (no full-size copies).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -90,7 +91,7 @@ def _settle_ring(img: np.ndarray, k: int, run: _Run) -> np.ndarray:
     n = int(min(40000, max(nc, math.ceil(2 * math.pi * float(r_c.max()) * k))))
     theta = (np.arange(n) + 0.5) * (2 * math.pi / n)
 
-    def around(a):  # the coarse rays' values at the full-resolution rays
+    def around(a: np.ndarray) -> np.ndarray:  # the coarse rays' values at the full-resolution rays
         return _around_at(theta, tc, a)
 
     r0 = around(r_c * k).astype(np.float32)
@@ -146,7 +147,8 @@ def _settle_ring(img: np.ndarray, k: int, run: _Run) -> np.ndarray:
     out = cv2.resize(deep, (w, h), interpolation=cv2.INTER_NEAREST)
     radius = np.maximum(radius, 0.0)
 
-    def decide(ys, xs, ang):  # a pixel within a pixel of its ray's edge: by its own level
+    # a pixel within a pixel of its ray's edge: by its own level
+    def decide(ys: np.ndarray, xs: np.ndarray, ang: np.ndarray) -> np.ndarray:
         lv = _ring_level(img, xs.astype(np.float32)[None, :], ys.astype(np.float32)[None, :],
                          run.colour)[0]
         return (lv > _around_at(ang, theta, floor[:, 0])) & (lv > _around_at(ang, theta, half[:, 0]))
@@ -162,7 +164,8 @@ def _around_at(ang: np.ndarray, theta: np.ndarray, values: np.ndarray) -> np.nda
 
 
 def _fill_rays(out: np.ndarray, cx: float, cy: float, theta: np.ndarray,
-               radius: np.ndarray, decide) -> np.ndarray:
+               radius: np.ndarray,
+               decide: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
     """``out`` (uint8) with the pixels inside the rays' edges set to 1: ``radius`` is the edge's
     distance from ``(cx, cy)`` at the rays' angles ``theta`` (interpolated between them).
     Pixels whose centre is more than a pixel inside it are in, more than a pixel outside
@@ -173,7 +176,7 @@ def _fill_rays(out: np.ndarray, cx: float, cy: float, theta: np.ndarray,
     shift = 4
     cos, sin = np.cos(theta), np.sin(theta)
 
-    def poly(r):
+    def poly(r: np.ndarray) -> np.ndarray:
         return np.rint(np.stack([(cx + cos * r) * (1 << shift),
                                  (cy + sin * r) * (1 << shift)], axis=-1)).astype(np.int32)
 
