@@ -11,6 +11,8 @@ layer over it.
 (128, 0)
 """
 
+from __future__ import annotations
+
 __version__ = "0.1.0"
 
 from typing import TYPE_CHECKING
@@ -39,7 +41,7 @@ _SUBMODULES = ("core", "kernels", "convolution", "first_order", "normalize", "fo
                "figures", "metrics", "synthetic", "errors", "clahe", "presets")
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     import importlib
 
     if name in _SUBMODULES:
@@ -52,11 +54,13 @@ def __getattr__(name):
     return value
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_WHERE) | set(_SUBMODULES))
 
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from typing import Any
+
     from .clahe import masked_clahe
     from .convolution import as_mask, convolve, mask_weights, masked_convolve, masked_filter
     from .dataset import Pair, find_mask, find_pairs

@@ -16,14 +16,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
 
 import cv2
 
+from ._types import PathLike
 from ._workers import PARENT_ENV, default_jobs, mp_context, start_helpers
 from .dataset import Pair
 from .errors import DatasetError, Notice, RetinaPrepError, printable
@@ -215,13 +218,13 @@ def _watch_main(main: int, parent: int) -> None:  # pragma: no cover - runs in w
 _stopping = False  # in a worker: a SIGTERM came during a step
 
 
-def _exit_quietly(signum, frame):
+def _exit_quietly(signum: int, frame: FrameType | None) -> NoReturn:
     global _stopping
     _stopping = True
     raise SystemExit(128 + signum)
 
 
-def _unraisable(unraisable) -> None:
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
     """In a worker: a SIGTERM whose SystemExit was raised inside a callback that cannot raise
     (a weakref callback of the import machinery, a ``__del__``) is sent again, to unwind the
     step from its next line, instead of being printed and lost."""
@@ -231,7 +234,7 @@ def _unraisable(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
-def _run_in_worker(step, pair) -> Result:
+def _run_in_worker(step: Callable[[Pair], Result], pair: Pair) -> Result:
     """:func:`run_one` in a pool worker. A SIGTERM (or the parent's death) during the step
     unwinds it quietly (SystemExit prints no traceback), so atomic writes remove their
     temporaries, and then ends the process: the pool machinery would otherwise catch the
@@ -251,7 +254,7 @@ def _run_in_worker(step, pair) -> Result:
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
-def _finished(fut) -> bool:
+def _finished(fut: Future[Result] | None) -> bool:
     """Whether a pool future holds a result (not pending, cancelled or failed)."""
     return fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None
 
@@ -276,7 +279,8 @@ def _stop_signals_to_main_thread() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _run_isolated(new_pool, step, pair: Pair, attempts: int = 2) -> Result:
+def _run_isolated(new_pool: Callable[[int], ProcessPoolExecutor], step: Callable[[Pair], Result],
+                  pair: Pair, attempts: int = 2) -> Result:
     """Run ``step`` on ``pair`` in a worker pool of its own (the image may only have been in
     flight when another worker died, so it gets ``attempts`` tries); a worker that dies every
     time fails the image with one line instead of stopping the batch."""
@@ -431,7 +435,7 @@ def output_clashes(pairs: list[Pair], outputs_of: Callable[[Pair], list[Path]], 
 # ------------------------------------------------------------------ the batch engine
 
 
-def _jsonable(value):
+def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -452,7 +456,7 @@ class Manifest:
     the reason, and later lines are not attempted.
     """
 
-    def __init__(self, path) -> None:
+    def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
         self.error: str | None = None
         try:
@@ -519,7 +523,7 @@ class ManifestError(RetinaPrepError):
     """The manifest path names a folder or an input file."""
 
 
-def check_manifest(path, pairs) -> None:
+def check_manifest(path: PathLike, pairs: Iterable[Pair]) -> None:
     """The manifest may not be a folder or any input (image or mask): :class:`ManifestError`."""
     path = Path(path)
     if path.is_dir():
@@ -535,7 +539,7 @@ def check_manifest(path, pairs) -> None:
                 pass
 
 
-def prepare_output_folder(folder) -> None:
+def prepare_output_folder(folder: PathLike) -> None:
     """Create the output folder and clear temporaries a killed run left there.
 
     Raises ``RetinaPrepError`` when it cannot be created or written to.
@@ -555,11 +559,11 @@ def process(
     step: Callable[[Pair], Result],
     *,
     outputs_of: Callable[[Pair], list[Path]],
-    outdir,
+    outdir: PathLike,
     jobs: int = 1,
     skip_existing: bool = False,
-    manifest=None,
-    run_info: dict | None = None,
+    manifest: PathLike | None = None,
+    run_info: dict[str, Any] | None = None,
 ) -> Generator[Result, None, None]:
     """Run a batch with everything a command needs: collisions, resume, manifest, interrupts.
 
@@ -603,8 +607,10 @@ class Batch:
     manifest write; ``decided`` holds the results known without running (collisions,
     skipped), ``todo`` the pairs that run."""
 
-    def __init__(self, pairs, step, *, outputs_of, outdir, jobs=1, skip_existing=False,
-                 manifest=None, run_info=None) -> None:
+    def __init__(self, pairs: Iterable[Pair], step: Callable[[Pair], Result], *,
+                 outputs_of: Callable[[Pair], list[Path]], outdir: PathLike, jobs: int = 1,
+                 skip_existing: bool = False, manifest: PathLike | None = None,
+                 run_info: dict[str, Any] | None = None) -> None:
         self.pairs, self.step, self.outputs_of = list(pairs), step, outputs_of
         self.outdir, self.jobs, self.skip_existing = Path(outdir), jobs, skip_existing
         self.manifest_path = None if manifest is None else Path(manifest)

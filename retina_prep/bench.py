@@ -13,8 +13,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -23,11 +25,14 @@ from .batch import run_batch
 from .convolution import convolve, masked_convolve
 from .dataset import Pair, find_pairs
 from .io import encode_image, read_image, read_mask, write_image
-from .kernels import box_kernel, gaussian_kernel, make_kernel
+from .kernels import Kernel, box_kernel, gaussian_kernel, make_kernel
 from .normalize import normalize_illumination, prepare_mask
 from .pipeline import MaskSettings, NormalizeSettings, OutputSettings, normalize_pair
 from .steps import Caches, NormalizeStep
 from .synthetic import synthetic_fundus
+
+#: A row of a benchmark table: column name -> value.
+Row = dict[str, Any]
 
 __all__ = [
     "SIZES", "ORDER_SIZES", "machine", "time_call", "time_calls", "in_rows", "order_rows",
@@ -47,7 +52,7 @@ def machine() -> str:
             f" Python {platform.python_version()}, OpenCV {cv2.__version__}, NumPy {np.__version__}")
 
 
-def time_calls(fns: dict, repeat: int = 5) -> dict:
+def time_calls(fns: dict[str, Callable[[], object]], repeat: int = 5) -> dict[str, float]:
     """Median wall time in seconds of each ``fns[name]()``, the calls taken in turn (one round
     of warm-up), so that the machine's drifts touch every one alike."""
     times: dict = {name: [] for name in fns}
@@ -60,7 +65,7 @@ def time_calls(fns: dict, repeat: int = 5) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def time_call(fn, repeat: int = 5) -> float:
+def time_call(fn: Callable[[], object], repeat: int = 5) -> float:
     """Median wall time of ``fn()`` in seconds, after one warm-up call."""
     return time_calls({"": fn}, repeat)[""]
 
@@ -74,12 +79,12 @@ ORDER_SIZES = [
 ]
 
 
-def _fundus(shape, seed=1):
+def _fundus(shape: tuple[int, int], seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     s = synthetic_fundus(shape, seed=seed, background=10)
     return s.image, s.mask
 
 
-def _unmasked_in(img, kernel):
+def _unmasked_in(img: np.ndarray, kernel: Kernel) -> np.ndarray:
     """What a user writes without retina-prep: I - (plain convolution mean) + I0, OpenCV throughout."""
     if kernel.is_box:
         w = kernel.shape[0]
@@ -87,12 +92,14 @@ def _unmasked_in(img, kernel):
     elif kernel.pyramid is not None:  # the same pyramid, unmasked
         mean = convolve(img, kernel)
     else:
+        assert kernel.factors is not None  # the kernels the rows time are separable
         ky, kx = kernel.factors
         mean = cv2.sepFilter2D(img, cv2.CV_32F, kx.astype(np.float32), ky.astype(np.float32))
     return cv2.addWeighted(img, 1.0, mean, -1.0, 128.0, dtype=cv2.CV_8U)
 
 
-def in_rows(sizes=SIZES, repeat: int = 5, threads: int | None = None):
+def in_rows(sizes: Sequence[tuple[str, tuple[int, int], int, float]] = SIZES, repeat: int = 5,
+            threads: int | None = None) -> list[Row]:
     """Masked vs unmasked IN, and the general filter2D path, per size and kernel."""
     if threads is not None:
         cv2.setNumThreads(threads)
@@ -117,7 +124,7 @@ def in_rows(sizes=SIZES, repeat: int = 5, threads: int | None = None):
     return rows
 
 
-def order_rows(sizes=ORDER_SIZES, repeat: int = 5):
+def order_rows(sizes: Sequence[tuple[str, tuple[int, int], int]] = ORDER_SIZES, repeat: int = 5) -> list[Row]:
     """Masked IN of order 1 (local plane) against order 0 (local mean), same image and kernel,
     timed in turn: each image with its own mask, and with a mask shared by many images (its
     part prepared once, as the batch does from a mask's second use); and the floor of the own
@@ -144,7 +151,7 @@ def order_rows(sizes=ORDER_SIZES, repeat: int = 5):
     return rows
 
 
-def _window_sums_only(img, mask, kernel):
+def _window_sums_only(img: np.ndarray, mask: np.ndarray, kernel: Kernel) -> Callable[[], None]:
     """Order 0 plus nothing but the window sums that order 1 adds with a mask per image -- the
     mask's five moments and the image's two per channel, as box filters over the margin band's
     padded blocks (inputs made beforehand; no products, no solve, no gathers): a floor for
@@ -170,14 +177,14 @@ def _window_sums_only(img, mask, kernel):
     return run
 
 
-def reference_row(crop: int = 96, window: int = 15):
+def reference_row(crop: int = 96, window: int = 15) -> Row:
     """Brute-force direct window sums (float64) against the library on the same crop."""
     img, mask = _fundus((584, 565))
     y0, x0 = 200, 10
     p = img[y0:y0 + crop, x0:x0 + crop].astype(np.float64)
     m = mask[y0:y0 + crop, x0:x0 + crop].astype(np.float64)
 
-    def brute():
+    def brute() -> np.ndarray:
         r = window // 2
         num = np.zeros_like(p)
         den = np.zeros(m.shape)
@@ -212,7 +219,7 @@ def _drive_folder(drive_root: Path | None, tmp: Path, n_generated: int) -> tuple
     return f"{n_generated} generated DRIVE-size images", folder
 
 
-def _decode_encode(pairs, tmp: Path) -> None:
+def _decode_encode(pairs: Sequence[Pair], tmp: Path) -> None:
     """The floor the batch rows compare with: read each image and its mask file, encode the
     image as PNG into ``tmp``; no processing."""
     for p in pairs:
@@ -222,7 +229,7 @@ def _decode_encode(pairs, tmp: Path) -> None:
         (tmp / "floor.png").write_bytes(encode_image(im))
 
 
-def batch_row(drive_root: Path | None = None, n_generated: int = 40):
+def batch_row(drive_root: Path | None = None, n_generated: int = 40) -> Row:
     """Images/s of normalize over a DRIVE folder against the decode + encode floor (one process)."""
     with tempfile.TemporaryDirectory() as tmpname:
         tmp = Path(tmpname)
@@ -241,7 +248,7 @@ def batch_row(drive_root: Path | None = None, n_generated: int = 40):
             "ratio": t_full / t_floor}
 
 
-def end_to_end_rows(shape=(2336, 3504), repeat: int = 3):
+def end_to_end_rows(shape: tuple[int, int] = (2336, 3504), repeat: int = 3) -> list[Row]:
     """One HRF-size photograph (JPEG) and its mask file through ``normalize_pair`` in this
     process (read, mask, IN, write), per output format, against the decode + encode floor."""
     rows = []
@@ -261,7 +268,7 @@ def end_to_end_rows(shape=(2336, 3504), repeat: int = 3):
                               ("tif", replace(base, format="tif"))]:
             caches = Caches()
             for shared in (False, True):
-                def run(output=output, shared=shared) -> None:
+                def run(output: OutputSettings = output, shared: bool = shared) -> None:
                     if not shared:
                         caches.clear()
                     # shared: a camera mask used as given (--rim none) is read and prepared once;
@@ -280,7 +287,7 @@ def end_to_end_rows(shape=(2336, 3504), repeat: int = 3):
     return rows
 
 
-def clahe_row(shape=(2336, 3504), repeat: int = 3):
+def clahe_row(shape: tuple[int, int] = (2336, 3504), repeat: int = 3) -> Row:
     """Masked CLAHE against OpenCV's CLAHE on one HRF-size photograph's L channel (clip 2, 8x8),
     and on the RGB image through L of Lab; one run, so the ratio holds on a noisy machine."""
     from .clahe import clahe_plane, masked_clahe
@@ -299,7 +306,7 @@ def clahe_row(shape=(2336, 3504), repeat: int = 3):
             "rgb_ms": 1000 * t["rgb"]}
 
 
-def fov_stage_rows(shape=(2336, 3504), repeat: int = 3):
+def fov_stage_rows(shape: tuple[int, int] = (2336, 3504), repeat: int = 3) -> list[Row]:
     """The FOV stage at HRF size against the JPEG decode it follows, and the default flow with
     no mask file (decode, estimate, rim trim, IN, PNG) against the decode + PNG-encode floor."""
     from .fov import estimate_fov, trim_rim
@@ -326,7 +333,8 @@ def fov_stage_rows(shape=(2336, 3504), repeat: int = 3):
              "against_ms": 1000 * t["floor"], "ratio": t["flow"] / t["floor"], "target": "<= 1.25"}]
 
 
-def gaussian_vs_box_row(shape=(2336, 3504), sigma: float = 80.0, box: int = 161, repeat: int = 3):
+def gaussian_vs_box_row(shape: tuple[int, int] = (2336, 3504), sigma: float = 80.0,
+                        box: int = 161, repeat: int = 3) -> Row:
     """The kernels ``normalize --kernel gaussian --sigma S`` and ``--window B`` run (one rule,
     :func:`~retina_prep.kernels.make_kernel`), through normalize_illumination on one image."""
     img, mask = _fundus(shape)
@@ -338,7 +346,7 @@ def gaussian_vs_box_row(shape=(2336, 3504), sigma: float = 80.0, box: int = 161,
             "gaussian_ms": 1000 * tg, "box_ms": 1000 * tb, "ratio": tg / tb}
 
 
-def parallel_row(drive_root: Path | None = None, n_generated: int = 40, repeat: int = 3):
+def parallel_row(drive_root: Path | None = None, n_generated: int = 40, repeat: int = 3) -> Row:
     """Wall time of the whole ``retina-prep normalize`` command (start-up included) with -j 1
     and -j 2, in fresh processes, alternating, best of ``repeat``."""
     with tempfile.TemporaryDirectory() as tmpname:
@@ -377,7 +385,7 @@ def _startup_seconds() -> float:
     return time.perf_counter() - t0
 
 
-def memory_row(size: int = 4000, mask_file: bool = True):
+def memory_row(size: int = 4000, mask_file: bool = True) -> Row:
     """Peak RSS (MB) of `retina-prep normalize` on one size x size RGB image, in a fresh
     process: with its mask file, or with the field of view estimated from the image."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -408,7 +416,8 @@ def memory_row(size: int = 4000, mask_file: bool = True):
             "peak_rss_mb": peak_kb / 1024, "imports_only_mb": base_kb / 1024}
 
 
-def window_rows(shape=(2336, 3504), windows=(21, 51, 101, 201, 401), repeat: int = 3):
+def window_rows(shape: tuple[int, int] = (2336, 3504),
+                windows: Sequence[int] = (21, 51, 101, 201, 401), repeat: int = 3) -> list[Row]:
     """Masked IN with box windows of growing size on one image: the cost should stay flat."""
     img, mask = _fundus(shape)
     return [{"size": f"{shape[1]}x{shape[0]}", "kernel": f"box {w}",
@@ -417,7 +426,8 @@ def window_rows(shape=(2336, 3504), windows=(21, 51, 101, 201, 401), repeat: int
                                            repeat)} for w in windows]
 
 
-def gaussian_one_thread_row(sigma: float = 80.0, shape=(2336, 3504), repeat: int = 3):
+def gaussian_one_thread_row(sigma: float = 80.0, shape: tuple[int, int] = (2336, 3504),
+                            repeat: int = 3) -> Row:
     """Masked IN with a large Gaussian on a full HRF-size image, OpenCV on one thread:
     the pyramid path against the exact separable Gaussian."""
     img, mask = _fundus(shape)

@@ -17,9 +17,11 @@ import hashlib
 import os
 import stat
 import string
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
+from ._types import PathLike
 from .errors import DatasetError
 from .io import IMAGE_EXTENSIONS
 
@@ -239,7 +241,7 @@ def find_label(image: Path) -> Path | None:
     return None
 
 
-def detect_layout(pairs) -> str:
+def detect_layout(pairs: Sequence[Pair]) -> str:
     """A name for the dataset layout the pairs came from (for display)."""
     names = [p.image.name for p in pairs]
     parts = {part.lower() for p in pairs for part in p.image.parts}
@@ -258,11 +260,11 @@ def detect_layout(pairs) -> str:
     return "plain folder"
 
 
-def _walk_images(root: Path, unreadable: list | None = None):
+def _walk_images(root: Path, unreadable: list[tuple[Path, str]] | None = None) -> list[Path]:
     """Images below ``root``, sorted, skipping mask and label folders and files. Folders that
     cannot be listed (permissions, a path longer than the system allows) are appended to
     ``unreadable`` as ``(folder, reason)``, not skipped in silence."""
-    out = []
+    out: list[Path] = []
 
     def onerror(exc: OSError) -> None:
         if unreadable is not None:
@@ -290,14 +292,14 @@ def _rel_for(path: Path, root: Path | None) -> PurePath:
 
 
 def find_pairs(
-    inputs,
+    inputs: Sequence[PathLike],
     *,
-    mask=None,
-    mask_dir=None,
+    mask: PathLike | None = None,
+    mask_dir: PathLike | None = None,
     mask_pattern: str | None = None,
-    exclude=(),
+    exclude: Sequence[PathLike] = (),
     missing_ok: bool = False,
-    base=None,
+    base: PathLike | None = None,
 ) -> list[Pair]:
     """Find the images named by ``inputs`` and pair each with its mask.
 
@@ -396,7 +398,7 @@ def find_pairs(
     return pairs
 
 
-def _base_of(path: Path, base) -> Path | None:
+def _base_of(path: Path, base: PathLike | None) -> Path | None:
     """``base`` as the root of a file named on its own (the file must lie under it)."""
     if base is None:
         return None
@@ -431,7 +433,7 @@ def check_mask_pattern(pattern: str) -> None:
         raise DatasetError(f"mask pattern {pattern!r} must be a file name inside the mask folder")
 
 
-def _inside_any(f: Path, folders) -> bool:
+def _inside_any(f: Path, folders: Iterable[Path]) -> bool:
     try:
         r = f.resolve()
     except (OSError, RuntimeError):  # a symlink loop: not inside anything, reading will fail
@@ -439,7 +441,8 @@ def _inside_any(f: Path, folders) -> bool:
     return any(r.is_relative_to(e) for e in folders)
 
 
-def _unique(found, known=None):
+def _unique(found: list[tuple[Path, Path | None]], known: dict[int, tuple[int, int]] | None = None
+            ) -> list[tuple[Path, Path | None]]:
     """Drop repeated inputs (the same file named twice, or through links), keeping the first.
     ``known``: file identities already read, by index in ``found``."""
     seen: set = set()
@@ -463,7 +466,7 @@ def _unique(found, known=None):
     return out
 
 
-def shard_pairs(pairs, k: int, n: int) -> list[Pair]:
+def shard_pairs(pairs: Sequence[Pair], k: int, n: int) -> list[Pair]:
     """The pairs of shard ``k`` of ``n`` (1-based): a deterministic 1/n of them.
 
     The pairs are ordered by a hash of their output path (``rel``) and dealt
@@ -488,7 +491,7 @@ ARRAY_JOB_VARIABLES = (
 )
 
 
-def shard_from_environment(n: int | None = None, environ=None) -> tuple[int, int]:
+def shard_from_environment(n: int | None = None, environ: Mapping[str, str] | None = None) -> tuple[int, int]:
     """``(k, n)`` of this task of an array job, from SLURM, Kubernetes or AWS Batch variables.
 
     SLURM gives the index, the first index, the step and the count

@@ -20,7 +20,7 @@ from .io import write_bytes, write_image
 __all__ = ["markdown_report", "write_reports", "BoundsFile", "BOUNDS_COLUMNS"]
 
 
-def _fmt(v, digits=1, sign=True):
+def _fmt(v: float | None, digits: int = 1, sign: bool = True) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "—"
     return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
@@ -162,5 +162,5 @@ class BoundsFile:
     def __enter__(self) -> BoundsFile:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -19,10 +19,12 @@ import typing
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
+from .._types import PathLike
 from ..errors import (
     ImageReadError,
     ImageTooLargeError,
@@ -31,6 +33,9 @@ from ..errors import (
 )
 from ..fov import _binarize_plane, _gray_fraction, _mask_plane
 from ..kernels import MAX_KERNEL_SIZE, Kernel, as_kernel
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "CAPTURE_ENV", "read_image", "read_mask",
            "load_kernel", "apply_orientation", "is_dicom"]
@@ -155,7 +160,7 @@ def _damage(said: list[str]) -> str | None:
     return None
 
 
-def _tiff_tags(data: bytes, wanted=(274, 277, 322)) -> dict[int, int]:
+def _tiff_tags(data: bytes, wanted: tuple[int, ...] = (274, 277, 322)) -> dict[int, int]:
     """Single-valued tags of a TIFF's first directory (orientation 274, samples per pixel 277,
     tile width 322 by default); {} for other files."""
     if data[:4] not in (b"II*\x00", b"MM\x00*"):
@@ -240,14 +245,14 @@ def _swap_red_blue(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr[..., [2, 1, 0, 3][:arr.shape[2]]])  # float64, int32 TIFFs
 
 
-def _check_count(path, n: int, max_pixels) -> None:
+def _check_count(path: PathLike, n: int, max_pixels: int | None) -> None:
     if max_pixels is not None and n > max_pixels:
         raise ImageTooLargeError(
             f"image has {n:,} pixels, above the limit of {max_pixels:,}", path,
             advice="raise max_pixels if the file is trusted", pixels=n, limit=max_pixels)
 
 
-def _check_pixels(path, shape, max_pixels) -> None:
+def _check_pixels(path: PathLike, shape: tuple[int, ...], max_pixels: int | None) -> None:
     _check_count(path, int(shape[0]) * int(shape[1]), max_pixels)
 
 
@@ -258,7 +263,7 @@ _PIL_FORMATS = {".tif": ("TiffImagePlugin", "TIFF"), ".tiff": ("TiffImagePlugin"
                 ".png": ("PngImagePlugin", "PNG"), ".webp": ("WebPImagePlugin", "WEBP")}
 
 
-def _open_pil(data: bytes, suffix: str):
+def _open_pil(data: bytes, suffix: str) -> PIL.Image.Image:
     """``PIL.Image.open`` of ``data``, trying the plugin its ending names first (a file whose
     content does not match its ending is then opened by every plugin)."""
     import importlib
@@ -303,7 +308,7 @@ def _header(data: bytes, suffix: str = "") -> tuple[int | None, int]:
         return None, 1
 
 
-def _probe(path: Path, data: bytes, max_pixels) -> int:
+def _probe(path: Path, data: bytes, max_pixels: int | None) -> int:
     """Refuse a file whose header declares more than ``max_pixels`` pixels (before decoding,
     against decompression bombs); its EXIF orientation (1 for formats without one)."""
     oriented = path.suffix.lower() in ORIENTED_EXTENSIONS
@@ -353,8 +358,8 @@ def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](arr))
 
 
-def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, orientation: bool = True,
-               meta: dict | None = None) -> np.ndarray:
+def read_image(path: PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               orientation: bool = True, meta: dict[str, Any] | None = None) -> np.ndarray:
     """Read an image file as ``(H, W)`` or ``(H, W, 3)`` RGB.
 
     uint8 and uint16 are kept; other integer types are kept as they are;
@@ -408,8 +413,8 @@ def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, orientation
     return np.ascontiguousarray(arr)
 
 
-def _decode_file(path: Path, data: bytes, max_pixels, orientation: bool,
-                 meta: dict | None) -> np.ndarray:
+def _decode_file(path: Path, data: bytes, max_pixels: int | None, orientation: bool,
+                 meta: dict[str, Any] | None) -> np.ndarray:
     """The pixels of an image file's bytes, as viewers show them (``orientation``) or as
     stored: its header checked against ``max_pixels`` before decoding (decompression bombs)."""
     turn = _probe(path, data, max_pixels)
@@ -417,8 +422,8 @@ def _decode_file(path: Path, data: bytes, max_pixels, orientation: bool,
     return _orient(path, turn, arr, decoder, orientation, meta)
 
 
-def _decode_any(path: Path, data: bytes, max_pixels, orientation: bool,
-                meta: dict | None) -> np.ndarray:
+def _decode_any(path: Path, data: bytes, max_pixels: int | None, orientation: bool,
+                meta: dict[str, Any] | None) -> np.ndarray:
     """The pixels of an image or mask file: DICOM (see :func:`_decode_dicom`) or any other."""
     if is_dicom(path, data):
         return _decode_dicom(path, data, meta, max_pixels)
@@ -430,7 +435,8 @@ def is_dicom(path: Path, data: bytes) -> bool:
     return Path(path).suffix.lower() in (".dcm", ".dicom") or data[128:132] == b"DICM"
 
 
-def _decode_dicom(path: Path, data: bytes, meta: dict | None, max_pixels) -> np.ndarray:
+def _decode_dicom(path: Path, data: bytes, meta: dict[str, Any] | None,
+                  max_pixels: int | None) -> np.ndarray:
     """The pixels of a DICOM file (with the :data:`DICOM_EXTRA` installed): colour images in
     RGB (YBR converted), a multi-frame file's first frame; ``meta`` gets ``pixel_spacing``
     (mm per pixel, row then column) where the header has it, and ``frames``."""
@@ -462,8 +468,8 @@ def _decode_dicom(path: Path, data: bytes, meta: dict | None, max_pixels) -> np.
     return arr
 
 
-def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-              orientation: bool = True, meta: dict | None = None) -> np.ndarray:
+def read_mask(path: PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+              orientation: bool = True, meta: dict[str, Any] | None = None) -> np.ndarray:
     """Read a field-of-view mask file as a boolean ``(H, W)`` array.
 
     GIF (palette, RGB or with a frame axis), TIFF, PNG, JPEG and the other
@@ -508,7 +514,7 @@ def read_mask(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
 MAX_KERNEL_FILE_BYTES = 256 << 20
 
 
-def load_kernel(path):
+def load_kernel(path: PathLike) -> Kernel:
     """Read a kernel from ``.npy`` or a text matrix (whitespace or comma separated, ``#`` comments).
 
     Raises

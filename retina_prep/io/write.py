@@ -12,11 +12,14 @@ import struct
 import tempfile
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
+from .._types import PathLike
 from ..convolution import as_native
 from ..errors import (
     FormatError,
@@ -35,7 +38,7 @@ OUTPUT_FORMATS = {"png": ".png", "tif": ".tif"}
 _TEMP_PREFIX = ".retina-prep-tmp-"
 
 
-def _file_mode(folder) -> int:
+def _file_mode(folder: PathLike) -> int:
     """The mode a new file gets in ``folder`` (0o666 less the umask), without changing the umask:
     a probe file is created with 0o666 and its mode read back."""
     probe = os.path.join(folder, f"{_TEMP_PREFIX}{secrets.token_hex(4)}.mode")
@@ -58,13 +61,13 @@ _MODE_CACHE: dict = {}
 PNG_LEVELS = tuple(range(10))
 
 
-def check_png_level(level) -> None:
+def check_png_level(level: object) -> None:
     """Raise ``ValueError`` unless ``level`` is a PNG compression level (0-9) or None."""
     if level is not None and (isinstance(level, bool) or level not in PNG_LEVELS):
         raise ValueError(f"png_level must be 0..9 or None, got {level!r}")
 
 
-def encode_image(image, fmt: str = "png", *, png_level: int | None = None,
+def encode_image(image: ArrayLike, fmt: str = "png", *, png_level: int | None = None,
                  text: dict[str, str] | None = None) -> bytes:
     """Encode ``(H, W)`` or ``(H, W, 3)`` RGB uint8/uint16 (or float for tif) as bytes.
 
@@ -112,7 +115,7 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def write_bytes(path, data: bytes, *, overwrite: bool = False) -> Path:
+def write_bytes(path: PathLike, data: bytes, *, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file + rename).
 
     The temporary file sits in the target folder, named ``.retina-prep-tmp-*.part``
@@ -163,7 +166,8 @@ def _place(tmp: str, path: Path, overwrite: bool) -> None:
         os.unlink(tmp)
 
 
-def write_outputs(items, *, overwrite: bool = False, keep_existing: bool = False) -> list[Path]:
+def write_outputs(items: Sequence[tuple[PathLike, bytes | Callable[[], bytes]]], *,
+                  overwrite: bool = False, keep_existing: bool = False) -> list[Path]:
     """Write several files as one unit: all of them, or none.
 
     ``items`` is a sequence of ``(path, data)`` where ``data`` is bytes or a
@@ -182,9 +186,9 @@ def write_outputs(items, *, overwrite: bool = False, keep_existing: bool = False
     OutputExistsError
         If a target exists and neither ``overwrite`` nor ``keep_existing`` is set.
     """
-    items = [(Path(p), d) for p, d in items]
+    targets = [(Path(p), d) for p, d in items]
     todo = []
-    for path, data in items:
+    for path, data in targets:
         if keep_existing and path.is_file():
             continue
         if (path.exists() or path.is_symlink()) and not overwrite:
@@ -211,17 +215,17 @@ def write_outputs(items, *, overwrite: bool = False, keep_existing: bool = False
         for path in placed:
             _unlink_quietly(path)
         raise
-    return [p for p, _ in items]
+    return [p for p, _ in targets]
 
 
-def _unlink_quietly(path) -> None:
+def _unlink_quietly(path: PathLike) -> None:
     try:
         os.unlink(path)
     except OSError:
         pass
 
 
-def write_image(path, image, *, fmt: str | None = None, overwrite: bool = False,
+def write_image(path: PathLike, image: ArrayLike, *, fmt: str | None = None, overwrite: bool = False,
                 text: dict[str, str] | None = None) -> Path:
     """Encode ``image`` and write it atomically; the format follows the file ending by default.
     ``text``: PNG ``tEXt`` entries (see :func:`encode_image`).
@@ -256,7 +260,7 @@ def write_image(path, image, *, fmt: str | None = None, overwrite: bool = False,
 _TEMP_NAME = re.compile(r"^\.retina-prep-tmp-[A-Za-z0-9_]{8}\.(part|mode)$")
 
 
-def remove_stale_temporaries(folder, *, older_than: float = 600.0) -> int:
+def remove_stale_temporaries(folder: PathLike, *, older_than: float = 600.0) -> int:
     """Delete temporary files that :func:`write_bytes` left behind (a run killed with SIGKILL).
 
     Only files named like its temporaries and older than ``older_than``
