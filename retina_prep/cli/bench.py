@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -10,7 +12,7 @@ from .. import bench as B
 from .runner import log
 
 
-def _table(rows, columns):
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
     head = "| " + " | ".join(h for h, _ in columns) + " |"
     sep = "|" + "---|" * len(columns)
     lines = [head, sep]
@@ -42,7 +44,7 @@ Examples:
               help="DRIVE size only, fewer repetitions (seconds instead of minutes).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="OpenCV threads [default: OpenCV's choice, usually all cores].")
-def bench(drive, quick, threads) -> None:
+def bench(drive: Path | None, quick: bool, threads: int | None) -> None:
     """Measure masked vs unmasked illumination normalization, the general filter2D path,
     the brute-force reference, batch throughput against the decode+encode floor, and peak
     memory. Prints a markdown table on stdout; progress on stderr.

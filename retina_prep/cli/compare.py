@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..io import IMAGE_EXTENSIONS
-from ..kernels import KERNEL_NAMES
+from ..kernels import KERNEL_NAMES, Kernel
 from ..pipeline import MaskSettings
 from ..steps import CompareStep
 from .options import (
@@ -18,7 +19,7 @@ from .options import (
     mask_options,
     panel_width_opt,
 )
-from .runner import ContactSheet, collect_pairs, execute, run_options
+from .runner import BatchOptions, ContactSheet, collect_pairs, execute, run_options
 
 
 class InsetType(click.ParamType):
@@ -26,7 +27,7 @@ class InsetType(click.ParamType):
 
     name = "X,Y,SIZE|auto"
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, (list, tuple)):
             parts = list(value)
         elif str(value).strip().lower() in ("auto", "none"):
@@ -85,10 +86,14 @@ Examples:
 @panel_width_opt
 @run_options
 @click.pass_context
-def compare(ctx, inputs, output, mask, mask_dir, mask_pattern, auto_mask, mask_check, erode, rim, feather,
-            kernel_spec, window, sigma, normalize_fig, method, clip_limit, tiles, order, inset, profile,
-            sheet, panel_width, overwrite,
-            max_pixels, ignore_orientation, batch, quiet):
+def compare(ctx: click.Context, inputs: tuple[str, ...], output: Path, mask: Path | None,
+            mask_dir: Path | None, mask_pattern: str | None, auto_mask: bool, mask_check: bool,
+            erode: float | str, rim: str, feather: float, kernel_spec: str | Kernel | None,
+            window: int | str | None, sigma: float | None, normalize_fig: bool, method: str,
+            clip_limit: float, tiles: int, order: str, inset: tuple[int, int, int] | str | None,
+            profile: bool, sheet: Path | None, panel_width: int, overwrite: bool,
+            max_pixels: int, ignore_orientation: bool, batch: BatchOptions,
+            quiet: bool) -> None:
     """Comparison figures: what the mask changes at the FOV margin.
 
     By default the mask-convolution paper's Fig. 7-9 for the chosen kernel: original | filtered on a

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import click
 
+from ..batch import Result
 from ..evaluate import methods_for, summarize
 from ..normalize import DEFAULT_TARGET, KERNELS
 from ..pipeline import MaskSettings
 from ..reports import markdown_report, write_reports
 from ..steps import EvaluateStep
 from .options import FiniteRange, WindowType, mask_options
-from .runner import collect_pairs, execute, log, run_options
+from .runner import BatchOptions, collect_pairs, execute, log, run_options
 
 
 @click.command(
@@ -48,9 +49,12 @@ Examples:
               " unmasked IN.")
 @run_options
 @click.pass_context
-def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask_check, erode, rim, feather,
-             labels, window, kernel, target, order, peers, overwrite, max_pixels, ignore_orientation,
-             batch, quiet):
+def evaluate(ctx: click.Context, inputs: tuple[str, ...], outdir: Path, mask: Path | None,
+             mask_dir: Path | None, mask_pattern: str | None, auto_mask: bool, mask_check: bool,
+             erode: float | str, rim: str, feather: float, labels: str | None, window: int | str,
+             kernel: str, target: float, order: str, peers: bool, overwrite: bool,
+             max_pixels: int, ignore_orientation: bool, batch: BatchOptions,
+             quiet: bool) -> None:
     """Measure what the mask buys, on your own data.
 
     Runs the same images through: none, IN without mask, IN with mask (order
@@ -79,7 +83,7 @@ def evaluate(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask_
                           outdir=outdir, batch=batch, auto_mask=auto_mask)
     evaluations = []
 
-    def keep(result) -> None:
+    def keep(result: Result) -> None:
         ev = result.products.get("evaluation")
         if ev is not None:
             evaluations.append(ev)

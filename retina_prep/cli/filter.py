@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..convolution import MODES
-from ..kernels import KERNEL_NAMES
+from ..kernels import KERNEL_NAMES, Kernel
 from ..normalize import AUTO_WINDOW_FRACTION
 from ..pipeline import FilterSettings, MaskSettings
 from ..steps import FilterStep
@@ -19,7 +21,7 @@ from .options import (
     mask_options,
     output_opt,
 )
-from .runner import bounds_file, collect_pairs, execute, run_options
+from .runner import BatchOptions, bounds_file, collect_pairs, execute, run_options
 
 
 @click.command(
@@ -63,10 +65,14 @@ Examples:
 @format_opt
 @run_options
 @click.pass_context
-def filter_cmd(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask_check, erode, rim, feather,
-               kernel_spec, window, sigma, mode, ignore_mask, offset, fill, dtype, write_weights,
-               crop, resize, write_mask, labels, bounds, fmt, png_level, overwrite, max_pixels,
-               ignore_orientation, batch, quiet):
+def filter_cmd(ctx: click.Context, inputs: tuple[str, ...], outdir: Path, mask: Path | None,
+               mask_dir: Path | None, mask_pattern: str | None, auto_mask: bool, mask_check: bool,
+               erode: float | str, rim: str, feather: float, kernel_spec: str | Kernel,
+               window: int | str | None, sigma: float | None, mode: str, ignore_mask: bool,
+               offset: float | None, fill: float, dtype: str, write_weights: bool, crop: str | None,
+               resize: int | None, write_mask: bool, labels: str | None, bounds: Path | None,
+               fmt: str, png_level: int | None, overwrite: bool, max_pixels: int | None,
+               ignore_orientation: bool, batch: BatchOptions, quiet: bool) -> None:
     """Filter images with a kernel, counting only pixels inside the field of view.
 
     Same inputs, mask options, outputs and error handling as normalize.

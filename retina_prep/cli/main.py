@@ -43,10 +43,10 @@ def _first_line(module: str, attr: str, limit: int) -> str:
 class LazyGroup(click.Group):
     """A group whose commands are imported on first use."""
 
-    def list_commands(self, ctx):
+    def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
-    def format_commands(self, ctx, formatter) -> None:
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list of --help from each command's first docstring line, read without
         importing it (the commands import NumPy and OpenCV: half a second)."""
         limit = formatter.width - 6 - max(len(name) for name in COMMANDS)  # (as click's)
@@ -55,7 +55,7 @@ class LazyGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
-    def get_command(self, ctx, cmd_name):
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in COMMANDS:
             return None
         module, attr = COMMANDS[cmd_name]

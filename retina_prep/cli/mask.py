@@ -9,7 +9,7 @@ import click
 from ..pipeline import MaskSettings
 from ..steps import MaskStep
 from .options import mask_trim_options, output_opt
-from .runner import ContactSheet, collect_pairs, execute, run_options
+from .runner import BatchOptions, ContactSheet, collect_pairs, execute, run_options
 
 
 @click.command(
@@ -36,7 +36,9 @@ Examples:
 )
 @run_options
 @click.pass_context
-def mask(ctx, inputs, outdir, erode, rim, sheet, overwrite, max_pixels, ignore_orientation, batch, quiet):
+def mask(ctx: click.Context, inputs: tuple[str, ...], outdir: Path, erode: float | str, rim: str,
+         sheet: Path | None, overwrite: bool, max_pixels: int, ignore_orientation: bool,
+         batch: BatchOptions, quiet: bool) -> None:
     """Estimate the field of view of each image and write OUTDIR/<stem>_mask.png (0/255).
 
     Takes the same INPUTs as normalize (files, DRIVE roots, split or plain

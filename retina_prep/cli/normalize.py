@@ -12,14 +12,17 @@ import click
 
 from ..batch import Result, Status, run_one
 from ..clahe import CLAHE_COLOURS
+from ..dataset import Pair
 from ..errors import OutputExistsError, RetinaPrepError, printable
 from ..first_order import DEFAULT_RIDGE
 from ..io import IMAGE_EXTENSIONS, write_bytes
 from ..normalize import AUTO_WINDOW_FRACTION, DEFAULT_SCALE, DEFAULT_TARGET, KERNELS
 from ..pipeline import (
     NORMALIZE_METHODS,
+    GeometrySettings,
     MaskSettings,
     NormalizeSettings,
+    OutputSettings,
 )
 from ..pipeline import _check_output as check_output
 from ..steps import NormalizeStep
@@ -37,6 +40,7 @@ from .options import (
     panel_width_opt,
 )
 from .runner import (
+    BatchOptions,
     bounds_file,
     cli_wording,
     collect_pairs,
@@ -176,12 +180,16 @@ Examples:
 @format_opt
 @run_options
 @click.pass_context
-def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask_check, erode, rim, feather,
-              window, kernel, sigma, method, clip_limit, tiles, clahe_on, gain, scale, target, fill,
-              order,
-              ridge, value_range, ignore_mask,
-              panels_dir, panels_compare, panel_width, crop, resize, write_mask, labels, bounds,
-              fmt, png_level, overwrite, max_pixels, ignore_orientation, batch, quiet):
+def normalize(ctx: click.Context, inputs: tuple[str, ...], outdir: Path, mask: Path | None,
+              mask_dir: Path | None, mask_pattern: str | None, auto_mask: bool, mask_check: bool,
+              erode: float | str, rim: str, feather: float, window: int | str | None,
+              kernel: str, sigma: float | str | None, method: str, clip_limit: float,
+              tiles: int, clahe_on: str, gain: float, scale: float, target: float, fill: float,
+              order: str, ridge: float, value_range: tuple[float, float] | None, ignore_mask: bool,
+              panels_dir: Path | None, panels_compare: bool, panel_width: int, crop: str | None,
+              resize: int | None, write_mask: bool, labels: str | None, bounds: Path | None,
+              fmt: str, png_level: int | None, overwrite: bool, max_pixels: int | None,
+              ignore_orientation: bool, batch: BatchOptions, quiet: bool) -> None:
     """Flatten uneven illumination: I - masked local mean + I0, per channel.
 
     INPUT may be image files, a DRIVE root (training/, test/), a split folder
@@ -241,8 +249,10 @@ def normalize(ctx, inputs, outdir, mask, mask_dir, mask_pattern, auto_mask, mask
 FILE_SUFFIXES = {".png": "png", ".tif": "tif", ".tiff": "tif"}
 
 
-def _one_image(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, batch, output,
-               geometry, path: Path | None):
+def _one_image(inputs: tuple[str, ...], mask: Path | None, mask_dir: Path | None,
+               mask_pattern: str | None, settings: NormalizeSettings, mask_settings: MaskSettings,
+               batch: BatchOptions, output: OutputSettings, geometry: GeometrySettings,
+               path: Path | None) -> None:
     """-o - (``path`` None): one image, PNG (or TIFF) bytes on stdout and nothing else; -o FILE:
     that file, written atomically (refused if it exists, unless --overwrite)."""
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
@@ -262,7 +272,7 @@ def _one_image(inputs, mask, mask_dir, mask_pattern, settings, mask_settings, ba
     # the batch's own step, rendered: the image's bytes, nothing written
     step = NormalizeStep(None, settings, mask_settings, output, geometry=geometry)
 
-    def render(pair):
+    def render(pair: Pair) -> Result:
         made = step.render(pair)
         return Result(pair, Status.DONE, warnings=made.warnings, products={"data": made.data("image")})
 

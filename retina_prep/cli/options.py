@@ -6,7 +6,9 @@ import datetime as _dt
 import logging
 import math
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 import numpy as np
@@ -19,9 +21,12 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from ..errors import RetinaPrepError
 from ..figures import PANEL_WIDTH
 from ..io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, PNG_LEVELS, load_kernel
-from ..kernels import KERNEL_NAMES, as_kernel
+from ..kernels import KERNEL_NAMES, Kernel, as_kernel
 from ..normalize import check_kernel_args, parse_value_range, resolve_window
 from ..pipeline import AUTO_ERODE_FRACTION, RIM_CHOICES, GeometrySettings, parse_erode
+
+#: A command function, as the option decorators take and return it.
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class WindowType(click.ParamType):
@@ -29,7 +34,7 @@ class WindowType(click.ParamType):
 
     name = "N|auto"
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and value.strip().lower() == "auto":
             return "auto"
         try:
@@ -43,7 +48,7 @@ class SigmaType(click.ParamType):
 
     name = "PX|auto"
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and value.strip().lower() == "auto":
             return "auto"
         try:
@@ -60,7 +65,7 @@ class RangeType(click.ParamType):
 
     name = "LO,HI"
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:
             return parse_value_range(value if isinstance(value, (tuple, list)) else str(value))
         except ValueError:
@@ -70,7 +75,7 @@ class RangeType(click.ParamType):
 class FiniteRange(click.FloatRange):
     """A finite number within the range (``click.FloatRange`` lets NaN through)."""
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         rv = super().convert(value, param, ctx)
         if not math.isfinite(rv):
             self.fail(f"{value!r} is not a finite number", param, ctx)
@@ -82,7 +87,7 @@ class ErodeType(click.ParamType):
 
     name = "PX|auto"
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:
             return parse_erode(value)
         except ValueError as exc:
@@ -94,7 +99,7 @@ class KernelSpec(click.ParamType):
 
     name = "NAME|FILE"
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, (list, tuple, np.ndarray)):
             try:
                 return as_kernel(np.asarray(value, dtype=np.float64))
@@ -113,7 +118,7 @@ class KernelSpec(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-def check_kernel(spec, window, sigma) -> None:
+def check_kernel(spec: str | Kernel, window: int | str | None, sigma: float | str | None) -> None:
     """A usage error now when --kernel, --window/--size and --sigma do not fit together
     (the kernel itself is made per image, sized by its FOV)."""
     try:
@@ -126,7 +131,7 @@ def check_kernel(spec, window, sigma) -> None:
 MAX_CONFIG_BYTES = 1 << 20
 
 
-def _load_config(ctx: click.Context, param, value):
+def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
     """Read a TOML config into Click's default_map; unknown keys are usage errors."""
     if value is None:
         return None
@@ -197,7 +202,8 @@ def _option_names(command: click.Command) -> dict:
     return names
 
 
-def _check_value(option: click.Parameter, key, value, path, ctx, param) -> None:
+def _check_value(option: click.Parameter, key: str, value: object, path: Path, ctx: click.Context,
+                 param: click.Parameter) -> None:
     """A config value must have the option's type: a usage error naming the key otherwise."""
     if isinstance(value, dict):
         raise click.BadParameter(f"{path}: {key} = {value!r} must be a single value", ctx, param)
@@ -243,7 +249,7 @@ output_opt = click.option(
     help="Output folder (created if missing).",
 )
 
-def clahe_options(f):
+def clahe_options(f: F) -> F:
     """--clip-limit and --tiles (masked CLAHE), as normalize and compare take them."""
     from ..clahe import DEFAULT_CLIP_LIMIT, DEFAULT_TILES
 
@@ -297,7 +303,7 @@ def setup_logging() -> None:
     LOG.setLevel(logging.INFO)
 
 
-def _set_verbosity(ctx, param, value):
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     if value:
         LOG.setLevel(logging.ERROR if param.name == "quiet" else logging.DEBUG)
     return value
@@ -337,7 +343,7 @@ _png_level_opt = click.option(
 )
 
 
-def format_opt(f):
+def format_opt(f: F) -> F:
     """--format and --png-level."""
     return _format_opt(_png_level_opt(f))
 
@@ -348,7 +354,7 @@ _ignore_orientation_opt = click.option(
 )
 
 
-def max_pixels_opt(f):
+def max_pixels_opt(f: F) -> F:
     """--max-pixels and --ignore-orientation: how image files are read."""
     return _max_pixels_opt(_ignore_orientation_opt(f))
 
@@ -362,13 +368,13 @@ _max_pixels_opt = click.option(
 )
 
 
-def _apply(f, decorators):
+def _apply(f: F, decorators: Sequence[Callable[[F], F]]) -> F:
     for d in reversed(decorators):
         f = d(f)
     return f
 
 
-def mask_source_options(f):
+def mask_source_options(f: F) -> F:
     """--mask, --mask-dir, --mask-pattern, --auto-mask."""
     return _apply(f, [
         click.option(
@@ -404,10 +410,10 @@ def mask_source_options(f):
     ])
 
 
-def mask_trim_options(rim_default: str, rim_help: str):
+def mask_trim_options(rim_default: str, rim_help: str) -> Callable[[F], F]:
     """--erode and --rim, with the command's own rim default."""
 
-    def decorate(f):
+    def decorate(f: F) -> F:
         return _apply(f, [
             click.option(
                 "--erode",
@@ -429,7 +435,7 @@ def mask_trim_options(rim_default: str, rim_help: str):
     return decorate
 
 
-def mask_options(f):
+def mask_options(f: F) -> F:
     """Mask source options plus --erode/--rim/--feather as normalize-like commands use them."""
     f = click.option(
         "--feather",
@@ -454,7 +460,7 @@ def stderr_is_terminal() -> bool:
         return False
 
 
-def geometry_options(f):
+def geometry_options(f: F) -> F:
     """--crop, --resize, --write-mask, --with-labels, --bounds (outputs for learning pipelines)."""
     return _apply(f, [
         click.option(
@@ -485,7 +491,8 @@ def geometry_options(f):
     ])
 
 
-def geometry_settings(crop, resize, write_mask, labels, bounds) -> GeometrySettings:
+def geometry_settings(crop: str | None, resize: int | None, write_mask: bool, labels: str | None,
+                      bounds: Path | None) -> GeometrySettings:
     """The geometry options checked together (ValueError: a usage error)."""
     if labels is not None and labels != "auto" and not Path(labels).is_dir():
         raise ValueError(f"--with-labels: {labels} is not a folder (or 'auto')")

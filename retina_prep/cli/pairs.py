@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..dataset import detect_layout, find_label
 from .options import mask_source_options
-from .runner import collect_pairs, input_options, log
+from .runner import BatchOptions, collect_pairs, input_options, log
 
 
 @click.command(
@@ -20,7 +22,8 @@ Examples:
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=str))
 @mask_source_options
 @input_options
-def pairs(inputs, mask, mask_dir, mask_pattern, auto_mask, mask_check, batch) -> None:
+def pairs(inputs: tuple[str, ...], mask: Path | None, mask_dir: Path | None,
+          mask_pattern: str | None, auto_mask: bool, mask_check: bool, batch: BatchOptions) -> None:
     """Show the images found in INPUT and their masks and vessel labels, as a table on stdout.
 
     Tab-separated: image, mask (or '-' when it will be estimated), where the

@@ -10,7 +10,7 @@ from ..errors import RetinaPrepError
 from ..pipeline import read_transforms
 from ..steps import RestoreStep
 from .options import format_opt, output_opt
-from .runner import collect_pairs, execute, run_options
+from .runner import BatchOptions, collect_pairs, execute, run_options
 
 
 @click.command(
@@ -34,8 +34,10 @@ Examples:
 @format_opt
 @run_options(without=("manifest",))  # --manifest names the run whose outputs were cut
 @click.pass_context
-def restore(ctx, inputs, outdir, source, interpolation, fmt, png_level, overwrite, max_pixels,
-            ignore_orientation, batch, quiet):
+def restore(ctx: click.Context, inputs: tuple[str, ...], outdir: Path, source: Path,
+            interpolation: str, fmt: str, png_level: int | None, overwrite: bool,
+            max_pixels: int, ignore_orientation: bool, batch: BatchOptions,
+            quiet: bool) -> None:
     """Map predictions (probability or label maps) made on cropped/resized outputs back onto
     the pixel grid of the original photographs.
 

@@ -9,14 +9,18 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from .. import __version__
+from .._types import PathLike
 from ..batch import Batch, ManifestError, Report, Result, Status, default_jobs
 from ..dataset import Pair, find_pairs, shard_from_environment, shard_pairs
 from ..errors import DatasetError, Notice, RetinaPrepError, printable
@@ -26,6 +30,7 @@ from ..reports import BoundsFile
 from ..steps import Step
 from .options import (
     LOG,
+    F,
     config_opt,
     max_pixels_opt,
     overwrite_opt,
@@ -33,6 +38,9 @@ from .options import (
     stderr_is_terminal,
     verbose_opt,
 )
+
+if TYPE_CHECKING:
+    from ..pipeline import OutputSettings
 
 
 def log(msg: str, level: int = logging.INFO) -> None:
@@ -103,7 +111,7 @@ class ShardType(click.ParamType):
 
     name = "K/N|auto"
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, tuple):
             return value
         text = str(value).strip().lower()
@@ -137,7 +145,7 @@ class BatchOptions:  # noqa: D101 - fields as the options below
     print0: bool = False
     base: str | None = None
 
-    def output_settings(self, fmt: str, png_level, overwrite: bool):
+    def output_settings(self, fmt: str, png_level: int | None, overwrite: bool) -> OutputSettings:
         """A command's :class:`~retina_prep.pipeline.OutputSettings`: ``--skip-existing`` keeps
         existing outputs unless ``--overwrite``."""
         from ..pipeline import OutputSettings
@@ -150,12 +158,12 @@ _OPTION_NAMES = ("jobs", "skip_existing", "manifest", "files_from", "null", "pri
                  "dry_run", "shard", "print0", "base")
 
 
-def input_options(f):
+def input_options(f: F) -> F:
     """--files-from, -0, --shard only (for commands that read inputs but write nothing)."""
     return batch_options(f, inputs_only=True)
 
 
-def batch_options(f, *, inputs_only: bool = False, without: tuple[str, ...] = ()):
+def batch_options(f: F, *, inputs_only: bool = False, without: tuple[str, ...] = ()) -> F:
     """--jobs, --skip-existing, --manifest, --files-from, -0, --print-outputs, --dry-run, --shard.
 
     The command receives them as one ``batch`` argument (a :class:`BatchOptions`).
@@ -197,24 +205,24 @@ def batch_options(f, *, inputs_only: bool = False, without: tuple[str, ...] = ()
         decorators = [d for d, n in zip(decorators, names) if n not in without]
         names = [n for n in names if n not in without]
 
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         values = {n: kwargs.pop(n) for n in names}
         if values.get("jobs", 1) is None:
             values["jobs"] = default_jobs()
         kwargs["batch"] = BatchOptions(**values)
         return f(*args, **kwargs)
 
-    wrapper = functools.update_wrapper(wrapper, f)
+    wrapped: Any = functools.update_wrapper(wrapper, f)
     for d in reversed(decorators):
-        wrapper = d(wrapper)
-    return wrapper
+        wrapped = d(wrapped)
+    return typing.cast(F, wrapped)
 
 
-def run_options(f=None, *, without: tuple[str, ...] = ()):
+def run_options(f: F | None = None, *, without: tuple[str, ...] = ()) -> Any:
     """The options every writing command ends with: --overwrite, --max-pixels, the batch
     options (less those named in ``without``), -q and --config (eager, so it is read before
     the others). Use as ``@run_options`` or ``@run_options(without=("manifest",))``."""
-    def apply(f):
+    def apply(f: F) -> F:
         batch = functools.partial(batch_options, without=without)
         for d in (config_opt, verbose_opt, quiet_opt, batch, max_pixels_opt, overwrite_opt):
             f = d(f)
@@ -225,7 +233,7 @@ def run_options(f=None, *, without: tuple[str, ...] = ()):
 # ------------------------------------------------------------------ inputs
 
 
-def read_capped(fh, limit: int) -> bytes:
+def read_capped(fh: typing.BinaryIO, limit: int) -> bytes:
     """All of ``fh``, refusing more than ``limit`` bytes (``/dev/zero`` never ends)."""
     data = fh.read(limit + 1)
     if len(data) > limit:
@@ -256,8 +264,10 @@ def _read_files_from(source: str, null: bool) -> list[str]:
     return [i for i in (x.strip("\r") if not null else x for x in items) if i]
 
 
-def collect_pairs(inputs, *, mask, mask_dir, mask_pattern, outdir, batch: BatchOptions | None = None,
-                  auto_mask: bool = False) -> list[Pair]:
+def collect_pairs(inputs: Sequence[PathLike], *, mask: PathLike | None,
+                  mask_dir: PathLike | None, mask_pattern: str | None,
+                  outdir: PathLike | list[PathLike | None] | None,
+                  batch: BatchOptions | None = None, auto_mask: bool = False) -> list[Pair]:
     """Find and pair inputs; problems with the inputs themselves are usage errors (exit 2).
 
     ``outdir`` (a folder or a list of folders) is never searched for inputs. With
@@ -330,9 +340,9 @@ class ContactSheet:
 
 
 @contextmanager
-def _sigterm_as_interrupt():
+def _sigterm_as_interrupt() -> Iterator[None]:
     """A kill (SIGTERM) unwinds like Ctrl-C, so workers stop and temporaries are removed."""
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt
 
     try:
@@ -357,7 +367,7 @@ class _NoBar:
 
 
 @contextmanager
-def _progress_bar(total: int, show: bool, command: str):
+def _progress_bar(total: int, show: bool, command: str) -> Iterator[Any]:
     """A tqdm bar on stderr when ``show``; else a stand-in, and tqdm is not even imported (it
     costs start-up time)."""
     if not show:
