@@ -322,6 +322,16 @@ def convolve(image: ArrayLike, kernel: Kernel | ArrayLike, *, path: str = "auto"
     Returns
     -------
     (H, W) or (H, W, C) float32 ndarray
+
+    Examples
+    --------
+    Zeros beyond the edge pull the corner down (what masked convolution avoids):
+
+    >>> import numpy as np
+    >>> from retina_prep import box_kernel, convolve
+    >>> out = convolve(np.ones((5, 5)), box_kernel(3))
+    >>> round(float(out[0, 0]), 3), float(out[2, 2])
+    (0.444, 1.0)
     """
     k = as_kernel(kernel)
     path = _pick_path(k, path)
@@ -345,6 +355,14 @@ def mask_weights(mask: ArrayLike, kernel: Kernel | ArrayLike, *, path: str = "au
     Returns
     -------
     (H, W) float32 ndarray
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from retina_prep import box_kernel, mask_weights
+    >>> mask = np.zeros((5, 5), bool); mask[:, :3] = True
+    >>> [round(float(v), 2) for v in mask_weights(mask, box_kernel(3))[2]]
+    [0.67, 1.0, 0.67, 0.33, 0.0]
     """
     k = as_kernel(kernel)
     m = _as_weights(mask, None)
@@ -771,7 +789,7 @@ def masked_filter(
     min_weight : float
         Certainty below which an output pixel is ``fill``.
     fill : float or None
-        Value where no valid pixel is in the window (None: 0).
+        Value where no valid pixel is in the window (default NaN; None: 0).
     path : {"auto", "box", "pyramid", "separable", "filter2d"}
         The OpenCV path (``auto`` picks the fastest the kernel allows).
 
@@ -781,6 +799,18 @@ def masked_filter(
         ``fill`` where no valid pixel is in the window (or below ``min_weight``).
     validity : (H, W) float32 ndarray in [0, 1]
         The updated mask, to chain filters: pass it as the next ``mask``.
+
+    Examples
+    --------
+    The outside (0) never enters the mean; a window with no valid pixel is ``fill``:
+
+    >>> import numpy as np
+    >>> from retina_prep import box_kernel, masked_filter
+    >>> mask = np.zeros((5, 5), bool); mask[:, :3] = True
+    >>> image = np.where(mask, 100.0, 0.0)
+    >>> result, validity = masked_filter(image, mask, box_kernel(3))
+    >>> result[2].tolist(), [round(float(v), 2) for v in validity[2]]
+    ([100.0, 100.0, 100.0, 100.0, nan], [0.67, 1.0, 0.67, 0.33, 0.0])
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")

@@ -219,6 +219,19 @@ def prepare_mask(mask: ArrayLike, *, window: int | str | None = None,
     -------
     PreparedMask
         Pass it as ``mask`` to :func:`normalize_illumination`.
+
+    Examples
+    --------
+    One mask, many images (a camera's fixed field of view):
+
+    >>> import numpy as np
+    >>> from retina_prep import normalize_illumination, prepare_mask
+    >>> from retina_prep.synthetic import synthetic_fundus
+    >>> s = synthetic_fundus((64, 64), seed=0)
+    >>> prepared = prepare_mask(s.mask, window=15)
+    >>> np.array_equal(normalize_illumination(s.image, prepared),
+    ...                normalize_illumination(s.image, s.mask, window=15))
+    True
     """
     m = as_mask(mask)
     if not m.any():

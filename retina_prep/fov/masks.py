@@ -214,6 +214,14 @@ def erode_mask(mask: ArrayLike, px: float) -> np.ndarray:
     ------
     MaskError
         If nothing is left after erosion.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from retina_prep import erode_mask
+    >>> mask = np.zeros((9, 9), bool); mask[1:8, 1:8] = True
+    >>> int(mask.sum()), int(erode_mask(mask, 1).sum())
+    (49, 25)
     """
     m = np.asarray(mask, dtype=bool)
     px = float(px)
