@@ -433,7 +433,7 @@ def _estimate(image: ArrayLike, edge_fraction: float, threshold: float | None) -
     if est.whole_image:
         return FovEstimate(np.ones((h, w), bool), 1.0, whole_image=True)
     m = _settle_ring(img, k, run)
-    if m.sum() < 0.01 * h * w:
+    if cv2.countNonZero(m.view(np.uint8)) < 0.01 * h * w:
         raise MaskError("cannot estimate a field of view: no bright disc found")
     # the confidence of the settled mask, on the reduced copy
     assert run.smooth is not None and run.is_bg is not None

@@ -195,9 +195,13 @@ def _shallow_pieces(m: np.ndarray, depth: int, band: int) -> list[tuple[int, int
     # mean rounds 3 of 4 up to 1). The rows and columns beyond a multiple of k are replicated
     # into whole blocks, as the distance transform's border is (the image's edge is no
     # margin): an outside pixel there counts for its block, and so for its neighbours' depth
-    grid = cv2.copyMakeBorder((~m).view(np.uint8), 0, hs * k - h, 0, ws * k - w,
-                              cv2.BORDER_REPLICATE)
-    outside = cv2.resize(grid.astype(np.float32), (ws, hs), interpolation=cv2.INTER_AREA)
+    if k <= 15:  # outside as 255: a block with one has a mean >= 255 / k^2 > 1 (rounds up)
+        grid = cv2.copyMakeBorder(cv2.compare(m.view(np.uint8), 0, cv2.CMP_EQ), 0, hs * k - h,
+                                  0, ws * k - w, cv2.BORDER_REPLICATE)
+    else:
+        grid = cv2.copyMakeBorder((~m).view(np.uint8), 0, hs * k - h, 0, ws * k - w,
+                                  cv2.BORDER_REPLICATE).astype(np.float32)
+    outside = cv2.resize(grid, (ws, hs), interpolation=cv2.INTER_AREA)
     full = outside == 0
     padded = cv2.copyMakeBorder(full.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_REPLICATE)
     ds = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
