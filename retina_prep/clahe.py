@@ -56,19 +56,24 @@ def _luts(plane: np.ndarray, mask: np.ndarray, tiles: int, clip_limit: float,
         plane = cv2.copyMakeBorder(plane, 0, eh - h, 0, ew - w, cv2.BORDER_REFLECT_101)
         mask = cv2.copyMakeBorder(mask.view(np.uint8), 0, eh - h, 0, ew - w,
                                   cv2.BORDER_REFLECT_101).view(bool)
-    ty = (np.arange(eh) // th)[:, None]
-    tx = (np.arange(ew) // tw)[None, :]
-    tile = (ty * tiles + tx)[mask]
-    values = plane[mask].astype(np.int64)
     n_tiles = tiles * tiles
     full = th * tw
-    hist = np.bincount(tile * levels + values, minlength=n_tiles * levels).reshape(n_tiles, levels)
+    # the FOV count of every rectangle from four look-ups (an integral image, exact in int32)
+    csum = cv2.integral(mask.view(np.uint8), sdepth=cv2.CV_32S)
+    hist = np.zeros((n_tiles, levels), np.int64)
+    for ti in range(n_tiles):  # a histogram per tile, of its own block (no full-size index map)
+        r, c = divmod(ti, tiles)
+        y0, y1, x0, x1 = r * th, (r + 1) * th, c * tw, (c + 1) * tw
+        n = int(csum[y1, x1] - csum[y0, x1] - csum[y1, x0] + csum[y0, x0])
+        if n == full:
+            hist[ti] = np.bincount(plane[y0:y1, x0:x1].ravel(), minlength=levels)
+        elif n:
+            hist[ti] = np.bincount(plane[y0:y1, x0:x1][mask[y0:y1, x0:x1]], minlength=levels)
     counts = hist.sum(axis=1)
     if GROW_PARTIAL_TILES:
         # a tile the FOV covers in part takes its histogram from the FOV pixels of the tile grown
         # about its centre until they are as many as a full tile's (a sample of a few hundred
         # pixels gives a noisy mapping); its weight in the interpolation stays its own count
-        csum = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
         for ti in np.nonzero((counts > 0) & (counts < full))[0]:
             r, c = divmod(int(ti), tiles)
             for g in range(1, 4 * max(th, tw)):
@@ -188,11 +193,12 @@ def clahe_plane(plane: ArrayLike, mask: ArrayLike | None = None, *, clip_limit: 
                     if cnt[t] == 0:
                         continue
                     wgt = ((wy[i] * wx[j]) * cnt[t]).astype(np.float32)
-                    total += wgt * np.take(luts[t], vb)
+                    # (8-bit: OpenCV's table look-up, the same float32 values 5x faster)
+                    total += wgt * (cv2.LUT(vb, luts[t]) if levels == 256 else np.take(luts[t], vb))
                     weight += wgt
             res = np.clip(np.rint(total / np.maximum(weight, np.float32(1e-30))), 0, levels - 1)
             block = out[r0:r1, c0:c1]
-            block[mb] = res[mb].astype(p.dtype)
+            np.copyto(block, res.astype(p.dtype), where=mb)
     return out
 
 
