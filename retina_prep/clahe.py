@@ -74,8 +74,8 @@ def _luts(plane: np.ndarray, mask: np.ndarray, tiles: int, clip_limit: float,
         # a tile the FOV covers in part takes its histogram from the FOV pixels of the tile grown
         # about its centre until they are as many as a full tile's (a sample of a few hundred
         # pixels gives a noisy mapping); its weight in the interpolation stays its own count
-        for ti in np.nonzero((counts > 0) & (counts < full))[0]:
-            r, c = divmod(int(ti), tiles)
+        for ti in np.nonzero((counts > 0) & (counts < full))[0].tolist():
+            r, c = divmod(ti, tiles)
             for g in range(1, 4 * max(th, tw)):
                 y0, y1 = max(r * th - g, 0), min((r + 1) * th + g, eh)
                 x0, x1 = max(c * tw - g, 0), min((c + 1) * tw + g, ew)
