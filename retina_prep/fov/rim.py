@@ -40,27 +40,15 @@ _RIM_SECTORS = 72
 def _group_medians(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
     """Median of ``values`` (n, C) within each group id in ``range(n_groups)``; NaN for empty groups."""
     out = np.full((n_groups, values.shape[1]), np.nan, np.float64)
-    if values.dtype == np.uint8 or values.dtype == np.bool_:
-        # a histogram per group (one bincount) and the two middle ranks read off its running
-        # count: exact, and 3x faster than sorting the pixels
-        key0 = group.astype(np.intp) << 8
-        for c in range(values.shape[1]):
-            counts = np.bincount(key0 | values[:, c], minlength=n_groups << 8)
-            cum = counts.reshape(n_groups, 256).cumsum(axis=1)
-            total = cum[:, -1]
-            has = total > 0
-            cum, total = cum[has], total[has]
-            lo = (cum <= ((total - 1) // 2)[:, None]).sum(axis=1)
-            hi = (cum <= (total // 2)[:, None]).sum(axis=1)
-            out[has, c] = (lo + hi) / 2
-        return out
     ids = np.arange(n_groups)
     integral = values.dtype.kind in "ub" and values.dtype.itemsize <= 2
+    # 8- and 16-bit values: one sort of a combined key (group, value) per channel, 3-5x faster
+    # than a lexsort, and faster than a histogram per group (1.6x on an HRF ring, 3.5x on DRIVE's)
+    bits = 8 * values.dtype.itemsize
+    key0 = group.astype(np.int64) << bits if integral else None
     for c in range(values.shape[1]):
-        if integral:
-            # one sort of a combined key (group, value): 3-5x faster than a lexsort
-            bits = 8 * values.dtype.itemsize
-            key = np.sort((group.astype(np.int64) << bits) | values[:, c].astype(np.int64))
+        if key0 is not None:
+            key = np.sort(key0 | values[:, c].astype(np.int64))
             g, v = key >> bits, (key & ((1 << bits) - 1)).astype(np.float64)
         else:
             order = np.lexsort((values[:, c], group))
