@@ -136,9 +136,10 @@ def _background(v: np.ndarray) -> tuple[float, float]:
     return bg, sigma
 
 
-def _disc_level(v: np.ndarray, bg: float, sigma: float) -> float:
-    """Median brightness of the disc: the pixels above Otsu's threshold (and the background)."""
-    above = v[v > max(_otsu(v), bg + 2 * sigma)]
+def _disc_level(v: np.ndarray, bg: float, sigma: float, otsu: float) -> float:
+    """Median brightness of the disc: the pixels above Otsu's threshold ``otsu`` (see
+    :func:`_otsu`) and the background."""
+    above = v[v > max(otsu, bg + 2 * sigma)]
     if above.size == 0:
         raise MaskError("cannot estimate a field of view: no bright disc on a dark background")
     disc = float(np.median(above))
@@ -147,7 +148,7 @@ def _disc_level(v: np.ndarray, bg: float, sigma: float) -> float:
     return disc
 
 
-def _frame_top(v: np.ndarray, bg: float, sigma: float) -> float:
+def _frame_top(v: np.ndarray, bg: float, sigma: float, otsu: float) -> float:
     """The top of an uneven frame's levels, or ``-inf`` for a frame at one dark level.
 
     A scanned film slide has no black background: its frame is a noisy grey
@@ -159,8 +160,7 @@ def _frame_top(v: np.ndarray, bg: float, sigma: float) -> float:
     highest of their 95th percentiles is more than 8 noise sigmas and 5 % of
     the contrast above ``bg``, the frame is uneven and the rough mask must
     rise above that level (plus 2 sigmas), not just above ``bg``: else it
-    takes in the frame's brighter parts."""
-    otsu = _otsu(v)
+    takes in the frame's brighter parts. ``otsu``: Otsu's threshold of ``v``."""
     segs = _frame_segments(v)
     if len(segs) != 32:  # (an image too small for 8 pieces a side)
         return -math.inf
@@ -499,8 +499,9 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None,
         # no dark background around the disc (a crop inside the FOV): the whole image is the FOV
         return _Run(FovEstimate(np.ones((h, w), bool), 1.0, whole_image=True))
     bg, sigma = _background(v)
-    disc = _disc_level(v, bg, sigma)
-    frame_top = _frame_top(v, bg, sigma)  # -inf unless the frame is uneven
+    otsu = _otsu(v)  # (once: its percentiles cost as much as the rest of either step)
+    disc = _disc_level(v, bg, sigma, otsu)
+    frame_top = _frame_top(v, bg, sigma, otsu)  # -inf unless the frame is uneven
     rough_t = max(bg + max(4.0 * sigma, ROUGH_FRACTION * (disc - bg)), frame_top)
     rough = _clean(v > rough_t, open_r)
     if rough.sum() < 0.01 * rough.size or rough.all():
