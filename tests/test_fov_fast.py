@@ -179,7 +179,7 @@ def test_confidence_is_low_on_bad_masks(monkeypatch, shape, seed):
     import retina_prep.fov.estimate as fov_estimate_module
     from retina_prep.synthetic import synthetic_fundus
 
-    monkeypatch.setattr(fov_estimate_module, "_frame_top", lambda v, bg, sigma: -math.inf)
+    monkeypatch.setattr(fov_estimate_module, "_frame_top", lambda v, bg, sigma, otsu: -math.inf)
     s = synthetic_fundus(shape, seed=seed, frame="slide", cut=0.85, radius=0.5)
     est = fov.estimate_fov(s.image, details=True)
     assert _iou(est.mask, s.mask) < 0.95
