@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retina_prep.fov import _group_medians, margin_distance, rim_depths, trim_rim
+from retina_prep.fov import _group_medians, estimate_fov, margin_distance, rim_depths, trim_rim
 from retina_prep.io import read_image, read_mask, write_image
 from retina_prep.normalize import normalize_illumination
 from retina_prep.synthetic import synthetic_fundus
@@ -92,6 +92,24 @@ def test_a_rim_in_any_channel_is_removed(kind):
     assert _worst_band(out, trimmed, fov) <= 3.0
     # kept as given, the rim shows (the test can fail)
     assert _worst_band(normalize_illumination(img, fov, order=0), fov, fov) > 5.0
+
+
+@pytest.mark.parametrize("shape, rim, source", [
+    ((584, 565), 2, "file"), ((584, 565), 3, "file"), ((584, 565), 5, "file"),
+    ((584, 565), 2, "estimated"), ((1400, 1500), 5, "file"), ((1400, 1500), 8, "file")])
+def test_a_rim_off_the_pixel_grid_leaves_no_line(shape, rim, source):
+    """A rim whose inner edge is a circle (``synthetic_fundus(rim=N)``: the distance to the
+    circle, not the rings of the mask's distance transform) leaves the first ring kept part rim
+    in some sectors; it goes too, and the output is flat from the FOV's edge in. (Before, those
+    rings stayed: -27 to -52 gray levels in the outer bands with the mask file, -11 estimated.)"""
+    s = synthetic_fundus(shape, seed=3, rim=rim)
+    fov = s.mask if source == "file" else estimate_fov(s.image)
+    trimmed = trim_rim(s.image, fov)
+    out = normalize_illumination(s.image, trimmed, order=1)
+    assert _worst_band(out, trimmed & ~s.vessels, s.mask) <= 3.0
+    # and only the rim went: the retina inside it stays
+    inside = s.mask & (margin_distance(s.mask) >= rim + 2)
+    assert (trimmed & inside).sum() >= 0.995 * inside.sum()
 
 
 def test_straight_cuts_stay_straight():

@@ -39,7 +39,16 @@ _RIM_SECTORS = 72
 
 def _group_medians(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
     """Median of ``values`` (n, C) within each group id in ``range(n_groups)``; NaN for empty groups."""
-    out = np.full((n_groups, values.shape[1]), np.nan, np.float64)
+    return _group_quantiles(group, values, n_groups)[0]
+
+
+def _group_quantiles(group: np.ndarray, values: np.ndarray, n_groups: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Median and lower decile of ``values`` (n, C) within each group id in
+    ``range(n_groups)``, each ``(n_groups, C)`` float64, NaN for empty groups. The median is the
+    mean of the two middle ranks; the lower decile the value of rank ``(n - 1) // 10``."""
+    med = np.full((n_groups, values.shape[1]), np.nan, np.float64)
+    low = np.full((n_groups, values.shape[1]), np.nan, np.float64)
     ids = np.arange(n_groups)
     integral = values.dtype.kind in "ub" and values.dtype.itemsize <= 2
     # 8- and 16-bit values: one sort of a combined key (group, value) per channel, 3-5x faster
@@ -56,10 +65,10 @@ def _group_medians(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.n
         starts = np.searchsorted(g, ids, "left")
         counts = np.searchsorted(g, ids, "right") - starts
         has = counts > 0
-        lo = starts[has] + (counts[has] - 1) // 2
-        hi = starts[has] + counts[has] // 2
-        out[has, c] = (v[lo] + v[hi]) / 2
-    return out
+        first, n = starts[has], counts[has]
+        med[has, c] = (v[first + (n - 1) // 2] + v[first + n // 2]) / 2
+        low[has, c] = v[first + (n - 1) // 10]
+    return med, low
 
 
 def _unit(img: np.ndarray, value_range: tuple[float, float] | None = None) -> float:
@@ -88,7 +97,9 @@ def rim_depths(image: ArrayLike, mask: ArrayLike, *, tolerance: float = RIM_TOLE
     the line and are rim; a smooth fall-off, a gradient or a crisp edge with
     the retina's own values are on it and are kept (depth 0). Depths are
     capped at ``max_px`` and smoothed along the boundary (the second largest
-    of 5 neighbouring sectors). ``value_range`` (lo, hi) says what the
+    of 5 neighbouring sectors); where the first ring kept is partly rim (a rim
+    that does not follow the pixel grid: the ring's median less its lower
+    decile exceeds that of the 3 rings inside it), it goes too. ``value_range`` (lo, hi) says what the
     image's values span when it is not its dtype's range (float: 0..1), so
     that ``tolerance`` is in 8-bit units of that range. NaN pixels (outside
     the field of view by the library's rule) are ignored.
@@ -245,8 +256,9 @@ def _rim_depths(image: ArrayLike, m: np.ndarray, centre: tuple[float, float], to
             keep = ~bad
             ys, xs, vals = ys[keep], xs[keep], vals[keep]
             sector, ring = sector[keep], ring[keep]
-    med = _group_medians(sector * n_rings + ring, vals, _RIM_SECTORS * n_rings).reshape(
-        _RIM_SECTORS, n_rings, -1)  # (S, rings, C): robust to vessels
+    med, low = (q.reshape(_RIM_SECTORS, n_rings, -1) for q in _group_quantiles(
+        sector * n_rings + ring, vals, _RIM_SECTORS * n_rings))  # (S, rings, C)
+    # (the median is robust to vessels; the lower decile sees a ring that is only partly rim)
     # the rings' own noise, per sector and channel, from the rings deep inside
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # sectors without rings (image border)
@@ -262,7 +274,29 @@ def _rim_depths(image: ArrayLike, m: np.ndarray, centre: tuple[float, float], to
     # alone is noise, two are a rim; a plain median left rings of a rim between shallower ones)
     padded = np.concatenate([depth[-2:], depth, depth[:2]])
     depth = np.sort(np.lib.stride_tricks.sliding_window_view(padded, 5), axis=1)[:, 3]
+    # a first kept ring that is partly rim goes too (not beyond the cap)
+    depth = np.minimum(depth + _partly_rim(med - low, depth, limit), max_px)
     return depth.astype(np.int64), ys, xs, ring
+
+
+def _partly_rim(spread: np.ndarray, depth: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """``(S,)`` 0/1: whether the first ring kept in each sector (ring ``depth``) is partly rim.
+    ``spread`` ``(S, rings, C)`` is each ring's median less its lower decile: a rim that does
+    not follow the pixel grid (an optical ring, a circle's edge) leaves a ring that is part rim,
+    part retina, whose median is on the trend while a tenth or more of its pixels are rim (a dark
+    line where they stay); its spread then exceeds those of the 3 rings inside it by more than
+    ``limit`` ``(S, C)`` in some channel. A gradient shifts a ring's median and decile alike, and
+    vessels cross the rings, widening each ring's spread about as much as its neighbours'."""
+    S, R, _ = spread.shape
+    rows = np.arange(S)
+    d = np.minimum(depth, R - 4)
+    here = spread[rows, d]  # (S, C)
+    inside = np.stack([spread[rows, d + j] for j in (1, 2, 3)], axis=0)  # (3, S, C)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = np.nanmax(inside, axis=0)
+    partly = (here > ref + limit) & np.isfinite(here) & np.isfinite(ref)
+    return partly.any(axis=1).astype(np.int64)
 
 
 @overload
