@@ -112,6 +112,39 @@ def test_a_rim_off_the_pixel_grid_leaves_no_line(shape, rim, source):
     assert (trimmed & inside).sum() >= 0.995 * inside.sum()
 
 
+def _off_grid(kind: str, shape=(1200, 1300)):
+    """A synthetic photograph with a transition of ``kind`` whose inner edge is a circle, its
+    widths those of DRIVE's scaled to the image (DRIVE: 565 px)."""
+    s = synthetic_fundus(shape, seed=5, noise=2.0)
+    ys, xs = np.nonzero(s.mask)
+    y, x = np.ogrid[:shape[0], :shape[1]]
+    depth = np.sqrt(s.mask.sum() / np.pi) - np.hypot(y - ys.mean(), x - xs.mean())
+    k = shape[0] / 584
+    img = s.image.astype(float)
+    if kind == "glow":  # dark 2 px at 50 %, then green and blue 1.2x at 2-5 px
+        img[s.mask & (depth < 2 * k)] *= 0.5
+        img[s.mask & (depth >= 2 * k) & (depth < 5 * k), 1:] *= 1.2
+    elif kind == "blue rim":  # 3 px at 50 % in blue alone
+        img[s.mask & (depth < 3 * k), 2] *= 0.5
+    return np.clip(img, 0, 255).astype(np.uint8), s
+
+
+@pytest.mark.parametrize("kind", ["glow", "blue rim", "none"])
+@pytest.mark.parametrize("source", ["file", "estimated"])
+def test_wide_transitions_at_mid_resolution(kind, source):
+    """At 1200 px a DRIVE-like glow ring is 6 px wide: a plateau that a line through 14 rings
+    followed (+5 gray levels stayed in green, -4.4 for the blue rim); the trend window spans
+    2.5 % of the diameter (up to 36 rings), the output is flat and a crisp disc keeps its
+    retina."""
+    img, s = _off_grid(kind)
+    fov = s.mask if source == "file" else estimate_fov(img)
+    trimmed = trim_rim(img, fov)
+    out = normalize_illumination(img, trimmed, order=1)
+    assert _worst_band(out, trimmed & ~s.vessels, s.mask) <= 3.0
+    inside = s.mask & (margin_distance(s.mask) >= (0 if kind == "none" else 12))
+    assert (trimmed & inside).sum() >= 0.995 * inside.sum()
+
+
 def test_straight_cuts_stay_straight():
     img, fov, _ = _camera("cuts")
     trimmed = trim_rim(img, fov)

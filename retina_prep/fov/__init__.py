@@ -64,6 +64,8 @@ from .rim import (  # noqa: F401
     RIM_CONFIRM,
     RIM_MAX_FRACTION,
     RIM_TOLERANCE,
+    RIM_TREND_FRACTION,
+    RIM_TREND_MAX_RINGS,
     RIM_TREND_RINGS,
     _group_medians,
     _margin_rings,

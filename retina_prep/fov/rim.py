@@ -28,6 +28,13 @@ RIM_TOLERANCE = 2.5
 
 #: trim_rim: the line is fitted through at least this many rings (or the deepest rim, if more).
 RIM_TREND_RINGS = 14
+#: The trend line also spans this fraction of the FOV diameter, up to RIM_TREND_MAX_RINGS
+#: rings: a rim or glow ring a third of the window wide or more is a plateau that a straight
+#: line through the window follows (a DRIVE-like glow scaled to 1200 px, 6 px of a 14-ring
+#: window, stayed: +5 gray levels); more than about 36 rings reach the curvature of the
+#: illumination at HRF size, which then reads as a rim.
+RIM_TREND_FRACTION = 0.025
+RIM_TREND_MAX_RINGS = 36
 
 
 #: trim_rim: a depth is accepted when this many rings from it on are on their trend.
@@ -89,8 +96,9 @@ def rim_depths(image: ArrayLike, mask: ArrayLike, *, tolerance: float = RIM_TOLE
     In each sector the median brightness (robust to vessels) of every 1-px
     ring at distance ``d`` from the margin is taken, per channel. The depth
     is the smallest ``D`` such that rings ``D``, ``D + 1`` and ``D + 2`` lie
-    on the least-squares line through rings ``D .. D + W`` (``W`` =
-    :data:`RIM_TREND_RINGS`, or ``max_px`` if more) within ``tolerance`` gray
+    on the least-squares line through rings ``D .. D + W`` (``W``: the most
+    of :data:`RIM_TREND_RINGS`, ``max_px`` and :data:`RIM_TREND_FRACTION` of
+    the diameter up to :data:`RIM_TREND_MAX_RINGS`) within ``tolerance`` gray
     levels and 3 times the rings' own noise, in every channel: the retina's
     trend there, which a first-order local mean follows. A dark transition
     ring, a bright glow ring inside it, or chroma blur at a crisp edge break
@@ -235,9 +243,11 @@ def _rim_depths(image: ArrayLike, m: np.ndarray, centre: tuple[float, float], to
     img = np.asarray(image)
     v = img if img.ndim == 3 else img[..., None]
     unit = _unit(img, value_range)
+    diam = fov_diameter(m)
     if max_px is None:
-        max_px = max(2, int(round(RIM_MAX_FRACTION * fov_diameter(m))))
-    width = max(RIM_TREND_RINGS, max_px)
+        max_px = max(2, int(round(RIM_MAX_FRACTION * diam)))
+    width = max(RIM_TREND_RINGS, max_px,
+                min(int(round(RIM_TREND_FRACTION * diam)), RIM_TREND_MAX_RINGS))
     n_rings = max_px + RIM_CONFIRM + width
     ys, xs, d = _margin_rings(m, n_rings)
     # (1e-3: no distance sqrt(n) to a pixel lies that close below an integer, and the
