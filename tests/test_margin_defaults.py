@@ -112,10 +112,10 @@ def test_a_rim_off_the_pixel_grid_leaves_no_line(shape, rim, source):
     assert (trimmed & inside).sum() >= 0.995 * inside.sum()
 
 
-def _off_grid(kind: str, shape=(1200, 1300)):
+def _off_grid(kind: str, shape=(1200, 1300), seed: int = 5):
     """A synthetic photograph with a transition of ``kind`` whose inner edge is a circle, its
     widths those of DRIVE's scaled to the image (DRIVE: 565 px)."""
-    s = synthetic_fundus(shape, seed=5, noise=2.0)
+    s = synthetic_fundus(shape, seed=seed, noise=2.0)
     ys, xs = np.nonzero(s.mask)
     y, x = np.ogrid[:shape[0], :shape[1]]
     depth = np.sqrt(s.mask.sum() / np.pi) - np.hypot(y - ys.mean(), x - xs.mean())
@@ -126,7 +126,45 @@ def _off_grid(kind: str, shape=(1200, 1300)):
         img[s.mask & (depth >= 2 * k) & (depth < 5 * k), 1:] *= 1.2
     elif kind == "blue rim":  # 3 px at 50 % in blue alone
         img[s.mask & (depth < 3 * k), 2] *= 0.5
+    elif kind == "dark rim":  # 3 px at 45 %, every channel
+        img[s.mask & (depth < 3 * k)] *= 0.45
     return np.clip(img, 0, 255).astype(np.uint8), s
+
+
+@pytest.mark.parametrize("shape, seed", [((700, 770), 12), ((1000, 1100), 11), ((1000, 1100), 12)])
+def test_an_estimated_edge_through_a_dark_rim_leaves_no_arcs(shape, seed):
+    """A rim at 45 % of the retina sits at the estimate's edge rule (half the local level), so
+    the estimated edge runs in and out of it: rings part rim at every depth, which neither ring
+    test sees; the rim-dark pixels of the first rings kept go one by one (before: arcs of
+    100-200 pixels, -54 to -87 gray levels)."""
+    img, s = _off_grid("dark rim", shape, seed)
+    trimmed = trim_rim(img, estimate_fov(img))
+    out = normalize_illumination(img, trimmed, order=1)
+    assert _worst_band(out, trimmed & ~s.vessels, s.mask) <= 3.0
+    inside = s.mask & (margin_distance(s.mask) >= 6 * shape[0] / 584)
+    assert (trimmed & inside).sum() >= 0.995 * inside.sum()
+
+
+def test_rim_dark_pixels_spare_vessels_and_real_photographs(drive):
+    """The pixel rule drops nothing on a crisp disc whose vessels reach the margin, nor on
+    DRIVE's own masks (their rims are whole rings, trimmed by the ring tests)."""
+    import retina_prep.fov.rim as rim
+
+    def without_rule(img, m):
+        old = rim.RIM_DARK_PIXEL
+        rim.RIM_DARK_PIXEL = 0.0
+        try:
+            return trim_rim(img, m)
+        finally:
+            rim.RIM_DARK_PIXEL = old
+
+    for seed in range(3):
+        s = synthetic_fundus((584, 565), seed=seed, noise=2.0)
+        np.testing.assert_array_equal(trim_rim(s.image, s.mask), without_rule(s.image, s.mask))
+    for stem in ("01", "02", "03"):
+        img = read_image(drive / "test" / "images" / f"{stem}_test.tif")
+        m = read_mask(drive / "test" / "mask" / f"{stem}_test_mask.gif")
+        np.testing.assert_array_equal(trim_rim(img, m), without_rule(img, m))
 
 
 @pytest.mark.parametrize("kind", ["glow", "blue rim", "none"])

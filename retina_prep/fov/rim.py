@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Literal, overload
+from typing import Any, Literal, NamedTuple, overload
 
 import cv2
 import numpy as np
@@ -118,7 +118,7 @@ def rim_depths(image: ArrayLike, mask: ArrayLike, *, tolerance: float = RIM_TOLE
         ``-pi + 2 pi i / 72`` around the centroid.
     """
     m = np.asarray(mask, dtype=bool)
-    return _rim_depths(image, m, _centroid(m), tolerance, max_px, value_range)[0]
+    return _rim_depths(image, m, _centroid(m), tolerance, max_px, value_range).depth
 
 
 def _sector_position(ys: np.ndarray, xs: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
@@ -235,11 +235,31 @@ def _shallow_pieces(m: np.ndarray, depth: int, band: int) -> list[tuple[int, int
     return pieces
 
 
+class _RimScan(NamedTuple):
+    """What :func:`_rim_depths` measured: the depths, and the pixels near the margin it looked at
+    (``ys, xs``, their ring index, sector and values) with the rings' medians ``(S, rings, C)``
+    and one 8-bit gray level in the image's units."""
+
+    depth: np.ndarray
+    ys: np.ndarray
+    xs: np.ndarray
+    ring: np.ndarray
+    sector: np.ndarray
+    vals: np.ndarray
+    med: np.ndarray
+    unit: float
+
+
+#: trim_rim: a pixel of the first two rings kept is rim, whatever its ring's median, where it
+#: is darker than this fraction of the retina 3 rings inside it in every channel that is at
+#: least 10 gray levels bright (two or more such channels: vessels keep most of their red).
+RIM_DARK_PIXEL = 0.7
+
+
 def _rim_depths(image: ArrayLike, m: np.ndarray, centre: tuple[float, float], tolerance: float,
                 max_px: int | None, value_range: tuple[float, float] | None = None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The depths of :func:`rim_depths`, and the pixels near the margin it looked at
-    (``ys, xs`` and their ring index)."""
+                ) -> _RimScan:
+    """The depths of :func:`rim_depths`, with what they were measured on (:class:`_RimScan`)."""
     img = np.asarray(image)
     v = img if img.ndim == 3 else img[..., None]
     unit = _unit(img, value_range)
@@ -254,7 +274,9 @@ def _rim_depths(image: ArrayLike, m: np.ndarray, centre: tuple[float, float], to
     # transform of a piece may differ from the whole image's in the last bit)
     ring = (d + 1e-3).astype(np.int64)
     if ys.size == 0:
-        return np.zeros(_RIM_SECTORS, np.int64), ys, xs, ring
+        empty = np.zeros((0, v.shape[2]), v.dtype)
+        return _RimScan(np.zeros(_RIM_SECTORS, np.int64), ys, xs, ring, ring, empty,
+                        np.full((_RIM_SECTORS, n_rings, v.shape[2]), np.nan), unit)
     sector = _sector_position(ys, xs, centre).astype(np.int64) % _RIM_SECTORS
     # (a flat take reads the same pixels 2.5x faster than a 2-D fancy index)
     vals = (v.reshape(-1, v.shape[2]).take(ys * v.shape[1] + xs, axis=0)
@@ -286,7 +308,7 @@ def _rim_depths(image: ArrayLike, m: np.ndarray, centre: tuple[float, float], to
     depth = np.sort(np.lib.stride_tricks.sliding_window_view(padded, 5), axis=1)[:, 3]
     # a first kept ring that is partly rim goes too (not beyond the cap)
     depth = np.minimum(depth + _partly_rim(med - low, depth, limit), max_px)
-    return depth.astype(np.int64), ys, xs, ring
+    return _RimScan(depth.astype(np.int64), ys, xs, ring, sector, vals, med, unit)
 
 
 def _partly_rim(spread: np.ndarray, depth: np.ndarray, limit: np.ndarray) -> np.ndarray:
@@ -360,18 +382,29 @@ def trim_rim(image: ArrayLike, mask: ArrayLike, *, tolerance: float = RIM_TOLERA
     """
     m = np.asarray(mask, dtype=bool)
     centre = _centroid(m)
-    depth, ys, xs, ring = _rim_depths(image, m, centre, tolerance, max_px, value_range)
+    scan = _rim_depths(image, m, centre, tolerance, max_px, value_range)
+    depth = scan.depth
     out = m.copy()
     dmax = int(depth.max())
-    if dmax > 0:
-        near = ring < dmax
-        ys, xs, ring = ys[near], xs[near], ring[near]
-        pos = _sector_position(ys, xs, centre) - 0.5
-        i0 = np.floor(pos).astype(np.int64)
-        frac = pos - i0
-        dep = (1 - frac) * depth[i0 % _RIM_SECTORS] + frac * depth[(i0 + 1) % _RIM_SECTORS]
-        drop = ring < np.rint(dep)
-        out[ys[drop], xs[drop]] = False
+    near = scan.ring < dmax + 2
+    ys, xs, ring = scan.ys[near], scan.xs[near], scan.ring[near]
+    pos = _sector_position(ys, xs, centre) - 0.5
+    i0 = np.floor(pos).astype(np.int64)
+    frac = pos - i0
+    dep = (1 - frac) * depth[i0 % _RIM_SECTORS] + frac * depth[(i0 + 1) % _RIM_SECTORS]
+    cut = np.rint(dep).astype(np.int64)
+    drop = ring < cut
+    # and the pixels of the first two rings kept that are rim-dark themselves (where an edge
+    # runs unevenly through a rim, its rings are part rim at every depth)
+    first = ~drop & (ring < cut + 2)
+    if first.any():
+        med = scan.med
+        ref = med[scan.sector[near][first], np.minimum(cut[first] + 3, med.shape[1] - 1)]
+        bright = ref >= 10.0 * scan.unit  # (n, C): channels bright enough to judge
+        with np.errstate(invalid="ignore"):
+            dark = np.where(bright, scan.vals[near][first] < RIM_DARK_PIXEL * ref, True)
+        drop[np.flatnonzero(first)[dark.all(axis=1) & (bright.sum(axis=1) >= 2)]] = True
+    out[ys[drop], xs[drop]] = False
     if not out.any():
         raise MaskError("mask is empty after trimming its rim")
     if return_info:
