@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retina_prep.fov import _group_medians, estimate_fov, margin_distance, rim_depths, trim_rim
+from retina_prep.fov import (
+    _group_medians,
+    estimate_fov,
+    fov_diameter,
+    margin_distance,
+    rim_depths,
+    trim_rim,
+)
 from retina_prep.io import read_image, read_mask, write_image
 from retina_prep.normalize import normalize_illumination
 from retina_prep.synthetic import synthetic_fundus
@@ -143,6 +150,20 @@ def test_an_estimated_edge_through_a_dark_rim_leaves_no_arcs(shape, seed):
     assert _worst_band(out, trimmed & ~s.vessels, s.mask) <= 3.0
     inside = s.mask & (margin_distance(s.mask) >= 6 * shape[0] / 584)
     assert (trimmed & inside).sum() >= 0.995 * inside.sum()
+
+
+def test_an_estimated_edge_through_a_rim_at_hrf_size():
+    """At 3504 px the estimated edge wanders up to 4 rings into an 8 px rim at 40 % (before:
+    -36 gray levels over a few hundred pixels); the rim-dark rule reaches 4 rings past the depth."""
+    s = synthetic_fundus((2336, 3504), seed=4, rim=8)
+    trimmed = trim_rim(s.image, estimate_fov(s.image))
+    out = normalize_illumination(s.image, trimmed, order=1)
+    f = fov_diameter(s.mask) / 540
+    d = margin_distance(s.mask)
+    keep = trimmed & ~s.vessels
+    for lo, hi in BANDS:
+        sel = keep & (d >= lo * f) & (d < hi * f)
+        assert np.abs(out[sel].astype(float).mean(axis=0) - 128).max() <= 3.0, (lo, hi)
 
 
 def test_rim_dark_pixels_spare_vessels_and_real_photographs(drive):

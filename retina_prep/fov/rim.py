@@ -250,10 +250,12 @@ class _RimScan(NamedTuple):
     unit: float
 
 
-#: trim_rim: a pixel of the first two rings kept is rim, whatever its ring's median, where it
-#: is darker than this fraction of the retina 3 rings inside it in every channel that is at
-#: least 10 gray levels bright (two or more such channels: vessels keep most of their red).
+#: trim_rim: a pixel of the first RIM_DARK_RINGS rings kept is rim, whatever its ring's median,
+#: where it is darker than this fraction of the retina inside it (the brightest median of the
+#: rings 3 to 6 further in) in every channel that is at least 10 gray levels bright (two or more
+#: such channels: vessels keep most of their red).
 RIM_DARK_PIXEL = 0.7
+RIM_DARK_RINGS = 4
 
 
 def _rim_depths(image: ArrayLike, m: np.ndarray, centre: tuple[float, float], tolerance: float,
@@ -386,7 +388,7 @@ def trim_rim(image: ArrayLike, mask: ArrayLike, *, tolerance: float = RIM_TOLERA
     depth = scan.depth
     out = m.copy()
     dmax = int(depth.max())
-    near = scan.ring < dmax + 2
+    near = scan.ring < dmax + RIM_DARK_RINGS
     ys, xs, ring = scan.ys[near], scan.xs[near], scan.ring[near]
     pos = _sector_position(ys, xs, centre) - 0.5
     i0 = np.floor(pos).astype(np.int64)
@@ -394,12 +396,16 @@ def trim_rim(image: ArrayLike, mask: ArrayLike, *, tolerance: float = RIM_TOLERA
     dep = (1 - frac) * depth[i0 % _RIM_SECTORS] + frac * depth[(i0 + 1) % _RIM_SECTORS]
     cut = np.rint(dep).astype(np.int64)
     drop = ring < cut
-    # and the pixels of the first two rings kept that are rim-dark themselves (where an edge
-    # runs unevenly through a rim, its rings are part rim at every depth)
-    first = ~drop & (ring < cut + 2)
+    # and the pixels of the first rings kept that are rim-dark themselves (where an edge runs
+    # unevenly through a rim, its rings are part rim at every depth)
+    first = ~drop & (ring < cut + RIM_DARK_RINGS)
     if first.any():
         med = scan.med
-        ref = med[scan.sector[near][first], np.minimum(cut[first] + 3, med.shape[1] - 1)]
+        sec, top = scan.sector[near][first], med.shape[1] - 1
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # (rings with no pixels: NaN)
+            ref = np.nanmax(np.stack([med[sec, np.minimum(cut[first] + j, top)]
+                                      for j in (3, 4, 5, 6)]), axis=0)
         bright = ref >= 10.0 * scan.unit  # (n, C): channels bright enough to judge
         with np.errstate(invalid="ignore"):
             dark = np.where(bright, scan.vals[near][first] < RIM_DARK_PIXEL * ref, True)
