@@ -248,13 +248,15 @@ class _RimScan(NamedTuple):
     vals: np.ndarray
     med: np.ndarray
     unit: float
+    max_px: int
 
 
-#: trim_rim: a pixel of the first RIM_DARK_RINGS rings kept is rim, whatever its ring's median,
-#: where it is darker than this fraction of the retina inside it (the brightest median of the
-#: rings 3 to 6 further in) in every channel that is at least 10 gray levels bright (two or more
-#: such channels: vessels keep most of their red).
-RIM_DARK_PIXEL = 0.7
+#: trim_rim: a pixel of the first RIM_DARK_RINGS rings kept (within the cap) is rim, whatever its
+#: ring's median, where it is darker than this fraction of the retina inside it (the brightest
+#: median of the rings 3 to 6 further in) in every channel that is at least 20 gray levels bright
+#: (two or more such channels: vessels keep most of their red, 0.8x on synthetic images; a dim
+#: image's vessel by a dim margin reached 0.65x in red).
+RIM_DARK_PIXEL = 0.6
 RIM_DARK_RINGS = 4
 
 
@@ -278,7 +280,7 @@ def _rim_depths(image: ArrayLike, m: np.ndarray, centre: tuple[float, float], to
     if ys.size == 0:
         empty = np.zeros((0, v.shape[2]), v.dtype)
         return _RimScan(np.zeros(_RIM_SECTORS, np.int64), ys, xs, ring, ring, empty,
-                        np.full((_RIM_SECTORS, n_rings, v.shape[2]), np.nan), unit)
+                        np.full((_RIM_SECTORS, n_rings, v.shape[2]), np.nan), unit, max_px)
     sector = _sector_position(ys, xs, centre).astype(np.int64) % _RIM_SECTORS
     # (a flat take reads the same pixels 2.5x faster than a 2-D fancy index)
     vals = (v.reshape(-1, v.shape[2]).take(ys * v.shape[1] + xs, axis=0)
@@ -309,18 +311,21 @@ def _rim_depths(image: ArrayLike, m: np.ndarray, centre: tuple[float, float], to
     padded = np.concatenate([depth[-2:], depth, depth[:2]])
     depth = np.sort(np.lib.stride_tricks.sliding_window_view(padded, 5), axis=1)[:, 3]
     # a first kept ring that is partly rim goes too (not beyond the cap)
-    depth = np.minimum(depth + _partly_rim(med - low, depth, limit), max_px)
-    return _RimScan(depth.astype(np.int64), ys, xs, ring, sector, vals, med, unit)
+    depth = np.minimum(depth + _partly_rim(med - low, depth, limit, unit), max_px)
+    return _RimScan(depth.astype(np.int64), ys, xs, ring, sector, vals, med, unit, max_px)
 
 
-def _partly_rim(spread: np.ndarray, depth: np.ndarray, limit: np.ndarray) -> np.ndarray:
+def _partly_rim(spread: np.ndarray, depth: np.ndarray, limit: np.ndarray, unit: float
+                ) -> np.ndarray:
     """``(S,)`` 0/1: whether the first ring kept in each sector (ring ``depth``) is partly rim.
     ``spread`` ``(S, rings, C)`` is each ring's median less its lower decile: a rim that does
     not follow the pixel grid (an optical ring, a circle's edge) leaves a ring that is part rim,
     part retina, whose median is on the trend while a tenth or more of its pixels are rim (a dark
     line where they stay); its spread then exceeds those of the 3 rings inside it by more than
     ``limit`` ``(S, C)`` in some channel. A gradient shifts a ring's median and decile alike, and
-    vessels cross the rings, widening each ring's spread about as much as its neighbours'."""
+    vessels cross the rings, widening each ring's spread about as much as its neighbours'. (A tie
+    is not partly rim, by a margin of 1e-3 gray levels ``unit``: 8-bit, 16-bit and float copies
+    of an image decide alike.)"""
     S, R, _ = spread.shape
     rows = np.arange(S)
     d = np.minimum(depth, R - 4)
@@ -329,7 +334,7 @@ def _partly_rim(spread: np.ndarray, depth: np.ndarray, limit: np.ndarray) -> np.
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         ref = np.nanmax(inside, axis=0)
-    partly = (here > ref + limit) & np.isfinite(here) & np.isfinite(ref)
+    partly = (here > ref + limit + 1e-3 * unit) & np.isfinite(here) & np.isfinite(ref)
     return partly.any(axis=1).astype(np.int64)
 
 
@@ -398,7 +403,7 @@ def trim_rim(image: ArrayLike, mask: ArrayLike, *, tolerance: float = RIM_TOLERA
     drop = ring < cut
     # and the pixels of the first rings kept that are rim-dark themselves (where an edge runs
     # unevenly through a rim, its rings are part rim at every depth)
-    first = ~drop & (ring < cut + RIM_DARK_RINGS)
+    first = ~drop & (ring < np.minimum(cut + RIM_DARK_RINGS, scan.max_px))  # (never past the cap)
     if first.any():
         med = scan.med
         sec, top = scan.sector[near][first], med.shape[1] - 1
@@ -406,9 +411,11 @@ def trim_rim(image: ArrayLike, mask: ArrayLike, *, tolerance: float = RIM_TOLERA
             warnings.simplefilter("ignore", RuntimeWarning)  # (rings with no pixels: NaN)
             ref = np.nanmax(np.stack([med[sec, np.minimum(cut[first] + j, top)]
                                       for j in (3, 4, 5, 6)]), axis=0)
-        bright = ref >= 10.0 * scan.unit  # (n, C): channels bright enough to judge
+        # (in gray levels, ties by a margin: 8-bit, 16-bit and float copies decide alike)
+        bright = ref >= (20.0 - 1e-3) * scan.unit  # (n, C): channels bright enough to judge
         with np.errstate(invalid="ignore"):
-            dark = np.where(bright, scan.vals[near][first] < RIM_DARK_PIXEL * ref, True)
+            dark = np.where(bright, scan.vals[near][first]
+                            < RIM_DARK_PIXEL * ref - 1e-3 * scan.unit, True)
         drop[np.flatnonzero(first)[dark.all(axis=1) & (bright.sum(axis=1) >= 2)]] = True
     out[ys[drop], xs[drop]] = False
     if not out.any():
