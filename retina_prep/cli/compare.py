@@ -9,11 +9,11 @@ import click
 
 from ..io import IMAGE_EXTENSIONS
 from ..kernels import KERNEL_NAMES, Kernel
-from ..pipeline import MaskSettings
 from ..steps import CompareStep
 from .options import (
     KernelSpec,
     WindowType,
+    build_mask_settings,
     check_kernel,
     clahe_options,
     mask_options,
@@ -106,9 +106,8 @@ def compare(ctx: click.Context, inputs: tuple[str, ...], output: Path, mask: Pat
     if normalize_fig and kernel_spec not in ("gaussian", "mean"):
         raise click.BadParameter("--normalize takes --kernel mean or gaussian", param_hint="--kernel")
     check_kernel(kernel_spec, window, sigma)
-    mask_settings = MaskSettings(auto_mask=auto_mask, check=mask_check, erode=erode, rim=rim,
-                                 feather=feather, max_pixels=max_pixels,
-                                 ignore_orientation=ignore_orientation)
+    mask_settings = build_mask_settings(auto_mask, mask_check, erode, rim, feather, max_pixels,
+                                        ignore_orientation)
     suffix = output.suffix.lower()
     single_file = suffix in (".png", ".tif", ".tiff")
     if suffix in IMAGE_EXTENSIONS and not single_file and not output.is_dir():

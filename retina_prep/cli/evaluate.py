@@ -11,10 +11,9 @@ import click
 from ..batch import Result
 from ..evaluate import methods_for, summarize
 from ..normalize import DEFAULT_TARGET, KERNELS
-from ..pipeline import MaskSettings
 from ..reports import markdown_report, write_reports
 from ..steps import EvaluateStep
-from .options import FiniteRange, WindowType, mask_options
+from .options import FiniteRange, WindowType, build_mask_settings, mask_options
 from .runner import BatchOptions, collect_pairs, execute, log, run_options
 
 
@@ -76,9 +75,8 @@ def evaluate(ctx: click.Context, inputs: tuple[str, ...], outdir: Path, mask: Pa
     if labels_arg not in (None, "auto") and not Path(labels_arg).is_dir():
         raise click.BadParameter(f"{labels_arg}: not a folder (or 'auto', 'none')",
                                  param_hint="--labels")
-    mask_settings = MaskSettings(auto_mask=auto_mask, check=mask_check, erode=erode, rim=rim,
-                                 feather=feather, max_pixels=max_pixels,
-                                 ignore_orientation=ignore_orientation)
+    mask_settings = build_mask_settings(auto_mask, mask_check, erode, rim, feather, max_pixels,
+                                        ignore_orientation)
     pairs = collect_pairs(inputs, mask=mask, mask_dir=mask_dir, mask_pattern=mask_pattern,
                           outdir=outdir, batch=batch, auto_mask=auto_mask)
     evaluations = []

@@ -9,12 +9,13 @@ import click
 from ..convolution import MODES
 from ..kernels import KERNEL_NAMES, Kernel
 from ..normalize import AUTO_WINDOW_FRACTION
-from ..pipeline import FilterSettings, MaskSettings
+from ..pipeline import FilterSettings
 from ..steps import FilterStep
 from .options import (
     FiniteRange,
     KernelSpec,
     WindowType,
+    build_mask_settings,
     format_opt,
     geometry_options,
     geometry_settings,
@@ -71,7 +72,7 @@ def filter_cmd(ctx: click.Context, inputs: tuple[str, ...], outdir: Path, mask: 
                window: int | str | None, sigma: float | None, mode: str, ignore_mask: bool,
                offset: float | None, fill: float, dtype: str, write_weights: bool, crop: str | None,
                resize: int | None, write_mask: bool, labels: str | None, bounds: Path | None,
-               fmt: str, png_level: int | None, overwrite: bool, max_pixels: int | None,
+               fmt: str, png_level: int | None, overwrite: bool, max_pixels: int,
                ignore_orientation: bool, batch: BatchOptions, quiet: bool) -> None:
     """Filter images with a kernel, counting only pixels inside the field of view.
 
@@ -82,9 +83,8 @@ def filter_cmd(ctx: click.Context, inputs: tuple[str, ...], outdir: Path, mask: 
         settings = FilterSettings(kernel=kernel_spec, window=window, sigma=sigma, mode=mode,
                                   ignore_mask=ignore_mask, offset=offset, fill=fill, dtype=dtype,
                                   write_weights=write_weights)
-        mask_settings = MaskSettings(auto_mask=auto_mask, check=mask_check, erode=erode, rim=rim,
-                                     feather=feather, max_pixels=max_pixels,
-                                     ignore_orientation=ignore_orientation)
+        mask_settings = build_mask_settings(auto_mask, mask_check, erode, rim, feather, max_pixels,
+                                            ignore_orientation)
         output = batch.output_settings(fmt, png_level, overwrite)
         settings.check_output(output)
         geometry = geometry_settings(crop, resize, write_mask, labels, bounds)

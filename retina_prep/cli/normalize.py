@@ -31,6 +31,7 @@ from .options import (
     RangeType,
     SigmaType,
     WindowType,
+    build_mask_settings,
     clahe_options,
     format_opt,
     geometry_options,
@@ -188,7 +189,7 @@ def normalize(ctx: click.Context, inputs: tuple[str, ...], outdir: Path, mask: P
               order: str, ridge: float, value_range: tuple[float, float] | None, ignore_mask: bool,
               panels_dir: Path | None, panels_compare: bool, panel_width: int, crop: str | None,
               resize: int | None, write_mask: bool, labels: str | None, bounds: Path | None,
-              fmt: str, png_level: int | None, overwrite: bool, max_pixels: int | None,
+              fmt: str, png_level: int | None, overwrite: bool, max_pixels: int,
               ignore_orientation: bool, batch: BatchOptions, quiet: bool) -> None:
     """Flatten uneven illumination: I - masked local mean + I0, per channel.
 
@@ -205,9 +206,8 @@ def normalize(ctx: click.Context, inputs: tuple[str, ...], outdir: Path, mask: P
             order=order if order == "auto" else int(order), ridge=ridge,
             clip_limit=clip_limit, tiles=tiles, clahe_on=clahe_on,
         )
-        mask_settings = MaskSettings(auto_mask=auto_mask, check=mask_check, erode=erode, rim=rim,
-                                     feather=feather, max_pixels=max_pixels,
-                                     ignore_orientation=ignore_orientation)
+        mask_settings = build_mask_settings(auto_mask, mask_check, erode, rim, feather, max_pixels,
+                                            ignore_orientation)
         output = batch.output_settings(fmt, png_level, overwrite)
         geometry = geometry_settings(crop, resize, write_mask, labels, bounds)
     except ValueError as exc:

@@ -23,7 +23,7 @@ from ..figures import PANEL_WIDTH
 from ..io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, PNG_LEVELS, load_kernel
 from ..kernels import KERNEL_NAMES, Kernel, as_kernel
 from ..normalize import check_kernel_args, parse_value_range, resolve_window
-from ..pipeline import AUTO_ERODE_FRACTION, RIM_CHOICES, GeometrySettings, parse_erode
+from ..pipeline import AUTO_ERODE_FRACTION, RIM_CHOICES, GeometrySettings, MaskSettings, parse_erode
 
 #: A command function, as the option decorators take and return it.
 F = TypeVar("F", bound=Callable[..., Any])
@@ -489,6 +489,15 @@ def geometry_options(f: F) -> F:
             " the crop and the 2x3 affine original -> output (needs --crop fov or --resize).",
         ),
     ])
+
+
+def build_mask_settings(auto_mask: bool, mask_check: bool, erode: float | str, rim: str,
+                        feather: float, max_pixels: int, ignore_orientation: bool) -> MaskSettings:
+    """The mask options (:func:`mask_options` and :func:`max_pixels_opt`) as one
+    :class:`~retina_prep.pipeline.MaskSettings`, alike in every command that reads masks."""
+    return MaskSettings(auto_mask=auto_mask, check=mask_check, erode=erode, rim=rim,
+                        feather=feather, max_pixels=max_pixels,
+                        ignore_orientation=ignore_orientation)
 
 
 def geometry_settings(crop: str | None, resize: int | None, write_mask: bool, labels: str | None,

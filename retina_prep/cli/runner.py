@@ -457,10 +457,10 @@ def execute(
             for o in result.outputs:
                 click.echo(str(o))
         report.add(result)
-        if run.manifest_error and not manifest_reported:
+        if run.manifest_error and run.manifest_path is not None and not manifest_reported:
             manifest_reported = True
             report.failed += 1
-            log(f"error: {printable(str(run.manifest_path))}: {run.manifest_error}; outputs are still"
+            log(f"error: {printable(run.manifest_path)}: {run.manifest_error}; outputs are still"
                 " written", logging.ERROR)
 
     results = iter(run)

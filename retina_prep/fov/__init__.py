@@ -67,7 +67,7 @@ from .rim import (  # noqa: F401
     RIM_TREND_FRACTION,
     RIM_TREND_MAX_RINGS,
     RIM_TREND_RINGS,
-    _group_medians,
+    _group_quantiles,
     _margin_rings,
     _on_trend,
     _rim_depths,

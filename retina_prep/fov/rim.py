@@ -44,11 +44,6 @@ RIM_CONFIRM = 3
 _RIM_SECTORS = 72
 
 
-def _group_medians(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
-    """Median of ``values`` (n, C) within each group id in ``range(n_groups)``; NaN for empty groups."""
-    return _group_quantiles(group, values, n_groups)[0]
-
-
 def _group_quantiles(group: np.ndarray, values: np.ndarray, n_groups: int
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Median and lower decile of ``values`` (n, C) within each group id in
@@ -202,13 +197,13 @@ def _shallow_pieces(m: np.ndarray, depth: int, band: int) -> list[tuple[int, int
     # mean rounds 3 of 4 up to 1). The rows and columns beyond a multiple of k are replicated
     # into whole blocks, as the distance transform's border is (the image's edge is no
     # margin): an outside pixel there counts for its block, and so for its neighbours' depth
-    if k <= 15:  # outside as 255: a block with one has a mean >= 255 / k^2 > 1 (rounds up)
-        grid = cv2.copyMakeBorder(cv2.compare(m.view(np.uint8), 0, cv2.CMP_EQ), 0, hs * k - h,
-                                  0, ws * k - w, cv2.BORDER_REPLICATE)
-    else:
-        grid = cv2.copyMakeBorder((~m).view(np.uint8), 0, hs * k - h, 0, ws * k - w,
-                                  cv2.BORDER_REPLICATE).astype(np.float32)
-    outside = cv2.resize(grid, (ws, hs), interpolation=cv2.INTER_AREA)
+    # outside as 255 while k <= 15: a block with one outside pixel has an 8-bit mean of at
+    # least 255 / k^2 > 1 (it rounds up); beyond that, float block means of 0/1
+    small = k <= 15
+    src = cv2.compare(m.view(np.uint8), 0, cv2.CMP_EQ) if small else (~m).view(np.uint8)
+    grid = cv2.copyMakeBorder(src, 0, hs * k - h, 0, ws * k - w, cv2.BORDER_REPLICATE)
+    outside = cv2.resize(grid if small else grid.astype(np.float32), (ws, hs),
+                         interpolation=cv2.INTER_AREA)
     full = outside == 0
     padded = cv2.copyMakeBorder(full.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_REPLICATE)
     ds = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
@@ -237,14 +232,15 @@ def _shallow_pieces(m: np.ndarray, depth: int, band: int) -> list[tuple[int, int
 
 class _RimScan(NamedTuple):
     """What :func:`_rim_depths` measured: the depths, and the pixels near the margin it looked at
-    (``ys, xs``, their ring index, sector and values) with the rings' medians ``(S, rings, C)``
-    and one 8-bit gray level in the image's units."""
+    (``ys, xs``, their ring index, angular position in sector units (:func:`_sector_position`)
+    and values) with the rings' medians ``(S, rings, C)`` and one 8-bit gray level in the
+    image's units."""
 
     depth: np.ndarray
     ys: np.ndarray
     xs: np.ndarray
     ring: np.ndarray
-    sector: np.ndarray
+    pos: np.ndarray
     vals: np.ndarray
     med: np.ndarray
     unit: float
@@ -279,9 +275,9 @@ def _rim_depths(image: ArrayLike, m: np.ndarray, centre: tuple[float, float], to
     ring = (d + 1e-3).astype(np.int64)
     if ys.size == 0:
         empty = np.zeros((0, v.shape[2]), v.dtype)
-        return _RimScan(np.zeros(_RIM_SECTORS, np.int64), ys, xs, ring, ring, empty,
+        return _RimScan(np.zeros(_RIM_SECTORS, np.int64), ys, xs, ring, d, empty,
                         np.full((_RIM_SECTORS, n_rings, v.shape[2]), np.nan), unit, max_px)
-    sector = _sector_position(ys, xs, centre).astype(np.int64) % _RIM_SECTORS
+    pos = _sector_position(ys, xs, centre)
     # (a flat take reads the same pixels 2.5x faster than a 2-D fancy index)
     vals = (v.reshape(-1, v.shape[2]).take(ys * v.shape[1] + xs, axis=0)
             if v.flags.c_contiguous else v[ys, xs])
@@ -291,7 +287,8 @@ def _rim_depths(image: ArrayLike, m: np.ndarray, centre: tuple[float, float], to
         if bad.any():  # NaN / inf pixels are outside the field of view: they vote for nothing
             keep = ~bad
             ys, xs, vals = ys[keep], xs[keep], vals[keep]
-            sector, ring = sector[keep], ring[keep]
+            pos, ring = pos[keep], ring[keep]
+    sector = pos.astype(np.int64) % _RIM_SECTORS
     med, low = (q.reshape(_RIM_SECTORS, n_rings, -1) for q in _group_quantiles(
         sector * n_rings + ring, vals, _RIM_SECTORS * n_rings))  # (S, rings, C)
     # (the median is robust to vessels; the lower decile sees a ring that is only partly rim)
@@ -312,7 +309,7 @@ def _rim_depths(image: ArrayLike, m: np.ndarray, centre: tuple[float, float], to
     depth = np.sort(np.lib.stride_tricks.sliding_window_view(padded, 5), axis=1)[:, 3]
     # a first kept ring that is partly rim goes too (not beyond the cap)
     depth = np.minimum(depth + _partly_rim(med - low, depth, limit, unit), max_px)
-    return _RimScan(depth.astype(np.int64), ys, xs, ring, sector, vals, med, unit, max_px)
+    return _RimScan(depth.astype(np.int64), ys, xs, ring, pos, vals, med, unit, max_px)
 
 
 def _partly_rim(spread: np.ndarray, depth: np.ndarray, limit: np.ndarray, unit: float
@@ -395,7 +392,7 @@ def trim_rim(image: ArrayLike, mask: ArrayLike, *, tolerance: float = RIM_TOLERA
     dmax = int(depth.max())
     near = scan.ring < dmax + RIM_DARK_RINGS
     ys, xs, ring = scan.ys[near], scan.xs[near], scan.ring[near]
-    pos = _sector_position(ys, xs, centre) - 0.5
+    pos = scan.pos[near] - 0.5  # (sector centres)
     i0 = np.floor(pos).astype(np.int64)
     frac = pos - i0
     dep = (1 - frac) * depth[i0 % _RIM_SECTORS] + frac * depth[(i0 + 1) % _RIM_SECTORS]
@@ -406,7 +403,8 @@ def trim_rim(image: ArrayLike, mask: ArrayLike, *, tolerance: float = RIM_TOLERA
     first = ~drop & (ring < np.minimum(cut + RIM_DARK_RINGS, scan.max_px))  # (never past the cap)
     if first.any():
         med = scan.med
-        sec, top = scan.sector[near][first], med.shape[1] - 1
+        sec = scan.pos[near][first].astype(np.int64) % _RIM_SECTORS  # (each pixel's sector)
+        top = med.shape[1] - 1
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # (rings with no pixels: NaN)
             ref = np.nanmax(np.stack([med[sec, np.minimum(cut[first] + j, top)]
