@@ -110,15 +110,23 @@ def _from_padding(img: np.ndarray, v: np.ndarray, integral: np.ndarray | None = 
     return np.abs(chans - colour).max(axis=-1), colour
 
 
+def _frame_boxes(shape: tuple[int, ...], per_side: int = 8) -> list[tuple[int, int, int, int]]:
+    """The rectangles ``(y0, y1, x0, x1)`` of :func:`_frame_segments`' pieces, in its order."""
+    h, w = shape[:2]
+    b = max(1, int(round(0.02 * min(h, w))))
+    boxes = []
+    for side, n in (("top", w), ("bottom", w), ("left", h), ("right", h)):
+        edges = np.linspace(0, n, per_side + 1).astype(int)
+        for a, z in zip(edges[:-1], edges[1:]):
+            if z > a:
+                boxes.append({"top": (0, b, a, z), "bottom": (h - b, h, a, z),
+                              "left": (a, z, 0, b), "right": (a, z, w - b, w)}[side])
+    return boxes
+
+
 def _frame_segments(v: np.ndarray, per_side: int = 8) -> list[np.ndarray]:
     """The image's outer frame (2 % of the rows and columns) cut into ``per_side`` pieces a side."""
-    h, w = v.shape
-    b = max(1, int(round(0.02 * min(h, w))))
-    segs = []
-    for strip, n in ((v[:b], w), (v[-b:], w), (v[:, :b].T, h), (v[:, -b:].T, h)):
-        edges = np.linspace(0, n, per_side + 1).astype(int)
-        segs += [strip[:, a:z].ravel() for a, z in zip(edges[:-1], edges[1:]) if z > a]
-    return segs
+    return [v[y0:y1, x0:x1].ravel() for y0, y1, x0, x1 in _frame_boxes(v.shape, per_side)]
 
 
 def _background(v: np.ndarray) -> tuple[float, float]:
@@ -161,9 +169,17 @@ def _frame_top(v: np.ndarray, bg: float, sigma: float, otsu: float) -> float:
     the contrast above ``bg``, the frame is uneven and the rough mask must
     rise above that level (plus 2 sigmas), not just above ``bg``: else it
     takes in the frame's brighter parts. ``otsu``: Otsu's threshold of ``v``."""
+    return _uneven_frame(v, bg, sigma, otsu)[0]
+
+
+def _uneven_frame(v: np.ndarray, bg: float, sigma: float, otsu: float
+                  ) -> tuple[float, np.ndarray]:
+    """:func:`_frame_top`, and the indices of the frame's pieces (:func:`_frame_boxes`) that
+    rise above ``bg`` by 8 noise sigmas and 5 % of the contrast (none when the top is -inf)."""
+    none = np.zeros(0, np.intp)
     segs = _frame_segments(v)
     if len(segs) != 32:  # (an image too small for 8 pieces a side)
-        return -math.inf
+        return -math.inf, none
     stats = np.array([np.percentile(seg, [95, 99]) for seg in segs])
     disc = stats[:, 1] >= bg + 0.5 * (otsu - bg)
     # neighbours around the frame: top, bottom, left, right, 8 pieces each, corners joined
@@ -175,11 +191,37 @@ def _frame_top(v: np.ndarray, bg: float, sigma: float, otsu: float) -> float:
     # border sits beside its bright part)
     frame = order[~near_disc]
     if frame.size < 8:
-        return -math.inf
+        return -math.inf, none
     top = float(stats[frame, 0].max())
-    if not top > bg + max(8.0 * sigma, 0.05 * (otsu - bg)):
-        return -math.inf
-    return top + 2.0 * sigma
+    rise = bg + max(8.0 * sigma, 0.05 * (otsu - bg))
+    if not top > rise:
+        return -math.inf, none
+    return top + 2.0 * sigma, frame[stats[frame, 0] > rise]
+
+
+def _frame_is_dim_disc(v: np.ndarray, bg: float, sigma: float, otsu: float,
+                       masks: Sequence[np.ndarray], tol: float) -> bool:
+    """Whether the bright pixels of an uneven frame (:func:`_uneven_frame`) are a dim part of
+    a disc that crosses the image's border: 90 % of them inside a circle fitted to one of
+    the rough ``masks`` (above the frame's level, or above the background where cuts and the
+    border leave that one too little edge for a circle). A scanned slide's frame is
+    brightest in the image's corners, outside any circle through the disc's edge."""
+    _, pieces = _uneven_frame(v, bg, sigma, otsu)
+    rise = bg + max(8.0 * sigma, 0.05 * (otsu - bg))
+    boxes = [_frame_boxes(v.shape)[int(i)] for i in pieces]
+    points = [np.nonzero(v[y0:y1, x0:x1] > rise) for y0, y1, x0, x1 in boxes]
+    ys = np.concatenate([p[0] + b[0] for p, b in zip(points, boxes)]) if boxes else np.zeros(0)
+    xs = np.concatenate([p[1] + b[2] for p, b in zip(points, boxes)]) if boxes else np.zeros(0)
+    if ys.size == 0:
+        return False
+    for m in masks:
+        # (a disc cut at the top and bottom and crossing the sides keeps only four arcs, and
+        # a vessel through its dim part adds edge: a looser fit, of a disc's size)
+        circle, _ = _fov_circle(m, tol, share=0.25, directions=6, max_r=0.75)
+        if circle is not None and np.mean(
+                np.hypot(xs - circle[0], ys - circle[1]) <= circle[2] + tol) >= 0.9:
+            return True
+    return False
 
 
 #: The rough threshold's minimum height above the background, as a fraction
@@ -502,8 +544,14 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None,
     otsu = _otsu(v)  # (once: its percentiles cost as much as the rest of either step)
     disc = _disc_level(v, bg, sigma, otsu)
     frame_top = _frame_top(v, bg, sigma, otsu)  # -inf unless the frame is uneven
-    rough_t = max(bg + max(4.0 * sigma, ROUGH_FRACTION * (disc - bg)), frame_top)
-    rough = _clean(v > rough_t, open_r)
+    tol = max(1.5, 0.006 * s)
+    rough_t = bg + max(4.0 * sigma, ROUGH_FRACTION * (disc - bg))
+    rough = _clean(v > max(rough_t, frame_top), open_r)
+    if frame_top > rough_t:
+        # the frame's bright pieces may be a dim part of a disc that crosses the border
+        lower = _clean(v > rough_t, open_r)
+        if _frame_is_dim_disc(v, bg, sigma, otsu, (rough, lower), tol):
+            frame_top, rough = -math.inf, lower
     if rough.sum() < 0.01 * rough.size or rough.all():
         raise MaskError("cannot estimate a field of view: no bright disc on a dark background")
     band = max(2, int(round(0.02 * s)))
@@ -520,7 +568,6 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None,
     m = _clean(inner | (near & (v > t)), open_r)
 
     # 3. geometric model: a circle through the contour (RANSAC), dark sectors inside it filled
-    tol = max(1.5, 0.006 * s)
     yy, xx = np.ogrid[0:h, 0:w]
     circle, residual = _fov_circle(m, tol)
     inside = m.copy()
@@ -562,22 +609,23 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None,
                 is_bg=is_bg.astype(np.float32), tol=tol)
 
 
-def _fov_circle(m: np.ndarray, tol: float
-                ) -> tuple[tuple[float, float, float], float] | tuple[None, None]:
+def _fov_circle(m: np.ndarray, tol: float, *, share: float = 0.3, directions: int = 9,
+                max_r: float = 2.0) -> tuple[tuple[float, float, float], float] | tuple[None, None]:
     """The circle (cx, cy, r) fitted by RANSAC to the mask's contour and the median distance
-    of its inliers from it, or (None, None) when fewer than 30 % of the contour points or
-    fewer than 9 of 36 directions support one."""
+    of its inliers from it, or (None, None) when fewer than ``share`` of the contour points or
+    fewer than ``directions`` of 36 directions support one (radius at most ``max_r`` times
+    the image's long side)."""
     ys, xs = _contour_points(m)
     if ys.size == 0:
         return None, None
     h, w = m.shape
     c, inl = _ransac_circle(xs.astype(np.float64), ys.astype(np.float64), tol,
-                            0.15 * min(h, w), 2.0 * max(h, w))
+                            0.15 * min(h, w), max_r * max(h, w))
     if c is None or inl is None:
         return None, None
     ang = np.arctan2(ys[inl] - c[1], xs[inl] - c[0])
     coverage = np.unique(((ang + np.pi) / (2 * np.pi) * 36).astype(int) % 36).size
-    if inl.sum() < 0.3 * ys.size or coverage < 9:
+    if inl.sum() < share * ys.size or coverage < directions:
         return None, None
     return c, float(np.median(np.abs(np.hypot(xs[inl] - c[0], ys[inl] - c[1]) - c[2])))
 
