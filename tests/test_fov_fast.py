@@ -219,6 +219,51 @@ def test_confidence_is_low_on_bad_masks(monkeypatch, shape, seed):
     assert est.low_confidence, est.confidence
 
 
+def _jpeg(img, quality=92):
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+
+
+def test_confidence_is_high_on_a_crisp_cut_disc_in_a_jpeg():
+    """Calibration, good side: HRF's geometry on black (a crisp disc cut flat at top and
+    bottom), 2700 x 1800, saved as JPEG. The cuts lie inside the circle, so only the
+    background beyond them vouches for them; the reduced copy's blur and the JPEG's ringing
+    raised the level right outside to 8.5 against 7.3 for background, and the exact mask
+    scored 0.59."""
+    from retina_prep.synthetic import synthetic_fundus
+
+    s = synthetic_fundus((1800, 2700), seed=697, noise=1.5, strength=0.5, radius=0.4,
+                         center=(0.4649, 0.4427), cut=0.8)
+    est = estimate_fov(_jpeg(s.image), details=True)
+    assert _iou(est.mask, s.mask) >= 0.98
+    assert est.confidence >= 0.85, est.confidence
+
+
+@pytest.mark.parametrize("case", ["cut", "tab"])
+def test_confidence_is_low_where_a_dim_part_is_left_out(case):
+    """Calibration, bad side: a dim photograph (gain 0.4, uneven light, vignetting) on an
+    uneven bluish frame: a third of the retina is as dark as the frame and the estimate
+    leaves it out (IoU 0.66-0.74); the edge it draws through the retina crosses a level, it
+    is no step, so the mask is flagged (it scored 0.95-0.99)."""
+    from retina_prep.synthetic import synthetic_fundus
+
+    if case == "cut":
+        s = synthetic_fundus((584, 776), seed=670, noise=0.5, strength=1.5, gain=0.4,
+                             radius=0.49, center=(0.48, 0.451), cut=0.9, vignette=0.4, rim=1,
+                             frame="colour")
+        img = s.image
+    else:
+        s = synthetic_fundus((1800, 1980), seed=700, noise=3.0, strength=1.5, gain=0.4,
+                             radius=0.49, center=(0.4603, 0.5364), notch="tab", vignette=0.4,
+                             frame="colour")
+        img = _jpeg(s.image)
+    est = estimate_fov(img, details=True)
+    assert _iou(est.mask, s.mask) < 0.95
+    assert est.low_confidence, est.confidence
+
+
 @pytest.mark.parametrize("kind", ["u16", "f32 nan", "f64", "gray", "rgba", "5ch", "int32",
                                   "tiny disc", "elongated", "600 px", "off-centre"])
 def test_reduced_estimate_on_every_layout(kind):
