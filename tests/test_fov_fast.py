@@ -264,6 +264,28 @@ def test_confidence_is_low_where_a_dim_part_is_left_out(case):
     assert est.low_confidence, est.confidence
 
 
+@pytest.mark.parametrize("shape", [(480, 480), (1800, 2700)])
+def test_confidence_is_low_when_a_slides_frame_is_taken_in(shape):
+    """Calibration, bad side: a dim photograph (gain 0.4) on a scanned slide's frame, whose
+    bright parts are brighter than the dim parts of the disc: the estimate takes in the
+    frame up to the dark strips along the top and bottom rows (IoU 0.5-0.64), and every
+    edge left has background (the strips) beyond it. It scored 0.88-1.0; a mask that holds
+    the image's corners is no disc, and is flagged."""
+    from retina_prep.synthetic import synthetic_fundus
+
+    if shape == (480, 480):
+        s = synthetic_fundus(shape, seed=118, noise=1.5, gain=0.4, radius=0.4,
+                             center=(0.51, 0.452), cut=0.9, notch="tab", frame="slide")
+        img = s.image
+    else:
+        s = synthetic_fundus(shape, seed=539, noise=0.5, strength=0.5, gain=0.4, radius=0.55,
+                             center=(0.5364, 0.5714), text=True, frame="slide")
+        img = _jpeg(s.image)
+    est = estimate_fov(img, details=True)
+    assert _iou(est.mask, s.mask) < 0.95
+    assert est.low_confidence, est.confidence
+
+
 @pytest.mark.parametrize("kind", ["u16", "f32 nan", "f64", "gray", "rgba", "5ch", "int32",
                                   "tiny disc", "elongated", "600 px", "off-centre"])
 def test_reduced_estimate_on_every_layout(kind):

@@ -489,7 +489,7 @@ def _estimate(image: ArrayLike, edge_fraction: float, threshold: float | None) -
                      interpolation=cv2.INTER_AREA) > 0
     # (with the circle of the settled mask: a glow ring can carry the reduced edge out)
     circle_s, _ = _fov_circle(m_s, run.tol) if est.circle is not None else (None, None)
-    confidence = _confidence(_contour_checks(run.smooth, m_s, run.is_bg, circle_s, run.tol))
+    confidence = _confidence(_contour_checks(run.smooth, m_s, run.is_bg, circle_s, run.tol), m_s)
     off = (k - 1) / 2  # small pixel i covers full pixels i*k .. i*k + k - 1
     circle = None if est.circle is None else (est.circle[0] * k + off, est.circle[1] * k + off,
                                               est.circle[2] * k)
@@ -605,7 +605,7 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None,
     m = _settle_edge(m, raw, low, blur, v)
     if m.sum() < 0.01 * h * w:
         raise MaskError("cannot estimate a field of view: no bright disc found")
-    score = _confidence(_contour_checks(v, m, is_bg, circle, tol)) if confidence else 1.0
+    score = _confidence(_contour_checks(v, m, is_bg, circle, tol), m) if confidence else 1.0
     return _Run(FovEstimate(m, score, circle, residual, filled),
                 smooth=v, edge=t.astype(np.float32), low=low, colour=colour,
                 is_bg=is_bg.astype(np.float32), tol=tol)
@@ -667,13 +667,28 @@ def _contour_checks(v: np.ndarray, m: np.ndarray, is_bg: np.ndarray,
 EDGE_STEP = 0.75
 
 
-def _confidence(checks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> float:
+def _confidence(checks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], m: np.ndarray
+                ) -> float:
     """The fraction of the contour (away from the image border) on the fitted circle or with
-    background right outside it; 1.0 without a contour."""
+    background right outside it; 1.0 without a contour. At most :data:`CORNERS_SCORE` when
+    the mask ``m`` holds three or four of the image's corners: no disc does (it would be 0.6
+    of the short side in radius), a frame taken in does (the crops of a retina that have
+    no frame are found before, as the whole image)."""
     ys, xs, bg_out, on_circle = checks
-    if ys.size == 0:
-        return 1.0
-    return float(np.mean(bg_out | on_circle))
+    score = float(np.mean(bg_out | on_circle)) if ys.size else 1.0
+    h, w = m.shape
+    # (a corner: the square 5-9 % of the image in from it, past the dark strips at a slide's
+    # edges; 0.61 of the short side from the centre of a square image)
+    y0, y1, x0, x1 = int(0.05 * h), max(int(0.09 * h), int(0.05 * h) + 1), int(0.05 * w), \
+        max(int(0.09 * w), int(0.05 * w) + 1)
+    corners = sum(float(np.mean(m[sl])) > 0.5 for sl in (
+        np.s_[y0:y1, x0:x1], np.s_[y0:y1, w - x1:w - x0], np.s_[h - y1:h - y0, x0:x1],
+        np.s_[h - y1:h - y0, w - x1:w - x0]))
+    return min(score, CORNERS_SCORE) if corners >= 3 else score
+
+
+#: The confidence of a mask that holds three or four of the image's corners.
+CORNERS_SCORE = 0.5
 
 
 def _settle_edge(m: np.ndarray, raw: np.ndarray, low: np.ndarray, blur: float,
