@@ -286,6 +286,20 @@ def test_confidence_is_low_when_a_slides_frame_is_taken_in(shape):
     assert est.low_confidence, est.confidence
 
 
+def test_a_bright_frame_of_another_colour_is_no_crop():
+    """A dim photograph (gain 0.4) on an uneven bluish frame that is brighter than the image's
+    median: the frame passed for retina (a crop inside the FOV) and the whole image was the
+    mask, at confidence 1.0 (IoU 0.41). A crop's frame is retina, the colour of the middle
+    (within 0.12 in RGB shares on DRIVE and HRF crops); this one is 0.5 away."""
+    from retina_prep.synthetic import synthetic_fundus
+
+    s = synthetic_fundus((480, 528), seed=960, noise=3.0, strength=1.5, gain=0.4, radius=0.4,
+                         center=(0.5, 0.5), cut=0.8, frame="colour")
+    est = estimate_fov(_jpeg(s.image), details=True)
+    assert not est.whole_image
+    assert (est.mask & ~s.mask).sum() < 0.01 * s.mask.sum()
+
+
 @pytest.mark.parametrize("kind", ["u16", "f32 nan", "f64", "gray", "rgba", "5ch", "int32",
                                   "tiny disc", "elongated", "600 px", "off-centre"])
 def test_reduced_estimate_on_every_layout(kind):

@@ -60,6 +60,28 @@ def _frame_is_bright(v: np.ndarray) -> bool:
             and level > 0.6 * float(np.percentile(v, 75)))
 
 
+def _frame_is_another_colour(img: np.ndarray) -> bool:
+    """True when a colour image's frame is not the colour of its middle: the median colours of
+    the outer frame and of the central 40 % differ by more than :data:`FRAME_HUE` in their
+    shares of R, G and B (summed). A crop inside the FOV is retina to its edge (its vignetted
+    corners darker, the same orange); a bright bluish or grey frame around a dim disc is not
+    (0.5-0.6 apart), and was taken for a crop: the whole image at confidence 1.0."""
+    if img.ndim != 3 or img.shape[-1] < 3:
+        return False
+    h, w = img.shape[:2]
+    planes = [img[..., c] for c in range(3)]
+    frame = np.array([float(np.median(_frame(p))) for p in planes])
+    mid = np.array([float(np.median(p[int(0.3 * h):int(0.7 * h) + 1, int(0.3 * w):int(0.7 * w) + 1]))
+                    for p in planes])
+    if not (np.isfinite(frame).all() and np.isfinite(mid).all()) or frame.sum() <= 0 or mid.sum() <= 0:
+        return False
+    return float(np.abs(frame / frame.sum() - mid / mid.sum()).sum()) > FRAME_HUE
+
+
+#: :func:`_frame_is_another_colour`'s limit (retina crops of DRIVE and HRF: at most 0.1).
+FRAME_HUE = 0.25
+
+
 #: A frame at least this much one colour is padding, not a crop of the retina (whose frame
 #: has texture and vignetting: at most 35 % one colour in DRIVE crops).
 UNIFORM_FRAME = 0.6
@@ -539,7 +561,7 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None,
         if m.sum() < 0.01 * h * w:
             raise MaskError("cannot estimate a field of view: no bright disc found")
         return _Run(FovEstimate(m, 1.0))
-    if _frame_is_bright(v):
+    if _frame_is_bright(v) and not _frame_is_another_colour(img):
         # no dark background around the disc (a crop inside the FOV): the whole image is the FOV
         return _Run(FovEstimate(np.ones((h, w), bool), 1.0, whole_image=True))
     bg, sigma = _background(v)
