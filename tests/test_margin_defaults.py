@@ -166,22 +166,38 @@ def test_an_estimated_edge_through_a_rim_at_hrf_size():
         assert np.abs(out[sel].astype(float).mean(axis=0) - 128).max() <= 3.0, (lo, hi)
 
 
+@pytest.mark.parametrize("shape, rim, seed", [((1200, 1320), 5, 1), ((1800, 1980), 7, 149)])
+def test_an_estimated_edge_through_a_rim_in_a_gray_photograph(shape, rim, seed):
+    """A red-free (one-channel) photograph has no second channel for the rim-dark pixel rule,
+    which needed two: an estimated edge wandering through a rim at 40 % left a tenth of the
+    outer ring at -13 to -25 gray levels. One channel takes a deeper rule (0.45x)."""
+    s = synthetic_fundus(shape, seed=seed, rim=rim, gain=0.4, radius=0.4, noise=1.5)
+    img = s.image[..., 1]
+    trimmed = trim_rim(img, estimate_fov(img))
+    out = normalize_illumination(img, trimmed, order=1).astype(float)
+    dev = out[trimmed & ~s.vessels & (margin_distance(trimmed) < 1)] - 128
+    assert np.percentile(dev, 10) >= -4.0
+    assert abs(dev.mean()) <= 1.0
+
+
 def test_rim_dark_pixels_spare_vessels_and_real_photographs(drive):
     """The pixel rule drops nothing on a crisp disc whose vessels reach the margin, nor on
     DRIVE's own masks (their rims are whole rings, trimmed by the ring tests)."""
     import retina_prep.fov.rim as rim
 
     def without_rule(img, m):
-        old = rim.RIM_DARK_PIXEL
-        rim.RIM_DARK_PIXEL = 0.0
+        old = rim.RIM_DARK_PIXEL, rim.RIM_DARK_GRAY
+        rim.RIM_DARK_PIXEL = rim.RIM_DARK_GRAY = 0.0
         try:
             return trim_rim(img, m)
         finally:
-            rim.RIM_DARK_PIXEL = old
+            rim.RIM_DARK_PIXEL, rim.RIM_DARK_GRAY = old
 
     for seed in range(3):
         s = synthetic_fundus((584, 565), seed=seed, noise=2.0)
         np.testing.assert_array_equal(trim_rim(s.image, s.mask), without_rule(s.image, s.mask))
+        green = s.image[..., 1]  # (one channel: the deeper rule)
+        np.testing.assert_array_equal(trim_rim(green, s.mask), without_rule(green, s.mask))
     for stem in ("01", "02", "03"):
         img = read_image(drive / "test" / "images" / f"{stem}_test.tif")
         m = read_mask(drive / "test" / "mask" / f"{stem}_test_mask.gif")

@@ -253,6 +253,9 @@ class _RimScan(NamedTuple):
 #: (two or more such channels: vessels keep most of their red, 0.8x on synthetic images; a dim
 #: image's vessel by a dim margin reached 0.65x in red).
 RIM_DARK_PIXEL = 0.6
+#: ... and in an image of one channel, darker than this fraction (vessels in green or red-free
+#: light reach 0.55x of the retina beside them at most, a rim 0.4x).
+RIM_DARK_GRAY = 0.45
 RIM_DARK_RINGS = 4
 
 
@@ -414,7 +417,13 @@ def trim_rim(image: ArrayLike, mask: ArrayLike, *, tolerance: float = RIM_TOLERA
         with np.errstate(invalid="ignore"):
             dark = np.where(bright, scan.vals[near][first]
                             < RIM_DARK_PIXEL * ref - 1e-3 * scan.unit, True)
-        drop[np.flatnonzero(first)[dark.all(axis=1) & (bright.sum(axis=1) >= 2)]] = True
+        if dark.shape[1] >= 2:
+            drop[np.flatnonzero(first)[dark.all(axis=1) & (bright.sum(axis=1) >= 2)]] = True
+        else:  # one channel (a red-free photograph): no red to spare the vessels, a deeper rule
+            with np.errstate(invalid="ignore"):
+                deep = bright[:, 0] & (scan.vals[near][first][:, 0]
+                                       < RIM_DARK_GRAY * ref[:, 0] - 1e-3 * scan.unit)
+            drop[np.flatnonzero(first)[deep]] = True
     out[ys[drop], xs[drop]] = False
     if not out.any():
         raise MaskError("mask is empty after trimming its rim")
