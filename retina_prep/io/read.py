@@ -8,6 +8,7 @@ with a one-line error naming the file.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io as _io
 import os
@@ -128,6 +129,7 @@ def _decoder_messages() -> Iterator[list[str]]:
     if _sink is None or _sink[0] != os.getpid():  # one per process: forks must not share it
         try:
             _sink = (os.getpid(), tempfile.TemporaryFile())
+            atexit.register(_sink[1].close)  # (closed at exit: no ResourceWarning)
         except OSError:  # no writable temporary folder: the decoders' lines show as they are
             yield said
             return
