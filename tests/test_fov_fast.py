@@ -212,7 +212,8 @@ def test_confidence_is_low_on_bad_masks(monkeypatch, shape, seed):
     import retina_prep.fov.estimate as fov_estimate_module
     from retina_prep.synthetic import synthetic_fundus
 
-    monkeypatch.setattr(fov_estimate_module, "_frame_top", lambda v, bg, sigma, otsu: -math.inf)
+    monkeypatch.setattr(fov_estimate_module, "_uneven_frame", lambda v, bg, sigma, otsu: (
+        -math.inf, (np.zeros(0, np.intp), np.zeros(0, np.intp))))
     s = synthetic_fundus(shape, seed=seed, frame="slide", cut=0.85, radius=0.5)
     est = fov.estimate_fov(s.image, details=True)
     assert _iou(est.mask, s.mask) < 0.95

@@ -28,7 +28,6 @@ from .estimate import (  # noqa: F401
     _frame,
     _frame_is_bright,
     _frame_segments,
-    _frame_top,
     _from_padding,
     _otsu,
     _outside_level,
@@ -36,6 +35,7 @@ from .estimate import (  # noqa: F401
     _ransac_circle,
     _reduced,
     _settle_edge,
+    _uneven_frame,
     estimate_fov,
     fov_estimate,
 )

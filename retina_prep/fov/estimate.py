@@ -138,17 +138,18 @@ def _from_padding(img: np.ndarray, v: np.ndarray, integral: np.ndarray | None = 
 
 
 def _frame_boxes(shape: tuple[int, ...], per_side: int = 8) -> list[tuple[int, int, int, int]]:
-    """The rectangles ``(y0, y1, x0, x1)`` of :func:`_frame_segments`' pieces, in its order."""
+    """The rectangles ``(y0, y1, x0, x1)`` of :func:`_frame_segments`' pieces, in its order:
+    the top, bottom, left and right strips (2 % of the short side), ``per_side`` pieces each."""
     h, w = shape[:2]
     b = max(1, int(round(0.02 * min(h, w))))
-    boxes = []
-    for side, n in (("top", w), ("bottom", w), ("left", h), ("right", h)):
-        edges = np.linspace(0, n, per_side + 1).astype(int)
-        for a, z in zip(edges[:-1], edges[1:]):
-            if z > a:
-                boxes.append({"top": (0, b, a, z), "bottom": (h - b, h, a, z),
-                              "left": (a, z, 0, b), "right": (a, z, w - b, w)}[side])
-    return boxes
+
+    def pieces(n: int) -> list[tuple[int, int]]:
+        e = np.linspace(0, n, per_side + 1).astype(int)
+        return [(int(a), int(z)) for a, z in zip(e[:-1], e[1:]) if z > a]
+
+    across, down = pieces(w), pieces(h)
+    return ([(0, b, a, z) for a, z in across] + [(h - b, h, a, z) for a, z in across]
+            + [(a, z, 0, b) for a, z in down] + [(a, z, w - b, w) for a, z in down])
 
 
 def _frame_segments(v: np.ndarray, per_side: int = 8) -> list[np.ndarray]:
@@ -183,8 +184,10 @@ def _disc_level(v: np.ndarray, bg: float, sigma: float, otsu: float) -> float:
     return disc
 
 
-def _frame_top(v: np.ndarray, bg: float, sigma: float, otsu: float) -> float:
-    """The top of an uneven frame's levels, or ``-inf`` for a frame at one dark level.
+def _uneven_frame(v: np.ndarray, bg: float, sigma: float, otsu: float
+                  ) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
+    """The top of an uneven frame's levels (``-inf`` for a frame at one dark level), and the
+    ``(ys, xs)`` of the frame's bright pixels (none when the top is -inf).
 
     A scanned film slide has no black background: its frame is a noisy grey
     of 10 to 40 gray levels, brighter towards the corners, with darker strips
@@ -193,20 +196,15 @@ def _frame_top(v: np.ndarray, bg: float, sigma: float, otsu: float) -> float:
     disc in them or in the pieces beside them (99th percentiles below halfway
     from ``bg`` to Otsu's threshold) are frame; where the
     highest of their 95th percentiles is more than 8 noise sigmas and 5 % of
-    the contrast above ``bg``, the frame is uneven and the rough mask must
+    the contrast above ``bg`` (the rise), the frame is uneven and the rough mask must
     rise above that level (plus 2 sigmas), not just above ``bg``: else it
-    takes in the frame's brighter parts. ``otsu``: Otsu's threshold of ``v``."""
-    return _uneven_frame(v, bg, sigma, otsu)[0]
-
-
-def _uneven_frame(v: np.ndarray, bg: float, sigma: float, otsu: float
-                  ) -> tuple[float, np.ndarray]:
-    """:func:`_frame_top`, and the indices of the frame's pieces (:func:`_frame_boxes`) that
-    rise above ``bg`` by 8 noise sigmas and 5 % of the contrast (none when the top is -inf)."""
-    none = np.zeros(0, np.intp)
-    segs = _frame_segments(v)
-    if len(segs) != 32:  # (an image too small for 8 pieces a side)
+    takes in the frame's brighter parts. The bright pixels are those above the rise in the
+    frame's pieces whose 95th percentile is above it. ``otsu``: Otsu's threshold of ``v``."""
+    none = (np.zeros(0, np.intp), np.zeros(0, np.intp))
+    boxes = _frame_boxes(v.shape)
+    if len(boxes) != 32:  # (an image too small for 8 pieces a side)
         return -math.inf, none
+    segs = [v[y0:y1, x0:x1] for y0, y1, x0, x1 in boxes]
     stats = np.array([np.percentile(seg, [95, 99]) for seg in segs])
     disc = stats[:, 1] >= bg + 0.5 * (otsu - bg)
     # neighbours around the frame: top, bottom, left, right, 8 pieces each, corners joined
@@ -223,23 +221,21 @@ def _uneven_frame(v: np.ndarray, bg: float, sigma: float, otsu: float
     rise = bg + max(8.0 * sigma, 0.05 * (otsu - bg))
     if not top > rise:
         return -math.inf, none
-    return top + 2.0 * sigma, frame[stats[frame, 0] > rise]
+    found = [(np.nonzero(segs[i] > rise), boxes[i]) for i in frame[stats[frame, 0] > rise]]
+    ys = np.concatenate([p[0] + b[0] for p, b in found])
+    xs = np.concatenate([p[1] + b[2] for p, b in found])
+    return top + 2.0 * sigma, (ys, xs)
 
 
-def _frame_is_dim_disc(v: np.ndarray, bg: float, sigma: float, otsu: float,
-                       masks: Sequence[np.ndarray], tol: float) -> bool:
-    """Whether the bright pixels of an uneven frame (:func:`_uneven_frame`) are a dim part of
-    a disc that crosses the image's border: 90 % of them inside a circle fitted to one of
-    the rough ``masks`` (above the frame's level, or above the background where cuts and the
-    border leave that one too little edge for a circle). A scanned slide's frame is
-    brightest in the image's corners, outside any circle through the disc's edge."""
-    _, pieces = _uneven_frame(v, bg, sigma, otsu)
-    rise = bg + max(8.0 * sigma, 0.05 * (otsu - bg))
-    every = _frame_boxes(v.shape)
-    boxes = [every[int(i)] for i in pieces]
-    points = [np.nonzero(v[y0:y1, x0:x1] > rise) for y0, y1, x0, x1 in boxes]
-    ys = np.concatenate([p[0] + b[0] for p, b in zip(points, boxes)]) if boxes else np.zeros(0)
-    xs = np.concatenate([p[1] + b[2] for p, b in zip(points, boxes)]) if boxes else np.zeros(0)
+def _frame_is_dim_disc(bright: tuple[np.ndarray, np.ndarray], masks: Sequence[np.ndarray],
+                       tol: float) -> bool:
+    """Whether the ``bright`` pixels ``(ys, xs)`` of an uneven frame (:func:`_uneven_frame`)
+    are a dim part of a disc that crosses the image's border: 90 % of them inside a circle
+    fitted to one of the rough ``masks`` (above the frame's level, or above the background
+    where cuts and the border leave that one too little edge for a circle). A scanned
+    slide's frame is brightest in the image's corners, outside any circle through the
+    disc's edge."""
+    ys, xs = bright
     if ys.size == 0:
         return False
     for m in masks:
@@ -573,14 +569,14 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None,
     bg, sigma = _background(v)
     otsu = _otsu(v)  # (once: its percentiles cost as much as the rest of either step)
     disc = _disc_level(v, bg, sigma, otsu)
-    frame_top = _frame_top(v, bg, sigma, otsu)  # -inf unless the frame is uneven
+    frame_top, frame_bright = _uneven_frame(v, bg, sigma, otsu)  # -inf unless uneven
     tol = max(1.5, 0.006 * s)
     rough_t = bg + max(4.0 * sigma, ROUGH_FRACTION * (disc - bg))
     rough = _clean(v > max(rough_t, frame_top), open_r)
     if frame_top > rough_t:
         # the frame's bright pieces may be a dim part of a disc that crosses the border
         lower = _clean(v > rough_t, open_r)
-        if _frame_is_dim_disc(v, bg, sigma, otsu, (rough, lower), tol):
+        if _frame_is_dim_disc(frame_bright, (rough, lower), tol):
             frame_top, rough = -math.inf, lower
     if rough.sum() < 0.01 * rough.size or rough.all():
         raise MaskError("cannot estimate a field of view: no bright disc on a dark background")
@@ -707,11 +703,10 @@ def _confidence(checks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], m
     h, w = m.shape
     # (a corner: the square 5-9 % of the image in from it, past the dark strips at a slide's
     # edges; 0.61 of the short side from the centre of a square image)
-    y0, y1, x0, x1 = int(0.05 * h), max(int(0.09 * h), int(0.05 * h) + 1), int(0.05 * w), \
-        max(int(0.09 * w), int(0.05 * w) + 1)
-    corners = sum(float(np.mean(m[sl])) > 0.5 for sl in (
-        np.s_[y0:y1, x0:x1], np.s_[y0:y1, w - x1:w - x0], np.s_[h - y1:h - y0, x0:x1],
-        np.s_[h - y1:h - y0, w - x1:w - x0]))
+    y0, x0 = int(0.05 * h), int(0.05 * w)
+    rows, cols = slice(y0, max(int(0.09 * h), y0 + 1)), slice(x0, max(int(0.09 * w), x0 + 1))
+    corners = sum(float(np.mean(q[rows, cols])) > 0.5
+                  for q in (m, m[::-1], m[:, ::-1], m[::-1, ::-1]))
     return min(score, CORNERS_SCORE) if corners >= 3 else score
 
 

@@ -414,16 +414,13 @@ def trim_rim(image: ArrayLike, mask: ArrayLike, *, tolerance: float = RIM_TOLERA
                                       for j in (3, 4, 5, 6)]), axis=0)
         # (in gray levels, ties by a margin: 8-bit, 16-bit and float copies decide alike)
         bright = ref >= (20.0 - 1e-3) * scan.unit  # (n, C): channels bright enough to judge
+        # (one channel, a red-free photograph, has no red to spare the vessels: a deeper rule)
+        one = ref.shape[1] == 1
+        fraction, channels = (RIM_DARK_GRAY, 1) if one else (RIM_DARK_PIXEL, 2)
         with np.errstate(invalid="ignore"):
             dark = np.where(bright, scan.vals[near][first]
-                            < RIM_DARK_PIXEL * ref - 1e-3 * scan.unit, True)
-        if dark.shape[1] >= 2:
-            drop[np.flatnonzero(first)[dark.all(axis=1) & (bright.sum(axis=1) >= 2)]] = True
-        else:  # one channel (a red-free photograph): no red to spare the vessels, a deeper rule
-            with np.errstate(invalid="ignore"):
-                deep = bright[:, 0] & (scan.vals[near][first][:, 0]
-                                       < RIM_DARK_GRAY * ref[:, 0] - 1e-3 * scan.unit)
-            drop[np.flatnonzero(first)[deep]] = True
+                            < fraction * ref - 1e-3 * scan.unit, True)
+        drop[np.flatnonzero(first)[dark.all(axis=1) & (bright.sum(axis=1) >= channels)]] = True
     out[ys[drop], xs[drop]] = False
     if not out.any():
         raise MaskError("mask is empty after trimming its rim")
