@@ -71,19 +71,27 @@ def _luts(plane: np.ndarray, mask: np.ndarray, tiles: int, clip_limit: float,
             hist[ti] = np.bincount(plane[y0:y1, x0:x1][mask[y0:y1, x0:x1]], minlength=levels)
     counts = hist.sum(axis=1)
     if GROW_PARTIAL_TILES:
-        # a tile the FOV covers in part takes its histogram from the FOV pixels of the tile grown
-        # about its centre until they are as many as a full tile's (a sample of a few hundred
-        # pixels gives a noisy mapping); its weight in the interpolation stays its own count
+        # a tile the FOV covers in part keeps its own FOV pixels and takes the ones it misses
+        # from the FOV pixels of the smallest ring around it that holds as many, evenly spaced
+        # in raster order: a full tile's sample, as the same texture without a margin would
+        # give it (a sample of a few hundred pixels gives a noisy mapping). Its weight in the
+        # interpolation stays its own count.
         for ti in np.nonzero((counts > 0) & (counts < full))[0].tolist():
             r, c = divmod(ti, tiles)
+            ty0, ty1, tx0, tx1 = r * th, (r + 1) * th, c * tw, (c + 1) * tw
+            n, missing = int(counts[ti]), full - int(counts[ti])
             for g in range(1, 4 * max(th, tw)):
-                y0, y1 = max(r * th - g, 0), min((r + 1) * th + g, eh)
-                x0, x1 = max(c * tw - g, 0), min((c + 1) * tw + g, ew)
-                k = csum[y1, x1] - csum[y0, x1] - csum[y1, x0] + csum[y0, x0]
-                if k >= full or (y0 == 0 and x0 == 0 and y1 == eh and x1 == ew):
+                y0, y1 = max(ty0 - g, 0), min(ty1 + g, eh)
+                x0, x1 = max(tx0 - g, 0), min(tx1 + g, ew)
+                k = csum[y1, x1] - csum[y0, x1] - csum[y1, x0] + csum[y0, x0] - n
+                if k >= missing or (y0 == 0 and x0 == 0 and y1 == eh and x1 == ew):
                     break
-            sub = plane[y0:y1, x0:x1][mask[y0:y1, x0:x1]].astype(np.int64)
-            hist[ti] = np.bincount(sub, minlength=levels)
+            ring = mask[y0:y1, x0:x1].copy()
+            ring[ty0 - y0:ty1 - y0, tx0 - x0:tx1 - x0] = False
+            pool = plane[y0:y1, x0:x1][ring]
+            if len(pool) > missing:
+                pool = pool[np.arange(missing, dtype=np.int64) * len(pool) // missing]
+            hist[ti] += np.bincount(pool, minlength=levels)
         sizes = hist.sum(axis=1)
     else:
         sizes = counts
@@ -130,9 +138,13 @@ def clahe_plane(plane: ArrayLike, mask: ArrayLike | None = None, *, clip_limit: 
 
     Notes
     -----
-    Tile ``t`` holding ``n_t`` FOV pixels gets the clip limit ``max(int(clip * n_t / L), 1)`` for
-    ``L`` levels, the clipped excess spread over all bins as OpenCV does, and the mapping
-    ``rint(cumsum(hist) * (L - 1) / n_t)``. A pixel's value is the bilinear mix of the four
+    Tile ``t`` holding ``n_t`` FOV pixels histograms them; one the FOV covers in part adds the
+    ``N - n_t`` it misses (``N`` a full tile's pixels) from the FOV pixels of the smallest ring
+    around it (grown a pixel at a time, at most 4 tile sizes) that holds as many, taken evenly
+    spaced in raster order, so its sample is ``s_t = N`` pixels as a full tile's (fewer only
+    where the whole FOV is smaller). The clip limit is ``max(int(clip * s_t / L), 1)`` for ``L``
+    levels, the clipped excess spread over all bins as OpenCV does, the mapping
+    ``rint(cumsum(hist) * (L - 1) / s_t)``. A pixel's value is the bilinear mix of the four
     nearest tiles' mappings, each weight multiplied by the tile's ``n_t`` and the sum
     renormalized, so tiles outside the FOV take no part. Pixels outside the mask are returned
     as they are (the caller fills them).

@@ -56,18 +56,21 @@ def _reference(plane, mask, clip, tiles):
             counts[r, c] = n
             if n == 0:
                 continue
-            g = 0
-            while True:  # a partial tile grows until it holds a full tile's FOV pixels
+            vals = list(ext[r * th:(r + 1) * th, c * tw:(c + 1) * tw][
+                mext[r * th:(r + 1) * th, c * tw:(c + 1) * tw]])
+            g = 1
+            while n < full:  # the pixels it misses, from the smallest ring that holds as many
                 y0, y1 = max(r * th - g, 0), min((r + 1) * th + g, eh)
                 x0, x1 = max(c * tw - g, 0), min((c + 1) * tw + g, ew)
-                k = int(mext[y0:y1, x0:x1].sum())
-                if n == full or k >= full or (y0, x0, y1, x1) == (0, 0, eh, ew) \
+                ring = [ext[y, x] for y in range(y0, y1) for x in range(x0, x1)
+                        if mext[y, x] and not (r * th <= y < (r + 1) * th
+                                               and c * tw <= x < (c + 1) * tw)]
+                if len(ring) >= full - n or (y0, x0, y1, x1) == (0, 0, eh, ew) \
                         or g >= 4 * max(th, tw) - 1:
+                    miss = min(full - n, len(ring))
+                    vals += [ring[i * len(ring) // miss] for i in range(miss)]
                     break
                 g += 1
-            if n == full:
-                y0, y1, x0, x1 = r * th, (r + 1) * th, c * tw, (c + 1) * tw
-            vals = ext[y0:y1, x0:x1][mext[y0:y1, x0:x1]]
             hist = [0] * levels
             for v in vals:
                 hist[int(v)] += 1
@@ -135,7 +138,7 @@ def test_flat_to_the_margin_of_a_textured_disc(clip):
     band = disc & (margin_distance(disc) < 8)
     ref = cv2.createCLAHE(clip, (8, 8)).apply(tex)[band].astype(float)
     got = clahe_plane(img, disc, clip_limit=clip, tiles=8)[band].astype(float)
-    assert abs(got.mean() - ref.mean()) <= 1.5  # one texture: its own scatter (see below)
+    assert abs(got.mean() - ref.mean()) <= 1.0
     assert got.std() / ref.std() >= 0.97
     if clip == 40.0:
         plain = cv2.createCLAHE(clip, (8, 8)).apply(img)[band].astype(float)
@@ -164,6 +167,8 @@ def test_no_bias_at_the_margin_over_many_textures(mu, sd, blur, clip):
         ratios.append(got.std() / ref.std())
     shifts = np.array(shifts)
     assert abs(shifts.mean()) <= max(1.0, 2 * shifts.std() / np.sqrt(len(shifts))), shifts
+    if clip <= 4:  # no bias left at the usual clips (a grown tile's overshoot gave -0.4..-0.7)
+        assert abs(shifts.mean()) <= 0.4, shifts
     assert np.mean(ratios) >= 0.97
 
 
