@@ -19,7 +19,7 @@ from ..convolution import as_native, check_layout, masked_convolve
 from ..errors import MaskError
 from ..kernels import gaussian_kernel
 from .masks import _disk, _largest_component, channel_max, fill_holes
-from .ring import _Run, _settle_ring
+from .ring import TEXT_BRIGHT, TEXT_WHITE, _Run, _settle_ring, _TextRule
 
 
 def _otsu(v: np.ndarray) -> float:
@@ -582,7 +582,9 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None,
         raise MaskError("cannot estimate a field of view: no bright disc on a dark background")
     band = max(2, int(round(0.02 * s)))
     inner = cv2.erode(rough.astype(np.uint8), _disk(band)).astype(bool)
-    outer = ~cv2.dilate(rough.astype(np.uint8), _disk(band)).astype(bool)
+    # (neither edge level from what is brighter than the retina: burned-in text beside the
+    # edge would raise it there, and the dim retina next to it be left out)
+    outer = ~cv2.dilate(rough.astype(np.uint8), _disk(band)).astype(bool) & (v < disc)
     kern = gaussian_kernel(max(2.0, 0.03 * s))
     disc_level = masked_convolve(v, inner, kern, min_weight=1e-3)
     bg_level = masked_convolve(v, outer, kern, min_weight=1e-3)
@@ -603,6 +605,7 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None,
     # disc, uneven backgrounds); where there is none (the disc crosses the border), the global one
     gap = max(3, int(round(0.03 * s)))
     beyond = ~cv2.dilate(inside.astype(np.uint8), _disk(gap)).astype(bool)
+    beyond &= v < disc  # (as the edge level's outer pixels)
     if beyond.any():
         bg_local = masked_convolve(v, beyond, gaussian_kernel(max(2.0, 0.05 * s)), min_weight=1e-3)
         bg_local = np.where(np.isnan(bg_local), float(np.median(v[beyond])), bg_local)
@@ -627,12 +630,59 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None,
             m = _clean(m | add, open_r)
             filled = max(0, int(m.sum()) - before)
     m = _settle_edge(m, raw, low, blur, v)
+    found = None if circle is None else _text_rule(img, raw, m, circle, residual, bg, disc)
+    text = None if found is None else found[0]
+    if found is not None:
+        m = _without_text(img, raw, m, *found)
     if m.sum() < 0.01 * h * w:
         raise MaskError("cannot estimate a field of view: no bright disc found")
     score = _confidence(_contour_checks(v, m, is_bg, circle, tol), m) if confidence else 1.0
     return _Run(FovEstimate(m, score, circle, residual, filled),
                 smooth=v, edge=t.astype(np.float32), low=low, colour=colour,
-                is_bg=is_bg.astype(np.float32), tol=tol)
+                is_bg=is_bg.astype(np.float32), tol=tol, text=text)
+
+
+def _text_rule(img: np.ndarray, raw: np.ndarray, m: np.ndarray, circle: tuple[float, float, float],
+               residual: float | None, bg: float, disc: float
+               ) -> tuple[_TextRule, np.ndarray] | None:
+    """The rule that tells burned-in text beside the disc (see :class:`_TextRule`) from what the
+    mask ``m`` holds (its outer band inside the fitted circle sets the retina's bright end),
+    and the mask's pixels beyond the circle as the rule reads it; None when there are none."""
+    cx, cy, r = circle
+    h, w = m.shape
+    rule = _TextRule(cx, cy, r, residual or 0.0, 0.0, math.inf, None)
+    yy = (np.arange(h, dtype=np.float32) - np.float32(cy)) ** 2
+    xx = (np.arange(w, dtype=np.float32) - np.float32(cx)) ** 2
+    d2 = yy[:, None] + xx[None, :]
+    reach = r + max(1.0, 2.0 * rule.residual)
+    far = m & (d2 > np.float32(reach * reach))
+    if not far.any():
+        return None
+    band = m & (d2 <= np.float32(r * r)) & (d2 > np.float32(max(r - 0.03 * min(h, w), 0.0) ** 2))
+    if not band.any():
+        return None
+    bright = TEXT_BRIGHT * float(np.percentile(raw[band], 95))
+    white = TEXT_WHITE if img.ndim == 3 and img.shape[-1] == 3 else None
+    return _TextRule(cx, cy, r, rule.residual, bg + 0.5 * (disc - bg), bright, white), far
+
+
+def _without_text(img: np.ndarray, raw: np.ndarray, m: np.ndarray, rule: _TextRule,
+                  far: np.ndarray) -> np.ndarray:
+    """The mask without what ``rule`` tells is text among its pixels ``far`` beyond the circle
+    (and a pixel around it, JPEG's colour bleed on the strokes' edges): its largest piece,
+    holes filled."""
+    ys, xs = np.nonzero(far)
+    lowest = highest = None
+    if rule.white is not None:
+        px = img[ys, xs].astype(np.float32)
+        lowest, highest = px.min(axis=1), px.max(axis=1)
+    is_text = rule.text(raw[ys, xs], lowest, highest)
+    if not is_text.any():
+        return m
+    text = np.zeros(m.shape, np.uint8)
+    text[ys[is_text], xs[is_text]] = 1
+    text = cv2.dilate(text, np.ones((3, 3), np.uint8)).view(bool) & far
+    return fill_holes(_largest_component(m & ~text))
 
 
 def _fov_circle(m: np.ndarray, tol: float, *, share: float = 0.3, directions: int = 9,

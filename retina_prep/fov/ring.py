@@ -19,6 +19,50 @@ if TYPE_CHECKING:  # (estimate imports this module)
 
 
 @dataclass(frozen=True)
+class _TextRule:
+    """Burned-in text beside the disc: beyond the fitted circle ``(cx, cy, r)`` by more than
+    twice the median residual of its points (at least a pixel), a pixel is text, not retina,
+    where its level is above ``floor`` (clearly not background) and it is white or pale (its
+    lowest channel at least ``white`` times its highest; None for one channel: the retina is
+    red, text white, gray or pale) or brighter than ``bright`` (the retina's bright end in its
+    outer band, times :data:`TEXT_BRIGHT`)."""
+
+    cx: float
+    cy: float
+    r: float
+    residual: float
+    floor: float
+    bright: float
+    white: float | None
+
+    def scaled(self, k: int) -> _TextRule:
+        """The rule at ``k`` times the resolution (small pixel i covers full pixels i*k ..)."""
+        off = (k - 1) / 2
+        return _TextRule(self.cx * k + off, self.cy * k + off, self.r * k, self.residual * k,
+                         self.floor, self.bright, self.white)
+
+    def beyond(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        r = self.r + max(1.0, 2.0 * self.residual)
+        return (xs - self.cx) ** 2 + (ys - self.cy) ** 2 > r * r
+
+    def text(self, level: np.ndarray, lowest: np.ndarray | None, highest: np.ndarray | None
+             ) -> np.ndarray:
+        """Of pixels beyond the circle with these levels (and lowest, highest channels)."""
+        out = level > self.bright
+        if self.white is not None and lowest is not None and highest is not None:
+            out |= lowest >= self.white * highest
+        return out & (level > self.floor)
+
+
+#: A pixel beyond the disc's circle is text where it is brighter than this times the retina's
+#: bright end (the 95th percentile of its outer band)...
+TEXT_BRIGHT = 1.25
+#: ... or white or pale: its lowest channel at least this fraction of its highest (the retina's
+#: blue is a third of its red or less; white text 1, JPEG's colour bleed on its strokes ~0.8).
+TEXT_WHITE = 0.7
+
+
+@dataclass(frozen=True)
 class _Run:
     """An estimate and the maps it was made from (for settling a reduced run's edge)."""
 
@@ -29,6 +73,7 @@ class _Run:
     colour: np.ndarray | None = None  # the padding colour, when the frame is padded
     is_bg: np.ndarray | None = None  # the level up to which the outside of an edge is background
     tol: float = 1.5  # how near the fitted circle a contour point is on it (px)
+    text: _TextRule | None = None  # burned-in text beside the disc
 
 
 def _settle_ring(img: np.ndarray, k: int, run: _Run) -> np.ndarray:
@@ -119,11 +164,19 @@ def _settle_ring(img: np.ndarray, k: int, run: _Run) -> np.ndarray:
     # the edge is peeled back to the last such sample before it, then grown to the first one
     # that is not, each at most ``moves`` px (2 * moves samples)
     inn = (p > floor) & (p > half)
+    text = None if run.text is None else run.text.scaled(k)
+    on_text: np.ndarray = np.zeros(n, bool)
+    if text is not None:
+        is_text = _text_at(img, X, Y, p, text)
+        inn &= ~is_text
+        on_text = np.any(is_text, axis=1)
     top = j.size
     ar = np.arange(top)
     last_in = np.maximum.accumulate(np.where(inn, ar, -1), axis=1)[rows, np.maximum(e - 1, 0)]
     last_in = np.where(e > 0, last_in, -1)
-    limited = last_in + 1 < e - 2 * moves  # still peeling at the window's end (a glow ring)
+    # still peeling at the window's end (a glow ring; text beyond the disc, where the window
+    # holds nothing that is in)
+    limited = (last_in + 1 < e - 2 * moves) | (on_text & (last_in < 0) & (e > 0))
     e = np.maximum(last_in + 1, e - 2 * moves)
     next_out = np.minimum.accumulate(np.where(inn, top, ar)[:, ::-1], axis=1)[:, ::-1]
     nxt = np.where(e < top, next_out[rows, np.minimum(e, top - 1)], top)
@@ -140,6 +193,8 @@ def _settle_ring(img: np.ndarray, k: int, run: _Run) -> np.ndarray:
         by = (cy + sin[i, None] * back).astype(np.float32)
         q = _ring_level(img, bx, by, run.colour)
         hit = (q > floor[i]) & (q > half[i])
+        if text is not None:
+            hit &= ~_text_at(img, bx, by, q, text)
         first_in = np.argmax(hit, axis=1)
         got = hit[np.arange(i.size), first_in]
         radius[i[got]] = back[got, first_in[got]] + 0.25
@@ -149,11 +204,32 @@ def _settle_ring(img: np.ndarray, k: int, run: _Run) -> np.ndarray:
 
     # a pixel within a pixel of its ray's edge: by its own level
     def decide(ys: np.ndarray, xs: np.ndarray, ang: np.ndarray) -> np.ndarray:
-        lv = _ring_level(img, xs.astype(np.float32)[None, :], ys.astype(np.float32)[None, :],
-                         run.colour)[0]
-        return (lv > _around_at(ang, theta, floor[:, 0])) & (lv > _around_at(ang, theta, half[:, 0]))
+        fx, fy = xs.astype(np.float32)[None, :], ys.astype(np.float32)[None, :]
+        lv = _ring_level(img, fx, fy, run.colour)
+        ok = (lv > _around_at(ang, theta, floor[:, 0])) & (lv > _around_at(ang, theta, half[:, 0]))
+        if text is not None:
+            ok &= ~_text_at(img, fx, fy, lv, text)
+        return ok[0]
 
     return _fill_rays(out, cx, cy, theta, radius, decide)
+
+
+def _text_at(img: np.ndarray, X: np.ndarray, Y: np.ndarray, level: np.ndarray,
+             rule: _TextRule) -> np.ndarray:
+    """Which of the points ``X, Y`` (their estimator ``level``) are text by ``rule``."""
+    out = np.zeros(X.shape, bool)
+    far = rule.beyond(X, Y) & (level > rule.floor)
+    if not far.any():
+        return out
+    lowest = highest = None
+    if rule.white is not None:
+        planes = img if img.dtype in (np.uint8, np.uint16, np.float32) else img.astype(np.float32)
+        a = cv2.remap(planes, X[far][None, :].astype(np.float32), Y[far][None, :].astype(np.float32),
+                      cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        a = np.nan_to_num(a.reshape(-1, 3).astype(np.float32))
+        lowest, highest = a.min(axis=1), a.max(axis=1)
+    out[far] = rule.text(level[far], lowest, highest)
+    return out
 
 
 def _around_at(ang: np.ndarray, theta: np.ndarray, values: np.ndarray) -> np.ndarray:
