@@ -420,3 +420,18 @@ def cv2_dilate(m, size=3):
     import cv2
 
     return cv2.dilate(m.astype(np.uint8), np.ones((size, size), np.uint8)) > 0
+
+
+def test_confidence_is_low_where_no_circle_fits_a_dim_part_left_out():
+    """A dim photograph (gain 0.4, strong uneven light) on a coloured frame, cut flat: its dark
+    part is left out (IoU 0.74) and no circle fits the contour that is left, so no point could
+    be told a cut from the round edge, and the outside of the contour, dim retina below the
+    uneven frame's top, passed for background: confidence 1.0. Without a circle every point
+    now needs an edge (outside darker than 0.75x the retina inside), as the cut points do."""
+    from retina_prep.synthetic import synthetic_fundus
+
+    s = synthetic_fundus((480, 528), seed=960, noise=3.0, strength=1.5, gain=0.4, radius=0.4,
+                         cut=0.8, frame="colour", center=(0.4839, 0.4636))
+    est = estimate_fov(_jpeg(s.image), details=True)
+    assert _iou(est.mask, s.mask) < 0.95 and est.circle is None
+    assert est.low_confidence, est.confidence

@@ -719,6 +719,10 @@ def _contour_checks(v: np.ndarray, m: np.ndarray, is_bg: np.ndarray,
     out_lvl = np.nan_to_num(_outside_level(v, m, width)[ys, xs], nan=np.inf)
     bg_out = out_lvl <= is_bg[ys, xs]
     if circle is None:
+        # no circle to tell cuts from the disc's round edge: every point needs an edge, not a
+        # level crossing (where a dim part is left out, inside and outside are alike)
+        in_lvl = np.nan_to_num(_outside_level(v, ~m, width)[ys, xs], nan=0.0)
+        bg_out &= ~(out_lvl > EDGE_STEP * in_lvl)
         return ys, xs, bg_out, np.zeros(ys.size, bool)
     off = np.hypot(xs - circle[0], ys - circle[1]) - circle[2]
     on_circle = np.abs(off) < tol
