@@ -435,3 +435,35 @@ def test_confidence_is_low_where_no_circle_fits_a_dim_part_left_out():
     est = estimate_fov(_jpeg(s.image), details=True)
     assert _iou(est.mask, s.mask) < 0.95 and est.circle is None
     assert est.low_confidence, est.confidence
+
+
+@pytest.mark.parametrize("shape, kw, jpeg", [
+    ((1024, 1361), dict(seed=913, noise=0.5, strength=1.5, gain=0.7, radius=0.55,
+                        center=(0.4612, 0.4392), cut=0.9), False),
+    ((768, 768), dict(seed=173, noise=3.0, strength=1.5, gain=1.0, radius=0.55,
+                      center=(0.5038, 0.4018), cut=0.8), True),
+])
+def test_text_along_a_flat_cut_is_not_fov(shape, kw, jpeg):
+    """Text burned in right below a flat cut lies inside the disc's circle, where the rule for
+    text beyond the circle does not reach: its strokes stayed in (624 pixels; the band near it
+    dark by 44 at the 90th percentile). A cut's line is where the mask's cover of the circle's
+    chord drops from 0.9 to under half within two rows, 0.6-0.95 of the radius out; beyond
+    it the same rule holds."""
+    from retina_prep.synthetic import synthetic_fundus
+
+    s = synthetic_fundus(shape, text=True, **kw)
+    img = _jpeg(s.image) if jpeg else s.image
+    h, w = shape
+    canvas = np.zeros(shape, np.uint8)
+    fs = min(h, w) / 500
+    import cv2
+
+    cv2.putText(canvas, "OD 2024-01-01", (int(0.01 * w), int(0.97 * h)),
+                cv2.FONT_HERSHEY_SIMPLEX, fs, 1, max(1, int(2 * fs)))
+    text = (canvas > 0) & ~s.mask
+    assert (cv2_dilate(text) & s.mask).sum() > 15  # it touches
+    est = estimate_fov(img, details=True)
+    # (before: 624 and 1827 pixels; at most a row of the strokes next to the cut stays, where
+    # the reduced copy's row holds both)
+    assert (est.mask & text).sum() <= 0.05 * text.sum(), (est.mask & text).sum()
+    assert _iou(est.mask, s.mask) >= 0.99

@@ -647,15 +647,20 @@ def _text_rule(img: np.ndarray, raw: np.ndarray, m: np.ndarray, circle: tuple[fl
                ) -> tuple[_TextRule, np.ndarray] | None:
     """The rule that tells burned-in text beside the disc (see :class:`_TextRule`) from what the
     mask ``m`` holds (its outer band inside the fitted circle sets the retina's bright end),
-    and the mask's pixels beyond the circle as the rule reads it; None when there are none."""
+    and the mask's pixels beyond the circle or a cut as the rule reads it; None when there are
+    none."""
     cx, cy, r = circle
     h, w = m.shape
     rule = _TextRule(cx, cy, r, residual or 0.0, 0.0, math.inf, None)
     yy = (np.arange(h, dtype=np.float32) - np.float32(cy)) ** 2
     xx = (np.arange(w, dtype=np.float32) - np.float32(cx)) ** 2
     d2 = yy[:, None] + xx[None, :]
-    reach = r + max(1.0, 2.0 * rule.residual)
-    far = m & (d2 > np.float32(reach * reach))
+    reach2 = np.float32((r + max(1.0, 2.0 * rule.residual)) ** 2)
+    out = d2 > reach2
+    cuts = _cut_lines(m & ~out, cx, cy, r)
+    if any(math.isfinite(c) for c in cuts):
+        out |= _beyond_cuts(m.shape, cuts)
+    far = m & out
     if not far.any():
         return None
     band = m & (d2 <= np.float32(r * r)) & (d2 > np.float32(max(r - 0.03 * min(h, w), 0.0) ** 2))
@@ -663,7 +668,45 @@ def _text_rule(img: np.ndarray, raw: np.ndarray, m: np.ndarray, circle: tuple[fl
         return None
     bright = TEXT_BRIGHT * float(np.percentile(raw[band], 95))
     white = TEXT_WHITE if img.ndim == 3 and img.shape[-1] == 3 else None
-    return _TextRule(cx, cy, r, rule.residual, bg + 0.5 * (disc - bg), bright, white), far
+    return _TextRule(cx, cy, r, rule.residual, bg + 0.5 * (disc - bg), bright, white,
+                     cuts), far
+
+
+def _cut_lines(inside: np.ndarray, cx: float, cy: float, r: float
+               ) -> tuple[float, float, float, float]:
+    """The lines of flat cuts across the disc ``(cx, cy, r)``: ``(y_lo, y_hi, x_lo, x_hi)``, a
+    line where, between 0.6 and 0.95 of the radius from the centre, the mask's pixels within
+    the circle (``inside``) cover at least 0.9 of the circle's chord (within the image) and,
+    within two rows (columns) further out, less than half; infinite where there is none."""
+    h, w = inside.shape
+    found = []
+    for counts, n, c, c_other, size_other in ((inside.sum(axis=1), h, cy, cx, w),
+                                               (inside.sum(axis=0), w, cx, cy, h)):
+        pos = np.arange(n, dtype=np.float64)
+        half = np.sqrt(np.maximum(r * r - (pos - c) ** 2, 0.0))
+        chord = np.clip(c_other + half, 0, size_other) - np.clip(c_other - half, 0, size_other)
+        cover = np.where(chord > 0, counts / np.maximum(chord, 1e-9), 1.0)
+        lines = [-math.inf, math.inf]
+        for side, sign in ((0, -1), (1, 1)):
+            for dist in range(int(math.ceil(0.6 * r)), int(0.95 * r) + 1):
+                i = int(round(c + sign * dist))
+                j = i - 2 * sign
+                if not (0 <= i < n and 0 <= j < n):
+                    break
+                if cover[i] < 0.5 and cover[j] >= 0.9:
+                    lines[side] = i - sign * 0.5  # the row (column) i is beyond
+                    break
+        found += lines
+    return found[0], found[1], found[2], found[3]
+
+
+def _beyond_cuts(shape: tuple[int, int], cuts: tuple[float, float, float, float]) -> np.ndarray:
+    """The pixels beyond the cut lines (as :meth:`_TextRule.beyond` reads them)."""
+    h, w = shape
+    ys = np.arange(h, dtype=np.float64)[:, None]
+    xs = np.arange(w, dtype=np.float64)[None, :]
+    y_lo, y_hi, x_lo, x_hi = cuts
+    return (ys < y_lo) | (ys > y_hi) | (xs < x_lo) | (xs > x_hi)
 
 
 def _without_text(img: np.ndarray, raw: np.ndarray, m: np.ndarray, rule: _TextRule,

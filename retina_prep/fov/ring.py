@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # (estimate imports this module)
 @dataclass(frozen=True)
 class _TextRule:
     """Burned-in text beside the disc: beyond the fitted circle ``(cx, cy, r)`` by more than
-    twice the median residual of its points (at least a pixel), a pixel is text, not retina,
+    twice the median residual of its points (at least a pixel), or beyond a flat cut's line
+    (``cuts``), a pixel is text, not retina,
     where its level is above ``floor`` (clearly not background) and it is white or pale (its
     lowest channel at least ``white`` times its highest; None for one channel: the retina is
     red, text white, gray or pale) or brighter than ``bright`` (the retina's bright end in its
@@ -34,16 +35,25 @@ class _TextRule:
     floor: float
     bright: float
     white: float | None
+    #: flat cuts: beyond the lines y = y_lo, y_hi, x = x_lo, x_hi (infinite: none)
+    cuts: tuple[float, float, float, float] = (-math.inf, math.inf, -math.inf, math.inf)
 
     def scaled(self, k: int) -> _TextRule:
         """The rule at ``k`` times the resolution (small pixel i covers full pixels i*k ..)."""
         off = (k - 1) / 2
+        cuts = tuple(c * k + off for c in self.cuts)
         return _TextRule(self.cx * k + off, self.cy * k + off, self.r * k, self.residual * k,
-                         self.floor, self.bright, self.white)
+                         self.floor, self.bright, self.white, cuts)  # type: ignore[arg-type]
 
     def beyond(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         r = self.r + max(1.0, 2.0 * self.residual)
-        return (xs - self.cx) ** 2 + (ys - self.cy) ** 2 > r * r
+        out = (xs - self.cx) ** 2 + (ys - self.cy) ** 2 > r * r
+        y_lo, y_hi, x_lo, x_hi = self.cuts
+        if math.isfinite(y_lo) or math.isfinite(y_hi):
+            out |= (ys < y_lo) | (ys > y_hi)
+        if math.isfinite(x_lo) or math.isfinite(x_hi):
+            out |= (xs < x_lo) | (xs > x_hi)
+        return out
 
     def text(self, level: np.ndarray, lowest: np.ndarray | None, highest: np.ndarray | None
              ) -> np.ndarray:
