@@ -513,7 +513,8 @@ def _estimate(image: ArrayLike, edge_fraction: float, threshold: float | None) -
                      interpolation=cv2.INTER_AREA) > 0
     # (with the circle of the settled mask: a glow ring can carry the reduced edge out)
     circle_s, _ = _fov_circle(m_s, run.tol) if est.circle is not None else (None, None)
-    confidence = _confidence(_contour_checks(run.smooth, m_s, run.is_bg, circle_s, run.tol), m_s)
+    smooth = run.smooth if run.text_px is None else np.where(run.text_px, np.float32(0), run.smooth)
+    confidence = _confidence(_contour_checks(smooth, m_s, run.is_bg, circle_s, run.tol), m_s)
     off = (k - 1) / 2  # small pixel i covers full pixels i*k .. i*k + k - 1
     circle = None if est.circle is None else (est.circle[0] * k + off, est.circle[1] * k + off,
                                               est.circle[2] * k)
@@ -636,10 +637,29 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None,
         m = _without_text(img, raw, m, *found)
     if m.sum() < 0.01 * h * w:
         raise MaskError("cannot estimate a field of view: no bright disc found")
-    score = _confidence(_contour_checks(v, m, is_bg, circle, tol), m) if confidence else 1.0
+    text_px = None if text is None else _text_pixels(img, raw, text)
+    # (text the rule left out is no bright thing right outside the edge)
+    v_c = v if text_px is None else np.where(text_px, np.float32(0), v)
+    score = _confidence(_contour_checks(v_c, m, is_bg, circle, tol), m) if confidence else 1.0
     return _Run(FovEstimate(m, score, circle, residual, filled),
                 smooth=v, edge=t.astype(np.float32), low=low, colour=colour,
-                is_bg=is_bg.astype(np.float32), tol=tol, text=text)
+                is_bg=is_bg.astype(np.float32), tol=tol, text=text, text_px=text_px)
+
+
+def _text_pixels(img: np.ndarray, raw: np.ndarray, rule: _TextRule) -> np.ndarray | None:
+    """The image's pixels ``rule`` tells are text, grown by a pixel (the blurred level's halo)
+    within what lies beyond the circle and the cuts; None when there are none."""
+    h, w = raw.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    beyond = rule.beyond(xs.astype(np.float32), ys.astype(np.float32))
+    lowest = highest = None
+    if rule.white is not None:
+        px = img.astype(np.float32) if img.dtype != np.float32 else img
+        lowest, highest = px.min(axis=-1), px.max(axis=-1)
+    is_text = beyond & rule.text(raw, lowest, highest)
+    if not is_text.any():
+        return None
+    return cv2.dilate(is_text.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool) & beyond
 
 
 def _text_rule(img: np.ndarray, raw: np.ndarray, m: np.ndarray, circle: tuple[float, float, float],

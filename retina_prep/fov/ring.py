@@ -84,6 +84,7 @@ class _Run:
     is_bg: np.ndarray | None = None  # the level up to which the outside of an edge is background
     tol: float = 1.5  # how near the fitted circle a contour point is on it (px)
     text: _TextRule | None = None  # burned-in text beside the disc
+    text_px: np.ndarray | None = None  # the pixels it tells are text (for the confidence)
 
 
 def _settle_ring(img: np.ndarray, k: int, run: _Run) -> np.ndarray:
