@@ -637,7 +637,7 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None,
         m = _without_text(img, raw, m, *found)
     if m.sum() < 0.01 * h * w:
         raise MaskError("cannot estimate a field of view: no bright disc found")
-    text_px = None if text is None else _text_pixels(img, raw, text)
+    text_px = None if text is None else _text_pixels(img, raw, text, m)
     # (text the rule left out is no bright thing right outside the edge)
     v_c = v if text_px is None else np.where(text_px, np.float32(0), v)
     score = _confidence(_contour_checks(v_c, m, is_bg, circle, tol), m) if confidence else 1.0
@@ -646,20 +646,30 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None,
                 is_bg=is_bg.astype(np.float32), tol=tol, text=text, text_px=text_px)
 
 
-def _text_pixels(img: np.ndarray, raw: np.ndarray, rule: _TextRule) -> np.ndarray | None:
-    """The image's pixels ``rule`` tells are text, grown by a pixel (the blurred level's halo)
-    within what lies beyond the circle and the cuts; None when there are none."""
-    h, w = raw.shape
-    ys, xs = np.mgrid[0:h, 0:w]
-    beyond = rule.beyond(xs.astype(np.float32), ys.astype(np.float32))
+def _text_pixels(img: np.ndarray, raw: np.ndarray, rule: _TextRule, m: np.ndarray
+                 ) -> np.ndarray | None:
+    """The pixels outside the mask ``m`` and near it (where the confidence reads what lies
+    outside the edge) that ``rule`` tells are text, grown by a pixel (the blurred level's
+    halo); None when there are none."""
+    reach = max(2, int(round(0.015 * min(m.shape)))) + 2
+    near = cv2.dilate(m.view(np.uint8), np.ones((2 * reach + 1, 2 * reach + 1), np.uint8))
+    near[m] = 0
+    found = cv2.findNonZero(near)
+    if found is None:
+        return None
+    xs, ys = found.reshape(-1, 2).T.astype(np.intp)
+    far = rule.beyond(xs.astype(np.float64), ys.astype(np.float64)) & (raw[ys, xs] > rule.floor)
+    ys, xs = ys[far], xs[far]
     lowest = highest = None
     if rule.white is not None:
-        px = img.astype(np.float32) if img.dtype != np.float32 else img
-        lowest, highest = px.min(axis=-1), px.max(axis=-1)
-    is_text = beyond & rule.text(raw, lowest, highest)
+        px = img[ys, xs].astype(np.float32)
+        lowest, highest = px.min(axis=1), px.max(axis=1)
+    is_text = rule.text(raw[ys, xs], lowest, highest)
     if not is_text.any():
         return None
-    return cv2.dilate(is_text.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool) & beyond
+    out = np.zeros(m.shape, np.uint8)
+    out[ys[is_text], xs[is_text]] = 1
+    return cv2.dilate(out, np.ones((3, 3), np.uint8)).view(bool) & ~m
 
 
 def _text_rule(img: np.ndarray, raw: np.ndarray, m: np.ndarray, circle: tuple[float, float, float],
