@@ -5,6 +5,7 @@ its own pixels, and the confidence.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
@@ -660,11 +661,7 @@ def _text_pixels(img: np.ndarray, raw: np.ndarray, rule: _TextRule, m: np.ndarra
     xs, ys = found.reshape(-1, 2).T.astype(np.intp)
     far = rule.beyond(xs.astype(np.float64), ys.astype(np.float64)) & (raw[ys, xs] > rule.floor)
     ys, xs = ys[far], xs[far]
-    lowest = highest = None
-    if rule.white is not None:
-        px = img[ys, xs].astype(np.float32)
-        lowest, highest = px.min(axis=1), px.max(axis=1)
-    is_text = rule.text(raw[ys, xs], lowest, highest)
+    is_text = rule.text_at(img, raw, ys, xs)
     if not is_text.any():
         return None
     out = np.zeros(m.shape, np.uint8)
@@ -681,25 +678,20 @@ def _text_rule(img: np.ndarray, raw: np.ndarray, m: np.ndarray, circle: tuple[fl
     none."""
     cx, cy, r = circle
     h, w = m.shape
-    rule = _TextRule(cx, cy, r, residual or 0.0, 0.0, math.inf, None)
-    yy = (np.arange(h, dtype=np.float32) - np.float32(cy)) ** 2
-    xx = (np.arange(w, dtype=np.float32) - np.float32(cx)) ** 2
-    d2 = yy[:, None] + xx[None, :]
-    reach2 = np.float32((r + max(1.0, 2.0 * rule.residual)) ** 2)
-    out = d2 > reach2
-    cuts = _cut_lines(m & ~out, cx, cy, r)
-    if any(math.isfinite(c) for c in cuts):
-        out |= _beyond_cuts(m.shape, cuts)
-    far = m & out
+    ys = np.arange(h, dtype=np.float64)[:, None]
+    xs = np.arange(w, dtype=np.float64)[None, :]
+    bright, white = math.inf, TEXT_WHITE if img.ndim == 3 and img.shape[-1] == 3 else None
+    rule = _TextRule(cx, cy, r, residual or 0.0, bg + 0.5 * (disc - bg), bright, white)
+    rule = dataclasses.replace(rule, cuts=_cut_lines(m & ~rule.beyond(xs, ys), cx, cy, r))
+    far = m & rule.beyond(xs, ys)
     if not far.any():
         return None
-    band = m & (d2 <= np.float32(r * r)) & (d2 > np.float32(max(r - 0.03 * min(h, w), 0.0) ** 2))
+    d2 = (xs - cx) ** 2 + (ys - cy) ** 2
+    band = m & (d2 <= r * r) & (d2 > max(r - 0.03 * min(h, w), 0.0) ** 2)
     if not band.any():
         return None
     bright = TEXT_BRIGHT * float(np.percentile(raw[band], 95))
-    white = TEXT_WHITE if img.ndim == 3 and img.shape[-1] == 3 else None
-    return _TextRule(cx, cy, r, rule.residual, bg + 0.5 * (disc - bg), bright, white,
-                     cuts), far
+    return dataclasses.replace(rule, bright=bright), far
 
 
 def _cut_lines(inside: np.ndarray, cx: float, cy: float, r: float
@@ -730,26 +722,13 @@ def _cut_lines(inside: np.ndarray, cx: float, cy: float, r: float
     return found[0], found[1], found[2], found[3]
 
 
-def _beyond_cuts(shape: tuple[int, int], cuts: tuple[float, float, float, float]) -> np.ndarray:
-    """The pixels beyond the cut lines (as :meth:`_TextRule.beyond` reads them)."""
-    h, w = shape
-    ys = np.arange(h, dtype=np.float64)[:, None]
-    xs = np.arange(w, dtype=np.float64)[None, :]
-    y_lo, y_hi, x_lo, x_hi = cuts
-    return (ys < y_lo) | (ys > y_hi) | (xs < x_lo) | (xs > x_hi)
-
-
 def _without_text(img: np.ndarray, raw: np.ndarray, m: np.ndarray, rule: _TextRule,
                   far: np.ndarray) -> np.ndarray:
     """The mask without what ``rule`` tells is text among its pixels ``far`` beyond the circle
     (and a pixel around it, JPEG's colour bleed on the strokes' edges): its largest piece,
     holes filled."""
     ys, xs = np.nonzero(far)
-    lowest = highest = None
-    if rule.white is not None:
-        px = img[ys, xs].astype(np.float32)
-        lowest, highest = px.min(axis=1), px.max(axis=1)
-    is_text = rule.text(raw[ys, xs], lowest, highest)
+    is_text = rule.text_at(img, raw, ys, xs)
     if not is_text.any():
         return m
     text = np.zeros(m.shape, np.uint8)

@@ -22,11 +22,10 @@ if TYPE_CHECKING:  # (estimate imports this module)
 class _TextRule:
     """Burned-in text beside the disc: beyond the fitted circle ``(cx, cy, r)`` by more than
     twice the median residual of its points (at least a pixel), or beyond a flat cut's line
-    (``cuts``), a pixel is text, not retina,
-    where its level is above ``floor`` (clearly not background) and it is white or pale (its
-    lowest channel at least ``white`` times its highest; None for one channel: the retina is
-    red, text white, gray or pale) or brighter than ``bright`` (the retina's bright end in its
-    outer band, times :data:`TEXT_BRIGHT`)."""
+    (``cuts``), a pixel is text, not retina, where its level is above ``floor`` (clearly not
+    background) and it is white or pale (its lowest channel at least ``white`` times its
+    highest; None for one channel: the retina is red, text white, gray or pale) or brighter
+    than ``bright`` (the retina's bright end in its outer band, times :data:`TEXT_BRIGHT`)."""
 
     cx: float
     cy: float
@@ -41,9 +40,9 @@ class _TextRule:
     def scaled(self, k: int) -> _TextRule:
         """The rule at ``k`` times the resolution (small pixel i covers full pixels i*k ..)."""
         off = (k - 1) / 2
-        cuts = tuple(c * k + off for c in self.cuts)
+        y_lo, y_hi, x_lo, x_hi = (c * k + off for c in self.cuts)
         return _TextRule(self.cx * k + off, self.cy * k + off, self.r * k, self.residual * k,
-                         self.floor, self.bright, self.white, cuts)  # type: ignore[arg-type]
+                         self.floor, self.bright, self.white, (y_lo, y_hi, x_lo, x_hi))
 
     def beyond(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         r = self.r + max(1.0, 2.0 * self.residual)
@@ -62,6 +61,16 @@ class _TextRule:
         if self.white is not None and lowest is not None and highest is not None:
             out |= lowest >= self.white * highest
         return out & (level > self.floor)
+
+    def text_at(self, img: np.ndarray, level: np.ndarray, ys: np.ndarray, xs: np.ndarray
+                ) -> np.ndarray:
+        """Of the pixels ``ys, xs`` of ``img`` beyond the circle (``level``: the estimator's
+        level map of ``img``)."""
+        lowest = highest = None
+        if self.white is not None:
+            px = img[ys, xs].astype(np.float32)
+            lowest, highest = px.min(axis=1), px.max(axis=1)
+        return self.text(level[ys, xs], lowest, highest)
 
 
 #: A pixel beyond the disc's circle is text where it is brighter than this times the retina's
