@@ -360,21 +360,26 @@ def test_reduced_estimate_on_every_layout(kind):
     assert _iou(est.mask, truth) >= 0.999 and not est.low_confidence
 
 
+def _burned_text(s):
+    """The pixels of ``synthetic_fundus(text=True)``'s text (drawn as it draws it, outside the
+    FOV)."""
+    import cv2
+
+    h, w = s.mask.shape
+    canvas = np.zeros((h, w), np.uint8)
+    fs = min(h, w) / 500
+    cv2.putText(canvas, "OD 2024-01-01", (int(0.01 * w), int(0.97 * h)),
+                cv2.FONT_HERSHEY_SIMPLEX, fs, 1, max(1, int(2 * fs)))
+    return (canvas > 0) & ~s.mask
+
+
 def _text_case(shape, centre, rim, jpeg):
     """A photograph whose burned-in text (white, 230) runs along the disc's edge, and the text's
     own pixels (outside the FOV)."""
-    import cv2
-
     from retina_prep.synthetic import synthetic_fundus
 
-    h, w = shape
     s = synthetic_fundus(shape, seed=4, center=centre, radius=0.47, text=True, rim=rim)
-    canvas = np.zeros(shape, np.uint8)
-    fs = min(h, w) / 500
-    cv2.putText(canvas, "OD 2024-01-01", (int(0.01 * w), int(0.97 * h)),
-                cv2.FONT_HERSHEY_SIMPLEX, fs, 1, max(1, int(2 * fs)))  # as synthetic_fundus
-    text = (canvas > 0) & ~s.mask
-    return s, (_jpeg(s.image) if jpeg else s.image), text
+    return s, (_jpeg(s.image) if jpeg else s.image), _burned_text(s)
 
 
 @pytest.mark.parametrize("shape, centre, rim, jpeg", [
@@ -453,14 +458,7 @@ def test_text_along_a_flat_cut_is_not_fov(shape, kw, jpeg):
 
     s = synthetic_fundus(shape, text=True, **kw)
     img = _jpeg(s.image) if jpeg else s.image
-    h, w = shape
-    canvas = np.zeros(shape, np.uint8)
-    fs = min(h, w) / 500
-    import cv2
-
-    cv2.putText(canvas, "OD 2024-01-01", (int(0.01 * w), int(0.97 * h)),
-                cv2.FONT_HERSHEY_SIMPLEX, fs, 1, max(1, int(2 * fs)))
-    text = (canvas > 0) & ~s.mask
+    text = _burned_text(s)
     assert (cv2_dilate(text) & s.mask).sum() > 15  # it touches
     est = estimate_fov(img, details=True)
     # (before: 624 and 1827 pixels; at most a row of the strokes next to the cut stays, where

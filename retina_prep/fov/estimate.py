@@ -514,8 +514,8 @@ def _estimate(image: ArrayLike, edge_fraction: float, threshold: float | None) -
                      interpolation=cv2.INTER_AREA) > 0
     # (with the circle of the settled mask: a glow ring can carry the reduced edge out)
     circle_s, _ = _fov_circle(m_s, run.tol) if est.circle is not None else (None, None)
-    smooth = run.smooth if run.text_px is None else np.where(run.text_px, np.float32(0), run.smooth)
-    confidence = _confidence(_contour_checks(smooth, m_s, run.is_bg, circle_s, run.tol), m_s)
+    confidence = _confidence(_contour_checks(_text_dark(run.smooth, run.text_px), m_s, run.is_bg,
+                                             circle_s, run.tol), m_s)
     off = (k - 1) / 2  # small pixel i covers full pixels i*k .. i*k + k - 1
     circle = None if est.circle is None else (est.circle[0] * k + off, est.circle[1] * k + off,
                                               est.circle[2] * k)
@@ -639,12 +639,17 @@ def _estimate_at(img: np.ndarray, edge_fraction: float, threshold: float | None,
     if m.sum() < 0.01 * h * w:
         raise MaskError("cannot estimate a field of view: no bright disc found")
     text_px = None if text is None else _text_pixels(img, raw, text, m)
-    # (text the rule left out is no bright thing right outside the edge)
-    v_c = v if text_px is None else np.where(text_px, np.float32(0), v)
-    score = _confidence(_contour_checks(v_c, m, is_bg, circle, tol), m) if confidence else 1.0
+    score = (_confidence(_contour_checks(_text_dark(v, text_px), m, is_bg, circle, tol), m)
+             if confidence else 1.0)
     return _Run(FovEstimate(m, score, circle, residual, filled),
                 smooth=v, edge=t.astype(np.float32), low=low, colour=colour,
                 is_bg=is_bg.astype(np.float32), tol=tol, text=text, text_px=text_px)
+
+
+def _text_dark(v: np.ndarray, text_px: np.ndarray | None) -> np.ndarray:
+    """The level the confidence reads: ``v`` with the text the rule left out (``text_px``) as
+    0, no bright thing right outside the edge."""
+    return v if text_px is None else np.where(text_px, np.float32(0), v)
 
 
 def _text_pixels(img: np.ndarray, raw: np.ndarray, rule: _TextRule, m: np.ndarray
@@ -682,8 +687,9 @@ def _text_rule(img: np.ndarray, raw: np.ndarray, m: np.ndarray, circle: tuple[fl
     xs = np.arange(w, dtype=np.float64)[None, :]
     bright, white = math.inf, TEXT_WHITE if img.ndim == 3 and img.shape[-1] == 3 else None
     rule = _TextRule(cx, cy, r, residual or 0.0, bg + 0.5 * (disc - bg), bright, white)
-    rule = dataclasses.replace(rule, cuts=_cut_lines(m & ~rule.beyond(xs, ys), cx, cy, r))
-    far = m & rule.beyond(xs, ys)
+    out = rule.beyond_circle(xs, ys)
+    rule = dataclasses.replace(rule, cuts=_cut_lines(m & ~out, cx, cy, r))
+    far = m & (out | rule.beyond_cuts(xs, ys))
     if not far.any():
         return None
     d2 = (xs - cx) ** 2 + (ys - cy) ** 2
@@ -771,19 +777,19 @@ def _contour_checks(v: np.ndarray, m: np.ndarray, is_bg: np.ndarray,
     out_lvl = np.nan_to_num(_outside_level(v, m, width)[ys, xs], nan=np.inf)
     bg_out = out_lvl <= is_bg[ys, xs]
     if circle is None:
-        # no circle to tell cuts from the disc's round edge: every point needs an edge, not a
-        # level crossing (where a dim part is left out, inside and outside are alike)
-        in_lvl = np.nan_to_num(_outside_level(v, ~m, width)[ys, xs], nan=0.0)
-        bg_out &= ~(out_lvl > EDGE_STEP * in_lvl)
-        return ys, xs, bg_out, np.zeros(ys.size, bool)
-    off = np.hypot(xs - circle[0], ys - circle[1]) - circle[2]
-    on_circle = np.abs(off) < tol
-    cuts = off <= -tol  # the edge runs inside the circle: a cut, or a dim part left out
+        # no circle to tell cuts from the disc's round edge: every point needs the edge test
+        on_circle = np.zeros(ys.size, bool)
+        cuts = np.ones(ys.size, bool)
+    else:
+        off = np.hypot(xs - circle[0], ys - circle[1]) - circle[2]
+        on_circle = np.abs(off) < tol
+        cuts = off <= -tol  # the edge runs inside the circle: a cut, or a dim part left out
     if cuts.any():
+        ys_c, xs_c = ys[cuts], xs[cuts]
         # background beyond a straight cut from a pixel further out (the reduced copy's blur
         # and a JPEG's ringing carry a crisp cut's step into the first pixels)
-        ys_c, xs_c = ys[cuts], xs[cuts]
-        out_c = np.nan_to_num(_outside_level(v, m, width, skip=2)[ys_c, xs_c], nan=np.inf)
+        out_c = out_lvl if circle is None else np.nan_to_num(
+            _outside_level(v, m, width, skip=2)[ys_c, xs_c], nan=np.inf)
         # and an edge, not a level crossing: the retina just inside well above what lies
         # outside (where the level of a dim part only crosses the threshold, the sides are alike)
         in_c = np.nan_to_num(_outside_level(v, ~m, width)[ys_c, xs_c], nan=0.0)

@@ -45,13 +45,20 @@ class _TextRule:
                          self.floor, self.bright, self.white, (y_lo, y_hi, x_lo, x_hi))
 
     def beyond(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """Whether the points ``xs, ys`` lie where no retina should be (arrays broadcast)."""
+        return self.beyond_circle(xs, ys) | self.beyond_cuts(xs, ys)
+
+    def beyond_circle(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         r = self.r + max(1.0, 2.0 * self.residual)
-        out = (xs - self.cx) ** 2 + (ys - self.cy) ** 2 > r * r
+        return (xs - self.cx) ** 2 + (ys - self.cy) ** 2 > r * r
+
+    def beyond_cuts(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray | bool:
         y_lo, y_hi, x_lo, x_hi = self.cuts
+        out: np.ndarray | bool = False
         if math.isfinite(y_lo) or math.isfinite(y_hi):
-            out |= (ys < y_lo) | (ys > y_hi)
+            out = (ys < y_lo) | (ys > y_hi)
         if math.isfinite(x_lo) or math.isfinite(x_hi):
-            out |= (xs < x_lo) | (xs > x_hi)
+            out = out | (xs < x_lo) | (xs > x_hi)
         return out
 
     def text(self, level: np.ndarray, lowest: np.ndarray | None, highest: np.ndarray | None
