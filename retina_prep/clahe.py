@@ -30,8 +30,6 @@ __all__ = ["masked_clahe", "clahe_plane", "CLAHE_COLOURS", "DEFAULT_CLIP_LIMIT",
 #: ``normalize --method clahe`` defaults: OpenCV's usual fundus settings (clip 2, 8 x 8 tiles).
 DEFAULT_CLIP_LIMIT = 2.0
 DEFAULT_TILES = 8
-#: Tiles the FOV covers in part take their histograms from a grown tile (see :func:`_luts`).
-GROW_PARTIAL_TILES = True
 #: How colour images are equalized: L of Lab (the usual choice), each channel, or one channel.
 CLAHE_COLOURS = ("lab", "each", "red", "green", "blue")
 
@@ -70,31 +68,28 @@ def _luts(plane: np.ndarray, mask: np.ndarray, tiles: int, clip_limit: float,
         elif n:
             hist[ti] = np.bincount(plane[y0:y1, x0:x1][mask[y0:y1, x0:x1]], minlength=levels)
     counts = hist.sum(axis=1)
-    if GROW_PARTIAL_TILES:
-        # a tile the FOV covers in part keeps its own FOV pixels and takes the ones it misses
-        # from the FOV pixels of the smallest ring around it that holds as many, evenly spaced
-        # in raster order: a full tile's sample, as the same texture without a margin would
-        # give it (a sample of a few hundred pixels gives a noisy mapping). Its weight in the
-        # interpolation stays its own count.
-        for ti in np.nonzero((counts > 0) & (counts < full))[0].tolist():
-            r, c = divmod(ti, tiles)
-            ty0, ty1, tx0, tx1 = r * th, (r + 1) * th, c * tw, (c + 1) * tw
-            n, missing = int(counts[ti]), full - int(counts[ti])
-            for g in range(1, 4 * max(th, tw)):
-                y0, y1 = max(ty0 - g, 0), min(ty1 + g, eh)
-                x0, x1 = max(tx0 - g, 0), min(tx1 + g, ew)
-                k = csum[y1, x1] - csum[y0, x1] - csum[y1, x0] + csum[y0, x0] - n
-                if k >= missing or (y0 == 0 and x0 == 0 and y1 == eh and x1 == ew):
-                    break
-            ring = mask[y0:y1, x0:x1].copy()
-            ring[ty0 - y0:ty1 - y0, tx0 - x0:tx1 - x0] = False
-            pool = plane[y0:y1, x0:x1][ring]
-            if len(pool) > missing:
-                pool = pool[np.arange(missing, dtype=np.int64) * len(pool) // missing]
-            hist[ti] += np.bincount(pool, minlength=levels)
-        sizes = hist.sum(axis=1)
-    else:
-        sizes = counts
+    # a tile the FOV covers in part keeps its own FOV pixels and takes the ones it misses
+    # from the FOV pixels of the smallest ring around it that holds as many, evenly spaced
+    # in raster order: a full tile's sample, as the same texture without a margin would
+    # give it (a sample of a few hundred pixels gives a noisy mapping). Its weight in the
+    # interpolation stays its own count.
+    for ti in np.nonzero((counts > 0) & (counts < full))[0].tolist():
+        r, c = divmod(ti, tiles)
+        ty0, ty1, tx0, tx1 = r * th, (r + 1) * th, c * tw, (c + 1) * tw
+        n, missing = int(counts[ti]), full - int(counts[ti])
+        for g in range(1, 4 * max(th, tw)):
+            y0, y1 = max(ty0 - g, 0), min(ty1 + g, eh)
+            x0, x1 = max(tx0 - g, 0), min(tx1 + g, ew)
+            k = csum[y1, x1] - csum[y0, x1] - csum[y1, x0] + csum[y0, x0] - n
+            if k >= missing or (y0 == 0 and x0 == 0 and y1 == eh and x1 == ew):
+                break
+        ring = mask[y0:y1, x0:x1].copy()
+        ring[ty0 - y0:ty1 - y0, tx0 - x0:tx1 - x0] = False
+        pool = plane[y0:y1, x0:x1][ring]
+        if len(pool) > missing:
+            pool = pool[np.arange(missing, dtype=np.int64) * len(pool) // missing]
+        hist[ti] += np.bincount(pool, minlength=levels)
+    sizes = hist.sum(axis=1)  # (a full tile's pixels, fewer only where the FOV is smaller)
     luts = np.zeros((n_tiles, levels), np.float32)
     for t in range(n_tiles):
         n = int(sizes[t])
